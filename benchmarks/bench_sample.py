@@ -1,0 +1,403 @@
+#!/usr/bin/env python
+"""Temperature-only sampling: syncfree against its peers, side by side in one run.
+
+    python benchmarks/bench_sample.py --device cuda [--quick] [--out DIR]
+    python benchmarks/bench_sample.py --device cpu  [--quick] [--out DIR]
+
+Prints a fixed-width table and writes table_<device>.txt, results_<device>.json
+and (with matplotlib) bench_<device>.png into the output directory.
+GB/s counts one read of the logits (B*V*element size) for every method, so
+it is comparable across methods; % copy is that over the measured copy bandwidth.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import traceback
+from typing import Callable, Optional
+
+import torch
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+import _timing as timing  # noqa: E402
+
+try:
+    import syncfree
+    SYNCFREE_MISSING = ""
+except Exception as exc:  # not built yet: the baselines still run and are reported
+    syncfree = None
+    SYNCFREE_MISSING = f"{type(exc).__name__}: {exc}"
+
+try:
+    import flashinfer
+    import flashinfer.sampling
+except Exception:
+    flashinfer = None
+
+TEMPERATURE = 0.8
+REFERENCE = "syncfree"  # ratios are peer time / this method's time
+
+
+@dataclasses.dataclass
+class Case:
+    """One input buffer set; timers rotate through several of these."""
+    logits: torch.Tensor
+    scaled: Optional[torch.Tensor]  # logits / T, for FlashInfer, which takes no temperature
+    probs: Optional[torch.Tensor]   # softmax(logits / T) in float32, for the probs samplers
+    seed: torch.Tensor
+    offset: torch.Tensor
+
+
+@dataclasses.dataclass
+class Method:
+    name: str
+    run: Optional[Callable[[Case], torch.Tensor]]
+    missing: str = ""  # why it is 'n/a' when run is None
+    needs: str = ""    # extra inputs: "probs" or "scaled"
+    devices: tuple = ("cuda", "cpu")
+    # A failure that will repeat on every shape of a dtype (compilation): skip the rest.
+    failure_is_per_dtype: bool = False
+
+
+def exponential_trick(logits):
+    # gpt-fast: logits_to_probs + multinomial_sample_one_no_sync, in the logits' dtype.
+    probs = torch.softmax(logits / TEMPERATURE, dim=-1)
+    q = torch.empty_like(probs).exponential_(1)
+    return torch.argmax(probs / q, dim=-1)
+
+
+def build_methods(compile_static):
+    sf_missing = f"syncfree not importable ({SYNCFREE_MISSING})"
+    fi_missing = "flashinfer not installed"
+    sf = syncfree is not None
+    fi = flashinfer is not None
+    # dynamic=True: one graph per dtype (Dynamo also specialises B=1) rather than one per
+    # shape, which keeps compile time inside the run's budget. --compile-static compiles
+    # per shape, as a fixed-shape decode loop would.
+    compiled_trick = torch.compile(exponential_trick, dynamic=not compile_static)
+    return [
+        Method("syncfree", (lambda c: syncfree.sample(c.logits, TEMPERATURE)) if sf else None,
+               sf_missing),
+        Method("sf.seed", (lambda c: syncfree.sample(c.logits, TEMPERATURE, seed=c.seed,
+                                                     offset=c.offset)) if sf else None,
+               sf_missing, devices=("cuda",)),
+        Method("sf.probs", (lambda c: syncfree.sample_probs(c.probs)) if sf else None,
+               sf_missing, needs="probs", devices=("cuda",)),
+        Method("multinomial",
+               lambda c: torch.multinomial(torch.softmax(c.logits.float() / TEMPERATURE, -1), 1)),
+        Method("exp.eager", lambda c: exponential_trick(c.logits)),
+        Method("exp.compile", lambda c: compiled_trick(c.logits), devices=("cuda",),
+               failure_is_per_dtype=True),
+        Method("fi.logits",
+               (lambda c: flashinfer.sampling.sampling_from_logits(c.scaled)) if fi else None,
+               fi_missing, needs="scaled", devices=("cuda",)),
+        Method("fi.probs",
+               (lambda c: flashinfer.sampling.sampling_from_probs(c.probs)) if fi else None,
+               fi_missing, needs="probs", devices=("cuda",)),
+        # Not a peer: the floor of one reduction pass over the logits on the host.
+        Method("ref.argmax", lambda c: torch.argmax(c.logits, dim=-1), devices=("cpu",)),
+    ]
+
+
+def shape_grid(device, quick):
+    if device == "cuda":
+        if quick:
+            return [1, 64], [32000, 151936], [torch.float32, torch.bfloat16]
+        return [1, 8, 64, 256], [32000, 128256, 151936, 262144], [torch.float32, torch.bfloat16]
+    if quick:
+        return [1, 8], [32000, 128256], [torch.float32]
+    return [1, 8, 64], [32000, 128256], [torch.float32]
+
+
+def make_cases(batch, vocab, dtype, device, needs):
+    elem = torch.tensor([], dtype=dtype).element_size()
+    count = timing.rotation_count(batch * vocab * elem, device)
+    gen = torch.Generator(device=device).manual_seed(batch * 1_000_003 + vocab)
+    # Made once per shape; random (never zeros), with a realistic spread of logits.
+    logits = (torch.randn(count, batch, vocab, device=device, generator=gen) * 3).to(dtype)
+    scaled = (logits.float() / TEMPERATURE).to(dtype) if "scaled" in needs else None
+    probs = torch.softmax(logits.float() / TEMPERATURE, -1) if "probs" in needs else None
+    seeds = torch.randint(0, 2**62, (count, batch), device=device, generator=gen)
+    offsets = torch.arange(batch, device=device).repeat(count, 1)
+    return [Case(logits[i], None if scaled is None else scaled[i],
+                 None if probs is None else probs[i], seeds[i], offsets[i])
+            for i in range(count)]
+
+
+def short_error(exc):
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return text[:120]
+
+
+def measure(method, cases, device, budget_s):
+    """Returns (us, synced, note); synced is None on the CPU or when the check failed."""
+    try:
+        timer = timing.time_cuda if device == "cuda" else timing.time_cpu
+        us = timer(method.run, cases, budget_s=budget_s)
+    except Exception as exc:
+        if os.environ.get("SYNCFREE_BENCH_TRACEBACK"):
+            traceback.print_exc()
+        return None, None, short_error(exc)
+    if device != "cuda":
+        return us, None, ""
+    try:
+        synced = timing.did_sync(lambda: method.run(cases[0]))
+        torch.cuda.synchronize()
+        return us, synced, ""
+    except Exception as exc:
+        return us, None, "sync check failed: " + short_error(exc)
+
+
+def kernel_blocks(fn):
+    """Thread blocks launched per CUDA kernel by one call of fn, read off a profiler trace."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    blocks = {}
+    for e in events:
+        if e.get("cat") == "kernel" and "grid" in e.get("args", {}):
+            x, y, z = e["args"]["grid"]
+            blocks[e["name"]] = max(blocks.get(e["name"], 0), x * y * z)
+    return blocks
+
+
+def b1_latency(cases, empty):
+    """At B=1, syncfree against an empty kernel, measured the same three ways."""
+    run = lambda c: syncfree.sample(c.logits, TEMPERATURE)
+    row = {}
+    try:  # the spec wants more than one SM busy at B=1 with a large vocabulary
+        row["kernel_blocks"] = kernel_blocks(lambda: run(cases[0]))
+    except Exception as exc:
+        row["kernel_blocks_error"] = short_error(exc)
+    for key, timer in [("back_to_back_us", lambda: timing.time_cuda(run, cases, budget_s=0.05)),
+                       ("isolated_us", lambda: timing.time_cuda_isolated(run, cases)),
+                       ("graph_us", lambda: timing.time_cuda_graph(run, cases))]:
+        try:
+            row[key] = timer()
+            row[key.replace("_us", "_vs_empty")] = row[key] / empty[key]
+        except Exception as exc:
+            row[key] = None
+            row[key.replace("_us", "_error")] = short_error(exc)
+    return row
+
+
+def fmt(value, spec, width):
+    return format("n/a", f">{width}") if value is None else format(value, f">{width}{spec}")
+
+
+def long_table(results, device):
+    lines = [f"{'dtype':<9}{'B':>5}{'V':>8}  {'method':<12}{'us':>10}{'GB/s':>9}{'%copy':>7}"
+             f"{'x sf':>7}{'sync':>6}  note"]
+    for r in results:
+        sync = "-" if r["synced"] is None else ("YES" if r["synced"] else "no")
+        lines.append(f"{r['dtype']:<9}{r['B']:>5}{r['V']:>8}  {r['method']:<12}"
+                     f"{fmt(r['us'], '.1f', 10)}{fmt(r['gbps'], '.1f', 9)}"
+                     f"{fmt(r['pct_copy'], '.1f', 7)}{fmt(r['vs_syncfree'], '.2f', 7)}"
+                     f"{sync:>6}  {r['error']}")
+    return lines
+
+
+def summary_table(results, method_names):
+    """One line per shape: syncfree's time and bandwidth, then each peer as a multiple of it."""
+    peers = [m for m in method_names if m != REFERENCE]
+    lines = [f"{'dtype':<9}{'B':>5}{'V':>8}{'sf us':>9}{'GB/s':>7}{'%copy':>6}"
+             + "".join(f"{p:>12}" for p in peers),
+             "  (peer columns: peer time / syncfree time; '!' = peer synced; '-' = not run)"]
+    by_shape = {}
+    for r in results:
+        by_shape.setdefault((r["dtype"], r["B"], r["V"]), {})[r["method"]] = r
+    for (dtype, batch, vocab), row in by_shape.items():
+        ref = row.get(REFERENCE, {})
+        line = (f"{dtype:<9}{batch:>5}{vocab:>8}{fmt(ref.get('us'), '.1f', 9)}"
+                f"{fmt(ref.get('gbps'), '.0f', 7)}{fmt(ref.get('pct_copy'), '.0f', 6)}")
+        for p in peers:
+            r = row.get(p)
+            if r is None:
+                cell = "-"
+            elif r["vs_syncfree"] is not None:
+                cell = f"{r['vs_syncfree']:.2f}x" + ("!" if r["synced"] else "")
+            elif r["us"] is not None:
+                cell = f"{r['us']:.0f}us" + ("!" if r["synced"] else "")
+            else:
+                cell = "n/a"
+            line += f"{cell:>12}"
+        lines.append(line)
+    return lines
+
+
+def b1_table(b1_rows, empty):
+    lines = [f"B=1 against an empty kernel (x.add_(1) on one element): back-to-back "
+             f"{empty['back_to_back_us']:.1f} us (loop mean {empty['loop_mean_us']:.1f}), "
+             f"isolated {empty['isolated_us']:.1f} us, in a CUDA graph {empty['graph_us']:.2f} us",
+             f"{'dtype':<9}{'V':>8}{'b2b us':>9}{'x empty':>9}{'isol us':>9}{'x empty':>9}"
+             f"{'graph us':>10}{'x empty':>9}  blocks per kernel"]
+    for r in b1_rows:
+        lines.append(f"{r['dtype']:<9}{r['V']:>8}"
+                     f"{fmt(r.get('back_to_back_us'), '.1f', 9)}"
+                     f"{fmt(r.get('back_to_back_vs_empty'), '.2f', 9)}"
+                     f"{fmt(r.get('isolated_us'), '.1f', 9)}{fmt(r.get('isolated_vs_empty'), '.2f', 9)}"
+                     f"{fmt(r.get('graph_us'), '.2f', 10)}{fmt(r.get('graph_vs_empty'), '.2f', 9)}"
+                     f"  {' '.join(map(str, r.get('kernel_blocks', {}).values())) or 'n/a'}")
+        errors = [v for k, v in r.items() if k.endswith("_error")]
+        if errors:
+            lines.append(f"{'':17}note: {errors[0]}")
+    return lines
+
+
+def write_plot(path, results, meta, method_names, dtypes):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not importable; skipping the plot")
+        return False
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(7 * len(dtypes), 5), squeeze=False)
+    for ax, dtype in zip(axes[0], dtypes):
+        rows = [r for r in results if r["dtype"] == dtype and r["us"] is not None]
+        for name in method_names:
+            points = sorted((r["B"] * r["V"], r["us"]) for r in rows if r["method"] == name)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name)
+        # The floor: one read of the logits at the measured copy bandwidth.
+        sizes = sorted({r["B"] * r["V"] for r in rows})
+        elem = torch.tensor([], dtype=getattr(torch, dtype)).element_size()
+        if sizes and meta.get("copy_gbps"):
+            floor_us = [n * elem / (meta["copy_gbps"] * 1e9) * 1e6 for n in sizes]
+            ax.plot(sizes, floor_us, "k--", label="one read at copy bandwidth")
+        if sizes and meta.get("empty_kernel"):
+            ax.axhline(meta["empty_kernel"]["back_to_back_us"], color="gray", linestyle=":",
+                       label="empty kernel, back-to-back")
+        ax.set(xscale="log", yscale="log", xlabel="B * V", ylabel="us per call (median)",
+               title=f"{meta['device_name']} - {dtype}, T={TEMPERATURE}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--out", default=os.environ.get("SYNCFREE_BENCH_OUT")
+                        or os.path.join(BENCH_DIR, "out"))
+    parser.add_argument("--quick", action="store_true", help="small grid, fewer repeats")
+    parser.add_argument("--compile-static", action="store_true",
+                        help="compile the exponential trick per shape (slower to run)")
+    args = parser.parse_args()
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("CUDA is not available; use --device cpu")
+    if args.compile_static:
+        config = torch._dynamo.config
+        limit_name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, limit_name, 64)
+    os.makedirs(args.out, exist_ok=True)
+
+    batches, vocabs, dtypes = shape_grid(device, args.quick)
+    methods = [m for m in build_methods(args.compile_static) if device in m.devices]
+    method_names = [m.name for m in methods]
+    budget_s = (0.05 if args.quick else 0.15) if device == "cuda" else (0.5 if args.quick else 1.5)
+
+    meta = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "host": platform.node(), "python": platform.python_version(),
+        "torch": torch.__version__, "temperature": TEMPERATURE,
+        "syncfree": getattr(syncfree, "__version__", "?") if syncfree else f"missing: {SYNCFREE_MISSING}",
+        "flashinfer": getattr(flashinfer, "__version__", "?") if flashinfer else None,
+        "threads": torch.get_num_threads(),
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        meta.update(device_name=props.name, sms=props.multi_processor_count,
+                    l2_bytes=timing.l2_cache_bytes(0), cuda=torch.version.cuda)
+    else:
+        meta.update(device_name=platform.processor() or platform.machine())
+    print(f"device: {meta['device_name']}  torch {meta['torch']}  syncfree {meta['syncfree']}"
+          f"  flashinfer {meta['flashinfer'] or 'n/a'}")
+    if device == "cpu":
+        print(f"torch.get_num_threads() = {meta['threads']}")
+    meta["copy_gbps"] = timing.copy_bandwidth_gbps(device, nbytes=2**30 if device == "cuda" else 2**28)
+    print(f"copy bandwidth (read + write): {meta['copy_gbps']:.0f} GB/s")
+    if device == "cuda":
+        meta["empty_kernel"] = empty = timing.empty_kernel_us()
+        print("empty kernel: " + ", ".join(f"{k} {v:.2f}" for k, v in empty.items()))
+    for m in methods:
+        if m.run is None:
+            print(f"note: {m.name} is n/a: {m.missing}")
+
+    results, b1_rows, failed_per_dtype = [], [], {}
+    needs = {m.needs for m in methods if m.run is not None}
+    for dtype in dtypes:
+        dtype_name = str(dtype).replace("torch.", "")
+        for batch in batches:
+            for vocab in vocabs:
+                cases = make_cases(batch, vocab, dtype, device, needs)
+                logits_bytes = batch * vocab * cases[0].logits.element_size()
+                shape_rows = []
+                for m in methods:
+                    if m.run is None:
+                        us, synced, error = None, None, m.missing
+                    elif (m.name, dtype) in failed_per_dtype:
+                        us, synced, error = None, None, failed_per_dtype[(m.name, dtype)]
+                    else:
+                        us, synced, error = measure(m, cases, device, budget_s)
+                        if us is None and m.failure_is_per_dtype:
+                            failed_per_dtype[(m.name, dtype)] = error
+                    gbps = None if us is None else logits_bytes / (us * 1e-6) / 1e9
+                    shape_rows.append(dict(
+                        device=device, dtype=dtype_name, B=batch, V=vocab, method=m.name,
+                        us=us, gbps=gbps, pct_copy=None if gbps is None else 100 * gbps / meta["copy_gbps"],
+                        synced=synced, error=error, rotation=len(cases)))
+                ref_us = next((r["us"] for r in shape_rows if r["method"] == REFERENCE), None)
+                for r in shape_rows:
+                    r["vs_syncfree"] = r["us"] / ref_us if (r["us"] and ref_us) else None
+                results += shape_rows
+                print(f"  {dtype_name} B={batch} V={vocab}: " + "  ".join(
+                    f"{r['method']} {fmt(r['us'], '.1f', 0)}" for r in shape_rows), flush=True)
+                if device == "cuda" and batch == 1 and syncfree is not None:
+                    b1_rows.append(dict(dtype=dtype_name, V=vocab, **b1_latency(cases, empty)))
+                del cases
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    if device == "cuda":
+        meta["copy_gbps_end"] = timing.copy_bandwidth_gbps(device)  # drift check
+
+    header = [f"syncfree.sample benchmark, temperature {TEMPERATURE}: {meta['command']}",
+              f"{meta['date_utc']}  {meta['device_name']}  torch {meta['torch']}  "
+              f"threads {meta['threads']}  copy bandwidth {meta['copy_gbps']:.0f} GB/s"
+              + (f" (at end {meta['copy_gbps_end']:.0f})" if "copy_gbps_end" in meta else "")]
+    text = header + [""] + long_table(results, device) + [""] + summary_table(results, method_names)
+    if b1_rows:
+        text += [""] + b1_table(b1_rows, meta["empty_kernel"])
+    text = "\n".join(text) + "\n"
+    print("\n" + text, end="")
+
+    paths = {k: os.path.join(args.out, f"{k}_{device}.{ext}")
+             for k, ext in [("table", "txt"), ("results", "json"), ("bench", "png")]}
+    with open(paths["table"], "w") as f:
+        f.write(text)
+    with open(paths["results"], "w") as f:
+        json.dump({"meta": meta, "results": results, "b1_vs_empty_kernel": b1_rows}, f, indent=1)
+    plotted = write_plot(paths["bench"], results, meta, method_names,
+                         [str(d).replace("torch.", "") for d in dtypes])
+    print("wrote " + ", ".join(p for k, p in paths.items() if k != "bench" or plotted))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+// The plain description of one sampling call that ops.cpp hands to the CPU
+// and CUDA implementations (raw pointers, no torch types).
+#pragma once
+
+#include "tiling.h"
+
+namespace syncfree {
+
+struct SampleParams {
+  const void* input;   // [rows, vocab] logits or probabilities, last dim contiguous
+  int64_t row_stride;  // in elements; any value, 0 included
+  int64_t rows;
+  int64_t vocab;
+  bool probs;  // input holds non-negative weights, not logits
+
+  const float* temperatures;  // [rows] or null
+  float temperature;          // used when temperatures is null
+
+  // Noise (See Note [syncfree RNG counter layout]): per-row tensors when
+  // seeds is non-null (offsets may be null: all 0); otherwise seed/pos0 for
+  // every row, subsequence = row.
+  const int64_t* seeds;
+  const int64_t* offsets;
+  uint64_t seed;
+  uint64_t pos0;
+
+  int64_t* tokens;  // [rows], stride tokens_stride
+  int64_t tokens_stride;
+  float* logprobs;  // [rows] or null
+  bool* valid;      // [rows] or null
+};
+
+SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
+  RowRace r;
+  r.want_mass = p.logprobs != nullptr && !p.probs;
+  if (p.probs) {
+    r.greedy = false;
+    r.inv_temperature = 1.0f;
+  } else {
+    set_temperature(r, p.temperatures != nullptr ? p.temperatures[row] : p.temperature);
+  }
+  if (p.seeds != nullptr) {
+    r.stream = {uint64_t(p.seeds[row]), p.offsets != nullptr ? uint64_t(p.offsets[row]) : 0u, 0u};
+  } else {
+    r.stream = {p.seed, uint64_t(row), p.pos0};
+  }
+  return r;
+}
+
+// Reads element i of a row as float: scaled logit or clean weight.
+template <typename T>
+SF_HD float load_value(const T* row, int64_t i, bool probs, float inv_t) {
+  const float x = float(row[i]);
+  return probs ? clean_weight(x) : scaled_logit(x, inv_t);
+}
+
+// Reads group g of a row into v, padding past the end with masked values.
+template <typename T>
+SF_HD void load_group_scalar(const T* row, int64_t vocab, int64_t g, bool probs, float inv_t,
+                             float (&v)[kGroup]) {
+  const int n = group_size(vocab, g);
+  for (int i = 0; i < kGroup; ++i)
+    v[i] = i < n ? load_value(row, g * kGroup + i, probs, inv_t) : masked_value(probs);
+}
+
+// Writes a row's result.
+SF_HD void store_result(const SampleParams& p, int64_t row, int64_t token, float logprob, bool valid) {
+  p.tokens[row * p.tokens_stride] = token;
+  if (p.logprobs != nullptr) p.logprobs[row] = valid ? logprob : -kInf;
+  if (p.valid != nullptr) p.valid[row] = valid;
+}
+
+}  // namespace syncfree

@@ -1,0 +1,194 @@
+// The exponential race over one row, shared by the CPU path and the CUDA kernel.
+//
+// Note [Two-level exponential race]
+// ---------------------------------
+// The row's token is argmax_i y_i + G_i with y_i = logit_i / T and G_i Gumbel
+// noise (equivalently argmin E_i / p_i with E_i ~ Exp(1)). Drawing one G_i per
+// token costs a Philox word and two logs per element, which makes a GPU kernel
+// compute-bound far below memory bandwidth. The race decomposes exactly over
+// groups of tokens: the maximum of y_i + G_i over a group is distributed as
+// log(sum_group e^y_i) + G_group, and the winner inside the group is
+// independent of it with law e^y_i / sum_group e^y_i. So each group of
+// kGroup = 16 consecutive tokens runs in the race with key
+// m + log(sum e^(y_i - m)) + G_group (m the group max, one group word), and
+// only the winning group is raced token by token with the token words
+// (See Note [syncfree RNG counter layout]). The law is exactly the categorical
+// softmax(y); per element the hot loop does one exp.
+//
+// Rules shared by every path:
+//   - NaN and -inf logits are masked; masked tokens never win.
+//   - +inf logits (or logit/T overflowing to +inf) win over finite ones; among
+//     several, the lowest index wins.
+//   - A row with no unmasked token is degenerate: token 0, valid = false.
+//   - Temperature 0 (or a per-row value that is NaN or negative) is greedy:
+//     argmax of the logits, lowest index on ties, logprob from softmax(logits).
+//   - Ties between keys go to the lower index.
+#pragma once
+
+#include "fmath.h"
+#include "philox.h"
+
+namespace syncfree {
+
+constexpr int kGroup = 16;
+constexpr int32_t kNoIndex = 0x7FFFFFFF;
+
+// argmax with the lower-index tie rule: associative and commutative, so any
+// reduction order (threads, warps, blocks, CPU chunks) finds the same winner.
+struct Best {
+  float key;
+  int32_t index;
+};
+
+SF_HD Best no_best() { return {-kInf, kNoIndex}; }
+
+SF_HD Best better_of(Best a, Best b) {
+  const bool b_wins = b.key > a.key || (b.key == a.key && b.index < a.index);
+  return b_wins ? b : a;
+}
+
+// Online log-sum-exp of the finite scaled logits (for logprobs only).
+struct LogSumExp {
+  float max;
+  float sum;  // sum of exp(y - max)
+};
+
+SF_HD LogSumExp no_mass() { return {-kInf, 0.0f}; }
+
+SF_HD LogSumExp merge_mass(LogSumExp a, LogSumExp b) {
+  const float m = a.max > b.max ? a.max : b.max;
+  if (m == -kInf) return no_mass();
+  const float sa = a.max == m ? a.sum : a.sum * exp_nonpositive(a.max - m);
+  const float sb = b.max == m ? b.sum : b.sum * exp_nonpositive(b.max - m);
+  return {m, sa + sb};
+}
+
+// +inf logits: how many, and the first.
+struct Infinities {
+  int32_t first;
+  int32_t count;
+};
+
+SF_HD Infinities no_infinities() { return {kNoIndex, 0}; }
+
+SF_HD Infinities merge_infinities(Infinities a, Infinities b) {
+  return {a.first < b.first ? a.first : b.first, a.count + b.count};
+}
+
+// What a thread, a block or a CPU chunk knows about its part of a row.
+// best.index is a group index when sampling and a token index when greedy.
+struct RacePartial {
+  Best best;
+  LogSumExp mass;
+  Infinities infs;
+};
+
+SF_HD RacePartial empty_partial() { return {no_best(), no_mass(), no_infinities()}; }
+
+SF_HD RacePartial merge_partials(const RacePartial& a, const RacePartial& b) {
+  return {better_of(a.best, b.best), merge_mass(a.mass, b.mass), merge_infinities(a.infs, b.infs)};
+}
+
+// How one row is raced (See Note [syncfree RNG counter layout] for `stream`).
+struct RowRace {
+  float inv_temperature;  // 1 for greedy rows and for probabilities
+  bool greedy;
+  bool want_mass;  // logprobs requested
+  RowStream stream;
+};
+
+// Temperature clamp for per-row values (SPEC §5): NaN or <= 0 is greedy,
+// +inf samples uniformly among the unmasked tokens.
+SF_HD void set_temperature(RowRace& r, float t) {
+  r.greedy = !(t > 0.0f);
+  const float inv = t == kInf ? 0.0f : 1.0f / t;
+  r.inv_temperature = r.greedy ? 1.0f : (inv > 3.40282347e38f ? 3.40282347e38f : inv);
+}
+
+// y = logit / T, with masked tokens (NaN, -inf) at -inf and +inf kept +inf.
+SF_HD float scaled_logit(float x, float inv_t) {
+  const float y = x == kInf ? kInf : x * inv_t;
+  return y == y ? y : -kInf;
+}
+
+// A probability weight: NaN, negative and zero weights are masked (0).
+SF_HD float clean_weight(float w) { return w > 0.0f ? w : 0.0f; }
+
+// Visits one group: the kGroup tokens starting at token `first` (a multiple
+// of kGroup). For logits v holds scaled logits (scaled_logit), for
+// probabilities clean weights (clean_weight); a short last group is padded
+// with masked values (masked_value), so every loop has a fixed length.
+template <bool kProbs>
+SF_HD void visit_group(RacePartial& acc, const float (&v)[kGroup], int32_t first, const RowRace& r) {
+  // Group statistics in one sequential order, so CPU and GPU sum identically.
+  float m = -kInf;
+  Infinities infs = no_infinities();
+  for (int i = 0; i < kGroup; ++i) {
+    const bool inf = v[i] == kInf;
+    infs.first = inf && infs.count == 0 ? first + i : infs.first;
+    infs.count += inf ? 1 : 0;
+    m = !inf && v[i] > m ? v[i] : m;
+  }
+  if (infs.count > 0) acc.infs = merge_infinities(acc.infs, infs);
+  if (!kProbs && r.greedy) {
+    for (int i = 0; i < kGroup; ++i)
+      if (v[i] != kInf && v[i] != -kInf) acc.best = better_of(acc.best, {v[i], first + i});
+    if (!r.want_mass) return;
+  }
+  if (kProbs ? !(m > 0.0f) : m == -kInf) return;  // nothing unmasked and finite
+
+  // A group whose best possible key, m + log(16) + max noise, is below the
+  // current best cannot win: skip its noise, and its exps unless logprobs need them.
+  const bool hopeless = !kProbs && m + (2.7726f + kGumbelMax) < acc.best.key;
+  if (hopeless && !r.want_mass) return;
+  // Group weight: sum e^(y - m) for logits, sum w for probabilities.
+  float sum = 0.0f;
+  for (int i = 0; i < kGroup; ++i) {
+    const float finite = v[i] == kInf ? (kProbs ? 0.0f : -kInf) : v[i];
+    sum += kProbs ? finite : exp_nonpositive(finite - m);
+  }
+  if (!kProbs && r.want_mass) acc.mass = merge_mass(acc.mass, {m, sum});
+  if (r.greedy || hopeless || !(sum > 0.0f)) return;
+  const float log_weight = kProbs ? log_positive(sum) : m + log_positive(sum);
+  const int32_t group = first / kGroup;
+  const float key = log_weight + gumbel_from_bits(group_word(r.stream, group));
+  acc.best = better_of(acc.best, {key, group});
+}
+
+SF_HD float masked_value(bool probs) { return probs ? 0.0f : -kInf; }
+
+// The race inside the winning group, one token at a time: token i's key is
+// y_i + G_i with its own token word. Returns the winner (index and key).
+template <bool kProbs>
+SF_HD Best token_entry(float v, int32_t token, const RowRace& r) {
+  const bool masked = kProbs ? !(v > 0.0f) || v == kInf : v == -kInf || v == kInf;
+  if (masked) return no_best();
+  const float y = kProbs ? log_positive(v) : v;
+  return {y + gumbel_from_bits(token_word(r.stream, token)), token};
+}
+
+// Final answer for a row once all partials are merged.
+struct RowResult {
+  int64_t token;
+  float logprob;
+  bool valid;
+  bool needs_resolve;  // sampling: token holds the winning group, to be raced token by token
+};
+
+SF_HD RowResult finish_row(const RacePartial& p, const RowRace& r, bool probs) {
+  if (p.infs.count > 0)
+    return {p.infs.first, -log_positive(float(p.infs.count)), true, false};
+  if (p.best.index == kNoIndex) return {0, -kInf, false, false};
+  if (r.greedy && !probs) {
+    const float logprob = r.want_mass ? p.best.key - p.mass.max - log_positive(p.mass.sum) : 0.0f;
+    return {p.best.index, logprob, true, false};
+  }
+  return {p.best.index, 0.0f, true, true};
+}
+
+// logprob of the chosen token with scaled logit y.
+SF_HD float chosen_logprob(float y, const LogSumExp& mass) {
+  return y - mass.max - log_positive(mass.sum);
+}
+
+}  // namespace syncfree

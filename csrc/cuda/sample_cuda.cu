@@ -1,0 +1,280 @@
+// The CUDA sampler: one launch, one pass over the input, no host sync.
+//
+// Grid: one block per (row, chunk). A large vocabulary at small batch is cut
+// into chunks (RowSplit) so that many SMs share a row; the last block of a row
+// to finish (a ticket counter) merges the row's partials and writes the
+// token. Each thread takes whole groups of kGroup tokens (16-byte loads when
+// the row is aligned) and runs them through visit_group, the same code as the
+// CPU path (See Note [Two-level exponential race]).
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/cuda/PhiloxUtils.cuh>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <nvtx3/nvToolsExt.h>
+
+#include <mutex>
+
+#include "../sample.h"
+
+namespace syncfree {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+// A chunk gives every thread of its block at least one group.
+constexpr int64_t kMinChunk = int64_t(kThreads) * kGroup;
+// Blocks wanted per SM when splitting rows (512 threads: 4 fill an SM).
+constexpr int kBlocksPerSm = 4;
+
+struct KernelArgs {
+  SampleParams p;
+  RowSplit split;
+  RacePartial* partials;  // [rows, splits] when split.splits > 1
+  unsigned* tickets;      // [rows], zeroed before the launch
+  at::PhiloxCudaState philox;
+  bool from_generator;
+};
+
+// ---------------------------------------------------------------------------
+// Loads
+
+// Group g of a row through 16-byte loads; the caller guarantees a full group
+// and a 16-byte aligned row.
+template <typename T>
+__device__ __forceinline__ void load_group_vec(const T* row, int64_t g, bool probs, float inv_t,
+                                               float (&v)[kGroup]) {
+  constexpr int kPerLoad = 16 / sizeof(T);
+  const uint4* src = reinterpret_cast<const uint4*>(row + g * kGroup);
+#pragma unroll
+  for (int j = 0; j < kGroup / kPerLoad; ++j) {
+    const uint4 raw = __ldg(src + j);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < kPerLoad; ++k) {
+      const float x = float(e[k]);
+      v[j * kPerLoad + k] = probs ? clean_weight(x) : scaled_logit(x, inv_t);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Reductions. Assumptions: blockDim.x == kThreads; every thread calls.
+
+__device__ __forceinline__ RacePartial shfl_down(const RacePartial& a, int delta) {
+  RacePartial b;
+  b.best.key = __shfl_down_sync(0xffffffffu, a.best.key, delta);
+  b.best.index = __shfl_down_sync(0xffffffffu, a.best.index, delta);
+  b.mass.max = __shfl_down_sync(0xffffffffu, a.mass.max, delta);
+  b.mass.sum = __shfl_down_sync(0xffffffffu, a.mass.sum, delta);
+  b.infs.first = __shfl_down_sync(0xffffffffu, a.infs.first, delta);
+  b.infs.count = __shfl_down_sync(0xffffffffu, a.infs.count, delta);
+  return b;
+}
+
+__device__ __forceinline__ RacePartial warp_merge(RacePartial a) {
+#pragma unroll
+  for (int delta = 16; delta > 0; delta >>= 1) a = merge_partials(a, shfl_down(a, delta));
+  return a;  // complete in lane 0
+}
+
+// The block's merged partial, complete in thread 0.
+__device__ RacePartial block_merge(RacePartial a) {
+  __shared__ RacePartial per_warp[kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  a = warp_merge(a);
+  if (lane == 0) per_warp[warp] = a;
+  __syncthreads();
+  if (warp == 0) a = warp_merge(lane < kWarps ? per_warp[lane] : empty_partial());
+  __syncthreads();  // per_warp may be reused by the next call
+  return a;
+}
+
+// Partials written by other blocks: read through L2 (never a stale L1 line).
+__device__ __forceinline__ RacePartial load_partial(const RacePartial* src) {
+  static_assert(sizeof(RacePartial) == 6 * sizeof(int), "RacePartial layout");
+  int words[6];
+  const int* w = reinterpret_cast<const int*>(src);
+#pragma unroll
+  for (int i = 0; i < 6; ++i) words[i] = __ldcg(w + i);
+  RacePartial p;
+  memcpy(&p, words, sizeof p);
+  return p;
+}
+
+__device__ __forceinline__ RacePartial broadcast_lane0(const RacePartial& a) {
+  RacePartial b;
+  b.best.key = __shfl_sync(0xffffffffu, a.best.key, 0);
+  b.best.index = __shfl_sync(0xffffffffu, a.best.index, 0);
+  b.mass.max = __shfl_sync(0xffffffffu, a.mass.max, 0);
+  b.mass.sum = __shfl_sync(0xffffffffu, a.mass.sum, 0);
+  b.infs.first = __shfl_sync(0xffffffffu, a.infs.first, 0);
+  b.infs.count = __shfl_sync(0xffffffffu, a.infs.count, 0);
+  return b;
+}
+
+// ---------------------------------------------------------------------------
+// Kernel
+
+// Warp 0 turns the row's merged partial (in lane 0) into the token: when
+// sampling, lanes race the winning group's tokens one each.
+template <typename T, bool kProbs>
+__device__ void finish_row_warp(const SampleParams& p, int64_t row, const RowRace& r, const T* x,
+                                RacePartial acc) {
+  const int lane = threadIdx.x;
+  acc = broadcast_lane0(acc);
+  RowResult res = finish_row(acc, r, kProbs);
+  if (res.needs_resolve) {
+    const int64_t first = res.token * kGroup;
+    const bool mine = lane < group_size(p.vocab, res.token);
+    const float v = mine ? load_value(x, first + lane, kProbs, r.inv_temperature) : masked_value(kProbs);
+    Best winner = mine ? token_entry<kProbs>(v, int32_t(first + lane), r) : no_best();
+#pragma unroll
+    for (int delta = 16; delta > 0; delta >>= 1) {
+      const Best other{__shfl_xor_sync(0xffffffffu, winner.key, delta),
+                       __shfl_xor_sync(0xffffffffu, winner.index, delta)};
+      winner = better_of(winner, other);
+    }
+    const float y = __shfl_sync(0xffffffffu, v, int(winner.index - first) & 31);
+    res.token = winner.index;
+    if (r.want_mass) res.logprob = chosen_logprob(y, acc.mass);
+  }
+  if (lane == 0) store_result(p, row, res.token, res.logprob, res.valid);
+}
+
+template <typename T, bool kProbs, bool kVec>
+__global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a) {
+  const int32_t splits = a.split.splits;
+  const int64_t row = blockIdx.x / splits;
+  const int32_t split = blockIdx.x % splits;
+  SampleParams p = a.p;
+  if (a.from_generator) {
+    // Graph-safe: reads the generator's seed/offset from device memory when captured.
+    const auto seed_offset = at::cuda::philox::unpack(a.philox);
+    p.seed = std::get<0>(seed_offset);
+    p.pos0 = std::get<1>(seed_offset);
+  }
+  const RowRace r = row_race(p, row);
+  const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
+
+  const ChunkGroups cg = chunk_groups(a.split, split);
+  const int64_t full_groups = p.vocab / kGroup;
+  RacePartial acc = empty_partial();
+  float v[kGroup];
+  for (int64_t q = threadIdx.x; q < cg.groups; q += kThreads) {
+    const int64_t g = cg.first_group + q;
+    if (kVec && g < full_groups) {
+      load_group_vec(x, g, kProbs, r.inv_temperature, v);
+    } else {
+      load_group_scalar(x, p.vocab, g, kProbs, r.inv_temperature, v);
+    }
+    visit_group<kProbs>(acc, v, int32_t(g * kGroup), r);
+  }
+  acc = block_merge(acc);
+
+  if (splits > 1) {
+    // The last block of the row to arrive merges every chunk's partial.
+    __shared__ bool last;
+    if (threadIdx.x == 0) {
+      a.partials[row * splits + split] = acc;
+      __threadfence();
+      last = atomicAdd(a.tickets + row, 1u) == unsigned(splits - 1);
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    acc = threadIdx.x < splits ? load_partial(a.partials + row * splits + threadIdx.x) : empty_partial();
+    acc = block_merge(acc);
+  }
+  if (threadIdx.x < 32) finish_row_warp<T, kProbs>(p, row, r, x, acc);
+}
+
+// ---------------------------------------------------------------------------
+// Launcher
+
+int sm_count(c10::DeviceIndex device) {
+  static int counts[64] = {0};
+  int& count = counts[device];
+  if (count == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+struct NvtxRange {
+  explicit NvtxRange(const char* name) { nvtxRangePushA(name); }
+  ~NvtxRange() { nvtxRangePop(); }
+};
+
+template <typename T>
+void launch(const KernelArgs& args, bool aligned, cudaStream_t stream) {
+  const dim3 grid(unsigned(args.p.rows * args.split.splits)), block(kThreads);
+  if (args.p.probs) {
+    if (aligned) {
+      syncfree_sample_kernel<T, true, true><<<grid, block, 0, stream>>>(args);
+    } else {
+      syncfree_sample_kernel<T, true, false><<<grid, block, 0, stream>>>(args);
+    }
+  } else {
+    if (aligned) {
+      syncfree_sample_kernel<T, false, true><<<grid, block, 0, stream>>>(args);
+    } else {
+      syncfree_sample_kernel<T, false, false><<<grid, block, 0, stream>>>(args);
+    }
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
+                 const std::optional<at::Generator>& generator, bool from_generator) {
+  NvtxRange range(p.probs ? "syncfree::sample_probs" : "syncfree::sample");
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+
+  KernelArgs args{};
+  args.p = p;
+  args.from_generator = from_generator;
+  const int64_t wanted = ceil_div(int64_t(sm_count(device)) * kBlocksPerSm, p.rows);
+  args.split = split_row(p.vocab, wanted, kMinChunk);
+  TORCH_CHECK(p.rows * args.split.splits <= int64_t(INT32_MAX), "syncfree: batch of ", p.rows,
+              " rows is too large for one launch");
+  if (from_generator) {
+    // See Note [syncfree RNG counter layout]: each row reads positions
+    // [offset, offset + V) of its subsequence; the offset moves past them.
+    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+        generator, at::cuda::detail::getDefaultCUDAGenerator(device));
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    args.philox = gen->philox_cuda_state(uint64_t(ceil_div(p.vocab, 4) * 4));
+  }
+
+  c10::DataPtr workspace;
+  if (args.split.splits > 1) {
+    const size_t partial_bytes = size_t(p.rows * args.split.splits) * sizeof(RacePartial);
+    const size_t ticket_bytes = size_t(p.rows) * sizeof(unsigned);
+    workspace = c10::cuda::CUDACachingAllocator::get()->allocate(partial_bytes + ticket_bytes);
+    args.partials = static_cast<RacePartial*>(workspace.get());
+    args.tickets = reinterpret_cast<unsigned*>(static_cast<char*>(workspace.get()) + partial_bytes);
+    C10_CUDA_CHECK(cudaMemsetAsync(args.tickets, 0, ticket_bytes, stream));
+  }
+
+  const size_t elem = dtype == at::kFloat ? 4 : 2;
+  const bool aligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0 && (p.row_stride * elem) % 16 == 0;
+  switch (dtype) {
+    case at::kFloat:
+      launch<float>(args, aligned, stream);
+      break;
+    case at::kHalf:
+      launch<c10::Half>(args, aligned, stream);
+      break;
+    case at::kBFloat16:
+      launch<c10::BFloat16>(args, aligned, stream);
+      break;
+    default:
+      TORCH_CHECK(false, "syncfree: unsupported dtype ", dtype, " on CUDA");
+  }
+}
+
+}  // namespace syncfree

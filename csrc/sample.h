@@ -1,0 +1,23 @@
+// Entry points of the device implementations; ops.cpp does every check first.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <c10/core/ScalarType.h>
+
+#include <optional>
+
+#include "core/params.h"
+
+namespace syncfree {
+
+// When from_generator is true, the implementation takes p.seed/p.pos0 from
+// the generator (or the device's default one) and advances it.
+void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::Generator>& generator,
+                bool from_generator);
+
+#ifdef SYNCFREE_WITH_CUDA
+void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
+                 const std::optional<at::Generator>& generator, bool from_generator);
+#endif
+
+}  // namespace syncfree

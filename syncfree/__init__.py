@@ -1,0 +1,9 @@
+"""syncfree: next-token sampling for LLM decode loops without a GPU->CPU sync.
+
+See README.md for the API, the semantics and the RNG contract.
+"""
+from ._native import _C
+from .sampling import sample, sample_probs
+
+__all__ = ["sample", "sample_probs"]
+__version__ = "0.1.0"

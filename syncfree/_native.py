@@ -1,0 +1,26 @@
+"""Loads the native extension, and explains a build made for another torch."""
+import torch
+
+_REBUILD = ("rebuild syncfree against the torch you have: "
+            "pip install --no-build-isolation --force-reinstall --no-deps .  (from the syncfree source tree)")
+
+
+def _load():
+    try:
+        from . import _build_info
+    except ImportError:
+        _build_info = None
+    if _build_info is not None and _build_info.TORCH_VERSION != torch.__version__:
+        raise ImportError(f"syncfree was built for torch {_build_info.TORCH_VERSION} but torch "
+                          f"{torch.__version__} is installed; {_REBUILD}")
+    try:
+        from . import _C
+    except ImportError as e:
+        raise ImportError(f"syncfree's native extension failed to load ({e}); {_REBUILD}") from e
+    if _C.torch_version != torch.__version__:
+        raise ImportError(f"syncfree was built for torch {_C.torch_version} but torch "
+                          f"{torch.__version__} is installed; {_REBUILD}")
+    return _C
+
+
+_C = _load()

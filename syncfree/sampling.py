@@ -1,0 +1,129 @@
+"""syncfree.sample and syncfree.sample_probs: thin wrappers over torch.ops.syncfree.
+
+The wrappers only sort Python numbers from tensors and never read tensor
+values, so they run on meta tensors and trace under torch.compile. Every check
+of shapes, dtypes, devices and scalar ranges happens in C++ (csrc/ops.cpp)
+before any kernel runs.
+"""
+from typing import Optional, Union
+
+import torch
+
+from . import _native  # noqa: F401  (loads the ops)
+
+Number = Union[int, float]
+_UINT64 = 1 << 64
+
+
+def _number_or_tensor(value, name):
+    """(tensor, None) for a per-row tensor, (None, float) for a Python number."""
+    if isinstance(value, torch.Tensor):
+        return value, None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number or a tensor with one value per row, "
+                        f"got {type(value).__name__}")
+    return None, value
+
+
+def _check_identity_warpers(vocab, top_k, top_p, min_p, typical_p):
+    """Range checks of SPEC §5; non-identity warpers are not implemented yet (issue #3)."""
+    for name, value in (("top_k", top_k), ("top_p", top_p), ("min_p", min_p), ("typical_p", typical_p)):
+        tensor, _ = _number_or_tensor(value, name)
+        if tensor is not None:
+            raise NotImplementedError(f"{name}: per-row warper tensors are not implemented yet (issue #3)")
+    if isinstance(top_k, float) and not top_k.is_integer():
+        raise TypeError(f"top_k: expected an int, got {top_k}")
+    if not top_k >= 0:
+        raise ValueError(f"top_k: expected an int >= 0 (0 keeps all tokens), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p: expected a number in (0, 1], got {top_p}")
+    if not 0 <= min_p <= 1:
+        raise ValueError(f"min_p: expected a number in [0, 1], got {min_p}")
+    if not 0 < typical_p <= 1:
+        raise ValueError(f"typical_p: expected a number in (0, 1], got {typical_p}")
+    for name, value, identity in (("top_k", 0 < top_k < vocab, "0 or >= V"), ("top_p", top_p != 1, "1"),
+                                  ("min_p", min_p != 0, "0"), ("typical_p", typical_p != 1, "1")):
+        if value:
+            raise NotImplementedError(f"{name}: only the identity value ({identity}) is accepted until the "
+                                      f"warpers land (issue #3)")
+
+
+def _rng_args(seed, offset, generator):
+    """Sorts seed/offset into (seed tensor, offset tensor, int seed, int offset)."""
+    seed_t = offset_t = seed_v = None
+    offset_v = 0
+    if isinstance(seed, torch.Tensor):
+        seed_t = seed
+    elif seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int or an int64 tensor [B], got {type(seed).__name__}")
+        seed_v = seed % _UINT64  # like torch.manual_seed: any int, taken modulo 2^64
+        seed_v = seed_v - _UINT64 if seed_v >= _UINT64 // 2 else seed_v
+    if isinstance(offset, torch.Tensor):
+        offset_t = offset
+    elif offset is not None:
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset: expected an int or an int64 tensor [B], got {type(offset).__name__}")
+        if not 0 <= offset < _UINT64 // 2:
+            raise ValueError(f"offset: expected an int in [0, 2^63), got {offset}")
+        offset_v = offset
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    return seed_t, offset_t, seed_v, offset_v
+
+
+def _pack(tokens, logprobs, valid, return_logprobs, return_valid):
+    if not (return_logprobs or return_valid):
+        return tokens
+    return (tokens,) + ((logprobs,) if return_logprobs else ()) + ((valid,) if return_valid else ())
+
+
+def _call(out, x, probs, temperature_t, temperature_v, rng, generator, return_logprobs, return_valid):
+    args = (x, probs, temperature_t, temperature_v, *rng, generator, return_logprobs, return_valid)
+    if out is None:
+        return torch.ops.syncfree.sample(*args)
+    logprobs, valid = torch.ops.syncfree.sample_into(out, *args)
+    return out, logprobs, valid
+
+
+def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0,
+           top_k: Union[int, torch.Tensor] = 0, top_p: Union[Number, torch.Tensor] = 1.0,
+           min_p: Union[Number, torch.Tensor] = 0.0, typical_p: Union[Number, torch.Tensor] = 1.0, *,
+           generator: Optional[torch.Generator] = None, seed: Union[None, int, torch.Tensor] = None,
+           offset: Union[None, int, torch.Tensor] = None, return_logprobs: bool = False,
+           return_valid: bool = False, out: Optional[torch.Tensor] = None):
+    """Samples one token per row of `logits` ([V] or [B, V]) without a GPU->CPU sync.
+
+    Token = argmax(logits / temperature + Gumbel noise) (the exponential race),
+    with temperature 0 meaning greedy. `temperature` is a number or a [B]
+    tensor. Noise comes from `seed`/`offset` ([B] int64 tensors: row b depends
+    only on seed[b], offset[b] and the token; or Python ints), else from
+    `generator` (default: torch's generator for the device), which advances.
+    top_k/top_p/min_p/typical_p accept only their identity values until the
+    warpers land (issue #3). Returns int64 ids of shape logits.shape[:-1], or a
+    tuple (ids[, logprobs][, valid]) when asked: logprobs (float32) of the
+    chosen tokens under softmax(logits / T), valid False for rows with no
+    unmasked token. `out` is an optional preallocated int64 tensor.
+    """
+    temperature_t, temperature_v = _number_or_tensor(temperature, "temperature")
+    if isinstance(logits, torch.Tensor) and logits.dim() >= 1:
+        _check_identity_warpers(logits.shape[-1], top_k, top_p, min_p, typical_p)
+    if temperature_v is None:
+        temperature_v = 1.0
+    rng = _rng_args(seed, offset, generator)
+    tokens, logprobs, valid = _call(out, logits, False, temperature_t, float(temperature_v), rng, generator,
+                                    return_logprobs, return_valid)
+    return _pack(tokens, logprobs, valid, return_logprobs, return_valid)
+
+
+def sample_probs(probs: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+                 seed: Union[None, int, torch.Tensor] = None, offset: Union[None, int, torch.Tensor] = None,
+                 return_valid: bool = False, out: Optional[torch.Tensor] = None):
+    """Drop-in for torch.multinomial(probs, 1).squeeze(-1) on non-negative weights
+    ([V] or [B, V], need not sum to 1): argmin E_i / p_i, no sync. NaN and
+    negative weights count as 0; +inf weights win (lowest index first). Seeds,
+    generator, `out` and `valid` as in `sample`.
+    """
+    rng = _rng_args(seed, offset, generator)
+    tokens, _, valid = _call(out, probs, True, None, 1.0, rng, generator, False, return_valid)
+    return _pack(tokens, None, valid, False, return_valid)

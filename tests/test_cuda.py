@@ -1,0 +1,220 @@
+"""CUDA path: token identity with the CPU, no syncs, run-ahead, graph capture, streams and devices.
+
+Skipped without a GPU. benchmarks/gpu_run.sh runs these on a GPU machine.
+"""
+import time
+
+import pytest
+import torch
+
+import syncfree
+from conftest import requires_cuda
+
+pytestmark = [pytest.mark.cuda, requires_cuda]
+
+SHAPES = [(1, 1), (1, 17), (3, 1000), (1, 128256), (2, 262144), (8, 32000), (64, 4099), (300, 151), (70_000, 5)]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make(b, v, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, v, generator=g) * 3).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cpu_and_cuda_give_identical_tokens(shape, dtype):
+    x = make(*shape, dtype)
+    x.view(-1)[:: 97] = -float("inf")
+    b = shape[0]
+    seeds = torch.randint(0, 2**62, (b,), generator=torch.Generator().manual_seed(1))
+    offsets = torch.arange(b)
+    temps = torch.rand(b, generator=torch.Generator().manual_seed(2)) * 2
+    temps[::5] = 0
+    for kwargs in (dict(seed=seeds, offset=offsets), dict(seed=123, offset=8), dict(seed=5, offset=3)):
+        cuda_kwargs = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+        cpu = syncfree.sample(x, 0.9, return_logprobs=True, return_valid=True, **kwargs)
+        gpu = syncfree.sample(x.cuda(), 0.9, return_logprobs=True, return_valid=True, **cuda_kwargs)
+        assert torch.equal(cpu[0], gpu[0].cpu())
+        assert torch.equal(cpu[2], gpu[2].cpu())
+        torch.testing.assert_close(cpu[1], gpu[1].cpu(), atol=1e-4, rtol=1e-4)
+        cpu_t = syncfree.sample(x, temps, **kwargs)
+        gpu_t = syncfree.sample(x.cuda(), temps.cuda(), **cuda_kwargs)
+        assert torch.equal(cpu_t, gpu_t.cpu())
+    w = x.float().exp()
+    assert torch.equal(syncfree.sample_probs(w, seed=9), syncfree.sample_probs(w.cuda(), seed=9).cpu())
+
+
+def test_unaligned_and_strided_rows_match_cpu():
+    wide = make(16, 5003, torch.bfloat16)
+    for view in (wide[:, 1:4001], wide[::3, 2:], wide[0].expand(16, 5003)):
+        assert torch.equal(syncfree.sample(view, seed=4), syncfree.sample(view.cuda(), seed=4).cpu())
+
+
+def test_edge_cases_on_cuda():
+    x = torch.randn(4, 300, device="cuda")
+    x[0] = -float("inf")
+    x[1] = float("nan")
+    x[2, [40, 7]] = float("inf")
+    tokens, valid = syncfree.sample(x, seed=1, return_valid=True)
+    assert tokens.tolist()[:3] == [0, 0, 7] and valid.tolist() == [False, False, True, True]
+    assert syncfree.sample(torch.randn(0, 5, device="cuda")).shape == (0,)
+    assert syncfree.sample(torch.randn(9, device="cuda"), 0.0).shape == ()
+
+
+def test_int_seed_equals_a_fresh_cuda_generator():
+    x = make(32, 5000, torch.float32).cuda()
+    g = torch.Generator(device="cuda").manual_seed(77)
+    assert torch.equal(syncfree.sample(x, seed=77), syncfree.sample(x, generator=g))
+
+
+def test_generator_advances_and_reseeds_on_cuda():
+    x = make(64, 1000, torch.float32).cuda()
+    g = torch.Generator(device="cuda").manual_seed(3)
+    a, b = syncfree.sample(x, generator=g), syncfree.sample(x, generator=g)
+    assert (a != b).any()
+    g.manual_seed(3)
+    assert torch.equal(syncfree.sample(x, generator=g), a)
+
+
+def all_public_calls(x, seeds, offsets, out):
+    syncfree.sample(x)
+    syncfree.sample(x, 0.7, return_logprobs=True, return_valid=True)
+    syncfree.sample(x, 0.0)
+    syncfree.sample(x, torch.full((x.shape[0],), 0.5, device=x.device), seed=seeds, offset=offsets)
+    syncfree.sample(x, seed=11, offset=4, out=out)
+    syncfree.sample_probs(x.float().softmax(-1), return_valid=True)
+    syncfree.sample_probs(x.float().softmax(-1), seed=seeds)
+
+
+@pytest.mark.parametrize("shape", [(1, 128256), (64, 32000)])
+def test_no_sync_in_any_public_call(shape):
+    x = make(*shape, torch.bfloat16).cuda()
+    seeds = torch.arange(shape[0], device="cuda")
+    offsets = torch.zeros(shape[0], dtype=torch.int64, device="cuda")
+    out = torch.empty(shape[0], dtype=torch.int64, device="cuda")
+    all_public_calls(x, seeds, offsets, out)  # warm up outside the check
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        all_public_calls(x, seeds, offsets, out)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+
+
+def test_host_runs_ahead_of_the_gpu():
+    """1000 calls enqueued behind a long kernel return long before the GPU is done."""
+    x = make(8, 32000, torch.float32).cuda()
+    out = torch.empty(8, dtype=torch.int64, device="cuda")
+    syncfree.sample(x, out=out)
+    torch.cuda.synchronize()
+    done = torch.cuda.Event()
+    torch.cuda._sleep(2_000_000_000)  # a few hundred ms to seconds of GPU time
+    start = time.perf_counter()
+    for _ in range(1000):
+        syncfree.sample(x, out=out)
+    host = time.perf_counter() - start
+    done.record()
+    assert not done.query(), "the GPU finished before the host enqueued everything: something synced"
+    torch.cuda.synchronize()
+    assert host < 5.0
+
+
+def capture(fn, warmup=2, generator=None):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    if generator is not None and hasattr(graph, "register_generator_state"):
+        graph.register_generator_state(generator)  # needed before torch 2.14, a no-op after
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+@pytest.mark.parametrize("which", ["default", "user"])
+@pytest.mark.parametrize("shape", [(1, 128256), (16, 32000)])
+def test_graph_replay_draws_fresh_noise_and_matches_eager(which, shape):
+    """PyTorch's own replay test: eager steps from a seed == graph replays from the same seed."""
+    x = make(*shape, torch.bfloat16).cuda()
+    gen = None if which == "default" else torch.Generator(device="cuda")
+    out = torch.empty(shape[0], dtype=torch.int64, device="cuda")
+    logprobs = []
+
+    def seed_all():
+        (torch.cuda.manual_seed if gen is None else gen.manual_seed)(1234)
+
+    def step():
+        _, lp = syncfree.sample(x, 0.8, generator=gen, out=out, return_logprobs=True)
+        logprobs.append(lp)
+
+    steps = 6
+    seed_all()
+    eager = []
+    for _ in range(steps):
+        step()
+        eager.append(out.clone())
+    eager_offset = (torch.cuda.default_generators[0] if gen is None else gen).get_offset()
+
+    graph = capture(step, generator=gen)
+    seed_all()
+    replayed = []
+    for _ in range(steps):
+        graph.replay()
+        replayed.append(out.clone())
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(eager, replayed))
+    assert len({tuple(t.tolist()) for t in replayed}) > 1 or shape[0] == 1  # fresh noise per replay
+    assert (torch.cuda.default_generators[0] if gen is None else gen).get_offset() == eager_offset
+
+
+def test_graph_with_per_row_seeds():
+    x = make(32, 32000, torch.float16).cuda()
+    seeds = torch.arange(32, device="cuda") * 3
+    offsets = torch.zeros(32, dtype=torch.int64, device="cuda")
+    out = torch.empty(32, dtype=torch.int64, device="cuda")
+    graph = capture(lambda: syncfree.sample(x, 0.9, seed=seeds, offset=offsets, out=out))
+    for step in range(4):
+        offsets.fill_(step)
+        graph.replay()
+        expected = syncfree.sample(x, 0.9, seed=seeds, offset=offsets)
+        assert torch.equal(out, expected)
+
+
+def test_current_stream_is_used():
+    x = make(8, 40000, torch.float32).cuda()
+    s = torch.cuda.Stream()
+    out = torch.empty(8, dtype=torch.int64, device="cuda")
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(100_000_000)
+        syncfree.sample(x, seed=3, out=out)
+        after = out.clone()
+    s.synchronize()
+    assert torch.equal(after, syncfree.sample(x, seed=3))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_non_default_device():
+    x = make(4, 1000, torch.float32)
+    with torch.cuda.device(0):
+        got = syncfree.sample(x.to("cuda:1"), seed=2)
+    assert got.device == torch.device("cuda:1")
+    assert torch.equal(got.cpu(), syncfree.sample(x, seed=2))
+    with pytest.raises(ValueError, match="generator: expected a generator on cuda:1"):
+        syncfree.sample(x.to("cuda:1"), generator=torch.Generator(device="cuda:0"))
+
+
+def test_generator_on_the_wrong_device():
+    with pytest.raises(ValueError, match="generator: expected a generator on cpu"):
+        syncfree.sample(torch.randn(2, 5), generator=torch.Generator(device="cuda"))
+
+
+def test_torch_compile_on_cuda():
+    compiled = torch.compile(lambda x, s: syncfree.sample(x, 0.7, seed=s), fullgraph=True)
+    x = make(4, 1000, torch.bfloat16).cuda()
+    s = torch.arange(4, device="cuda")
+    assert torch.equal(compiled(x, s), syncfree.sample(x, 0.7, seed=s))

@@ -1,0 +1,166 @@
+"""Edge cases of SPEC §3 and the errors of §5."""
+import math
+
+import pytest
+import torch
+
+import syncfree
+
+INF, NAN = float("inf"), float("nan")
+
+
+def test_degenerate_rows_give_an_in_range_token_and_invalid_flag():
+    x = torch.randn(4, 100)
+    x[1] = -INF
+    x[2] = NAN
+    tokens, logprobs, valid = syncfree.sample(x, seed=1, return_logprobs=True, return_valid=True)
+    assert valid.tolist() == [True, False, False, True]
+    assert tokens[1].item() == 0 and tokens[2].item() == 0
+    assert ((tokens >= 0) & (tokens < 100)).all()
+    assert logprobs[1] == -INF and logprobs[2] == -INF
+    probs = torch.rand(3, 50)
+    probs[0] = 0
+    probs[2] = NAN
+    tokens, valid = syncfree.sample_probs(probs, seed=2, return_valid=True)
+    assert valid.tolist() == [False, True, False]
+    assert ((tokens >= 0) & (tokens < 50)).all()
+
+
+def test_nan_counts_as_masked():
+    x = torch.full((20000, 8), NAN)
+    x[:, 5] = 0.0
+    x[:, 6] = 0.0
+    tokens = syncfree.sample(x, seed=3)
+    assert set(tokens.unique().tolist()) == {5, 6}
+
+
+def test_positive_infinity_wins_lowest_index_first():
+    x = torch.randn(3, 300)
+    x[0, 250] = INF
+    x[1, [40, 7, 290]] = INF
+    x[2, 299] = INF
+    x[2, :10] = NAN
+    tokens, logprobs = syncfree.sample(x, 0.5, seed=4, return_logprobs=True)
+    assert tokens.tolist() == [250, 7, 299]
+    torch.testing.assert_close(logprobs, torch.tensor([0.0, -math.log(3), 0.0]))
+    assert syncfree.sample(x, 0.0).tolist() == [250, 7, 299]
+    w = torch.rand(2, 40)
+    w[0, [33, 12]] = INF
+    assert syncfree.sample_probs(w, seed=1)[0].item() == 12
+
+
+@pytest.mark.parametrize("vocab", [1, 2, 15, 16, 17, 31, 33, 1000, 8191, 8193, 70001])
+def test_any_vocab_size(vocab):
+    x = torch.randn(5, vocab)
+    tokens = syncfree.sample(x, seed=5)
+    assert tokens.shape == (5,) and ((tokens >= 0) & (tokens < vocab)).all()
+    assert torch.equal(syncfree.sample(x, 0.0), x.argmax(-1))
+    # The last token (in a short last group) can win.
+    x[:, -1] = 50
+    assert (syncfree.sample(x, seed=6) == vocab - 1).all()
+
+
+def test_one_dimensional_input_gives_a_scalar():
+    x = torch.randn(77)
+    token = syncfree.sample(x, seed=1)
+    assert token.shape == () and token.dtype == torch.int64
+    token, logprob, valid = syncfree.sample(x, seed=1, return_logprobs=True, return_valid=True)
+    assert logprob.shape == () and valid.shape == () and valid.item()
+    assert syncfree.sample(x, torch.tensor([0.0])).item() == x.argmax().item()
+
+
+def test_empty_batch():
+    tokens, logprobs, valid = syncfree.sample(torch.randn(0, 10), return_logprobs=True, return_valid=True)
+    assert tokens.shape == (0,) and logprobs.shape == (0,) and valid.shape == (0,)
+    assert syncfree.sample_probs(torch.rand(0, 3)).shape == (0,)
+
+
+def test_batch_above_grid_y_limit():
+    x = torch.randn(70_000, 3)
+    x[:, 1] = 30.0
+    assert (syncfree.sample(x, seed=7) == 1).all()
+
+
+def test_any_row_stride():
+    wide = torch.randn(32, 1200)
+    seeds = torch.arange(32)
+    view = wide[:, 100:1100]  # row stride 1200, offset start
+    assert torch.equal(syncfree.sample(view, seed=seeds), syncfree.sample(view.contiguous(), seed=seeds))
+    every_other = wide[::2, :1000]
+    assert torch.equal(syncfree.sample(every_other, seed=seeds[:16]),
+                       syncfree.sample(every_other.contiguous(), seed=seeds[:16]))
+    repeated = wide[0].expand(32, 1200)  # row stride 0
+    assert torch.equal(syncfree.sample(repeated, seed=seeds), syncfree.sample(repeated.contiguous(), seed=seeds))
+
+
+def test_out_is_filled_and_returned():
+    x = torch.randn(6, 40)
+    out = torch.full((6,), -1, dtype=torch.int64)
+    result = syncfree.sample(x, seed=1, out=out)
+    assert result is out and torch.equal(out, syncfree.sample(x, seed=1))
+    out2 = torch.empty(12, dtype=torch.int64)[::2]  # strided out
+    syncfree.sample(x, 0.0, out=out2)
+    assert torch.equal(out2, x.argmax(-1))
+    tokens, valid = syncfree.sample_probs(x.exp(), seed=1, out=out, return_valid=True)
+    assert tokens is out and valid.all()
+
+
+def test_per_row_temperature_clamps():
+    x = torch.randn(4, 500)
+    temps = torch.tensor([NAN, -3.0, 0.0, INF])
+    tokens = syncfree.sample(x, temps, seed=1)
+    assert tokens[:3].tolist() == x[:3].argmax(-1).tolist()  # NaN and negative clamp to greedy
+    assert 0 <= tokens[3].item() < 500
+
+
+def test_identity_warpers_are_accepted():
+    x = torch.randn(3, 100)
+    base = syncfree.sample(x, seed=1)
+    assert torch.equal(syncfree.sample(x, 1.0, 0, 1.0, 0.0, 1.0, seed=1), base)
+    assert torch.equal(syncfree.sample(x, top_k=100, seed=1), base)
+    assert torch.equal(syncfree.sample(x, top_k=5000, seed=1), base)
+
+
+ERRORS = [
+    (lambda: syncfree.sample(torch.randint(0, 5, (2, 5))), TypeError, "logits: expected float32"),
+    (lambda: syncfree.sample(torch.randn(2, 3, 4)), ValueError, "logits: expected shape"),
+    (lambda: syncfree.sample(torch.randn(3, 0)), ValueError, "V = 0"),
+    (lambda: syncfree.sample(torch.randn(8, 3).t()), ValueError, "last dim must be contiguous"),
+    (lambda: syncfree.sample(torch.randn(2, 5), -1.0), ValueError, "temperature: expected a number >= 0"),
+    (lambda: syncfree.sample(torch.randn(2, 5), NAN), ValueError, "temperature: expected a number >= 0"),
+    (lambda: syncfree.sample(torch.randn(2, 5), "hot"), TypeError, "temperature: expected a number or a tensor"),
+    (lambda: syncfree.sample(torch.randn(2, 5), torch.ones(3)), ValueError, "temperature: expected one value per row"),
+    (lambda: syncfree.sample(torch.randn(2, 5), torch.ones(2, dtype=torch.int32)), TypeError,
+     "temperature: expected a floating-point tensor"),
+    (lambda: syncfree.sample(torch.randn(2, 5), seed=torch.ones(2)), TypeError, "seed: expected an int64 tensor"),
+    (lambda: syncfree.sample(torch.randn(2, 5), seed=torch.ones(3, dtype=torch.int64)), ValueError,
+     "seed: expected one value per row"),
+    (lambda: syncfree.sample(torch.randn(2, 5), seed=1.5), TypeError, "seed: expected an int"),
+    (lambda: syncfree.sample(torch.randn(2, 5), offset=torch.zeros(2, dtype=torch.int64)), ValueError,
+     "offset: a per-row offset tensor needs a per-row seed tensor"),
+    (lambda: syncfree.sample(torch.randn(2, 5), seed=1, offset=-2), ValueError, "offset: expected an int in"),
+    (lambda: syncfree.sample(torch.randn(2, 5), offset=3), ValueError, "offset: an offset needs a seed"),
+    (lambda: syncfree.sample(torch.randn(2, 5), seed=1, generator=torch.Generator()), ValueError,
+     "generator: pass either a generator or a seed"),
+    (lambda: syncfree.sample(torch.randn(2, 5), generator=3), TypeError, "generator: expected a torch.Generator"),
+    (lambda: syncfree.sample(torch.randn(2, 5), out=torch.empty(2, dtype=torch.int32)), TypeError,
+     "out: expected an int64 tensor"),
+    (lambda: syncfree.sample(torch.randn(2, 5), out=torch.empty(3, dtype=torch.int64)), ValueError,
+     "out: expected shape"),
+    (lambda: syncfree.sample(torch.randn(2, 5), top_k=-1), ValueError, "top_k: expected an int >= 0"),
+    (lambda: syncfree.sample(torch.randn(2, 5), top_p=0.0), ValueError, "top_p: expected a number in (0, 1]"),
+    (lambda: syncfree.sample(torch.randn(2, 5), min_p=1.5), ValueError, "min_p: expected a number in [0, 1]"),
+    (lambda: syncfree.sample(torch.randn(2, 5), typical_p=0.0), ValueError, "typical_p: expected a number in (0, 1]"),
+    (lambda: syncfree.sample(torch.randn(2, 5), top_k=2), NotImplementedError, "top_k: only the identity value"),
+    (lambda: syncfree.sample(torch.randn(2, 5), top_p=0.9), NotImplementedError, "top_p: only the identity value"),
+    (lambda: syncfree.sample(torch.randn(2, 5), top_p=torch.ones(2)), NotImplementedError, "top_p: per-row"),
+    (lambda: syncfree.sample_probs(torch.rand(2, 5).half().to(torch.int16)), TypeError, "probs: expected float32"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(ERRORS)))
+def test_bad_input_raises_naming_the_argument(case):
+    call, error, message = ERRORS[case]
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        call()

@@ -1,0 +1,75 @@
+"""torch.library integration: schemas, meta/fake kernels, torch.compile."""
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import syncfree
+
+
+def op_args(x, probs=False, temperature=None, t=1.0, seed=None, offset=None, seed_value=None, offset_value=0,
+            logprobs=False, valid=False):
+    return (x, probs, temperature, t, seed, offset, seed_value, offset_value, None, logprobs, valid)
+
+
+CASES = [
+    lambda: op_args(torch.randn(4, 100), seed=torch.arange(4), offset=torch.arange(4), logprobs=True, valid=True),
+    lambda: op_args(torch.randn(3, 50).bfloat16(), temperature=torch.rand(3) + 0.1, seed=torch.arange(3)),
+    lambda: op_args(torch.randn(100), t=0.0, logprobs=True),
+    lambda: op_args(torch.rand(5, 33), probs=True, seed_value=3, offset_value=4, valid=True),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_opcheck_sample(case):
+    torch.library.opcheck(torch.ops.syncfree.sample.default, CASES[case]())
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_opcheck_sample_into(case):
+    args = CASES[case]()
+    out = torch.empty(args[0].shape[:-1], dtype=torch.int64)
+    torch.library.opcheck(torch.ops.syncfree.sample_into.default, (out, *args))
+
+
+def test_meta_tensors_give_shapes_without_reading_values():
+    x = torch.empty(7, 1000, device="meta", dtype=torch.bfloat16)
+    tokens, logprobs, valid = syncfree.sample(x, torch.empty(7, device="meta"), return_logprobs=True,
+                                              return_valid=True)
+    assert tokens.device.type == "meta" and tokens.shape == (7,) and tokens.dtype == torch.int64
+    assert logprobs.shape == (7,) and logprobs.dtype == torch.float32 and valid.dtype == torch.bool
+    assert syncfree.sample_probs(torch.empty(5, device="meta")).shape == ()
+    with pytest.raises(ValueError, match="temperature: expected one value per row"):
+        syncfree.sample(x, torch.empty(3, device="meta"))
+
+
+def test_fake_tensor_mode():
+    with FakeTensorMode():
+        x = torch.randn(3, 64)
+        tokens, logprobs = syncfree.sample(x, 0.7, seed=torch.arange(3), return_logprobs=True)
+        assert tokens.shape == (3,) and logprobs.shape == (3,)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    def step(logits, temperature, seeds, offsets):
+        tokens, logprobs = syncfree.sample(logits, temperature, seed=seeds, offset=offsets, return_logprobs=True)
+        return tokens + 1, logprobs * 2
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor")
+    x = torch.randn(8, 3000)
+    temps, seeds, offsets = torch.rand(8) + 0.2, torch.arange(8) * 11, torch.arange(8)
+    eager = step(x, temps, seeds, offsets)
+    got = compiled(x, temps, seeds, offsets)
+    assert torch.equal(got[0], eager[0])
+    torch.testing.assert_close(got[1], eager[1])
+
+
+def test_torch_compile_fullgraph_default_generator_and_scalars():
+    def step(logits):
+        return syncfree.sample(logits, 0.8, out=None), syncfree.sample(logits, 0.0)
+
+    compiled = torch.compile(step, fullgraph=True)
+    x = torch.randn(4, 500)
+    torch.manual_seed(3)
+    got = compiled(x)
+    assert torch.equal(got[1], x.argmax(-1))
+    assert ((got[0] >= 0) & (got[0] < 500)).all()
