@@ -57,7 +57,9 @@ def extension():
     kwargs = dict(name="syncfree._C", include_dirs=[os.path.join(ROOT, "csrc")],
                   extra_link_args=["-fopenmp"])
     if not CUDA_HOME:
-        print("syncfree: no CUDA toolkit found (set CUDA_HOME); building the CPU-only extension", flush=True)
+        why = "SYNCFREE_FORCE_CPU=1" if os.environ.get("SYNCFREE_FORCE_CPU") == "1" else \
+            "no CUDA toolkit found (set CUDA_HOME to one)"
+        print(f"syncfree: {why}; building the CPU-only extension", flush=True)
         return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
     nvcc = ["-O3", "--fmad=false", "-lineinfo", "-DSYNCFREE_WITH_CUDA",
             f'-DSYNCFREE_TORCH_VERSION="{torch.__version__}"']

@@ -212,7 +212,7 @@ def long_table(results, device):
 def summary_table(results, method_names):
     """One line per shape: syncfree's time and bandwidth, then each peer as a multiple of it."""
     peers = [m for m in method_names if m != REFERENCE]
-    lines = [f"{'dtype':<9}{'B':>5}{'V':>8}{'sf us':>9}{'GB/s':>7}{'%copy':>6}"
+    lines = [f"{'dtype':<9}{'B':>5}{'V':>8}{'sf us':>9}{'GB/s':>8}{'%copy':>6}"
              + "".join(f"{p:>12}" for p in peers),
              "  (peer columns: peer time / syncfree time; '!' = peer synced; '-' = not run)"]
     by_shape = {}
@@ -221,7 +221,7 @@ def summary_table(results, method_names):
     for (dtype, batch, vocab), row in by_shape.items():
         ref = row.get(REFERENCE, {})
         line = (f"{dtype:<9}{batch:>5}{vocab:>8}{fmt(ref.get('us'), '.1f', 9)}"
-                f"{fmt(ref.get('gbps'), '.0f', 7)}{fmt(ref.get('pct_copy'), '.0f', 6)}")
+                f"{fmt(ref.get('gbps'), '.1f', 8)}{fmt(ref.get('pct_copy'), '.1f', 6)}")
         for p in peers:
             r = row.get(p)
             if r is None:

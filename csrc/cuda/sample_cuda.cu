@@ -16,6 +16,7 @@
 #include <c10/util/Half.h>
 #include <nvtx3/nvToolsExt.h>
 
+#include <algorithm>
 #include <mutex>
 
 #include "../sample.h"
@@ -25,10 +26,11 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-// A chunk gives every thread of its block at least one group.
+// Rows are split only into chunks of at least about this many tokens.
 constexpr int64_t kMinChunk = int64_t(kThreads) * kGroup;
-// Blocks wanted per SM when splitting rows (512 threads: 4 fill an SM).
-constexpr int kBlocksPerSm = 4;
+// Blocks wanted per SM when splitting rows (~60 registers a thread: two
+// 512-thread blocks fit an SM).
+constexpr int kBlocksPerSm = 2;
 
 struct KernelArgs {
   SampleParams p;
@@ -237,7 +239,8 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   KernelArgs args{};
   args.p = p;
   args.from_generator = from_generator;
-  const int64_t wanted = ceil_div(int64_t(sm_count(device)) * kBlocksPerSm, p.rows);
+  // The merging block reads one partial per thread: at most kThreads chunks.
+  const int64_t wanted = std::min<int64_t>(ceil_div(int64_t(sm_count(device)) * kBlocksPerSm, p.rows), kThreads);
   args.split = split_row(p.vocab, wanted, kMinChunk);
   TORCH_CHECK(p.rows * args.split.splits <= int64_t(INT32_MAX), "syncfree: batch of ", p.rows,
               " rows is too large for one launch");
