@@ -52,7 +52,8 @@ def nvidia_wheel_includes():
 def extension():
     sources = ["csrc/ops.cpp", "csrc/bindings.cpp", "csrc/cpu/sample_cpu.cpp"]
     # Same rounding as the GPU: no contraction, no fast math. See Note [Same bits on CPU and CUDA].
-    cxx = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fopenmp",
+    # -fno-trapping-math changes no value; it lets gcc turn selects into vector blends.
+    cxx = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-fopenmp",
            f'-DSYNCFREE_TORCH_VERSION="{torch.__version__}"']
     kwargs = dict(name="syncfree._C", include_dirs=[os.path.join(ROOT, "csrc")],
                   extra_link_args=["-fopenmp"])

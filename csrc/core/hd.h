@@ -12,6 +12,14 @@
 #define SF_HD static inline __attribute__((always_inline))
 #endif
 
+// Full unrolling of the fixed 16-wide group loops on the GPU keeps the
+// arrays in registers; on the CPU the loops are left to the loop vectorizer.
+#if defined(__CUDACC__)
+#define SF_UNROLL _Pragma("unroll")
+#else
+#define SF_UNROLL
+#endif
+
 namespace syncfree {
 
 // Bit casts that compile to nothing on either side.

@@ -59,8 +59,12 @@ template <typename T>
 SF_HD void load_group_scalar(const T* row, int64_t vocab, int64_t g, bool probs, float inv_t,
                              float (&v)[kGroup]) {
   const int n = group_size(vocab, g);
-  for (int i = 0; i < kGroup; ++i)
-    v[i] = i < n ? load_value(row, g * kGroup + i, probs, inv_t) : masked_value(probs);
+  const T* src = row + g * kGroup;
+  if (n == kGroup) {
+    for (int i = 0; i < kGroup; ++i) v[i] = load_value(src, i, probs, inv_t);
+  } else {
+    for (int i = 0; i < kGroup; ++i) v[i] = i < n ? load_value(src, i, probs, inv_t) : masked_value(probs);
+  }
 }
 
 // Writes a row's result.

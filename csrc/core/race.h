@@ -114,25 +114,60 @@ SF_HD float scaled_logit(float x, float inv_t) {
 // A probability weight: NaN, negative and zero weights are masked (0).
 SF_HD float clean_weight(float w) { return w > 0.0f ? w : 0.0f; }
 
+// Sums and maxima over a group in a fixed pairwise-tree order (i with
+// i + 8, then i + 4, ...): the same bits on CPU and GPU, and each level is
+// one vector operation on the CPU and independent instructions on the GPU.
+SF_HD float tree_sum(float (&a)[kGroup]) {
+  SF_UNROLL
+  for (int width = kGroup / 2; width > 0; width /= 2) {
+    SF_UNROLL
+    for (int i = 0; i < width; ++i) a[i] = a[i] + a[i + width];
+  }
+  return a[0];
+}
+
+SF_HD float tree_max(float (&a)[kGroup]) {
+  SF_UNROLL
+  for (int width = kGroup / 2; width > 0; width /= 2) {
+    SF_UNROLL
+    for (int i = 0; i < width; ++i) a[i] = a[i + width] > a[i] ? a[i + width] : a[i];
+  }
+  return a[0];
+}
+
+SF_HD float masked_value(bool probs) { return probs ? 0.0f : -kInf; }
+
 // Visits one group: the kGroup tokens starting at token `first` (a multiple
 // of kGroup). For logits v holds scaled logits (scaled_logit), for
 // probabilities clean weights (clean_weight); a short last group is padded
 // with masked values (masked_value), so every loop has a fixed length.
 template <bool kProbs>
 SF_HD void visit_group(RacePartial& acc, const float (&v)[kGroup], int32_t first, const RowRace& r) {
-  // Group statistics in one sequential order, so CPU and GPU sum identically.
-  float m = -kInf;
-  Infinities infs = no_infinities();
-  for (int i = 0; i < kGroup; ++i) {
-    const bool inf = v[i] == kInf;
-    infs.first = inf && infs.count == 0 ? first + i : infs.first;
-    infs.count += inf ? 1 : 0;
-    m = !inf && v[i] > m ? v[i] : m;
+  // +inf tokens are rare: found with one test, counted only when present.
+  bool any_inf = false;
+  SF_UNROLL
+  for (int i = 0; i < kGroup; ++i) any_inf = any_inf || v[i] == kInf;
+  if (any_inf) {
+    Infinities infs = no_infinities();
+    for (int i = 0; i < kGroup; ++i) {
+      if (v[i] == kInf) {
+        infs.first = infs.count == 0 ? first + i : infs.first;
+        infs.count += 1;
+      }
+    }
+    acc.infs = merge_infinities(acc.infs, infs);
   }
-  if (infs.count > 0) acc.infs = merge_infinities(acc.infs, infs);
+  float finite[kGroup], scratch[kGroup];
+  SF_UNROLL
+  for (int i = 0; i < kGroup; ++i) {
+    finite[i] = v[i] == kInf ? masked_value(kProbs) : v[i];
+    scratch[i] = finite[i];
+  }
+  const float m = tree_max(scratch);
   if (!kProbs && r.greedy) {
+    SF_UNROLL
     for (int i = 0; i < kGroup; ++i)
-      if (v[i] != kInf && v[i] != -kInf) acc.best = better_of(acc.best, {v[i], first + i});
+      if (finite[i] != -kInf) acc.best = better_of(acc.best, {finite[i], first + i});
     if (!r.want_mass) return;
   }
   if (kProbs ? !(m > 0.0f) : m == -kInf) return;  // nothing unmasked and finite
@@ -142,11 +177,9 @@ SF_HD void visit_group(RacePartial& acc, const float (&v)[kGroup], int32_t first
   const bool hopeless = !kProbs && m + (2.7726f + kGumbelMax) < acc.best.key;
   if (hopeless && !r.want_mass) return;
   // Group weight: sum e^(y - m) for logits, sum w for probabilities.
-  float sum = 0.0f;
-  for (int i = 0; i < kGroup; ++i) {
-    const float finite = v[i] == kInf ? (kProbs ? 0.0f : -kInf) : v[i];
-    sum += kProbs ? finite : exp_nonpositive(finite - m);
-  }
+  SF_UNROLL
+  for (int i = 0; i < kGroup; ++i) scratch[i] = kProbs ? finite[i] : exp_nonpositive(finite[i] - m);
+  const float sum = tree_sum(scratch);
   if (!kProbs && r.want_mass) acc.mass = merge_mass(acc.mass, {m, sum});
   if (r.greedy || hopeless || !(sum > 0.0f)) return;
   const float log_weight = kProbs ? log_positive(sum) : m + log_positive(sum);
@@ -155,7 +188,6 @@ SF_HD void visit_group(RacePartial& acc, const float (&v)[kGroup], int32_t first
   acc.best = better_of(acc.best, {key, group});
 }
 
-SF_HD float masked_value(bool probs) { return probs ? 0.0f : -kInf; }
 
 // The race inside the winning group, one token at a time: token i's key is
 // y_i + G_i with its own token word. Returns the winner (index and key).
