@@ -120,7 +120,7 @@ SF_HD float clean_weight(float w) { return w > 0.0f ? w : 0.0f; }
 SF_HD float tree_sum(float (&a)[kGroup]) {
   SF_UNROLL
   for (int width = kGroup / 2; width > 0; width /= 2) {
-    SF_UNROLL
+    SF_SIMD
     for (int i = 0; i < width; ++i) a[i] = a[i] + a[i + width];
   }
   return a[0];
@@ -129,7 +129,7 @@ SF_HD float tree_sum(float (&a)[kGroup]) {
 SF_HD float tree_max(float (&a)[kGroup]) {
   SF_UNROLL
   for (int width = kGroup / 2; width > 0; width /= 2) {
-    SF_UNROLL
+    SF_SIMD
     for (int i = 0; i < width; ++i) a[i] = a[i + width] > a[i] ? a[i + width] : a[i];
   }
   return a[0];
@@ -141,13 +141,18 @@ SF_HD float masked_value(bool probs) { return probs ? 0.0f : -kInf; }
 // of kGroup). For logits v holds scaled logits (scaled_logit), for
 // probabilities clean weights (clean_weight); a short last group is padded
 // with masked values (masked_value), so every loop has a fixed length.
+//
+// Split in two so the CPU can draw the noise of several groups together:
+// group_weight folds the group into acc (infinities, greedy best, mass) and
+// returns the log weight it races with (-inf: it does not race);
+// race_group draws its noise and enters it in the race.
 template <bool kProbs>
-SF_HD void visit_group(RacePartial& acc, const float (&v)[kGroup], int32_t first, const RowRace& r) {
-  // +inf tokens are rare: found with one test, counted only when present.
-  bool any_inf = false;
-  SF_UNROLL
-  for (int i = 0; i < kGroup; ++i) any_inf = any_inf || v[i] == kInf;
-  if (any_inf) {
+SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t first, const RowRace& r) {
+  float finite[kGroup], scratch[kGroup];
+  SF_SIMD
+  for (int i = 0; i < kGroup; ++i) scratch[i] = v[i];
+  // +inf tokens are rare: found by the group max, counted only when present.
+  if (tree_max(scratch) == kInf) {
     Infinities infs = no_infinities();
     for (int i = 0; i < kGroup; ++i) {
       if (v[i] == kInf) {
@@ -157,35 +162,48 @@ SF_HD void visit_group(RacePartial& acc, const float (&v)[kGroup], int32_t first
     }
     acc.infs = merge_infinities(acc.infs, infs);
   }
-  float finite[kGroup], scratch[kGroup];
-  SF_UNROLL
+  SF_SIMD
   for (int i = 0; i < kGroup; ++i) {
     finite[i] = v[i] == kInf ? masked_value(kProbs) : v[i];
     scratch[i] = finite[i];
   }
   const float m = tree_max(scratch);
   if (!kProbs && r.greedy) {
-    SF_UNROLL
-    for (int i = 0; i < kGroup; ++i)
-      if (finite[i] != -kInf) acc.best = better_of(acc.best, {finite[i], first + i});
-    if (!r.want_mass) return;
+    // The group's candidate is its max at its lowest index; only a group
+    // that can win or tie needs that index.
+    if (m != -kInf && !(m < acc.best.key)) {
+      int at = 0;
+      SF_UNROLL
+      for (int i = kGroup - 1; i >= 0; --i) at = finite[i] == m ? i : at;
+      acc.best = better_of(acc.best, {m, first + at});
+    }
+    if (!r.want_mass) return -kInf;
   }
-  if (kProbs ? !(m > 0.0f) : m == -kInf) return;  // nothing unmasked and finite
+  if (kProbs ? !(m > 0.0f) : m == -kInf) return -kInf;  // nothing unmasked and finite
 
   // A group whose best possible key, m + log(16) + max noise, is below the
   // current best cannot win: skip its noise, and its exps unless logprobs need them.
   const bool hopeless = !kProbs && m + (2.7726f + kGumbelMax) < acc.best.key;
-  if (hopeless && !r.want_mass) return;
+  if (hopeless && !r.want_mass) return -kInf;
   // Group weight: sum e^(y - m) for logits, sum w for probabilities.
-  SF_UNROLL
+  SF_SIMD
   for (int i = 0; i < kGroup; ++i) scratch[i] = kProbs ? finite[i] : exp_nonpositive(finite[i] - m);
   const float sum = tree_sum(scratch);
   if (!kProbs && r.want_mass) acc.mass = merge_mass(acc.mass, {m, sum});
-  if (r.greedy || hopeless || !(sum > 0.0f)) return;
-  const float log_weight = kProbs ? log_positive(sum) : m + log_positive(sum);
-  const int32_t group = first / kGroup;
-  const float key = log_weight + gumbel_from_bits(group_word(r.stream, group));
-  acc.best = better_of(acc.best, {key, group});
+  if (r.greedy || hopeless || !(sum > 0.0f)) return -kInf;
+  return kProbs ? log_positive(sum) : m + log_positive(sum);
+}
+
+// Group `group` with log weight log_weight enters the race (See Note
+// [syncfree RNG counter layout] for its word).
+SF_HD float group_key(float log_weight, int64_t group, const RowRace& r) {
+  return log_weight + gumbel_from_bits(group_word(r.stream, group));
+}
+
+template <bool kProbs>
+SF_HD void visit_group(RacePartial& acc, const float (&v)[kGroup], int32_t first, const RowRace& r) {
+  const float log_weight = group_weight<kProbs>(acc, v, first, r);
+  if (log_weight != -kInf) acc.best = better_of(acc.best, {group_key(log_weight, first / kGroup, r), first / kGroup});
 }
 
 

@@ -6,6 +6,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <vector>
@@ -18,16 +19,33 @@ namespace {
 // A task reads at least this many tokens, so thread start-up stays small.
 constexpr int64_t kCpuMinChunk = 16384;
 
+// Groups go in batches: the group statistics first, then the noise of the
+// batch's racing groups in one loop of independent Philox/log chains (the
+// CPU overlaps them; one group at a time they run back to back). The
+// skip test sees the best from before the batch: weaker, never wrong.
+constexpr int kBatch = 8;
+
 template <typename T, bool kProbs>
 SF_HD RacePartial race_chunk_body(const SampleParams& p, const RowRace& r, const T* row, const RowSplit& s,
                                   int32_t split) {
   const ChunkGroups cg = chunk_groups(s, split);
   RacePartial acc = empty_partial();
   float v[kGroup];
-  for (int64_t q = 0; q < cg.groups; ++q) {
-    const int64_t g = cg.first_group + q;
-    load_group_scalar(row, p.vocab, g, kProbs, r.inv_temperature, v);
-    visit_group<kProbs>(acc, v, int32_t(g * kGroup), r);
+  for (int64_t q0 = 0; q0 < cg.groups; q0 += kBatch) {
+    const int n = int(std::min<int64_t>(kBatch, cg.groups - q0));
+    float log_weight[kBatch], key[kBatch];
+    int64_t group[kBatch];
+    int racing = 0;
+    for (int j = 0; j < n; ++j) {
+      const int64_t g = cg.first_group + q0 + j;
+      load_group_scalar(row, p.vocab, g, kProbs, r.inv_temperature, v);
+      const float w = group_weight<kProbs>(acc, v, int32_t(g * kGroup), r);
+      log_weight[racing] = w;
+      group[racing] = g;
+      racing += w != -kInf ? 1 : 0;
+    }
+    for (int j = 0; j < racing; ++j) key[j] = group_key(log_weight[j], group[j], r);
+    for (int j = 0; j < racing; ++j) acc.best = better_of(acc.best, {key[j], int32_t(group[j])});
   }
   return acc;
 }
