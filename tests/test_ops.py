@@ -73,3 +73,12 @@ def test_torch_compile_fullgraph_default_generator_and_scalars():
     got = compiled(x)
     assert torch.equal(got[1], x.argmax(-1))
     assert ((got[0] >= 0) & (got[0] < 500)).all()
+
+
+def test_import_against_another_torch_says_how_to_rebuild(monkeypatch):
+    from syncfree import _native
+
+    monkeypatch.setattr(torch, "__version__", "0.0.0+other")
+    with pytest.raises(ImportError, match="built for torch .* but torch 0.0.0\\+other is installed.*"
+                                          "pip install --no-build-isolation"):
+        _native._load()

@@ -182,8 +182,11 @@ SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t fir
   if (kProbs ? !(m > 0.0f) : m == -kInf) return -kInf;  // nothing unmasked and finite
 
   // A group whose best possible key, m + log(16) + max noise, is below the
-  // current best cannot win: skip its noise, and its exps unless logprobs need them.
-  const bool hopeless = !kProbs && m + (2.7726f + kGumbelMax) < acc.best.key;
+  // current best cannot win: skip its noise, and its exps unless logprobs need
+  // them. The |m| term covers the rounding of the key's two additions, so the
+  // bound is rigorous and skipping never depends on the visiting order.
+  const float abs_m = m < 0.0f ? -m : m;
+  const bool hopeless = !kProbs && m + (2.7726f + kGumbelMax) + abs_m * 0x1p-20f < acc.best.key;
   if (hopeless && !r.want_mass) return -kInf;
   // Group weight: sum e^(y - m) for logits, sum w for probabilities.
   SF_SIMD

@@ -10,6 +10,7 @@
 #include <ATen/cuda/PhiloxUtils.cuh>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
@@ -18,6 +19,8 @@
 
 #include <algorithm>
 #include <mutex>
+#include <unordered_map>
+#include <vector>
 
 #include "../sample.h"
 
@@ -36,7 +39,7 @@ struct KernelArgs {
   SampleParams p;
   RowSplit split;
   RacePartial* partials;  // [rows, splits] when split.splits > 1
-  unsigned* tickets;      // [rows], zeroed before the launch
+  unsigned* tickets;      // [rows], zero at launch (Note [Ticket counters])
   at::PhiloxCudaState philox;
   bool from_generator;
 };
@@ -187,6 +190,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
     }
     __syncthreads();
     if (!last) return;
+    if (threadIdx.x == 0) a.tickets[row] = 0;  // ready for the next call (Note [Ticket counters])
     __threadfence();
     acc = threadIdx.x < splits ? load_partial(a.partials + row * splits + threadIdx.x) : empty_partial();
     acc = block_merge(acc);
@@ -198,10 +202,40 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
 // Launcher
 
 int sm_count(c10::DeviceIndex device) {
-  static int counts[64] = {0};
-  int& count = counts[device];
+  static std::mutex mutex;
+  static std::vector<int> counts(size_t(c10::cuda::device_count()), 0);
+  std::lock_guard<std::mutex> lock(mutex);
+  int& count = counts.at(size_t(device));
   if (count == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
   return count;
+}
+
+// Note [Ticket counters]
+// ----------------------
+// The merge of a split row needs a per-row counter that starts at 0. Eager
+// calls use one persistent buffer per stream, which the merging block resets
+// to 0 when it is done: kernels on one stream never overlap, so the next call
+// finds zeros, and a call costs one kernel launch and no memset. A call being
+// captured into a CUDA graph instead gets its own buffer, zeroed by a memset
+// node inside the graph, since a graph may be replayed on any stream,
+// concurrently with eager calls.
+unsigned* eager_tickets(cudaStream_t stream, int64_t rows) {
+  struct Buffer {
+    c10::DataPtr data;
+    int64_t capacity = 0;
+  };
+  static std::mutex mutex;
+  // Never destroyed: it must not free device memory after CUDA shuts down at exit.
+  static auto* buffers = new std::unordered_map<cudaStream_t, Buffer>();
+  std::lock_guard<std::mutex> lock(mutex);
+  Buffer& buffer = (*buffers)[stream];
+  if (buffer.capacity < rows) {
+    const int64_t capacity = std::max<int64_t>(rows, 1024);
+    buffer.data = c10::cuda::CUDACachingAllocator::get()->allocate(size_t(capacity) * sizeof(unsigned));
+    C10_CUDA_CHECK(cudaMemsetAsync(buffer.data.get(), 0, size_t(capacity) * sizeof(unsigned), stream));
+    buffer.capacity = capacity;
+  }
+  return static_cast<unsigned*>(buffer.data.get());
 }
 
 struct NvtxRange {
@@ -255,12 +289,19 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
 
   c10::DataPtr workspace;
   if (args.split.splits > 1) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    const bool capturing = capture != cudaStreamCaptureStatusNone;
     const size_t partial_bytes = size_t(p.rows * args.split.splits) * sizeof(RacePartial);
-    const size_t ticket_bytes = size_t(p.rows) * sizeof(unsigned);
+    const size_t ticket_bytes = capturing ? size_t(p.rows) * sizeof(unsigned) : 0;
     workspace = c10::cuda::CUDACachingAllocator::get()->allocate(partial_bytes + ticket_bytes);
     args.partials = static_cast<RacePartial*>(workspace.get());
-    args.tickets = reinterpret_cast<unsigned*>(static_cast<char*>(workspace.get()) + partial_bytes);
-    C10_CUDA_CHECK(cudaMemsetAsync(args.tickets, 0, ticket_bytes, stream));
+    if (capturing) {
+      args.tickets = reinterpret_cast<unsigned*>(static_cast<char*>(workspace.get()) + partial_bytes);
+      C10_CUDA_CHECK(cudaMemsetAsync(args.tickets, 0, ticket_bytes, stream));
+    } else {
+      args.tickets = eager_tickets(stream, p.rows);
+    }
   }
 
   const size_t elem = dtype == at::kFloat ? 4 : 2;
