@@ -82,3 +82,16 @@ def test_import_against_another_torch_says_how_to_rebuild(monkeypatch):
     with pytest.raises(ImportError, match="built for torch .* but torch 0.0.0\\+other is installed.*"
                                           "pip install --no-build-isolation"):
         _native._load()
+
+
+def test_torch_compile_with_out():
+    def step(logits, seeds, out):
+        syncfree.sample(logits, 0.9, seed=seeds, out=out)
+        return out * 2
+
+    compiled = torch.compile(step, fullgraph=True)
+    x, seeds = torch.randn(5, 700), torch.arange(5)
+    out = torch.full((5,), -1, dtype=torch.int64)
+    doubled = compiled(x, seeds, out)
+    expected = syncfree.sample(x, 0.9, seed=seeds)
+    assert torch.equal(out, expected) and torch.equal(doubled, expected * 2)
