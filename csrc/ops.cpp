@@ -3,6 +3,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/enum_tag.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/log_softmax.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -41,10 +43,12 @@ void check_input(const Tensor& input, const char* name) {
 }
 
 // A per-row parameter tensor: one value per row, on the input's device.
-void check_row_tensor(const Tensor& t, const char* name, const Tensor& input, bool integral) {
+void check_row_tensor(const Tensor& t, const char* name, const Tensor& input, bool integral,
+                      bool any_dtype = false) {
   TORCH_CHECK_VALUE(t.device() == input.device(), name, ": expected a tensor on ", input.device(),
                     " (the device of the input), got ", t.device());
-  if (integral) {
+  if (any_dtype) {
+  } else if (integral) {
     TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, ": expected an int64 tensor, got ", t.scalar_type());
   } else {
     TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, ": expected a floating-point tensor, got ",
@@ -55,8 +59,85 @@ void check_row_tensor(const Tensor& t, const char* name, const Tensor& input, bo
   TORCH_CHECK_VALUE(ok, name, ": expected one value per row, shape [", rows, "], got shape ", t.sizes());
 }
 
-Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs,
-                   const std::optional<Tensor>& temperature, double temperature_value,
+// The temperature and warper arguments as the ops receive them: for each,
+// a per-row tensor or a scalar.
+struct WarperArgs {
+  std::optional<Tensor> temperature;
+  double temperature_value;
+  std::optional<Tensor> top_k;
+  int64_t top_k_value;
+  std::optional<Tensor> top_p;
+  double top_p_value;
+  std::optional<Tensor> min_p;
+  double min_p_value;
+  std::optional<Tensor> typical_p;
+  double typical_p_value;
+
+  // Some row may have an active top-k/top-p/min-p/typical-p.
+  bool any(int64_t vocab) const {
+    return top_k.has_value() || top_p.has_value() || min_p.has_value() || typical_p.has_value() ||
+           (top_k_value > 0 && top_k_value < vocab) || top_p_value < 1.0 || min_p_value > 0.0 ||
+           typical_p_value < 1.0;
+  }
+};
+
+void check_warpers(const WarperArgs& w, const Tensor& input) {
+  TORCH_CHECK_VALUE(w.temperature_value >= 0.0, "temperature: expected a number >= 0 (0 means greedy), got ",
+                    w.temperature_value);
+  TORCH_CHECK_VALUE(w.top_k_value >= 0, "top_k: expected an int >= 0 (0 keeps all tokens), got ", w.top_k_value);
+  TORCH_CHECK_VALUE(w.top_p_value > 0.0 && w.top_p_value <= 1.0, "top_p: expected a number in (0, 1], got ",
+                    w.top_p_value);
+  TORCH_CHECK_VALUE(w.min_p_value >= 0.0 && w.min_p_value <= 1.0, "min_p: expected a number in [0, 1], got ",
+                    w.min_p_value);
+  TORCH_CHECK_VALUE(w.typical_p_value > 0.0 && w.typical_p_value <= 1.0,
+                    "typical_p: expected a number in (0, 1], got ", w.typical_p_value);
+  if (w.temperature.has_value()) check_row_tensor(*w.temperature, "temperature", input, false);
+  if (w.top_k.has_value()) {
+    TORCH_CHECK_TYPE(!at::isFloatingType(w.top_k->scalar_type()) && w.top_k->scalar_type() != at::kBool,
+                     "top_k: expected an integer tensor, got ", w.top_k->scalar_type());
+    check_row_tensor(*w.top_k, "top_k", input, false, /*any_dtype=*/true);
+  }
+  if (w.top_p.has_value()) check_row_tensor(*w.top_p, "top_p", input, false);
+  if (w.min_p.has_value()) check_row_tensor(*w.min_p, "min_p", input, false);
+  if (w.typical_p.has_value()) check_row_tensor(*w.typical_p, "typical_p", input, false);
+}
+
+// A per-row parameter tensor in the layout the kernels read ([rows],
+// contiguous, of `dtype`); conversions are device-side copies, never syncs.
+Tensor row_values(const std::optional<Tensor>& t, int64_t rows, at::ScalarType dtype) {
+  return t.has_value() ? t->to(dtype).contiguous().view({rows}) : Tensor();
+}
+
+template <typename T>
+const T* pointer_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// Tensors that must outlive the kernels' launch (the params point into them).
+struct RowTensors {
+  Tensor temperatures, top_ks, top_ps, min_ps, typical_ps;
+};
+
+void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, int64_t rows) {
+  keep_alive.temperatures = row_values(w.temperature, rows, at::kFloat);
+  keep_alive.top_ks = row_values(w.top_k, rows, at::kLong);
+  keep_alive.top_ps = row_values(w.top_p, rows, at::kFloat);
+  keep_alive.min_ps = row_values(w.min_p, rows, at::kFloat);
+  keep_alive.typical_ps = row_values(w.typical_p, rows, at::kFloat);
+  p.temperatures = pointer_or_null<float>(keep_alive.temperatures);
+  p.temperature = float(w.temperature_value);
+  p.top_ks = pointer_or_null<int64_t>(keep_alive.top_ks);
+  p.top_k = w.top_k_value;
+  p.top_ps = pointer_or_null<float>(keep_alive.top_ps);
+  p.top_p = float(w.top_p_value);
+  p.min_ps = pointer_or_null<float>(keep_alive.min_ps);
+  p.min_p = float(w.min_p_value);
+  p.typical_ps = pointer_or_null<float>(keep_alive.typical_ps);
+  p.typical_p = float(w.typical_p_value);
+  p.warped = w.any(p.vocab);
+}
+
+Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
                    const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                    std::optional<int64_t> seed_value, int64_t offset_value,
                    const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid) {
@@ -66,9 +147,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   const std::vector<int64_t> batch_shape =
       input.dim() == 2 ? std::vector<int64_t>{rows} : std::vector<int64_t>{};
 
-  TORCH_CHECK_VALUE(temperature_value >= 0.0, "temperature: expected a number >= 0 (0 means greedy), got ",
-                    temperature_value);
-  if (temperature.has_value()) check_row_tensor(*temperature, "temperature", input, false);
+  check_warpers(w, input);
   if (seed.has_value()) check_row_tensor(*seed, "seed", input, true);
   if (offset.has_value()) {
     check_row_tensor(*offset, "offset", input, true);
@@ -98,6 +177,11 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
     TORCH_CHECK_VALUE(out->sizes() == at::IntArrayRef(batch_shape), "out: expected shape ",
                       at::IntArrayRef(batch_shape), ", got ", out->sizes());
   }
+#ifdef SYNCFREE_WITH_CUDA
+  TORCH_CHECK_NOT_IMPLEMENTED(!input.device().is_cuda() || !w.any(input.size(-1)),
+                              "top_k/top_p/min_p/typical_p: not implemented on CUDA yet (issue #3), only on the "
+                              "CPU; pass their identity values (0, 1.0, 0.0, 1.0) on CUDA");
+#endif
 
   const auto options = input.options();
   Outputs o;
@@ -106,23 +190,18 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   o.valid = at::empty(return_valid ? batch_shape : std::vector<int64_t>{0}, options.dtype(at::kBool));
   if (rows == 0 || input.device().is_meta()) return o;
 
-  // Parameter tensors in the layout the kernels read; conversions are
-  // device-side copies, never syncs.
-  const Tensor temperatures =
-      temperature.has_value() ? temperature->to(at::kFloat).contiguous().view({rows}) : Tensor();
   const Tensor seeds = seed.has_value() ? seed->contiguous().view({rows}) : Tensor();
   const Tensor offsets = offset.has_value() ? offset->contiguous().view({rows}) : Tensor();
-
   SampleParams p{};
   p.input = input.data_ptr();
   p.row_stride = input.dim() == 2 ? input.stride(0) : 0;
   p.rows = rows;
   p.vocab = input.size(-1);
   p.probs = probs;
-  p.temperatures = temperatures.defined() ? temperatures.data_ptr<float>() : nullptr;
-  p.temperature = float(temperature_value);
-  p.seeds = seeds.defined() ? seeds.data_ptr<int64_t>() : nullptr;
-  p.offsets = offsets.defined() ? offsets.data_ptr<int64_t>() : nullptr;
+  RowTensors row_tensors;
+  set_warpers(p, row_tensors, w, rows);
+  p.seeds = pointer_or_null<int64_t>(seeds);
+  p.offsets = pointer_or_null<int64_t>(offsets);
   p.seed = uint64_t(seed_value.value_or(0));
   p.pos0 = uint64_t(offset_value);
   p.tokens = o.tokens.data_ptr<int64_t>();
@@ -131,7 +210,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   p.valid = return_valid ? o.valid.data_ptr<bool>() : nullptr;
 
   // Greedy calls with a scalar temperature draw no noise and leave the generator alone.
-  const bool all_greedy = !probs && !temperature.has_value() && temperature_value == 0.0;
+  const bool all_greedy = !probs && !w.temperature.has_value() && w.temperature_value == 0.0;
   const bool from_generator = !seed.has_value() && !seed_value.has_value() && !all_greedy;
   if (input.device().is_cpu()) {
     sample_cpu(p, input.scalar_type(), generator, from_generator);
@@ -146,40 +225,73 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   return o;
 }
 
-std::tuple<Tensor, Tensor, Tensor> sample_op(const Tensor& input, bool probs,
-                                             const std::optional<Tensor>& temperature, double temperature_value,
+#define SYNCFREE_WARPER_PARAMS                                                                             \
+  const std::optional<Tensor>&temperature, double temperature_value, const std::optional<Tensor>&top_k,  \
+      int64_t top_k_value, const std::optional<Tensor>&top_p, double top_p_value,                       \
+      const std::optional<Tensor>&min_p, double min_p_value, const std::optional<Tensor>&typical_p,       \
+      double typical_p_value
+#define SYNCFREE_WARPER_STRUCT                                                                       \
+  WarperArgs {                                                                                       \
+    temperature, temperature_value, top_k, top_k_value, top_p, top_p_value, min_p, min_p_value,      \
+        typical_p, typical_p_value                                                                   \
+  }
+
+std::tuple<Tensor, Tensor, Tensor> sample_op(const Tensor& input, bool probs, SYNCFREE_WARPER_PARAMS,
                                              const std::optional<Tensor>& seed,
                                              const std::optional<Tensor>& offset,
                                              std::optional<int64_t> seed_value, int64_t offset_value,
                                              const std::optional<at::Generator>& generator,
                                              bool return_logprobs, bool return_valid) {
-  Outputs o = run_sample(std::nullopt, input, probs, temperature, temperature_value, seed, offset, seed_value,
+  Outputs o = run_sample(std::nullopt, input, probs, SYNCFREE_WARPER_STRUCT, seed, offset, seed_value,
                          offset_value, generator, return_logprobs, return_valid);
   return {o.tokens, o.logprobs, o.valid};
 }
 
-std::tuple<Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool probs,
-                                          const std::optional<Tensor>& temperature, double temperature_value,
+std::tuple<Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool probs, SYNCFREE_WARPER_PARAMS,
                                           const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                                           std::optional<int64_t> seed_value, int64_t offset_value,
                                           const std::optional<at::Generator>& generator, bool return_logprobs,
                                           bool return_valid) {
-  Outputs o = run_sample(out, input, probs, temperature, temperature_value, seed, offset, seed_value,
-                         offset_value, generator, return_logprobs, return_valid);
+  Outputs o = run_sample(out, input, probs, SYNCFREE_WARPER_STRUCT, seed, offset, seed_value, offset_value,
+                         generator, return_logprobs, return_valid);
   return {o.logprobs, o.valid};
+}
+
+// syncfree.warp: the warped, temperature-scaled logits (removed tokens at
+// -inf; temperature 0 scales nothing) and their log_softmax, in float32.
+std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS) {
+  check_input(logits, "logits");
+  const WarperArgs w = SYNCFREE_WARPER_STRUCT;
+  check_warpers(w, logits);
+  TORCH_CHECK_NOT_IMPLEMENTED(!logits.device().is_cuda(),
+                              "warp: not implemented on CUDA yet (issue #3), only on the CPU");
+  Tensor warped = at::empty_like(logits, logits.options().dtype(at::kFloat), at::MemoryFormat::Contiguous);
+  if (logits.device().is_meta() || logits.numel() == 0) return {warped, at::empty_like(warped)};
+  SampleParams p{};
+  p.input = logits.data_ptr();
+  p.row_stride = logits.dim() == 2 ? logits.stride(0) : 0;
+  p.rows = row_count(logits);
+  p.vocab = logits.size(-1);
+  RowTensors row_tensors;
+  set_warpers(p, row_tensors, w, p.rows);
+  warp_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
+  return {warped, at::log_softmax(warped, -1)};
 }
 
 }  // namespace
 
-#define SYNCFREE_SAMPLE_ARGS                                                                         \
-  "Tensor input, bool probs, Tensor? temperature, float temperature_value, Tensor? seed, "          \
-  "Tensor? offset, int? seed_value, int offset_value, Generator? generator, bool return_logprobs, " \
-  "bool return_valid"
+#define SYNCFREE_WARPER_ARGS                                                                               \
+  "Tensor? temperature, float temperature_value, Tensor? top_k, int top_k_value, Tensor? top_p, "         \
+  "float top_p_value, Tensor? min_p, float min_p_value, Tensor? typical_p, float typical_p_value"
+#define SYNCFREE_SAMPLE_ARGS                                                                              \
+  "Tensor input, bool probs, " SYNCFREE_WARPER_ARGS ", Tensor? seed, Tensor? offset, int? seed_value, "  \
+  "int offset_value, Generator? generator, bool return_logprobs, bool return_valid"
 
 TORCH_LIBRARY(syncfree, m) {
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
   m.def("sample(" SYNCFREE_SAMPLE_ARGS ") -> (Tensor tokens, Tensor logprobs, Tensor valid)", seeded);
   m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_ARGS ") -> (Tensor logprobs, Tensor valid)", seeded);
+  m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ") -> (Tensor warped, Tensor logprobs)");
 }
 
 // One implementation serves every device: it routes on the input's device
@@ -187,14 +299,17 @@ TORCH_LIBRARY(syncfree, m) {
 TORCH_LIBRARY_IMPL(syncfree, CPU, m) {
   m.impl("sample", &sample_op);
   m.impl("sample_into", &sample_into_op);
+  m.impl("warp", &warp_op);
 }
 TORCH_LIBRARY_IMPL(syncfree, CUDA, m) {
   m.impl("sample", &sample_op);
   m.impl("sample_into", &sample_into_op);
+  m.impl("warp", &warp_op);
 }
 TORCH_LIBRARY_IMPL(syncfree, Meta, m) {
   m.impl("sample", &sample_op);
   m.impl("sample_into", &sample_into_op);
+  m.impl("warp", &warp_op);
 }
 
 }  // namespace syncfree

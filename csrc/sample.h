@@ -15,6 +15,10 @@ namespace syncfree {
 void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::Generator>& generator,
                 bool from_generator);
 
+// Writes the warped logits of every row (removed tokens at -inf) into out,
+// a contiguous float [rows, vocab].
+void warp_cpu(const SampleParams& p, c10::ScalarType dtype, float* out);
+
 #ifdef SYNCFREE_WITH_CUDA
 void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
                  const std::optional<at::Generator>& generator, bool from_generator);

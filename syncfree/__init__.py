@@ -3,7 +3,7 @@
 See README.md for the API, the semantics and the RNG contract.
 """
 from ._native import _C
-from .sampling import sample, sample_probs
+from .sampling import sample, sample_probs, warp
 
-__all__ = ["sample", "sample_probs"]
+__all__ = ["sample", "sample_probs", "warp"]
 __version__ = "0.1.0"

@@ -25,27 +25,19 @@ def _number_or_tensor(value, name):
     return None, value
 
 
-def _check_identity_warpers(vocab, top_k, top_p, min_p, typical_p):
-    """Range checks of SPEC §5; non-identity warpers are not implemented yet (issue #3)."""
-    for name, value in (("top_k", top_k), ("top_p", top_p), ("min_p", min_p), ("typical_p", typical_p)):
-        tensor, _ = _number_or_tensor(value, name)
-        if tensor is not None:
-            raise NotImplementedError(f"{name}: per-row warper tensors are not implemented yet (issue #3)")
-    if isinstance(top_k, float) and not top_k.is_integer():
-        raise TypeError(f"top_k: expected an int, got {top_k}")
-    if not top_k >= 0:
-        raise ValueError(f"top_k: expected an int >= 0 (0 keeps all tokens), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p: expected a number in (0, 1], got {top_p}")
-    if not 0 <= min_p <= 1:
-        raise ValueError(f"min_p: expected a number in [0, 1], got {min_p}")
-    if not 0 < typical_p <= 1:
-        raise ValueError(f"typical_p: expected a number in (0, 1], got {typical_p}")
-    for name, value, identity in (("top_k", 0 < top_k < vocab, "0 or >= V"), ("top_p", top_p != 1, "1"),
-                                  ("min_p", min_p != 0, "0"), ("typical_p", typical_p != 1, "1")):
-        if value:
-            raise NotImplementedError(f"{name}: only the identity value ({identity}) is accepted until the "
-                                      f"warpers land (issue #3)")
+def _warper_args(temperature, top_k, top_p, min_p, typical_p):
+    """The op's (tensor, value) pairs; ranges are checked in C++ (csrc/ops.cpp)."""
+    args = []
+    for name, value, identity in (("temperature", temperature, 1.0), ("top_k", top_k, 0), ("top_p", top_p, 1.0),
+                                  ("min_p", min_p, 0.0), ("typical_p", typical_p, 1.0)):
+        tensor, number = _number_or_tensor(value, name)
+        if name == "top_k":
+            if number is not None and not isinstance(number, int):
+                raise TypeError(f"top_k: expected an int or an integer tensor [B], got {type(number).__name__}")
+            args += [tensor, identity if number is None else number]
+        else:
+            args += [tensor, float(identity if number is None else number)]
+    return args
 
 
 def _rng_args(seed, offset, generator):
@@ -78,8 +70,8 @@ def _pack(tokens, logprobs, valid, return_logprobs, return_valid):
     return (tokens,) + ((logprobs,) if return_logprobs else ()) + ((valid,) if return_valid else ())
 
 
-def _call(out, x, probs, temperature_t, temperature_v, rng, generator, return_logprobs, return_valid):
-    args = (x, probs, temperature_t, temperature_v, *rng, generator, return_logprobs, return_valid)
+def _call(out, x, probs, warpers, rng, generator, return_logprobs, return_valid):
+    args = (x, probs, *warpers, *rng, generator, return_logprobs, return_valid)
     if out is None:
         return torch.ops.syncfree.sample(*args)
     logprobs, valid = torch.ops.syncfree.sample_into(out, *args)
@@ -99,20 +91,16 @@ def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0,
     tensor. Noise comes from `seed`/`offset` ([B] int64 tensors: row b depends
     only on seed[b], offset[b] and the token; or Python ints), else from
     `generator` (default: torch's generator for the device), which advances.
-    top_k/top_p/min_p/typical_p accept only their identity values until the
-    warpers land (issue #3). Returns int64 ids of shape logits.shape[:-1], or a
+    top_k/top_p/min_p/typical_p (numbers or [B] tensors) warp the distribution
+    first, in that order (CPU only for now; on CUDA only their identity values
+    are accepted until the CUDA selection lands). Returns int64 ids of shape logits.shape[:-1], or a
     tuple (ids[, logprobs][, valid]) when asked: logprobs (float32) of the
-    chosen tokens under softmax(logits / T), valid False for rows with no
+    chosen tokens under the warped softmax(logits / T), valid False for rows with no
     unmasked token. `out` is an optional preallocated int64 tensor.
     """
-    temperature_t, temperature_v = _number_or_tensor(temperature, "temperature")
-    if isinstance(logits, torch.Tensor) and logits.dim() >= 1:
-        _check_identity_warpers(logits.shape[-1], top_k, top_p, min_p, typical_p)
-    if temperature_v is None:
-        temperature_v = 1.0
+    warpers = _warper_args(temperature, top_k, top_p, min_p, typical_p)
     rng = _rng_args(seed, offset, generator)
-    tokens, logprobs, valid = _call(out, logits, False, temperature_t, float(temperature_v), rng, generator,
-                                    return_logprobs, return_valid)
+    tokens, logprobs, valid = _call(out, logits, False, warpers, rng, generator, return_logprobs, return_valid)
     return _pack(tokens, logprobs, valid, return_logprobs, return_valid)
 
 
@@ -125,5 +113,17 @@ def sample_probs(probs: torch.Tensor, *, generator: Optional[torch.Generator] = 
     generator, `out` and `valid` as in `sample`.
     """
     rng = _rng_args(seed, offset, generator)
-    tokens, _, valid = _call(out, probs, True, None, 1.0, rng, generator, False, return_valid)
+    warpers = _warper_args(1.0, 0, 1.0, 0.0, 1.0)
+    tokens, _, valid = _call(out, probs, True, warpers, rng, generator, False, return_valid)
     return _pack(tokens, None, valid, False, return_valid)
+
+
+def warp(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0, top_k: Union[int, torch.Tensor] = 0,
+         top_p: Union[Number, torch.Tensor] = 1.0, min_p: Union[Number, torch.Tensor] = 0.0,
+         typical_p: Union[Number, torch.Tensor] = 1.0):
+    """(warped_logits, logprobs), float32, as LoRAX's StaticWarper returns: the
+    temperature-scaled logits (temperature 0 scales nothing) with the tokens
+    that top-k, top-p, min-p and typical-p remove at -inf, and their log_softmax.
+    CPU only for now.
+    """
+    return torch.ops.syncfree.warp(logits, *_warper_args(temperature, top_k, top_p, min_p, typical_p))

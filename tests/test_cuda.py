@@ -247,3 +247,13 @@ def test_torch_compile_on_cuda():
     x = make(4, 1000, torch.bfloat16).cuda()
     s = torch.arange(4, device="cuda")
     assert torch.equal(compiled(x, s), syncfree.sample(x, 0.7, seed=s))
+
+
+def test_warpers_on_cuda_are_not_implemented_yet():
+    """Issue #3: selection kernels for CUDA are still to come; until then CUDA refuses clearly."""
+    x = torch.randn(2, 100, device="cuda")
+    with pytest.raises(NotImplementedError, match="top_k/top_p/min_p/typical_p: not implemented on CUDA yet"):
+        syncfree.sample(x, top_k=5)
+    with pytest.raises(NotImplementedError, match="warp: not implemented on CUDA yet"):
+        syncfree.warp(x, top_p=0.9)
+    assert syncfree.sample(x, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, seed=1).shape == (2,)

@@ -151,9 +151,13 @@ ERRORS = [
     (lambda: syncfree.sample(torch.randn(2, 5), top_p=0.0), ValueError, "top_p: expected a number in (0, 1]"),
     (lambda: syncfree.sample(torch.randn(2, 5), min_p=1.5), ValueError, "min_p: expected a number in [0, 1]"),
     (lambda: syncfree.sample(torch.randn(2, 5), typical_p=0.0), ValueError, "typical_p: expected a number in (0, 1]"),
-    (lambda: syncfree.sample(torch.randn(2, 5), top_k=2), NotImplementedError, "top_k: only the identity value"),
-    (lambda: syncfree.sample(torch.randn(2, 5), top_p=0.9), NotImplementedError, "top_p: only the identity value"),
-    (lambda: syncfree.sample(torch.randn(2, 5), top_p=torch.ones(2)), NotImplementedError, "top_p: per-row"),
+    (lambda: syncfree.sample(torch.randn(2, 5), top_k=2.5), TypeError, "top_k: expected an int"),
+    (lambda: syncfree.sample(torch.randn(2, 5), top_k=torch.ones(2)), TypeError, "top_k: expected an integer tensor"),
+    (lambda: syncfree.sample(torch.randn(2, 5), top_p=torch.ones(3)), ValueError, "top_p: expected one value per row"),
+    (lambda: syncfree.sample(torch.randn(2, 5), min_p=torch.ones(2, dtype=torch.int64)), TypeError,
+     "min_p: expected a floating-point tensor"),
+    (lambda: syncfree.warp(torch.randn(2, 5), top_p=1.5), ValueError, "top_p: expected a number in (0, 1]"),
+    (lambda: syncfree.warp(torch.randn(2, 5), -0.5), ValueError, "temperature: expected a number >= 0"),
     (lambda: syncfree.sample_probs(torch.rand(2, 5).half().to(torch.int16)), TypeError, "probs: expected float32"),
 ]
 

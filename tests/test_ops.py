@@ -6,9 +6,15 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import syncfree
 
 
+def warper_args(temperature=None, t=1.0, top_k=None, k=0, top_p=None, p=1.0, min_p=None, mp=0.0, typical_p=None,
+                tp=1.0):
+    return (temperature, t, top_k, k, top_p, p, min_p, mp, typical_p, tp)
+
+
 def op_args(x, probs=False, temperature=None, t=1.0, seed=None, offset=None, seed_value=None, offset_value=0,
-            logprobs=False, valid=False):
-    return (x, probs, temperature, t, seed, offset, seed_value, offset_value, None, logprobs, valid)
+            logprobs=False, valid=False, **warpers):
+    return (x, probs, *warper_args(temperature, t, **warpers), seed, offset, seed_value, offset_value, None,
+            logprobs, valid)
 
 
 CASES = [
@@ -16,7 +22,16 @@ CASES = [
     lambda: op_args(torch.randn(3, 50).bfloat16(), temperature=torch.rand(3) + 0.1, seed=torch.arange(3)),
     lambda: op_args(torch.randn(100), t=0.0, logprobs=True),
     lambda: op_args(torch.rand(5, 33), probs=True, seed_value=3, offset_value=4, valid=True),
+    lambda: op_args(torch.randn(6, 300), seed=torch.arange(6), k=20, p=0.9, mp=0.01, tp=0.95, logprobs=True),
+    lambda: op_args(torch.randn(3, 99), seed=torch.arange(3), top_k=torch.tensor([0, 5, 50]),
+                    top_p=torch.tensor([1.0, 0.5, 0.9]), min_p=torch.zeros(3), typical_p=torch.ones(3)),
 ]
+
+
+def test_opcheck_warp():
+    torch.library.opcheck(torch.ops.syncfree.warp.default, (torch.randn(4, 200), *warper_args(t=0.7, k=20, p=0.9)))
+    torch.library.opcheck(torch.ops.syncfree.warp.default,
+                          (torch.randn(200).half(), *warper_args(t=0.0, top_p=torch.tensor([0.8]), tp=0.9)))
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
@@ -38,6 +53,8 @@ def test_meta_tensors_give_shapes_without_reading_values():
     assert tokens.device.type == "meta" and tokens.shape == (7,) and tokens.dtype == torch.int64
     assert logprobs.shape == (7,) and logprobs.dtype == torch.float32 and valid.dtype == torch.bool
     assert syncfree.sample_probs(torch.empty(5, device="meta")).shape == ()
+    warped, logprobs = syncfree.warp(x, 0.5, top_k=3, top_p=torch.empty(7, device="meta"))
+    assert warped.shape == (7, 1000) and warped.dtype == torch.float32 and logprobs.device.type == "meta"
     with pytest.raises(ValueError, match="temperature: expected one value per row"):
         syncfree.sample(x, torch.empty(3, device="meta"))
 

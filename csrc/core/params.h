@@ -2,6 +2,7 @@
 // and CUDA implementations (raw pointers, no torch types).
 #pragma once
 
+#include "select.h"
 #include "tiling.h"
 
 namespace syncfree {
@@ -15,6 +16,19 @@ struct SampleParams {
 
   const float* temperatures;  // [rows] or null
   float temperature;          // used when temperatures is null
+
+  // Warpers: a per-row tensor when the pointer is set, else the scalar
+  // (clamped per row: See Note [Exact warper thresholds]). `warped`: some
+  // warper may be active in some row.
+  const int64_t* top_ks;
+  int64_t top_k;
+  const float* top_ps;
+  float top_p;
+  const float* min_ps;
+  float min_p;
+  const float* typical_ps;
+  float typical_p;
+  bool warped;
 
   // Noise (See Note [syncfree RNG counter layout]): per-row tensors when
   // seeds is non-null (offsets may be null: all 0); otherwise seed/pos0 for
@@ -33,6 +47,8 @@ struct SampleParams {
 SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   RowRace r;
   r.want_mass = p.logprobs != nullptr && !p.probs;
+  r.warped = false;
+  r.keep = keep_all();
   if (p.probs) {
     r.greedy = false;
     r.inv_temperature = 1.0f;
@@ -47,23 +63,37 @@ SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   return r;
 }
 
-// Reads element i of a row as float: scaled logit or clean weight.
+// Row `row`'s warper values, clamped.
+SF_HD Warpers row_warpers(const SampleParams& p, int64_t row) {
+  return clamp_warpers(p.top_ks != nullptr ? p.top_ks[row] : p.top_k, p.top_ps != nullptr ? p.top_ps[row] : p.top_p,
+                       p.min_ps != nullptr ? p.min_ps[row] : p.min_p,
+                       p.typical_ps != nullptr ? p.typical_ps[row] : p.typical_p, p.vocab);
+}
+
+// Converts one input value as the race sees it: a scaled logit with the
+// warpers' removed tokens at -inf, or a clean weight.
+SF_HD float race_value(float x, bool probs, const RowRace& r) {
+  if (probs) return clean_weight(x);
+  const float y = scaled_logit(x, r.inv_temperature);
+  return r.warped ? apply_keep(y, r.keep) : y;
+}
+
+// Reads element i of a row as the race sees it.
 template <typename T>
-SF_HD float load_value(const T* row, int64_t i, bool probs, float inv_t) {
-  const float x = float(row[i]);
-  return probs ? clean_weight(x) : scaled_logit(x, inv_t);
+SF_HD float load_value(const T* row, int64_t i, bool probs, const RowRace& r) {
+  return race_value(float(row[i]), probs, r);
 }
 
 // Reads group g of a row into v, padding past the end with masked values.
 template <typename T>
-SF_HD void load_group_scalar(const T* row, int64_t vocab, int64_t g, bool probs, float inv_t,
+SF_HD void load_group_scalar(const T* row, int64_t vocab, int64_t g, bool probs, const RowRace& r,
                              float (&v)[kGroup]) {
   const int n = group_size(vocab, g);
   const T* src = row + g * kGroup;
   if (n == kGroup) {
-    for (int i = 0; i < kGroup; ++i) v[i] = load_value(src, i, probs, inv_t);
+    for (int i = 0; i < kGroup; ++i) v[i] = load_value(src, i, probs, r);
   } else {
-    for (int i = 0; i < kGroup; ++i) v[i] = i < n ? load_value(src, i, probs, inv_t) : masked_value(probs);
+    for (int i = 0; i < kGroup; ++i) v[i] = i < n ? load_value(src, i, probs, r) : masked_value(probs);
   }
 }
 

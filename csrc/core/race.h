@@ -89,11 +89,31 @@ SF_HD RacePartial merge_partials(const RacePartial& a, const RacePartial& b) {
   return {better_of(a.best, b.best), merge_mass(a.mass, b.mass), merge_infinities(a.infs, b.infs)};
 }
 
+// The tokens the warpers keep in a row: y >= min_y and |y - center| <= max_dev
+// (See Note [Exact warper thresholds] in select.h).
+struct RowKeep {
+  float min_y;
+  float center;
+  float max_dev;
+};
+
+SF_HD RowKeep keep_all() { return {-kInf, 0.0f, kInf}; }
+
+// y if the warpers keep it, -inf otherwise (+inf always stays).
+SF_HD float apply_keep(float y, const RowKeep& k) {
+  const float d = y - k.center;
+  const float dev = d < 0.0f ? -d : d;
+  const bool kept = y == kInf || (y >= k.min_y && dev <= k.max_dev);
+  return kept ? y : -kInf;
+}
+
 // How one row is raced (See Note [syncfree RNG counter layout] for `stream`).
 struct RowRace {
   float inv_temperature;  // 1 for greedy rows and for probabilities
   bool greedy;
   bool want_mass;  // logprobs requested
+  bool warped;     // keep is not keep_all()
+  RowKeep keep;
   RowStream stream;
 };
 

@@ -38,7 +38,7 @@ SF_HD RacePartial race_chunk_body(const SampleParams& p, const RowRace& r, const
     int racing = 0;
     for (int j = 0; j < n; ++j) {
       const int64_t g = cg.first_group + q0 + j;
-      load_group_scalar(row, p.vocab, g, kProbs, r.inv_temperature, v);
+      load_group_scalar(row, p.vocab, g, kProbs, r, v);
       const float w = group_weight<kProbs>(acc, v, int32_t(g * kGroup), r);
       log_weight[racing] = w;
       group[racing] = g;
@@ -93,14 +93,32 @@ void finish(const SampleParams& p, int64_t row_index, const RowRace& r, const T*
     const int n = group_size(p.vocab, res.token);
     Best winner = no_best();
     for (int i = 0; i < n; ++i) {
-      const float v = load_value(row, first + i, kProbs, r.inv_temperature);
+      const float v = load_value(row, first + i, kProbs, r);
       winner = better_of(winner, token_entry<kProbs>(v, int32_t(first + i), r));
     }
     res.token = winner.index;
     if (r.want_mass)
-      res.logprob = chosen_logprob(load_value(row, winner.index, kProbs, r.inv_temperature), acc.mass);
+      res.logprob = chosen_logprob(load_value(row, winner.index, kProbs, r), acc.mass);
   }
   store_result(p, row_index, res.token, res.logprob, res.valid);
+}
+
+// The warpers' kept set of every row (keep_all for greedy and unwarped rows).
+template <typename T>
+std::vector<RowKeep> warp_rows(const SampleParams& p) {
+  std::vector<RowKeep> keeps(size_t(p.rows), keep_all());
+  const T* input = static_cast<const T*>(p.input);
+  at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> y(size_t(p.vocab));
+    for (int64_t row = begin; row < end; ++row) {
+      const RowRace r = row_race(p, row);
+      const Warpers w = row_warpers(p, row);
+      if (r.greedy || !any_warper(w)) continue;
+      for (int64_t i = 0; i < p.vocab; ++i) y[size_t(i)] = load_value(input + row * p.row_stride, i, false, r);
+      keeps[size_t(row)] = row_keep(y.data(), p.vocab, w);
+    }
+  });
+  return keeps;
 }
 
 template <typename T, bool kProbs>
@@ -112,11 +130,20 @@ void sample_rows(const SampleParams& p) {
   std::vector<RacePartial> partials(size_t(tasks), empty_partial());
   const T* input = static_cast<const T*>(p.input);
   const int64_t tasks_per_grain = std::max<int64_t>(1, kCpuMinChunk / (split.chunk + 1));
+  const std::vector<RowKeep> keeps = !kProbs && p.warped ? warp_rows<T>(p) : std::vector<RowKeep>();
+  const auto race_of = [&](int64_t row) {
+    RowRace r = row_race(p, row);
+    if (!keeps.empty()) {
+      r.keep = keeps[size_t(row)];
+      r.warped = true;
+    }
+    return r;
+  };
 
   at::parallel_for(0, tasks, tasks_per_grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task / split.splits;
-      const RowRace r = row_race(p, row);
+      const RowRace r = race_of(row);
       partials[size_t(task)] = race_chunk<T, kProbs>(p, r, input + row * p.row_stride, split,
                                                      int32_t(task % split.splits));
     }
@@ -127,12 +154,33 @@ void sample_rows(const SampleParams& p) {
       RacePartial acc = empty_partial();
       for (int32_t j = 0; j < split.splits; ++j)
         acc = merge_partials(acc, partials[size_t(row * split.splits + j)]);
-      finish<T, kProbs>(p, row, row_race(p, row), input + row * p.row_stride, acc);
+      finish<T, kProbs>(p, row, race_of(row), input + row * p.row_stride, acc);
+    }
+  });
+}
+
+template <typename T>
+void warp_rows_into(const SampleParams& p, float* out) {
+  const T* input = static_cast<const T*>(p.input);
+  at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const RowRace r = row_race(p, row);  // temperature 0: inv_temperature 1, nothing scaled
+      float* y = out + row * p.vocab;
+      for (int64_t i = 0; i < p.vocab; ++i) y[i] = load_value(input + row * p.row_stride, i, false, r);
+      const Warpers w = row_warpers(p, row);
+      if (!any_warper(w)) continue;
+      const RowKeep keep = row_keep(y, p.vocab, w);
+      for (int64_t i = 0; i < p.vocab; ++i) y[i] = apply_keep(y[i], keep);
     }
   });
 }
 
 }  // namespace
+
+void warp_cpu(const SampleParams& p, c10::ScalarType dtype, float* out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_warp_cpu",
+                                  [&] { warp_rows_into<scalar_t>(p, out); });
+}
 
 void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::Generator>& generator,
                 bool from_generator) {

@@ -50,7 +50,7 @@ struct KernelArgs {
 // Group g of a row through 16-byte loads; the caller guarantees a full group
 // and a 16-byte aligned row.
 template <typename T>
-__device__ __forceinline__ void load_group_vec(const T* row, int64_t g, bool probs, float inv_t,
+__device__ __forceinline__ void load_group_vec(const T* row, int64_t g, bool probs, const RowRace& r,
                                                float (&v)[kGroup]) {
   constexpr int kPerLoad = 16 / sizeof(T);
   const uint4* src = reinterpret_cast<const uint4*>(row + g * kGroup);
@@ -60,8 +60,7 @@ __device__ __forceinline__ void load_group_vec(const T* row, int64_t g, bool pro
     const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
     for (int k = 0; k < kPerLoad; ++k) {
-      const float x = float(e[k]);
-      v[j * kPerLoad + k] = probs ? clean_weight(x) : scaled_logit(x, inv_t);
+      v[j * kPerLoad + k] = race_value(float(e[k]), probs, r);
     }
   }
 }
@@ -135,7 +134,7 @@ __device__ void finish_row_warp(const SampleParams& p, int64_t row, const RowRac
   if (res.needs_resolve) {
     const int64_t first = res.token * kGroup;
     const bool mine = lane < group_size(p.vocab, res.token);
-    const float v = mine ? load_value(x, first + lane, kProbs, r.inv_temperature) : masked_value(kProbs);
+    const float v = mine ? load_value(x, first + lane, kProbs, r) : masked_value(kProbs);
     Best winner = mine ? token_entry<kProbs>(v, int32_t(first + lane), r) : no_best();
 #pragma unroll
     for (int delta = 16; delta > 0; delta >>= 1) {
@@ -172,9 +171,9 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
   for (int64_t q = threadIdx.x; q < cg.groups; q += kThreads) {
     const int64_t g = cg.first_group + q;
     if (kVec && g < full_groups) {
-      load_group_vec(x, g, kProbs, r.inv_temperature, v);
+      load_group_vec(x, g, kProbs, r, v);
     } else {
-      load_group_scalar(x, p.vocab, g, kProbs, r.inv_temperature, v);
+      load_group_scalar(x, p.vocab, g, kProbs, r, v);
     }
     visit_group<kProbs>(acc, v, int32_t(g * kGroup), r);
   }

@@ -3,6 +3,7 @@
 // chunks and groups, and that every grid-shaped reduction of a row equals the
 // sequential one. Plain C++, no torch, no CUDA. Build and run (CMakeLists.txt):
 //   cmake -S . -B build/cmake && cmake --build build/cmake -j2 && ctest --test-dir build/cmake --output-on-failure
+#include "core/select.h"
 #include "core/params.h"
 
 #include <algorithm>
@@ -361,7 +362,7 @@ struct TestRow {
 
 void visit(const TestRow& row, RacePartial& acc, int64_t g) {
   float v[kGroup];
-  load_group_scalar(row.x.data(), row.vocab(), g, row.probs, row.race.inv_temperature, v);
+  load_group_scalar(row.x.data(), row.vocab(), g, row.probs, row.race, v);
   if (row.probs) {
     visit_group<true>(acc, v, int32_t(g * kGroup), row.race);
   } else {
@@ -433,13 +434,13 @@ RowResult finish(const TestRow& row, const RacePartial& acc) {
     const int64_t first = res.token * kGroup;
     Best winner = no_best();
     for (int i = 0; i < group_size(row.vocab(), res.token); ++i) {
-      const float v = load_value(row.x.data(), first + i, row.probs, row.race.inv_temperature);
+      const float v = load_value(row.x.data(), first + i, row.probs, row.race);
       winner = row.probs ? better_of(winner, token_entry<true>(v, int32_t(first + i), row.race))
                          : better_of(winner, token_entry<false>(v, int32_t(first + i), row.race));
     }
     res.token = winner.index;
     if (row.race.want_mass)
-      res.logprob = chosen_logprob(load_value(row.x.data(), winner.index, false, row.race.inv_temperature), acc.mass);
+      res.logprob = chosen_logprob(load_value(row.x.data(), winner.index, false, row.race), acc.mass);
   }
   return res;
 }
@@ -477,6 +478,8 @@ TestRow random_row(std::mt19937_64& rng, int64_t vocab, bool probs, int kind) {
   }
   if (!probs && kind == 3 && vocab > 2 && unit(rng) < 0.5f) row.x[size_t(vocab / 2)] = 1.0f;  // one survivor
   row.race.stream = {rng(), rng() % 1000, rng() % 4 == 0 ? rng() : rng() % 1000};
+  row.race.warped = false;
+  row.race.keep = keep_all();
   if (probs) {
     row.race.greedy = false;
     row.race.inv_temperature = 1.0f;
@@ -495,7 +498,7 @@ void check_rules(const TestRow& row, const RowResult& res, int& bad_rule, int& b
   float max = -kInf;
   double lse_max = -INFINITY;
   for (int64_t i = 0; i < row.vocab(); ++i) {
-    const float v = load_value(row.x.data(), i, row.probs, row.race.inv_temperature);
+    const float v = load_value(row.x.data(), i, row.probs, row.race);
     if (v == kInf) {
       if (first_inf < 0) first_inf = i;
       ++count_inf;
@@ -515,13 +518,13 @@ void check_rules(const TestRow& row, const RowResult& res, int& bad_rule, int& b
   }
   bad_rule += !(res.valid && res.token >= 0 && res.token < row.vocab());
   if (!res.valid || res.token < 0 || res.token >= row.vocab()) return;
-  const float chosen = load_value(row.x.data(), res.token, row.probs, row.race.inv_temperature);
+  const float chosen = load_value(row.x.data(), res.token, row.probs, row.race);
   bad_rule += !(row.probs ? chosen > 0.0f && chosen != kInf : chosen != -kInf && chosen != kInf);
   if (!row.probs && row.race.greedy) bad_rule += res.token != argmax;
   if (!row.probs && row.race.want_mass) {
     double sum = 0.0;
     for (int64_t i = 0; i < row.vocab(); ++i) {
-      const float v = load_value(row.x.data(), i, false, row.race.inv_temperature);
+      const float v = load_value(row.x.data(), i, false, row.race);
       if (v != -kInf) sum += std::exp(double(v) - lse_max);
     }
     const double ref = double(chosen) - lse_max - std::log(sum);
@@ -578,6 +581,66 @@ void test_merge_equals_sequential() {
 
 }  // namespace
 
+
+// ---------------------------------------------------------------------------
+// Warper selection (select.h): order keys and radix selection against sorting.
+
+void test_selection() {
+  std::mt19937 rng(99);
+  // order_key orders floats as floats; -0 and +0 are one key; key_value inverts it.
+  std::vector<float> values = {-kInf, -3.5f, -1e-30f, -0.0f, 0.0f, 1e-38f, 2.0f, 7.25f, kInf};
+  for (size_t i = 0; i + 1 < values.size(); ++i) {
+    const bool less = values[i] < values[i + 1];
+    CHECK_MSG(less ? order_key(values[i]) < order_key(values[i + 1]) : order_key(values[i]) == order_key(values[i + 1]),
+              "order_key(%g) vs order_key(%g)", values[i], values[i + 1]);
+    CHECK(key_value(order_key(values[i])) == values[i]);
+  }
+  std::uniform_real_distribution<float> uni(-50.0f, 50.0f);
+  for (int trial = 0; trial < 200; ++trial) {
+    // Random weights, many ties: the selected key is the first value from the
+    // top whose inclusive cumulative weight reaches the target.
+    const int n = 1 + int(rng() % 3000);
+    std::vector<float> y(static_cast<size_t>(n));
+    std::vector<uint64_t> w(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      y[size_t(i)] = trial % 2 ? std::round(uni(rng)) : uni(rng);
+      w[size_t(i)] = rng() % 5 == 0 ? 0 : 1 + rng() % 1000;
+    }
+    uint64_t total = 0;
+    for (uint64_t x : w) total += x;
+    const uint64_t target = total == 0 ? 1 : 1 + rng() % total;
+    std::vector<int> order(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) order[size_t(i)] = i;
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return y[size_t(a)] > y[size_t(b)]; });
+    float expected = kInf;
+    bool found = false;
+    uint64_t cumulative = 0;
+    for (size_t j = 0; j < order.size() && !found; ++j) {
+      const float v = y[size_t(order[j])];
+      for (size_t k = j; k < order.size() && y[size_t(order[k])] == v; ++k) cumulative += w[size_t(order[k])];
+      while (j + 1 < order.size() && y[size_t(order[j + 1])] == v) ++j;
+      if (cumulative >= target && cumulative > 0) {
+        expected = v;
+        found = true;
+      }
+    }
+    uint32_t key = 0;
+    const bool got = select_from_top(
+        n, target,
+        [&](int64_t i, uint32_t* k, uint64_t* weight) {
+          *k = order_key(y[size_t(i)]);
+          *weight = w[size_t(i)];
+        },
+        &key);
+    CHECK_MSG(got == found, "trial %d: found %d, expected %d", trial, int(got), int(found));
+    if (got && found) CHECK_MSG(key_value(key) == expected, "trial %d: %g vs %g", trial, key_value(key), expected);
+  }
+  // mass_target is ceil(p * total); fixed_mass truncates w * 2^S.
+  CHECK(mass_target(0.5f, 10) == 5 && mass_target(0.25f, 10) == 3 && mass_target(0.0f, 10) == 0);
+  CHECK(fixed_mass(1.0f, 40) == (uint64_t(1) << 40) && fixed_mass(0.0f, 40) == 0);
+  CHECK(mass_shift(262144) == 62 - 18 && mass_shift(1) == 62);
+}
+
 int main() {
   struct {
     const char* name;
@@ -591,6 +654,7 @@ int main() {
       {"tie rule", test_tie_rule},
       {"tiling", test_tiling},
       {"merge equals sequential", test_merge_equals_sequential},
+      {"selection", test_selection},
   };
   for (const auto& t : tests) {
     const int failed_before = g_failed;

@@ -1,0 +1,215 @@
+// Warpers (top-k, top-p, min-p, typical-p) as thresholds found by exact
+// selection: no sort, a bounded number of passes, the same result on CPU and GPU.
+//
+// Note [Exact warper thresholds]
+// ------------------------------
+// Every warper keeps a set of tokens described by one or two numbers per row
+// (RowKeep): top-k, top-p and min-p keep an upper set of scaled logits
+// (y >= min_y), typical-p keeps the tokens whose deviation |y - center| is at
+// most max_dev. Each number is an exact order statistic found by radix
+// selection over 32-bit keys that order the floats: a fixed number of
+// histogram passes (digits of kDigitBits), each a read of the row.
+// Probability masses enter as 64-bit fixed-point integers, w = floor(e^(y - m)
+// 2^S) with m the row max and S chosen so the row's sum cannot overflow; their
+// sums are exact in any order, so CPU and GPU (whatever their reduction order)
+// find the same thresholds. Up to rounding of e^(y - m) to 2^-S, the kept
+// sets are those of a float64 sort-based reference; at a boundary where the
+// cumulative mass is within ~1e-6 of top_p, either side may win.
+//
+// Chain (HF, LoRAX, TGI): temperature -> top-k -> top-p -> min-p -> typical-p,
+// each on the distribution renormalised over the survivors of the earlier ones.
+//   top-k:     keep y >= the k-th largest y (ties at the boundary kept).
+//   top-p:     keep t iff the mass of tokens strictly more likely than t is
+//              < top_p: y >= u, u the first value from the top where the
+//              inclusive cumulative mass reaches top_p.
+//   min-p:     keep p >= min_p * max p, i.e. y >= m + log(min_p).
+//   typical-p: deviation |-log p - H| = |y - E_p[y]|; keep t iff the mass of
+//              tokens with strictly smaller deviation is < typical_p.
+// +inf logits win before any warper; greedy rows ignore the warpers.
+#pragma once
+
+#include "race.h"
+
+namespace syncfree {
+
+// One row's warper values after the clamps of SPEC §5 (values inside
+// per-row tensors cannot be checked without a sync).
+struct Warpers {
+  int64_t top_k;    // 0: off
+  float top_p;      // 1: off; 0 keeps only the most likely value
+  float min_p;      // 0: off
+  float typical_p;  // 1: off; 0 keeps only the least deviating value
+};
+
+SF_HD float clamp_mass_fraction(float p) {
+  return !(p < 1.0f) ? 1.0f : (p > 0.0f ? p : 0.0f);  // NaN and >= 1: off; <= 0: 0
+}
+
+SF_HD Warpers clamp_warpers(int64_t top_k, float top_p, float min_p, float typical_p, int64_t vocab) {
+  Warpers w;
+  w.top_k = top_k <= 0 || top_k >= vocab ? 0 : top_k;
+  w.top_p = clamp_mass_fraction(top_p);
+  w.min_p = min_p > 0.0f ? (min_p < 1.0f ? min_p : 1.0f) : 0.0f;  // NaN: off
+  w.typical_p = clamp_mass_fraction(typical_p);
+  return w;
+}
+
+SF_HD bool any_warper(const Warpers& w) {
+  return w.top_k != 0 || w.top_p < 1.0f || w.min_p > 0.0f || w.typical_p < 1.0f;
+}
+
+// A uint32 that orders floats like the floats (-0 and +0 equal).
+SF_HD uint32_t order_key(float y) {
+  const uint32_t b = float_bits(y + 0.0f);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+SF_HD float key_value(uint32_t key) {
+  return bits_float((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
+}
+
+constexpr int kDigitBits = 11;  // 3 passes: 11 + 11 + 10 bits
+constexpr int kBins = 1 << kDigitBits;
+
+// Fixed-point scale: vocab * 2^S < 2^63 with weights <= 1.
+SF_HD int mass_shift(int64_t vocab) {
+  int bits = 0;
+  while ((int64_t(1) << bits) < vocab) ++bits;
+  return 62 - bits;
+}
+
+SF_HD uint64_t fixed_mass(float w, int shift) {
+  // w in [0, 1]: scaling by a power of two is exact, the conversion truncates.
+  return uint64_t(w * bits_float(uint32_t(127 + shift) << 23));
+}
+
+// The target weight for a mass fraction p of a total: ceil(p * total).
+SF_HD uint64_t mass_target(float p, uint64_t total) {
+  const double t = double(p) * double(total);
+  const uint64_t floor_t = uint64_t(t);
+  return double(floor_t) < t ? floor_t + 1 : floor_t;
+}
+
+// One pass of a radix selection from the top: keys matching `prefix` in
+// their top `done` bits were binned by their next digit into hist (bins
+// ascending). Walks the bins from the highest, adding to `above` (the weight
+// of all keys greater than the prefix range), and picks the first non-empty
+// bin where above + hist reaches target. Returns false if none does.
+struct SelectState {
+  uint32_t prefix;
+  int done;        // bits fixed so far
+  uint64_t above;  // weight of keys above the current range
+};
+
+SF_HD int digit_bits(int done) { return 32 - done < kDigitBits ? 32 - done : kDigitBits; }
+
+SF_HD int key_digit(uint32_t key, const SelectState& s) {
+  const int bits = digit_bits(s.done);
+  return int((key >> (32 - s.done - bits)) & ((1u << bits) - 1u));
+}
+
+SF_HD bool in_range(uint32_t key, const SelectState& s) {
+  return s.done == 0 || (key >> (32 - s.done)) == (s.prefix >> (32 - s.done));
+}
+
+SF_HD bool pick_bin(const uint64_t* hist, uint64_t target, SelectState& s) {
+  const int bits = digit_bits(s.done);
+  for (int bin = (1 << bits) - 1; bin >= 0; --bin) {
+    if (hist[bin] > 0 && s.above + hist[bin] >= target) {
+      s.prefix |= uint32_t(bin) << (32 - s.done - bits);
+      s.done += bits;
+      return true;
+    }
+    s.above += hist[bin];
+  }
+  return false;
+}
+
+}  // namespace syncfree
+
+namespace syncfree {
+
+// Radix selection from the top over a row held in memory (the CPU path and
+// the host tests): `entry(i, &key, &weight)` gives element i's key and
+// weight (weight 0: not a candidate). Finds the largest key u whose
+// inclusive cumulative weight from the top reaches target; false if the
+// total weight is below target.
+template <typename Entry>
+inline bool select_from_top(int64_t n, uint64_t target, Entry&& entry, uint32_t* result) {
+  SelectState s{0u, 0, 0u};
+  uint64_t hist[kBins];
+  while (s.done < 32) {
+    for (int b = 0; b < kBins; ++b) hist[b] = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t key;
+      uint64_t weight;
+      entry(i, &key, &weight);
+      if (weight > 0 && in_range(key, s)) hist[key_digit(key, s)] += weight;
+    }
+    if (!pick_bin(hist, target, s)) return false;
+  }
+  *result = s.prefix;
+  return true;
+}
+
+// The kept set of one row of scaled logits y (masked at -inf) under the
+// warper chain (See Note [Exact warper thresholds]).
+inline RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w) {
+  RowKeep keep = keep_all();
+  float m = -kInf;
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (y[i] == kInf) return keep;  // +inf wins: nothing to warp
+    m = y[i] > m ? y[i] : m;
+  }
+  if (m == -kInf) return keep;  // degenerate row
+  const int shift = mass_shift(vocab);
+  const auto kept = [&](int64_t i) { return y[i] != -kInf && apply_keep(y[i], keep) != -kInf; };
+  const auto mass = [&](int64_t i) { return kept(i) ? fixed_mass(exp_nonpositive(y[i] - m), shift) : 0u; };
+  uint32_t u;
+  if (w.top_k > 0) {
+    const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
+      *key = order_key(y[i]);
+      *weight = y[i] != -kInf ? 1u : 0u;
+    };
+    if (select_from_top(vocab, uint64_t(w.top_k), entry, &u)) keep.min_y = key_value(u);
+  }
+  if (w.top_p < 1.0f) {
+    uint64_t total = 0;
+    for (int64_t i = 0; i < vocab; ++i) total += mass(i);
+    const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
+      *key = order_key(y[i]);
+      *weight = mass(i);
+    };
+    if (select_from_top(vocab, mass_target(w.top_p, total), entry, &u)) {
+      const float v = key_value(u);
+      keep.min_y = v > keep.min_y ? v : keep.min_y;
+    }
+  }
+  if (w.min_p > 0.0f) {
+    const float v = m + log_positive(w.min_p);
+    keep.min_y = v > keep.min_y ? v : keep.min_y;
+  }
+  if (w.typical_p < 1.0f) {
+    // E_p[y] = m - sum(w (m - y)) / sum(w); w (m - y) <= 1/e, so the same scale fits.
+    uint64_t total = 0, gap = 0;
+    for (int64_t i = 0; i < vocab; ++i) {
+      if (!kept(i)) continue;
+      const float e = exp_nonpositive(y[i] - m);
+      total += fixed_mass(e, shift);
+      gap += fixed_mass(e * (m - y[i]), shift);
+    }
+    const float center = m - float(gap) / float(total);
+    const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
+      const float d = y[i] - center;
+      *key = ~order_key(d < 0.0f ? -d : d);  // smallest deviation first
+      *weight = mass(i);
+    };
+    if (select_from_top(vocab, mass_target(w.typical_p, total), entry, &u)) {
+      keep.center = center;
+      keep.max_dev = key_value(~u);
+    }
+  }
+  return keep;
+}
+
+}  // namespace syncfree
