@@ -30,6 +30,8 @@
 
 #include "race.h"
 
+#include <vector>
+
 namespace syncfree {
 
 // One row's warper values after the clamps of SPEC §5 (values inside
@@ -152,9 +154,41 @@ inline bool select_from_top(int64_t n, uint64_t target, Entry&& entry, uint32_t*
   return true;
 }
 
+// Host scratch for row_keep, reused across the rows a CPU thread handles.
+struct SelectScratch {
+  std::vector<float> exps;       // e^(y - m), 0 for masked
+  std::vector<uint32_t> keys;    // order keys of the current selection
+  std::vector<uint64_t> weights; // weights of the current selection
+  std::vector<int32_t> candidates, next;
+};
+
+// Radix selection over arrays (host): like select_from_top, but each pass
+// after the first reads only the candidates left in the chosen bin.
+inline bool select_top(const uint32_t* keys, const uint64_t* weights, int64_t n, uint64_t target,
+                       SelectScratch& scratch, uint32_t* result) {
+  SelectState s{0u, 0, 0u};
+  uint64_t hist[kBins];
+  auto& candidates = scratch.candidates;
+  auto& next = scratch.next;
+  candidates.clear();
+  for (int64_t i = 0; i < n; ++i)
+    if (weights[i] > 0) candidates.push_back(int32_t(i));
+  while (s.done < 32) {
+    for (int b = 0; b < kBins; ++b) hist[b] = 0;
+    for (const int32_t i : candidates) hist[key_digit(keys[i], s)] += weights[i];
+    if (!pick_bin(hist, target, s)) return false;
+    next.clear();
+    for (const int32_t i : candidates)
+      if (in_range(keys[i], s)) next.push_back(i);
+    candidates.swap(next);
+  }
+  *result = s.prefix;
+  return true;
+}
+
 // The kept set of one row of scaled logits y (masked at -inf) under the
 // warper chain (See Note [Exact warper thresholds]).
-inline RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w) {
+inline RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w, SelectScratch& scratch) {
   RowKeep keep = keep_all();
   float m = -kInf;
   for (int64_t i = 0; i < vocab; ++i) {
@@ -163,24 +197,33 @@ inline RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w) {
   }
   if (m == -kInf) return keep;  // degenerate row
   const int shift = mass_shift(vocab);
-  const auto kept = [&](int64_t i) { return y[i] != -kInf && apply_keep(y[i], keep) != -kInf; };
-  const auto mass = [&](int64_t i) { return kept(i) ? fixed_mass(exp_nonpositive(y[i] - m), shift) : 0u; };
+  const size_t n = size_t(vocab);
+  scratch.exps.resize(n);
+  scratch.keys.resize(n);
+  scratch.weights.resize(n);
+  float* e = scratch.exps.data();
+  uint32_t* keys = scratch.keys.data();
+  uint64_t* weights = scratch.weights.data();
+  for (int64_t i = 0; i < vocab; ++i) keys[i] = order_key(y[i]);
+  if (w.top_p < 1.0f || w.typical_p < 1.0f)  // the mass-based warpers
+    for (int64_t i = 0; i < vocab; ++i) e[i] = exp_nonpositive(y[i] - m);
+  // Fixed-point masses of the tokens kept so far (y >= min_y).
+  const auto masses = [&] {
+    uint64_t total = 0;
+    for (int64_t i = 0; i < vocab; ++i) {
+      weights[i] = y[i] >= keep.min_y ? fixed_mass(e[i], shift) : 0u;
+      total += weights[i];
+    }
+    return total;
+  };
   uint32_t u;
   if (w.top_k > 0) {
-    const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
-      *key = order_key(y[i]);
-      *weight = y[i] != -kInf ? 1u : 0u;
-    };
-    if (select_from_top(vocab, uint64_t(w.top_k), entry, &u)) keep.min_y = key_value(u);
+    for (int64_t i = 0; i < vocab; ++i) weights[i] = y[i] != -kInf ? 1u : 0u;
+    if (select_top(keys, weights, vocab, uint64_t(w.top_k), scratch, &u)) keep.min_y = key_value(u);
   }
   if (w.top_p < 1.0f) {
-    uint64_t total = 0;
-    for (int64_t i = 0; i < vocab; ++i) total += mass(i);
-    const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
-      *key = order_key(y[i]);
-      *weight = mass(i);
-    };
-    if (select_from_top(vocab, mass_target(w.top_p, total), entry, &u)) {
+    const uint64_t total = masses();
+    if (select_top(keys, weights, vocab, mass_target(w.top_p, total), scratch, &u)) {
       const float v = key_value(u);
       keep.min_y = v > keep.min_y ? v : keep.min_y;
     }
@@ -191,20 +234,16 @@ inline RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w) {
   }
   if (w.typical_p < 1.0f) {
     // E_p[y] = m - sum(w (m - y)) / sum(w); w (m - y) <= 1/e, so the same scale fits.
-    uint64_t total = 0, gap = 0;
-    for (int64_t i = 0; i < vocab; ++i) {
-      if (!kept(i)) continue;
-      const float e = exp_nonpositive(y[i] - m);
-      total += fixed_mass(e, shift);
-      gap += fixed_mass(e * (m - y[i]), shift);
-    }
+    const uint64_t total = masses();
+    uint64_t gap = 0;
+    for (int64_t i = 0; i < vocab; ++i)
+      if (weights[i] > 0) gap += fixed_mass(e[i] * (m - y[i]), shift);
     const float center = m - float(gap) / float(total);
-    const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
+    for (int64_t i = 0; i < vocab; ++i) {
       const float d = y[i] - center;
-      *key = ~order_key(d < 0.0f ? -d : d);  // smallest deviation first
-      *weight = mass(i);
-    };
-    if (select_from_top(vocab, mass_target(w.typical_p, total), entry, &u)) {
+      keys[i] = ~order_key(d < 0.0f ? -d : d);  // smallest deviation first
+    }
+    if (select_top(keys, weights, vocab, mass_target(w.typical_p, total), scratch, &u)) {
       keep.center = center;
       keep.max_dev = key_value(~u);
     }

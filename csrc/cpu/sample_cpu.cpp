@@ -110,12 +110,13 @@ std::vector<RowKeep> warp_rows(const SampleParams& p) {
   const T* input = static_cast<const T*>(p.input);
   at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> y(size_t(p.vocab));
+    SelectScratch scratch;
     for (int64_t row = begin; row < end; ++row) {
       const RowRace r = row_race(p, row);
       const Warpers w = row_warpers(p, row);
       if (r.greedy || !any_warper(w)) continue;
       for (int64_t i = 0; i < p.vocab; ++i) y[size_t(i)] = load_value(input + row * p.row_stride, i, false, r);
-      keeps[size_t(row)] = row_keep(y.data(), p.vocab, w);
+      keeps[size_t(row)] = row_keep(y.data(), p.vocab, w, scratch);
     }
   });
   return keeps;
@@ -163,13 +164,14 @@ template <typename T>
 void warp_rows_into(const SampleParams& p, float* out) {
   const T* input = static_cast<const T*>(p.input);
   at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
+    SelectScratch scratch;
     for (int64_t row = begin; row < end; ++row) {
       const RowRace r = row_race(p, row);  // temperature 0: inv_temperature 1, nothing scaled
       float* y = out + row * p.vocab;
       for (int64_t i = 0; i < p.vocab; ++i) y[i] = load_value(input + row * p.row_stride, i, false, r);
       const Warpers w = row_warpers(p, row);
       if (!any_warper(w)) continue;
-      const RowKeep keep = row_keep(y, p.vocab, w);
+      const RowKeep keep = row_keep(y, p.vocab, w, scratch);
       for (int64_t i = 0; i < p.vocab; ++i) y[i] = apply_keep(y[i], keep);
     }
   });
