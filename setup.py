@@ -67,7 +67,7 @@ def extension():
     if os.environ.get("SYNCFREE_PTXAS_VERBOSE") == "1":
         nvcc.append("-Xptxas=-v")
     kwargs["include_dirs"] += nvidia_wheel_includes()
-    return CUDAExtension(sources=sources + ["csrc/cuda/sample_cuda.cu"],
+    return CUDAExtension(sources=sources + ["csrc/cuda/sample_cuda.cu", "csrc/cuda/warp_cuda.cu"],
                          extra_compile_args={"cxx": cxx + ["-DSYNCFREE_WITH_CUDA"], "nvcc": nvcc}, **kwargs)
 
 

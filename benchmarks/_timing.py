@@ -175,3 +175,22 @@ def did_sync(fn):
         raise
     finally:
         torch.cuda.set_sync_debug_mode(previous)
+
+
+def time_cpu_until(fn, inputs, *, warmup=1, budget_s=1.0, min_repeats=3, max_repeats=200):
+    """Median wall-clock time per call on the host, for baselines that may take a second a call.
+
+    Unlike time_cpu there is no separate probe: after `warmup` calls, each call is timed and
+    counted until at least `min_repeats` calls and `budget_s` seconds (or `max_repeats` calls).
+    """
+    inputs = list(inputs)
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    times_s = []
+    deadline = time.perf_counter() + budget_s
+    while len(times_s) < max_repeats and (len(times_s) < min_repeats or time.perf_counter() < deadline):
+        item = inputs[len(times_s) % len(inputs)]
+        start = time.perf_counter()
+        fn(item)
+        times_s.append(time.perf_counter() - start)
+    return 1e6 * statistics.median(times_s)

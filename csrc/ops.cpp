@@ -177,11 +177,6 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
     TORCH_CHECK_VALUE(out->sizes() == at::IntArrayRef(batch_shape), "out: expected shape ",
                       at::IntArrayRef(batch_shape), ", got ", out->sizes());
   }
-#ifdef SYNCFREE_WITH_CUDA
-  TORCH_CHECK_NOT_IMPLEMENTED(!input.device().is_cuda() || !w.any(input.size(-1)),
-                              "top_k/top_p/min_p/typical_p: not implemented on CUDA yet (issue #3), only on the "
-                              "CPU; pass their identity values (0, 1.0, 0.0, 1.0) on CUDA");
-#endif
 
   const auto options = input.options();
   Outputs o;
@@ -263,8 +258,6 @@ std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS)
   check_input(logits, "logits");
   const WarperArgs w = SYNCFREE_WARPER_STRUCT;
   check_warpers(w, logits);
-  TORCH_CHECK_NOT_IMPLEMENTED(!logits.device().is_cuda(),
-                              "warp: not implemented on CUDA yet (issue #3), only on the CPU");
   Tensor warped = at::empty_like(logits, logits.options().dtype(at::kFloat), at::MemoryFormat::Contiguous);
   if (logits.device().is_meta() || logits.numel() == 0) return {warped, at::empty_like(warped)};
   SampleParams p{};
@@ -274,7 +267,18 @@ std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS)
   p.vocab = logits.size(-1);
   RowTensors row_tensors;
   set_warpers(p, row_tensors, w, p.rows);
-  warp_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
+  if (logits.device().is_cpu()) {
+    warp_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
+  } else {
+#ifdef SYNCFREE_WITH_CUDA
+    const Tensor keeps = at::empty({p.rows * int64_t(sizeof(RowKeep))}, logits.options().dtype(at::kByte));
+    auto* keep_ptr = reinterpret_cast<RowKeep*>(keeps.data_ptr());
+    warp_select_cuda(p, logits.scalar_type(), logits.device().index(), keep_ptr, true);
+    warp_apply_cuda(p, logits.scalar_type(), logits.device().index(), keep_ptr, warped.data_ptr<float>());
+#else
+    TORCH_CHECK(false, "syncfree was built without CUDA; rebuild with a CUDA toolkit to warp on ", logits.device());
+#endif
+  }
   return {warped, at::log_softmax(warped, -1)};
 }
 

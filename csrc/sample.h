@@ -20,6 +20,13 @@ void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::G
 void warp_cpu(const SampleParams& p, c10::ScalarType dtype, float* out);
 
 #ifdef SYNCFREE_WITH_CUDA
+// The warpers' kept set of every row into keeps (device memory, [rows]);
+// greedy rows get keep_all unless greedy_rows_too (syncfree.warp).
+void warp_select_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
+                      bool greedy_rows_too);
+// out[row, i] = the row's scaled logit i where kept, -inf elsewhere.
+void warp_apply_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
+                     float* out);
 void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
                  const std::optional<at::Generator>& generator, bool from_generator);
 #endif

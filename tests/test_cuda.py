@@ -249,11 +249,57 @@ def test_torch_compile_on_cuda():
     assert torch.equal(compiled(x, s), syncfree.sample(x, 0.7, seed=s))
 
 
-def test_warpers_on_cuda_are_not_implemented_yet():
-    """Issue #3: selection kernels for CUDA are still to come; until then CUDA refuses clearly."""
-    x = torch.randn(2, 100, device="cuda")
-    with pytest.raises(NotImplementedError, match="top_k/top_p/min_p/typical_p: not implemented on CUDA yet"):
-        syncfree.sample(x, top_k=5)
-    with pytest.raises(NotImplementedError, match="warp: not implemented on CUDA yet"):
-        syncfree.warp(x, top_p=0.9)
-    assert syncfree.sample(x, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, seed=1).shape == (2,)
+WARPER_CONFIGS = [dict(top_k=1), dict(top_k=50), dict(top_p=0.9), dict(min_p=0.05), dict(typical_p=0.9),
+                  dict(top_k=50, top_p=0.9, min_p=0.05), dict(top_k=1000, top_p=0.95, min_p=0.01, typical_p=0.9)]
+
+
+@pytest.mark.parametrize("config", WARPER_CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 128256), (8, 32000), (33, 4099), (4, 17)])
+def test_warpers_cpu_and_cuda_identical(shape, dtype, config):
+    """The same thresholds (exact integer masses) and so the same kept sets and tokens on both."""
+    x = make(*shape, dtype)
+    seeds = torch.arange(shape[0]) * 5
+    temps = torch.rand(shape[0], generator=torch.Generator().manual_seed(3)) + 0.4
+    cpu = syncfree.sample(x, temps, seed=seeds, return_logprobs=True, **config)
+    gpu = syncfree.sample(x.cuda(), temps.cuda(), seed=seeds.cuda(), return_logprobs=True, **config)
+    assert torch.equal(cpu[0], gpu[0].cpu())
+    torch.testing.assert_close(cpu[1], gpu[1].cpu(), atol=1e-4, rtol=1e-4)
+    cpu_w, cpu_lp = syncfree.warp(x, temps, **config)
+    gpu_w, gpu_lp = syncfree.warp(x.cuda(), temps.cuda(), **config)
+    assert torch.equal(cpu_w, gpu_w.cpu())
+    torch.testing.assert_close(cpu_lp, gpu_lp.cpu(), atol=1e-4, rtol=1e-4)
+
+
+def test_per_row_warpers_on_cuda():
+    b = 64
+    x = make(b, 5000, torch.bfloat16)
+    g = torch.Generator().manual_seed(4)
+    config = dict(top_k=torch.randint(0, 300, (b,), generator=g), top_p=torch.rand(b, generator=g),
+                  min_p=torch.rand(b, generator=g) * 0.1, typical_p=torch.rand(b, generator=g) + 0.3)
+    temps = torch.rand(b, generator=g) * 1.5
+    temps[::7] = 0
+    cpu = syncfree.sample(x, temps, seed=torch.arange(b), **config)
+    gpu = syncfree.sample(x.cuda(), temps.cuda(), seed=torch.arange(b).cuda(),
+                          **{k: v.cuda() for k, v in config.items()})
+    assert torch.equal(cpu, gpu.cpu())
+
+
+@pytest.mark.parametrize("config", WARPER_CONFIGS[1:], ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_warpers_no_sync_and_graph_capture(config):
+    x = make(16, 32000, torch.bfloat16).cuda()
+    out = torch.empty(16, dtype=torch.int64, device="cuda")
+    seeds = torch.arange(16, device="cuda")
+    offsets = torch.zeros(16, dtype=torch.int64, device="cuda")
+    syncfree.sample(x, 0.8, seed=seeds, out=out, **config)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        syncfree.sample(x, 0.8, out=out, **config)
+        syncfree.warp(x, 0.8, **config)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    graph = capture(lambda: syncfree.sample(x, 0.8, seed=seeds, offset=offsets, out=out, **config))
+    for step in range(3):
+        offsets.fill_(step)
+        graph.replay()
+        assert torch.equal(out, syncfree.sample(x, 0.8, seed=seeds, offset=offsets, **config))

@@ -29,6 +29,7 @@ struct SampleParams {
   const float* typical_ps;
   float typical_p;
   bool warped;
+  const RowKeep* keeps;  // [rows] kept sets from the warpers, or null (nothing removed)
 
   // Noise (See Note [syncfree RNG counter layout]): per-row tensors when
   // seeds is non-null (offsets may be null: all 0); otherwise seed/pos0 for
@@ -47,8 +48,8 @@ struct SampleParams {
 SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   RowRace r;
   r.want_mass = p.logprobs != nullptr && !p.probs;
-  r.warped = false;
-  r.keep = keep_all();
+  r.warped = p.keeps != nullptr;
+  r.keep = p.keeps != nullptr ? p.keeps[row] : keep_all();
   if (p.probs) {
     r.greedy = false;
     r.inv_temperature = 1.0f;

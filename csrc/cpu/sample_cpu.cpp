@@ -132,14 +132,9 @@ void sample_rows(const SampleParams& p) {
   const T* input = static_cast<const T*>(p.input);
   const int64_t tasks_per_grain = std::max<int64_t>(1, kCpuMinChunk / (split.chunk + 1));
   const std::vector<RowKeep> keeps = !kProbs && p.warped ? warp_rows<T>(p) : std::vector<RowKeep>();
-  const auto race_of = [&](int64_t row) {
-    RowRace r = row_race(p, row);
-    if (!keeps.empty()) {
-      r.keep = keeps[size_t(row)];
-      r.warped = true;
-    }
-    return r;
-  };
+  SampleParams warped = p;
+  warped.keeps = keeps.empty() ? nullptr : keeps.data();
+  const auto race_of = [&](int64_t row) { return row_race(warped, row); };
 
   at::parallel_for(0, tasks, tasks_per_grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {

@@ -286,6 +286,15 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
     args.philox = gen->philox_cuda_state(uint64_t(ceil_div(p.vocab, 4) * 4));
   }
 
+  // Warpers: a selection kernel writes each row's kept set first (Note
+  // [Exact warper thresholds]); identity warpers keep the single launch.
+  c10::DataPtr keeps;
+  if (p.warped && !p.probs) {
+    keeps = c10::cuda::CUDACachingAllocator::get()->allocate(size_t(p.rows) * sizeof(RowKeep));
+    warp_select_cuda(p, dtype, device, static_cast<RowKeep*>(keeps.get()), false);
+    args.p.keeps = static_cast<const RowKeep*>(keeps.get());
+  }
+
   c10::DataPtr workspace;
   if (args.split.splits > 1) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
