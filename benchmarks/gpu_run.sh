@@ -3,6 +3,7 @@
 #   OUT=/some/dir bash benchmarks/gpu_run.sh
 # Files written to $OUT (kept few, since only a handful come back from the device):
 #   build.log ptxas.txt pytest.log table_cuda.txt results_cuda.json bench_cuda.png
+#   table_warpers_cuda.txt results_warpers_cuda.json
 # Optional: PYTHON (default python3), BENCH_ARGS (e.g. --quick).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -31,6 +32,13 @@ if [ "$build_rc" -eq 0 ]; then
     bench_rc=0
     # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
     "$PYTHON" benchmarks/bench_sample.py --device cuda --out "$OUT" $BENCH_ARGS || bench_rc=$?
+    # Warpers: BENCH_ARGS's --quick applies here too (its other flags are bench_sample's).
+    # --no-plot keeps $OUT at 8 files; redraw with bench_warpers.py --replot <results json>.
+    warpers_args=""
+    case " $BENCH_ARGS " in *" --quick "*) warpers_args="--quick" ;; esac
+    # shellcheck disable=SC2086
+    "$PYTHON" benchmarks/bench_warpers.py --device cuda --out "$OUT" --no-plot $warpers_args \
+        || bench_rc=$?
 fi
 
 echo

@@ -23,6 +23,8 @@ struct Outputs {
 int64_t row_count(const Tensor& input) { return input.dim() == 2 ? input.size(0) : 1; }
 
 void check_input(const Tensor& input, const char* name) {
+  TORCH_CHECK_VALUE(input.dim() != 2 || input.size(0) <= int64_t(INT32_MAX), name, ": at most ", INT32_MAX,
+                    " rows, got ", input.dim() == 2 ? input.size(0) : 1);
   const auto dtype = input.scalar_type();
   const bool cpu_or_meta = input.device().is_cpu() || input.device().is_meta();
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||

@@ -92,8 +92,7 @@ def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0,
     only on seed[b], offset[b] and the token; or Python ints), else from
     `generator` (default: torch's generator for the device), which advances.
     top_k/top_p/min_p/typical_p (numbers or [B] tensors) warp the distribution
-    first, in that order (CPU only for now; on CUDA only their identity values
-    are accepted until the CUDA selection lands). Returns int64 ids of shape logits.shape[:-1], or a
+    first, in that order (README "Warpers"); greedy rows ignore them. Returns int64 ids of shape logits.shape[:-1], or a
     tuple (ids[, logprobs][, valid]) when asked: logprobs (float32) of the
     chosen tokens under the warped softmax(logits / T), valid False for rows with no
     unmasked token. `out` is an optional preallocated int64 tensor.
@@ -124,6 +123,5 @@ def warp(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0, t
     """(warped_logits, logprobs), float32, as LoRAX's StaticWarper returns: the
     temperature-scaled logits (temperature 0 scales nothing) with the tokens
     that top-k, top-p, min-p and typical-p remove at -inf, and their log_softmax.
-    CPU only for now.
     """
     return torch.ops.syncfree.warp(logits, *_warper_args(temperature, top_k, top_p, min_p, typical_p))

@@ -303,3 +303,38 @@ def test_warpers_no_sync_and_graph_capture(config):
         offsets.fill_(step)
         graph.replay()
         assert torch.equal(out, syncfree.sample(x, 0.8, seed=seeds, offset=offsets, **config))
+
+
+def test_warp_edge_rows_cpu_and_cuda_identical():
+    """Masked tokens, +inf rows, all-masked rows, constant rows, temperature 0 (warp still warps),
+    per-row values with zeros (top_p/typical_p 0 keep the top/least-deviating tokens), top_k above the
+    number of unmasked tokens, and an expanded (stride 0) input."""
+    b, v = 12, 3000
+    x = make(b, v, torch.float32)
+    x[:, ::97] = -float("inf")
+    x[1, 5] = float("inf")
+    x[2] = -float("inf")
+    x[3] = 1.5
+    x[4, :2990] = float("nan")
+    temps = torch.full((b,), 0.9)
+    temps[5:7] = 0
+    config = dict(top_k=torch.tensor([0, 3, 5, 7, 20, 1, 50, 0, 0, 9000, 10, 100]),
+                  top_p=torch.tensor([0.0, 0.9, 0.9, 0.9, 0.95, 1.0, 0.5, 0.9, 1.0, 0.8, 0.7, 0.99]),
+                  min_p=torch.tensor([0.0, 0.1, 0.0, 0.2, 0.0, 0.0, 0.05, 0.0, 0.3, 0.0, 0.01, 0.0]),
+                  typical_p=torch.tensor([1.0, 0.9, 0.9, 0.0, 0.5, 0.9, 1.0, 0.0, 0.9, 0.9, 0.95, 0.8]))
+    cuda_config = {k: t.cuda() for k, t in config.items()}
+    cpu_w, _ = syncfree.warp(x, temps, **config)
+    gpu_w, _ = syncfree.warp(x.cuda(), temps.cuda(), **cuda_config)
+    assert torch.equal(cpu_w, gpu_w.cpu())
+    cpu = syncfree.sample(x, temps, seed=torch.arange(b), return_valid=True, **config)
+    gpu = syncfree.sample(x.cuda(), temps.cuda(), seed=torch.arange(b).cuda(), return_valid=True, **cuda_config)
+    assert torch.equal(cpu[0], gpu[0].cpu()) and torch.equal(cpu[1], gpu[1].cpu())
+    row = make(1, v, torch.bfloat16)[0]
+    expanded = row.expand(8, v)
+    assert torch.equal(syncfree.warp(expanded, 0.7, top_k=40, top_p=0.9)[0],
+                       syncfree.warp(expanded.cuda(), 0.7, top_k=40, top_p=0.9)[0].cpu())
+
+
+def test_warp_many_rows_on_cuda():
+    x = make(70_000, 20, torch.float32)
+    assert torch.equal(syncfree.warp(x, 1.0, top_k=3)[0], syncfree.warp(x.cuda(), 1.0, top_k=3)[0].cpu())

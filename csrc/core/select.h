@@ -196,6 +196,7 @@ inline RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w, SelectS
     m = y[i] > m ? y[i] : m;
   }
   if (m == -kInf) return keep;  // degenerate row
+  m = m + 0.0f;                 // +0 for a -0 max, as the CUDA kernel's order-key max gives
   const int shift = mass_shift(vocab);
   const size_t n = size_t(vocab);
   scratch.exps.resize(n);

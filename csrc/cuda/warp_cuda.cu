@@ -10,6 +10,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
+
 #include "../sample.h"
 
 namespace syncfree {
@@ -206,12 +208,12 @@ __global__ void __launch_bounds__(kSelectThreads)
 // The warped logits of syncfree.warp: scaled, removed tokens at -inf.
 template <typename T>
 __global__ void syncfree_apply_keep_kernel(SampleParams p, const RowKeep* keeps, float* out) {
-  const int64_t row = blockIdx.y;
+  const int64_t row = blockIdx.x;  // rows on x: up to 2^31 - 1
   SampleParams with_keeps = p;
   with_keeps.keeps = keeps;
   const RowRace r = row_race(with_keeps, row);
   const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.vocab; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; i < p.vocab; i += int64_t(gridDim.y) * blockDim.x)
     out[row * p.vocab + i] = race_value(float(x[i]), false, r);
 }
 
@@ -238,7 +240,6 @@ void warp_select_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceI
                       bool greedy_rows_too) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  TORCH_CHECK(p.rows <= int64_t(INT32_MAX), "syncfree: too many rows for one launch");
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     syncfree_warp_select_kernel<T><<<unsigned(p.rows), kSelectThreads, 0, stream>>>(p, keeps, greedy_rows_too);
@@ -250,8 +251,7 @@ void warp_apply_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIn
                      float* out) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  TORCH_CHECK(p.rows <= 65535, "syncfree.warp: at most 65535 rows on CUDA");
-  const dim3 grid(unsigned(std::min<int64_t>(ceil_div(p.vocab, 256), 1024)), unsigned(p.rows));
+  const dim3 grid(unsigned(p.rows), unsigned(std::min<int64_t>(ceil_div(p.vocab, 256), 1024)));
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     syncfree_apply_keep_kernel<T><<<grid, 256, 0, stream>>>(p, keeps, out);
