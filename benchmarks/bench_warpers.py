@@ -33,6 +33,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 import traceback
 from typing import Callable, Optional
 
@@ -236,6 +237,19 @@ def measure(method, cases, device, budget_s):
         return us, None, "sync check failed: " + short_error(exc)
 
 
+def cpu_seconds_of_others():
+    """(wall s, CPU s spent by every other process plus steal) so far; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    mine = os.times()
+    return time.monotonic(), busy - (mine.user + mine.system)
+
+
 # --- tables ---------------------------------------------------------------------------------
 
 def fmt(value, spec, width):
@@ -428,6 +442,7 @@ def main():
           f"  flashinfer {meta['flashinfer'] or 'n/a'}")
     if device == "cpu":
         print(f"torch.get_num_threads() = {meta['threads']}")
+        others_start = cpu_seconds_of_others()
     print("configurations: " + "  ".join(
         f"{n}=" + ",".join(f"{k}={v}" for k, v in CONFIGS[n].items()) for n in config_names))
 
@@ -464,12 +479,22 @@ def main():
         if device == "cuda":
             torch.cuda.empty_cache()
 
+    if device == "cpu" and others_start is not None:
+        # Other processes on the cores spoil the timings (runs beside a build showed calls
+        # stretched to multiples of the 8 ms scheduler tick): say how busy they were.
+        wall, others = (b - a for a, b in zip(others_start, cpu_seconds_of_others()))
+        meta["others_cpu_share"] = others / wall / (os.cpu_count() or 1)
     header = [f"syncfree.sample with warpers, temperature {TEMPERATURE}: {meta['command']}",
               f"{meta['date_utc']}  {meta['device_name']}  torch {meta['torch']}  "
               f"threads {meta['threads']}  syncfree {meta['syncfree']}  "
               f"flashinfer {meta['flashinfer'] or 'n/a'}",
               "configurations: " + "  ".join(
                   f"{n}=" + ",".join(f"{k}={v}" for k, v in CONFIGS[n].items()) for n in config_names)]
+    if "others_cpu_share" in meta:
+        share = meta["others_cpu_share"]
+        header.append(f"other processes and steal used {100 * share:.0f}% of the "
+                      f"{os.cpu_count()} cores during the run"
+                      + (": WARNING, the times are not trustworthy" if share > 0.05 else ""))
     overview = (header + [""] + summary_table(results, peers)
                 + [""] + config_table(results, list(configs), peers, device))
     # stdout gets the overview; the file adds one line per method (long on CUDA).

@@ -170,9 +170,13 @@ inline bool select_top(const uint32_t* keys, const uint64_t* weights, int64_t n,
   uint64_t hist[kBins];
   auto& candidates = scratch.candidates;
   auto& next = scratch.next;
+  // First pass over the whole row, without an index list.
+  for (int b = 0; b < kBins; ++b) hist[b] = 0;
+  for (int64_t i = 0; i < n; ++i) hist[key_digit(keys[i], s)] += weights[i];
+  if (!pick_bin(hist, target, s)) return false;
   candidates.clear();
   for (int64_t i = 0; i < n; ++i)
-    if (weights[i] > 0) candidates.push_back(int32_t(i));
+    if (weights[i] > 0 && in_range(keys[i], s)) candidates.push_back(int32_t(i));
   while (s.done < 32) {
     for (int b = 0; b < kBins; ++b) hist[b] = 0;
     for (const int32_t i : candidates) hist[key_digit(keys[i], s)] += weights[i];

@@ -109,8 +109,10 @@ std::vector<RowKeep> warp_rows(const SampleParams& p) {
   std::vector<RowKeep> keeps(size_t(p.rows), keep_all());
   const T* input = static_cast<const T*>(p.input);
   at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> y(size_t(p.vocab));
-    SelectScratch scratch;
+    // Per-thread buffers kept across calls: no fresh pages on every step.
+    thread_local std::vector<float> y;
+    thread_local SelectScratch scratch;
+    y.resize(size_t(p.vocab));
     for (int64_t row = begin; row < end; ++row) {
       const RowRace r = row_race(p, row);
       const Warpers w = row_warpers(p, row);
@@ -159,7 +161,7 @@ template <typename T>
 void warp_rows_into(const SampleParams& p, float* out) {
   const T* input = static_cast<const T*>(p.input);
   at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
-    SelectScratch scratch;
+    thread_local SelectScratch scratch;
     for (int64_t row = begin; row < end; ++row) {
       const RowRace r = row_race(p, row);  // temperature 0: inv_temperature 1, nothing scaled
       float* y = out + row * p.vocab;
