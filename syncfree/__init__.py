@@ -3,7 +3,10 @@
 See README.md for the API, the semantics and the RNG contract.
 """
 from ._native import _C
+from .chain import StaticWarper, WarperChain
+from .choosers import HeterogeneousNextTokenChooser, NextTokenChooser
 from .sampling import sample, sample_probs, warp
 
-__all__ = ["sample", "sample_probs", "warp"]
+__all__ = ["sample", "sample_probs", "warp", "WarperChain", "StaticWarper", "NextTokenChooser",
+           "HeterogeneousNextTokenChooser"]
 __version__ = "0.1.0"

@@ -1,0 +1,175 @@
+"""WarperChain (StaticWarper), the next-token choosers, and the end-to-end demo (CPU; CUDA parts skip)."""
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import syncfree
+from conftest import requires_cuda
+
+INF = float("inf")
+
+
+def logits(b=6, v=3000, seed=0):
+    return torch.randn(b, v, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_chain_drops_identity_values():
+    assert syncfree.WarperChain(1.0, 0, 1.0, 1.0, 0.0).is_identity
+    assert syncfree.WarperChain(0.0).is_identity  # temperature 0 scales nothing
+    chain = syncfree.WarperChain(0.7, top_k=0, top_p=0.9, typical_p=1.0, min_p=0.0)
+    assert chain.params == {"temperature": 0.7, "top_p": 0.9}
+    assert syncfree.StaticWarper is syncfree.WarperChain
+
+
+def test_identity_chain_returns_the_logits_untouched():
+    x = logits()
+    warped, logprobs = syncfree.WarperChain()(x)
+    assert warped is x
+    torch.testing.assert_close(logprobs, torch.log_softmax(x, -1))
+
+
+def test_chain_equals_warp_on_cpu():
+    x = logits()
+    chain = syncfree.WarperChain(0.8, top_k=40, top_p=0.9, typical_p=0.95, min_p=0.01)
+    warped, logprobs = chain(x)
+    expected = syncfree.warp(x, 0.8, top_k=40, top_p=0.9, min_p=0.01, typical_p=0.95)
+    assert torch.equal(warped, expected[0]) and torch.equal(logprobs, expected[1])
+
+
+def test_chain_rejects_bad_values():
+    with pytest.raises(ValueError, match="top_p: expected a number in"):
+        syncfree.WarperChain(top_p=0.0)
+    with pytest.raises(TypeError, match="top_k: expected an int"):
+        syncfree.WarperChain(top_k=2.5)
+
+
+def test_chooser_greedy_and_warning():
+    x = logits()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chooser = syncfree.NextTokenChooser(temperature=0.0, top_k=5, do_sample=True, seed=3)
+    assert len(caught) == 1 and "greedy" in str(caught[0].message)
+    ids, logprobs = chooser(x[0])
+    assert ids.tolist() == [x[0].argmax().item()]
+    torch.testing.assert_close(logprobs, torch.log_softmax(x[0], -1)[ids])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = syncfree.NextTokenChooser(temperature=0.7, top_k=5, do_sample=False)
+    assert not caught
+    assert plain(x[1])[0].tolist() == [x[1].argmax().item()]  # do_sample=False is greedy
+
+
+def test_heterogeneous_batch_mixes_greedy_and_sampling():
+    x = logits(b=4)
+    chooser = syncfree.HeterogeneousNextTokenChooser(
+        temperature=[0.7, 1.0, 0.0, 1.3], top_k=[20, 0, 0, 5], top_p=[0.9, 1.0, 1.0, 1.0],
+        typical_p=[1.0, 1.0, 1.0, 0.9], do_sample=[True, False, True, True], seeds=[1, 2, 3, 4])
+    ids, logprobs = chooser(x)
+    assert ids[1] == x[1].argmax() and ids[2] == x[2].argmax()
+    kept0 = syncfree.warp(x[0:1], 0.7, top_k=20, top_p=0.9)[0][0] > -INF
+    assert kept0[ids[0]]
+    assert x[3].topk(5).indices.tolist().count(ids[3].item()) == 1
+
+
+def test_seeds_reproduce_across_batch_compositions():
+    """Request r's tokens depend on its seed and step only, not on who shares the batch."""
+    x = logits(b=3, v=5000)
+    params = dict(temperature=[0.9, 0.9, 0.9], top_k=[50, 50, 50], top_p=[0.95, 0.95, 0.95],
+                  typical_p=[1.0, 1.0, 1.0], seeds=[11, 22, 33])
+    together = syncfree.HeterogeneousNextTokenChooser(**params)
+    alone = syncfree.HeterogeneousNextTokenChooser(temperature=[0.9], top_k=[50], top_p=[0.95], typical_p=[1.0],
+                                                   seeds=[22])
+    for _ in range(5):
+        ids, _ = together(x)
+        ids_alone, _ = alone(x[1:2])
+        assert ids[1] == ids_alone[0]
+
+
+def test_filter_and_concatenate_keep_each_requests_stream():
+    x = logits(b=3, v=5000)
+    make = lambda seeds: syncfree.HeterogeneousNextTokenChooser(
+        temperature=[0.9] * len(seeds), top_k=[0] * len(seeds), top_p=[1.0] * len(seeds),
+        typical_p=[1.0] * len(seeds), seeds=seeds)
+    full = make([11, 22, 33])
+    full(x)  # step 0 for everyone
+    kept = full.filter([2, 0])
+    reference = make([33, 11])
+    reference(x[[2, 0]])
+    assert torch.equal(kept(x[[2, 0]])[0], reference(x[[2, 0]])[0])  # both at step 1
+    joined = syncfree.HeterogeneousNextTokenChooser.concatenate([kept, make([44])])
+    assert len(joined) == 3 and joined.steps.tolist() == [2, 2, 0]
+    ids, _ = joined(x)
+    assert ids.shape == (3,)
+
+
+def test_demo_runs_on_cpu(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import generate
+
+    results = generate.main(["--device", "cpu", "--batch", "2", "--steps", "4", "--vocab", "300", "--dim", "32",
+                             "--layers", "1", "--heads", "2"])
+    printed = capsys.readouterr().out
+    assert "(a) torch.multinomial" in printed and "(c) syncfree eager" in printed and "tokens/s" in printed
+    tokens = results["(c) syncfree eager"]
+    assert tokens.shape == (2, 4) and ((tokens >= 0) & (tokens < 300)).all()
+
+
+@requires_cuda
+def test_chain_captures_once_replays_and_matches_eager():
+    syncfree.WarperChain.clear_cache()
+    x = logits().cuda()
+    chain = syncfree.WarperChain(0.8, top_k=40, top_p=0.9)
+    for seed in range(3):
+        y = logits(seed=seed).cuda()
+        warped, logprobs = chain(y)
+        expected = syncfree.warp(y, 0.8, top_k=40, top_p=0.9)
+        assert torch.equal(warped, expected[0]) and torch.equal(logprobs, expected[1])
+        cpu = syncfree.warp(y.cpu(), 0.8, top_k=40, top_p=0.9)
+        assert torch.equal(warped.cpu(), cpu[0])
+    info = syncfree.WarperChain.cache_info()
+    assert (info.misses, info.hits, info.size) == (1, 2, 1)
+
+
+@requires_cuda
+def test_chain_cache_lru_eviction_and_memory():
+    syncfree.WarperChain.clear_cache()
+    x = logits(b=64, v=32000).cuda()
+    chains = [syncfree.WarperChain(0.5 + 0.05 * i, top_k=10 + i) for i in range(11)]
+    for chain in chains[:10]:
+        chain(x)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_reserved()
+    chains[10](x)  # the 11th configuration evicts the least recently used
+    info = syncfree.WarperChain.cache_info()
+    assert (info.size, info.evictions, info.misses) == (10, 1, 11)
+    syncfree.WarperChain.clear_cache()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_reserved() < before
+    syncfree.WarperChain.set_cache_size(2)
+    for chain in chains[:3]:
+        chain(x)
+    assert syncfree.WarperChain.cache_info().size == 2
+    syncfree.WarperChain.set_cache_size(10)
+
+
+@requires_cuda
+def test_choosers_no_sync_on_cuda():
+    x = logits(b=4, v=32000).cuda()
+    chooser = syncfree.HeterogeneousNextTokenChooser(
+        temperature=[0.7, 1.0, 0.0, 1.3], top_k=[20, 0, 0, 5], top_p=[0.9, 1.0, 1.0, 1.0],
+        typical_p=[1.0, 1.0, 1.0, 0.9], seeds=[1, 2, 3, 4], device="cuda")
+    chooser(x)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        chooser(x)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    cpu = syncfree.HeterogeneousNextTokenChooser(
+        temperature=[0.7, 1.0, 0.0, 1.3], top_k=[20, 0, 0, 5], top_p=[0.9, 1.0, 1.0, 1.0],
+        typical_p=[1.0, 1.0, 1.0, 0.9], seeds=[1, 2, 3, 4])
+    cpu(x.cpu())
+    assert torch.equal(chooser(x)[0].cpu(), cpu(x.cpu())[0])
