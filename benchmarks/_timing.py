@@ -194,3 +194,32 @@ def time_cpu_until(fn, inputs, *, warmup=1, budget_s=1.0, min_repeats=3, max_rep
         fn(item)
         times_s.append(time.perf_counter() - start)
     return 1e6 * statistics.median(times_s)
+
+
+def run_meta(device, temperature, syncfree, syncfree_missing, flashinfer):
+    """What a benchmark run records about itself (and prints a line of): date, command, versions, device."""
+    import datetime
+    import os
+    import platform
+    import sys
+
+    meta = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "host": platform.node(), "python": platform.python_version(),
+        "torch": torch.__version__, "temperature": temperature,
+        "syncfree": getattr(syncfree, "__version__", "?") if syncfree else f"missing: {syncfree_missing}",
+        "flashinfer": getattr(flashinfer, "__version__", "?") if flashinfer else None,
+        "threads": torch.get_num_threads(),
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        meta.update(device_name=props.name, sms=props.multi_processor_count,
+                    l2_bytes=l2_cache_bytes(0), cuda=torch.version.cuda)
+    else:
+        meta.update(device_name=platform.processor() or platform.machine())
+    print(f"device: {meta['device_name']}  torch {meta['torch']}  syncfree {meta['syncfree']}"
+          f"  flashinfer {meta['flashinfer'] or 'n/a'}")
+    if device == "cpu":
+        print(f"torch.get_num_threads() = {meta['threads']}")
+    return meta

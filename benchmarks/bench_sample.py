@@ -12,10 +12,8 @@ it is comparable across methods; % copy is that over the measured copy bandwidth
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import traceback
@@ -313,25 +311,7 @@ def main():
     method_names = [m.name for m in methods]
     budget_s = (0.05 if args.quick else 0.15) if device == "cuda" else (0.5 if args.quick else 1.5)
 
-    meta = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "host": platform.node(), "python": platform.python_version(),
-        "torch": torch.__version__, "temperature": TEMPERATURE,
-        "syncfree": getattr(syncfree, "__version__", "?") if syncfree else f"missing: {SYNCFREE_MISSING}",
-        "flashinfer": getattr(flashinfer, "__version__", "?") if flashinfer else None,
-        "threads": torch.get_num_threads(),
-    }
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        meta.update(device_name=props.name, sms=props.multi_processor_count,
-                    l2_bytes=timing.l2_cache_bytes(0), cuda=torch.version.cuda)
-    else:
-        meta.update(device_name=platform.processor() or platform.machine())
-    print(f"device: {meta['device_name']}  torch {meta['torch']}  syncfree {meta['syncfree']}"
-          f"  flashinfer {meta['flashinfer'] or 'n/a'}")
-    if device == "cpu":
-        print(f"torch.get_num_threads() = {meta['threads']}")
+    meta = timing.run_meta(device, TEMPERATURE, syncfree, SYNCFREE_MISSING, flashinfer)
     meta["copy_gbps"] = timing.copy_bandwidth_gbps(device, nbytes=2**30 if device == "cuda" else 2**28)
     print(f"copy bandwidth (read + write): {meta['copy_gbps']:.0f} GB/s")
     if device == "cuda":

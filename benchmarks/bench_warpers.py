@@ -27,10 +27,8 @@ from a results file on any machine.
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -423,25 +421,8 @@ def main():
     budget_s = (0.03 if args.quick else 0.06) if device == "cuda" else (0.1 if args.quick else 0.5)
     with_flashinfer = device == "cuda" and flashinfer is not None
 
-    meta = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "host": platform.node(), "python": platform.python_version(),
-        "torch": torch.__version__, "temperature": TEMPERATURE,
-        "syncfree": getattr(syncfree, "__version__", "?") if syncfree else f"missing: {SYNCFREE_MISSING}",
-        "flashinfer": getattr(flashinfer, "__version__", "?") if flashinfer else None,
-        "threads": torch.get_num_threads(),
-    }
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        meta.update(device_name=props.name, sms=props.multi_processor_count,
-                    l2_bytes=timing.l2_cache_bytes(0), cuda=torch.version.cuda)
-    else:
-        meta.update(device_name=platform.processor() or platform.machine())
-    print(f"device: {meta['device_name']}  torch {meta['torch']}  syncfree {meta['syncfree']}"
-          f"  flashinfer {meta['flashinfer'] or 'n/a'}")
+    meta = timing.run_meta(device, TEMPERATURE, syncfree, SYNCFREE_MISSING, flashinfer)
     if device == "cpu":
-        print(f"torch.get_num_threads() = {meta['threads']}")
         others_start = cpu_seconds_of_others()
     print("configurations: " + "  ".join(
         f"{n}=" + ",".join(f"{k}={v}" for k, v in CONFIGS[n].items()) for n in config_names))

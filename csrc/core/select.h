@@ -60,6 +60,12 @@ SF_HD bool any_warper(const Warpers& w) {
   return w.top_k != 0 || w.top_p < 1.0f || w.min_p > 0.0f || w.typical_p < 1.0f;
 }
 
+// The chain's upper-set warpers (top-k, top-p, min-p) only ever raise the floor.
+SF_HD void raise_floor(RowKeep& keep, float v) { keep.min_y = v > keep.min_y ? v : keep.min_y; }
+
+// min-p keeps p >= min_p * max p, i.e. y >= m + log(min_p).
+SF_HD float min_p_floor(float m, float min_p) { return m + log_positive(min_p); }
+
 // A uint32 that orders floats like the floats (-0 and +0 equal).
 SF_HD uint32_t order_key(float y) {
   const uint32_t b = float_bits(y + 0.0f);
@@ -228,15 +234,9 @@ inline RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w, SelectS
   }
   if (w.top_p < 1.0f) {
     const uint64_t total = masses();
-    if (select_top(keys, weights, vocab, mass_target(w.top_p, total), scratch, &u)) {
-      const float v = key_value(u);
-      keep.min_y = v > keep.min_y ? v : keep.min_y;
-    }
+    if (select_top(keys, weights, vocab, mass_target(w.top_p, total), scratch, &u)) raise_floor(keep, key_value(u));
   }
-  if (w.min_p > 0.0f) {
-    const float v = m + log_positive(w.min_p);
-    keep.min_y = v > keep.min_y ? v : keep.min_y;
-  }
+  if (w.min_p > 0.0f) raise_floor(keep, min_p_floor(m, w.min_p));
   if (w.typical_p < 1.0f) {
     // E_p[y] = m - sum(w (m - y)) / sum(w); w (m - y) <= 1/e, so the same scale fits.
     const uint64_t total = masses();

@@ -171,15 +171,9 @@ __global__ void __launch_bounds__(kSelectThreads)
       *key = order_key(y);
       *weight = mass_of(y);
     };
-    if (block_select(vocab, mass_target(w.top_p, total), entry, sh, &u)) {
-      const float v = key_value(u);
-      keep.min_y = v > keep.min_y ? v : keep.min_y;
-    }
+    if (block_select(vocab, mass_target(w.top_p, total), entry, sh, &u)) raise_floor(keep, key_value(u));
   }
-  if (w.min_p > 0.0f) {
-    const float v = m + log_positive(w.min_p);
-    keep.min_y = v > keep.min_y ? v : keep.min_y;
-  }
+  if (w.min_p > 0.0f) raise_floor(keep, min_p_floor(m, w.min_p));
   if (w.typical_p < 1.0f) {
     uint64_t local_total = 0u, local_gap = 0u;
     for (int64_t i = t; i < vocab; i += kSelectThreads) {
