@@ -12,6 +12,14 @@
 #define SF_HD static inline __attribute__((always_inline))
 #endif
 
+// Host-only helpers (std::vector inside) that the CPU's AVX2 variants must
+// inline to get fused, vector code.
+#if defined(__CUDACC__)
+#define SF_HOST_INLINE inline
+#else
+#define SF_HOST_INLINE static inline __attribute__((always_inline))
+#endif
+
 // The fixed 16-wide group loops. On the GPU both unroll fully (the arrays
 // stay in registers). On the CPU, SF_SIMD marks loops whose iterations are
 // independent for the vectorizer (`omp simd`, honoured with -fopenmp or

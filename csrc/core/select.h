@@ -143,7 +143,7 @@ namespace syncfree {
 // inclusive cumulative weight from the top reaches target; false if the
 // total weight is below target.
 template <typename Entry>
-inline bool select_from_top(int64_t n, uint64_t target, Entry&& entry, uint32_t* result) {
+SF_HOST_INLINE bool select_from_top(int64_t n, uint64_t target, Entry&& entry, uint32_t* result) {
   SelectState s{0u, 0, 0u};
   uint64_t hist[kBins];
   while (s.done < 32) {
@@ -170,7 +170,7 @@ struct SelectScratch {
 
 // Radix selection over arrays (host): like select_from_top, but each pass
 // after the first reads only the candidates left in the chosen bin.
-inline bool select_top(const uint32_t* keys, const uint64_t* weights, int64_t n, uint64_t target,
+SF_HOST_INLINE bool select_top(const uint32_t* keys, const uint64_t* weights, int64_t n, uint64_t target,
                        SelectScratch& scratch, uint32_t* result) {
   SelectState s{0u, 0, 0u};
   uint64_t hist[kBins];
@@ -198,7 +198,7 @@ inline bool select_top(const uint32_t* keys, const uint64_t* weights, int64_t n,
 
 // The kept set of one row of scaled logits y (masked at -inf) under the
 // warper chain (See Note [Exact warper thresholds]).
-inline RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w, SelectScratch& scratch) {
+SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w, SelectScratch& scratch) {
   RowKeep keep = keep_all();
   float m = -kInf;
   for (int64_t i = 0; i < vocab; ++i) {

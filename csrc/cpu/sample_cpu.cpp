@@ -75,6 +75,21 @@ bool cpu_has_avx2_fma() {
 }
 #endif
 
+// row_keep likewise, with fma in one instruction.
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) RowKeep row_keep_avx2(const float* y, int64_t vocab, const Warpers& w,
+                                                          SelectScratch& scratch) {
+  return row_keep(y, vocab, w, scratch);
+}
+#endif
+
+RowKeep row_keep_cpu(const float* y, int64_t vocab, const Warpers& w, SelectScratch& scratch) {
+#if defined(__x86_64__)
+  if (cpu_has_avx2_fma()) return row_keep_avx2(y, vocab, w, scratch);
+#endif
+  return row_keep(y, vocab, w, scratch);
+}
+
 template <typename T, bool kProbs>
 RacePartial race_chunk(const SampleParams& p, const RowRace& r, const T* row, const RowSplit& s,
                        int32_t split) {
@@ -118,7 +133,7 @@ std::vector<RowKeep> warp_rows(const SampleParams& p) {
       const Warpers w = row_warpers(p, row);
       if (r.greedy || !any_warper(w)) continue;
       for (int64_t i = 0; i < p.vocab; ++i) y[size_t(i)] = load_value(input + row * p.row_stride, i, false, r);
-      keeps[size_t(row)] = row_keep(y.data(), p.vocab, w, scratch);
+      keeps[size_t(row)] = row_keep_cpu(y.data(), p.vocab, w, scratch);
     }
   });
   return keeps;
@@ -168,7 +183,7 @@ void warp_rows_into(const SampleParams& p, float* out) {
       for (int64_t i = 0; i < p.vocab; ++i) y[i] = load_value(input + row * p.row_stride, i, false, r);
       const Warpers w = row_warpers(p, row);
       if (!any_warper(w)) continue;
-      const RowKeep keep = row_keep(y, p.vocab, w, scratch);
+      const RowKeep keep = row_keep_cpu(y, p.vocab, w, scratch);
       for (int64_t i = 0; i < p.vocab; ++i) y[i] = apply_keep(y[i], keep);
     }
   });
