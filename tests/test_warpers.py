@@ -150,3 +150,25 @@ def test_warp_with_temperature_zero_scales_nothing():
     warped, _ = syncfree.warp(x, 0.0, top_k=5)
     kept = warped > -INF
     assert torch.equal(warped[kept], x[kept]) and (kept.sum(-1) == 5).all()
+
+
+def test_warp_shapes_and_dtypes():
+    x = rows("peaked", 3, 700, seed=15)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        warped, logprobs = syncfree.warp(x.to(dtype), 0.9, top_k=30, top_p=0.9)
+        assert warped.dtype == torch.float32 and logprobs.dtype == torch.float32
+        assert torch.equal(warped, syncfree.warp(x.to(dtype).float(), 0.9, top_k=30, top_p=0.9)[0])
+    one, _ = syncfree.warp(x[1], 0.9, top_k=30)
+    assert one.shape == (700,) and torch.equal(one, syncfree.warp(x[1:2], 0.9, top_k=30)[0][0])
+    empty, empty_lp = syncfree.warp(torch.randn(0, 5), top_k=2)
+    assert empty.shape == (0, 5) and empty_lp.shape == (0, 5)
+
+
+def test_warped_tokens_do_not_depend_on_thread_count():
+    x = rows("zipf", 3, 150_001, seed=16)
+    config = dict(top_k=2000, top_p=0.9, min_p=0.001, typical_p=0.95)
+    torch.set_num_threads(1)
+    one = syncfree.sample(x, 0.8, seed=torch.arange(3), **config)
+    torch.set_num_threads(2)
+    two = syncfree.sample(x, 0.8, seed=torch.arange(3), **config)
+    assert torch.equal(one, two)
