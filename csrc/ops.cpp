@@ -139,10 +139,19 @@ void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, i
   p.warped = w.any(p.vocab);
 }
 
+// A call on a shard of a wider row (syncfree.distributed): where its token 0
+// sits in the row, and what it writes instead of tokens.
+struct Shard {
+  int64_t index_base = 0;
+  RacePartial* partials_out = nullptr;
+  const int64_t* resolve_groups = nullptr;
+};
+
 Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
                    const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                    std::optional<int64_t> seed_value, int64_t offset_value,
-                   const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid) {
+                   const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid,
+                   const Shard& shard = Shard()) {
   const char* name = probs ? "probs" : "logits";
   check_input(input, name);
   const int64_t rows = row_count(input);
@@ -201,6 +210,9 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   p.offsets = pointer_or_null<int64_t>(offsets);
   p.seed = uint64_t(seed_value.value_or(0));
   p.pos0 = uint64_t(offset_value);
+  p.index_base = shard.index_base;
+  p.partials_out = shard.partials_out;
+  p.resolve_groups = shard.resolve_groups;
   p.tokens = o.tokens.data_ptr<int64_t>();
   p.tokens_stride = o.tokens.dim() == 1 ? o.tokens.stride(0) : 1;
   p.logprobs = return_logprobs ? o.logprobs.data_ptr<float>() : nullptr;
@@ -254,6 +266,42 @@ std::tuple<Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool
   return {o.logprobs, o.valid};
 }
 
+// syncfree.distributed's local step on a shard x ([B, L], token 0 at global
+// index index_base, a multiple of 16): with resolve_groups None, each row's
+// merged race partial as [B, 6] int32 (the RacePartial fields, floats by
+// their bits) with tokens empty; with resolve_groups [B] (local group or -1),
+// the local token of each row's in-group race (-1 where the group is not here).
+std::tuple<Tensor, Tensor> race_shard_op(const Tensor& input, int64_t index_base,
+                                         const std::optional<Tensor>& resolve_groups,
+                                         const std::optional<Tensor>& temperature, double temperature_value,
+                                         const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
+                                         std::optional<int64_t> seed_value, int64_t offset_value,
+                                         const std::optional<at::Generator>& generator) {
+  TORCH_CHECK_VALUE(input.dim() == 2, "local_logits: expected shape [B, L], got ", input.sizes());
+  TORCH_CHECK_VALUE(index_base >= 0 && index_base % kGroup == 0, "index_base: expected a multiple of ", kGroup,
+                    ", got ", index_base);
+  TORCH_CHECK_NOT_IMPLEMENTED(!input.device().is_cuda(), "syncfree.distributed: CUDA shards are not implemented yet");
+  const int64_t rows = input.size(0);
+  Tensor partials = at::empty({resolve_groups.has_value() ? 0 : rows, 6}, input.options().dtype(at::kInt));
+  Tensor groups;
+  Shard shard;
+  shard.index_base = index_base;
+  if (resolve_groups.has_value()) {
+    check_row_tensor(*resolve_groups, "resolve_groups", input, true);
+    groups = resolve_groups->contiguous();
+    if (!input.device().is_meta()) shard.resolve_groups = groups.data_ptr<int64_t>();
+  } else if (!input.device().is_meta()) {
+    static_assert(sizeof(RacePartial) == 6 * sizeof(int32_t), "RacePartial layout");
+    shard.partials_out = reinterpret_cast<RacePartial*>(partials.data_ptr<int32_t>());
+  }
+  const WarperArgs w{temperature, temperature_value, std::nullopt, 0, std::nullopt, 1.0, std::nullopt, 0.0,
+                     std::nullopt, 1.0};
+  Outputs o = run_sample(std::nullopt, input, false, w, seed, offset, seed_value, offset_value, generator,
+                         /*return_logprobs=*/!resolve_groups.has_value(), false, shard);
+  if (!resolve_groups.has_value()) o.tokens = at::empty({0}, input.options().dtype(at::kLong));
+  return {partials, o.tokens};
+}
+
 // syncfree.warp: the warped, temperature-scaled logits (removed tokens at
 // -inf; temperature 0 scales nothing) and their log_softmax, in float32.
 std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS) {
@@ -298,6 +346,10 @@ TORCH_LIBRARY(syncfree, m) {
   m.def("sample(" SYNCFREE_SAMPLE_ARGS ") -> (Tensor tokens, Tensor logprobs, Tensor valid)", seeded);
   m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_ARGS ") -> (Tensor logprobs, Tensor valid)", seeded);
   m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ") -> (Tensor warped, Tensor logprobs)");
+  m.def("race_shard(Tensor input, int index_base, Tensor? resolve_groups, Tensor? temperature, "
+        "float temperature_value, Tensor? seed, Tensor? offset, int? seed_value, int offset_value, "
+        "Generator? generator) -> (Tensor partials, Tensor tokens)",
+        seeded);
 }
 
 // One implementation serves every device: it routes on the input's device
@@ -306,16 +358,19 @@ TORCH_LIBRARY_IMPL(syncfree, CPU, m) {
   m.impl("sample", &sample_op);
   m.impl("sample_into", &sample_into_op);
   m.impl("warp", &warp_op);
+  m.impl("race_shard", &race_shard_op);
 }
 TORCH_LIBRARY_IMPL(syncfree, CUDA, m) {
   m.impl("sample", &sample_op);
   m.impl("sample_into", &sample_into_op);
   m.impl("warp", &warp_op);
+  m.impl("race_shard", &race_shard_op);
 }
 TORCH_LIBRARY_IMPL(syncfree, Meta, m) {
   m.impl("sample", &sample_op);
   m.impl("sample_into", &sample_into_op);
   m.impl("warp", &warp_op);
+  m.impl("race_shard", &race_shard_op);
 }
 
 }  // namespace syncfree

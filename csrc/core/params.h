@@ -39,6 +39,15 @@ struct SampleParams {
   uint64_t seed;
   uint64_t pos0;
 
+  // A shard of a wider row (syncfree.distributed): global index of token 0
+  // (See Note [syncfree RNG counter layout]). 0 for a whole row.
+  int64_t index_base;
+  // Shard calls: write each row's merged RacePartial here instead of a token,
+  // or (resolve_groups set) race only group resolve_groups[row] token by
+  // token, writing the local token (-1 for a row given -1).
+  RacePartial* partials_out;
+  const int64_t* resolve_groups;
+
   int64_t* tokens;  // [rows], stride tokens_stride
   int64_t tokens_stride;
   float* logprobs;  // [rows] or null
@@ -61,6 +70,7 @@ SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   } else {
     r.stream = {p.seed, uint64_t(row), p.pos0};
   }
+  r.stream.base = uint64_t(p.index_base);
   return r;
 }
 

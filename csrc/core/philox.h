@@ -62,6 +62,10 @@ SF_HD Words4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
 //   - token words: token i uses position pos0 + i;
 //   - group words: group g (tokens [16g, 16g + 16)) uses lane 0 of block
 //     kGroupDomain + pos0 / 4 + g, far above any token position.
+// A row held in pieces (syncfree.distributed: a shard of the vocabulary)
+// numbers its tokens from `base`, the global index of its first token (a
+// multiple of kGroup): token i is global token base + i and its group global
+// group base / kGroup + i / kGroup, so the noise is that of the whole row.
 // Everything that depends on this layout cites this note.
 constexpr uint64_t kGroupDomain = uint64_t(1) << 62;
 
@@ -69,6 +73,7 @@ struct RowStream {
   uint64_t seed;
   uint64_t subsequence;
   uint64_t pos0;
+  uint64_t base = 0;  // global index of the row's token 0 (a multiple of kGroup)
 };
 
 SF_HD Words4 stream_block(const RowStream& s, uint64_t block) {
@@ -85,13 +90,13 @@ SF_HD uint32_t select_lane(const Words4& b, uint32_t lane) {
 
 // The word of token `token` (See Note [syncfree RNG counter layout]).
 SF_HD uint32_t token_word(const RowStream& s, int64_t token) {
-  const uint64_t p = s.pos0 + uint64_t(token);
+  const uint64_t p = s.pos0 + s.base + uint64_t(token);
   return select_lane(stream_block(s, p >> 2), uint32_t(p & 3u));
 }
 
 // The word of group `group` (See Note [syncfree RNG counter layout]).
 SF_HD uint32_t group_word(const RowStream& s, int64_t group) {
-  return stream_block(s, kGroupDomain + (s.pos0 >> 2) + uint64_t(group)).w0;
+  return stream_block(s, kGroupDomain + (s.pos0 >> 2) + s.base / 16 + uint64_t(group)).w0;
 }
 
 }  // namespace syncfree

@@ -99,18 +99,25 @@ RacePartial race_chunk(const SampleParams& p, const RowRace& r, const T* row, co
   return race_chunk_baseline<T, kProbs>(p, r, row, s, split);
 }
 
+// The race inside group `group` of a row, token by token.
+template <typename T, bool kProbs>
+Best race_in_group(const SampleParams& p, const RowRace& r, const T* row, int64_t group) {
+  const int64_t first = group * kGroup;
+  const int n = group_size(p.vocab, group);
+  Best winner = no_best();
+  for (int i = 0; i < n; ++i) {
+    const float v = load_value(row, first + i, kProbs, r);
+    winner = better_of(winner, token_entry<kProbs>(v, int32_t(first + i), r));
+  }
+  return winner;
+}
+
 template <typename T, bool kProbs>
 void finish(const SampleParams& p, int64_t row_index, const RowRace& r, const T* row,
             const RacePartial& acc) {
   RowResult res = finish_row(acc, r, kProbs);
   if (res.needs_resolve) {
-    const int64_t first = res.token * kGroup;
-    const int n = group_size(p.vocab, res.token);
-    Best winner = no_best();
-    for (int i = 0; i < n; ++i) {
-      const float v = load_value(row, first + i, kProbs, r);
-      winner = better_of(winner, token_entry<kProbs>(v, int32_t(first + i), r));
-    }
+    const Best winner = race_in_group<T, kProbs>(p, r, row, res.token);
     res.token = winner.index;
     if (r.want_mass)
       res.logprob = chosen_logprob(load_value(row, winner.index, kProbs, r), acc.mass);
@@ -139,8 +146,24 @@ std::vector<RowKeep> warp_rows(const SampleParams& p) {
   return keeps;
 }
 
+// Shard calls (syncfree.distributed): each row's winning group, raced token
+// by token; -1 for rows whose group lies elsewhere.
+template <typename T, bool kProbs>
+void resolve_rows(const SampleParams& p) {
+  const T* input = static_cast<const T*>(p.input);
+  at::parallel_for(0, p.rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t group = p.resolve_groups[row];
+      const int64_t token =
+          group < 0 ? -1 : race_in_group<T, kProbs>(p, row_race(p, row), input + row * p.row_stride, group).index;
+      p.tokens[row * p.tokens_stride] = token;
+    }
+  });
+}
+
 template <typename T, bool kProbs>
 void sample_rows(const SampleParams& p) {
+  if (p.resolve_groups != nullptr) return resolve_rows<T, kProbs>(p);
   const int64_t threads = at::get_num_threads();
   const int64_t wanted = p.rows >= threads ? 1 : ceil_div(threads, p.rows);
   const RowSplit split = split_row(p.vocab, wanted, kCpuMinChunk);
@@ -167,7 +190,11 @@ void sample_rows(const SampleParams& p) {
       RacePartial acc = empty_partial();
       for (int32_t j = 0; j < split.splits; ++j)
         acc = merge_partials(acc, partials[size_t(row * split.splits + j)]);
-      finish<T, kProbs>(p, row, race_of(row), input + row * p.row_stride, acc);
+      if (p.partials_out != nullptr) {
+        p.partials_out[row] = acc;
+      } else {
+        finish<T, kProbs>(p, row, race_of(row), input + row * p.row_stride, acc);
+      }
     }
   });
 }

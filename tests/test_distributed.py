@@ -1,0 +1,93 @@
+"""syncfree.distributed on CPU with Gloo: 2-4 processes, bit-identical to single-process sampling."""
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import syncfree
+import syncfree.distributed as sd
+
+INF = float("inf")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cases():
+    """(name, logits, kwargs): shapes, dtypes, per-row temperatures with greedy rows, masked/inf rows."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    x = torch.randn(6, 1000, generator=g) * 3
+    out.append(("int seed", x, dict(temperature=0.8, seed=5, offset=3)))
+    seeds, offsets = torch.arange(6) * 7 + 1, torch.arange(6)
+    temps = torch.tensor([0.7, 0.0, 1.3, 0.9, 0.0, 2.0])
+    out.append(("per-row", x, dict(temperature=temps, seed=seeds, offset=offsets)))
+    y = torch.randn(5, 333, generator=g).to(torch.bfloat16)
+    y[0, 100] = INF
+    y[1, [7, 250]] = INF
+    y[2] = -INF
+    y[3, :300] = float("nan")
+    out.append(("edge rows", y, dict(temperature=1.1, seed=torch.arange(5), offset=torch.zeros(5, dtype=torch.int64))))
+    out.append(("greedy", x, dict(temperature=0.0, seed=1)))
+    z = torch.randn(3, 40, generator=g)
+    out.append(("tiny vocab", z, dict(temperature=0.6, seed=9)))
+    return out
+
+
+def splits_for(vocab, world, seed):
+    """Uneven cut points, including shards narrower than a group and empty-of-groups shards."""
+    g = torch.Generator().manual_seed(seed)
+    cuts = sorted(torch.randperm(vocab - 1, generator=g)[: world - 1].add(1).tolist())
+    bounds = [0] + cuts + [vocab]
+    return [(bounds[r], bounds[r + 1]) for r in range(world)]
+
+
+def worker(rank, world, port, result_file, layout_seed):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    outcome = {}
+    try:
+        for name, logits, kwargs in cases():
+            vocab = logits.shape[-1]
+            # Rank r holds shard (r + layout_seed) % world: ranks need not hold shards in order.
+            start, end = splits_for(vocab, world, layout_seed + vocab)[(rank + layout_seed) % world]
+            tokens, logprobs = sd.sample(logits[:, start:end], start, vocab, return_logprobs=True, **kwargs)
+            outcome[name] = (tokens, logprobs)
+        try:
+            sd.sample(torch.randn(2, 10), 0 if rank == 0 else 3, 13 + rank, seed=1)
+        except ValueError as e:
+            outcome["error"] = str(e)
+        torch.save(outcome, f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world,layout_seed", [(2, 0), (3, 1), (4, 2)])
+def test_sharded_sampling_is_bit_identical(world, layout_seed):
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = os.path.join(tmp, "out")
+        mp.start_processes(worker, args=(world, free_port(), result_file, layout_seed), nprocs=world,
+                           start_method="spawn")
+        results = [torch.load(f"{result_file}.{r}") for r in range(world)]
+    for name, logits, kwargs in cases():
+        expected, expected_lp = syncfree.sample(logits, return_logprobs=True, **kwargs)
+        for r in range(world):
+            tokens, logprobs = results[r][name]
+            assert torch.equal(tokens, expected), f"{name}, rank {r}: {tokens} vs {expected}"
+            torch.testing.assert_close(logprobs, expected_lp, atol=1e-4, rtol=1e-4)
+    assert all("vocab_size: ranks disagree" in results[r]["error"] for r in range(world))
+
+
+def test_bad_arguments_without_a_group():
+    with pytest.raises(NotImplementedError, match="top_k/top_p/min_p/typical_p"):
+        sd.sample(torch.randn(2, 10), 0, 10, top_k=3, seed=1)
+    with pytest.raises(NotImplementedError, match="needs a seed"):
+        sd.sample(torch.randn(2, 10), 0, 10)
