@@ -145,6 +145,7 @@ struct Shard {
   int64_t index_base = 0;
   RacePartial* partials_out = nullptr;
   const int64_t* resolve_groups = nullptr;
+  const RowKeep* keeps = nullptr;  // the warpers' kept sets, found across the shards
 };
 
 Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
@@ -213,6 +214,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   p.index_base = shard.index_base;
   p.partials_out = shard.partials_out;
   p.resolve_groups = shard.resolve_groups;
+  p.keeps = shard.keeps;
   p.tokens = o.tokens.data_ptr<int64_t>();
   p.tokens_stride = o.tokens.dim() == 1 ? o.tokens.stride(0) : 1;
   p.logprobs = return_logprobs ? o.logprobs.data_ptr<float>() : nullptr;
@@ -273,6 +275,7 @@ std::tuple<Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool
 // the local token of each row's in-group race (-1 where the group is not here).
 std::tuple<Tensor, Tensor> race_shard_op(const Tensor& input, int64_t index_base,
                                          const std::optional<Tensor>& resolve_groups,
+                                         const std::optional<Tensor>& keeps,
                                          const std::optional<Tensor>& temperature, double temperature_value,
                                          const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                                          std::optional<int64_t> seed_value, int64_t offset_value,
@@ -294,12 +297,59 @@ std::tuple<Tensor, Tensor> race_shard_op(const Tensor& input, int64_t index_base
     static_assert(sizeof(RacePartial) == 6 * sizeof(int32_t), "RacePartial layout");
     shard.partials_out = reinterpret_cast<RacePartial*>(partials.data_ptr<int32_t>());
   }
+  Tensor keep_rows;
+  if (keeps.has_value()) {
+    TORCH_CHECK_VALUE(keeps->dim() == 2 && keeps->size(0) == rows && keeps->size(1) == 3 &&
+                          keeps->scalar_type() == at::kFloat && keeps->device() == input.device(),
+                      "keeps: expected a float32 [B, 3] tensor (min_y, center, max_dev) on ", input.device());
+    static_assert(sizeof(RowKeep) == 3 * sizeof(float), "RowKeep layout");
+    keep_rows = keeps->contiguous();
+    if (!input.device().is_meta()) shard.keeps = reinterpret_cast<const RowKeep*>(keep_rows.data_ptr<float>());
+  }
   const WarperArgs w{temperature, temperature_value, std::nullopt, 0, std::nullopt, 1.0, std::nullopt, 0.0,
                      std::nullopt, 1.0};
   Outputs o = run_sample(std::nullopt, input, false, w, seed, offset, seed_value, offset_value, generator,
                          /*return_logprobs=*/!resolve_groups.has_value(), false, shard);
   if (!resolve_groups.has_value()) o.tokens = at::empty({0}, input.options().dtype(at::kLong));
   return {partials, o.tokens};
+}
+
+// The distributed warpers' integer masses, with the exact functions the
+// single-device selection uses (Note [Exact warper thresholds]): for scaled
+// logits y [B, L] and row maxima m [B], fixed_mass(e^(y - m)) and
+// fixed_mass(e^(y - m) (m - y)) (0 where y is -inf), both int64.
+std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_max, int64_t shift) {
+  TORCH_CHECK_VALUE(y.dim() == 2 && y.scalar_type() == at::kFloat && y.device().is_cpu(),
+                    "y: expected a float32 [B, L] CPU tensor");
+  TORCH_CHECK_VALUE(row_max.dim() == 1 && row_max.size(0) == y.size(0) && row_max.scalar_type() == at::kFloat,
+                    "row_max: expected a float32 [B] tensor");
+  const Tensor yc = y.contiguous(), mc = row_max.contiguous();
+  Tensor mass = at::empty(y.sizes(), y.options().dtype(at::kLong));
+  Tensor gap = at::empty(y.sizes(), y.options().dtype(at::kLong));
+  const float* yp = yc.data_ptr<float>();
+  const float* mp = mc.data_ptr<float>();
+  auto* massp = reinterpret_cast<uint64_t*>(mass.data_ptr<int64_t>());
+  auto* gapp = reinterpret_cast<uint64_t*>(gap.data_ptr<int64_t>());
+  const int64_t cols = y.size(1);
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    const float m = mp[i / cols], v = yp[i];
+    const float e = v == -kInf ? 0.0f : exp_nonpositive(v - m);
+    massp[i] = fixed_mass(e, int(shift));
+    gapp[i] = fixed_mass(e * (m - v), int(shift));
+  }
+  return {mass, gap};
+}
+
+// min-p's floor m + log(min_p) with the single-device log (float32 [B] each).
+Tensor min_p_floor_op(const Tensor& row_max, const Tensor& min_p) {
+  TORCH_CHECK_VALUE(row_max.scalar_type() == at::kFloat && min_p.scalar_type() == at::kFloat &&
+                        row_max.sizes() == min_p.sizes() && row_max.device().is_cpu(),
+                    "row_max, min_p: expected float32 CPU tensors of one shape");
+  const Tensor mc = row_max.contiguous(), pc = min_p.contiguous();
+  Tensor out = at::empty_like(mc);
+  for (int64_t i = 0; i < mc.numel(); ++i)
+    out.data_ptr<float>()[i] = min_p_floor(mc.data_ptr<float>()[i], pc.data_ptr<float>()[i]);
+  return out;
 }
 
 // syncfree.warp: the warped, temperature-scaled logits (removed tokens at
@@ -346,7 +396,9 @@ TORCH_LIBRARY(syncfree, m) {
   m.def("sample(" SYNCFREE_SAMPLE_ARGS ") -> (Tensor tokens, Tensor logprobs, Tensor valid)", seeded);
   m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_ARGS ") -> (Tensor logprobs, Tensor valid)", seeded);
   m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ") -> (Tensor warped, Tensor logprobs)");
-  m.def("race_shard(Tensor input, int index_base, Tensor? resolve_groups, Tensor? temperature, "
+  m.def("shard_masses(Tensor y, Tensor row_max, int shift) -> (Tensor mass, Tensor gap)");
+  m.def("min_p_floor(Tensor row_max, Tensor min_p) -> Tensor");
+  m.def("race_shard(Tensor input, int index_base, Tensor? resolve_groups, Tensor? keeps, Tensor? temperature, "
         "float temperature_value, Tensor? seed, Tensor? offset, int? seed_value, int offset_value, "
         "Generator? generator) -> (Tensor partials, Tensor tokens)",
         seeded);
@@ -355,6 +407,8 @@ TORCH_LIBRARY(syncfree, m) {
 // One implementation serves every device: it routes on the input's device
 // itself, and on Meta it only checks and allocates.
 TORCH_LIBRARY_IMPL(syncfree, CPU, m) {
+  m.impl("shard_masses", &shard_masses_op);
+  m.impl("min_p_floor", &min_p_floor_op);
   m.impl("sample", &sample_op);
   m.impl("sample_into", &sample_into_op);
   m.impl("warp", &warp_op);

@@ -86,6 +86,114 @@ def _extended_shard(local_logits, vocab_start, vocab_size, group):
     return torch.cat(pieces, 1), first
 
 
+def _per_row(value, rows, dtype, name):
+    tensor, number = _number_or_tensor(value, name)
+    return tensor.to(dtype).reshape(rows) if tensor is not None else torch.full((rows,), number, dtype=dtype)
+
+
+def _order_key(y):
+    """syncfree's order_key (select.h): uint32 values in int64 that order the floats."""
+    b = (y + 0.0).view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    return torch.where(b & 0x80000000 != 0, ~b & 0xFFFFFFFF, b | 0x80000000)
+
+
+def _key_value(key):
+    b = torch.where(key & 0x80000000 != 0, key & 0x7FFFFFFF, ~key & 0xFFFFFFFF)
+    return torch.where(b >= 2**31, b - 2**32, b).to(torch.int32).view(torch.float32)
+
+
+def _select(keys, weights, target, active, group):
+    """select_top (select.h) for every row at once, each radix pass's histograms summed over the ranks.
+
+    Returns (found, key): the largest key whose inclusive weight from the top reaches target."""
+    rows = keys.shape[0]
+    prefix = torch.zeros(rows, dtype=torch.int64)
+    above = torch.zeros(rows, dtype=torch.int64)
+    found = active.clone()
+    done = 0
+    for bits in (11, 11, 10):
+        shift = 32 - done - bits
+        in_range = (keys >> (32 - done)) == (prefix[:, None] >> (32 - done)) if done else torch.ones_like(keys, dtype=torch.bool)
+        hist = torch.zeros(rows, 2048, dtype=torch.int64)
+        hist.scatter_add_(1, (keys >> shift) & ((1 << bits) - 1), torch.where(in_range, weights, 0))
+        dist.all_reduce(hist, op=dist.ReduceOp.SUM, group=group)  # 16 KB a row
+        suffix = hist.flip(1).cumsum(1).flip(1)  # weight of each bin and all above it
+        fits = (hist > 0) & (above[:, None] + suffix >= target[:, None])
+        chosen = torch.where(fits, torch.arange(2048), -1).max(1).values
+        found &= chosen >= 0
+        c = chosen.clamp(min=0)[:, None]
+        above = above + (suffix.gather(1, c) - hist.gather(1, c)).squeeze(1)
+        prefix = prefix | (c.squeeze(1) << shift)
+        done += bits
+    return found, prefix
+
+
+def _mass_target(fraction, total):
+    t = fraction.double() * total.double()
+    floor_t = t.to(torch.int64)
+    return torch.where(floor_t.double() < t, floor_t + 1, floor_t)
+
+
+def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, top_k, top_p, min_p, typical_p, group):
+    """row_keep (select.h) across the shards: the same thresholds, from the same integer sums.
+
+    Returns a float32 [B, 3] (min_y, center, max_dev) for race_shard, or None if no row warps."""
+    rows = ext.shape[0]
+    top_k = torch.where((top_k <= 0) | (top_k >= vocab), 0, top_k)
+    top_p = torch.where(~(top_p < 1), 1.0, top_p.clamp(min=0.0))
+    min_p = torch.where(min_p > 0, min_p.clamp(max=1.0), 0.0)
+    typical_p = torch.where(~(typical_p < 1), 1.0, typical_p.clamp(min=0.0))
+    active = ~greedy & ((top_k > 0) | (top_p < 1) | (min_p > 0) | (typical_p < 1))
+    if not bool(active.any()):  # CPU tensors: no device sync
+        return None
+    # Scaled logits exactly as scaled_logit/set_temperature compute them.
+    t = temperature_t.float() if temperature_t is not None else torch.full((rows,), temperature_v)
+    inv = torch.where(t == INF, 0.0, (1.0 / t).clamp(max=3.4028234663852886e38))
+    inv = torch.where(greedy, 1.0, inv)[:, None]
+    x = ext.float()
+    y = torch.where(x == INF, INF, x * inv)
+    y = torch.where(torch.isnan(y), -INF, y)
+    has_inf = (y == INF).any(1).to(torch.int32) if y.shape[1] else torch.zeros(rows, dtype=torch.int32)
+    dist.all_reduce(has_inf, op=dist.ReduceOp.MAX, group=group)
+    m = y.max(1).values if y.shape[1] else torch.full((rows,), -INF)
+    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+    m = m + 0.0
+    active &= (has_inf == 0) & (m > -INF)
+    m_safe = torch.where(active, m, 0.0)
+    bits = max(0, (vocab - 1).bit_length())
+    mass, gap = torch.ops.syncfree.shard_masses(torch.where(active[:, None], y, -INF), m_safe, 62 - bits)
+    keys = _order_key(y)
+    min_y = torch.full((rows,), -INF)
+    center = torch.zeros(rows)
+    max_dev = torch.full((rows,), INF)
+    on = active & (top_k > 0)
+    if bool(on.any()):
+        found, u = _select(keys, (y != -INF).to(torch.int64), top_k, on, group)
+        min_y = torch.where(found, _key_value(u), min_y)
+    on = active & (top_p < 1)
+    if bool(on.any()):
+        w = torch.where(y >= min_y[:, None], mass, 0)
+        total = w.sum(1)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        found, u = _select(keys, w, _mass_target(top_p, total), on, group)
+        min_y = torch.where(found, torch.maximum(min_y, _key_value(u)), min_y)
+    on = active & (min_p > 0)
+    if bool(on.any()):
+        min_y = torch.where(on, torch.maximum(min_y, torch.ops.syncfree.min_p_floor(m_safe, min_p)), min_y)
+    on = active & (typical_p < 1)
+    if bool(on.any()):
+        w = torch.where(y >= min_y[:, None], mass, 0)
+        sums = torch.stack([w.sum(1), torch.where(w > 0, gap, 0).sum(1)], 1)
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+        c = m_safe - sums[:, 1].float() / sums[:, 0].clamp(min=1).float()
+        d = y - c[:, None]
+        found, u = _select(~_order_key(torch.where(d < 0, -d, d)) & 0xFFFFFFFF, w, _mass_target(typical_p, sums[:, 0]),
+                           on, group)
+        center = torch.where(found, c, center)
+        max_dev = torch.where(found, _key_value(~u & 0xFFFFFFFF), max_dev)
+    return torch.stack([min_y, center, max_dev], 1)
+
+
 def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
            temperature: Union[float, torch.Tensor] = 1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, *,
            group=None, seed: Union[None, int, torch.Tensor] = None, offset: Union[None, int, torch.Tensor] = None,
@@ -96,9 +204,6 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     temperature, seed, offset: as syncfree.sample (identical on every rank). Returns tokens, or
     (tokens, logprobs) with return_logprobs.
     """
-    if any(not (isinstance(v, (int, float)) and v == identity)
-           for v, identity in ((top_k, 0), (top_p, 1.0), (min_p, 0.0), (typical_p, 1.0))):
-        raise NotImplementedError("top_k/top_p/min_p/typical_p: not implemented in syncfree.distributed yet")
     if generator is not None or seed is None:
         raise NotImplementedError("syncfree.distributed needs a seed (int or per-row tensor); "
                                   "the generator path is not implemented yet")
@@ -112,9 +217,15 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     rng = _rng_args(seed, offset, None)
     ext, base = _extended_shard(x, vocab_start, vocab_size, group)
     rows = x.shape[0]
+    greedy = (temperature_t <= 0) | torch.isnan(temperature_t) if temperature_t is not None else \
+        torch.full((rows,), temperature_v == 0, device=x.device)
+    keeps = _kept_sets(ext, vocab_size, temperature_t, temperature_v, greedy,
+                       _per_row(top_k, rows, torch.int64, "top_k"), _per_row(top_p, rows, torch.float32, "top_p"),
+                       _per_row(min_p, rows, torch.float32, "min_p"),
+                       _per_row(typical_p, rows, torch.float32, "typical_p"), group)
 
     if ext.shape[1] > 0:
-        partials, _ = torch.ops.syncfree.race_shard(ext, base, None, temperature_t, temperature_v, *rng, None)
+        partials, _ = torch.ops.syncfree.race_shard(ext, base, None, keeps, temperature_t, temperature_v, *rng, None)
     else:  # a shard narrower than a group may own no group: it races nothing
         empty = torch.tensor([-INF, 0.0, -INF, 0.0], device=x.device).view(torch.int32)
         partials = torch.tensor([0, _NO_INDEX, 0, 0, _NO_INDEX, 0], dtype=torch.int32,
@@ -124,8 +235,6 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     index = partials[:, 1].clone()
     mass = partials[:, 2:4].view(torch.float32)
     inf_first, inf_count = partials[:, 4].clone(), partials[:, 5].clone()
-    greedy = (temperature_t <= 0) | torch.isnan(temperature_t) if temperature_t is not None else \
-        torch.full((rows,), temperature_v == 0, device=x.device)
     # Local indices to global ones: tokens for greedy rows, groups for sampled rows.
     has = index != _NO_INDEX
     index = torch.where(has, index + torch.where(greedy, base, base // GROUP), index)
@@ -145,7 +254,7 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     owned = sampled & (local_group >= 0) & (local_group * GROUP < ext.shape[1])
     groups = torch.where(owned, local_group, torch.full_like(local_group, -1))
     if ext.shape[1] > 0:
-        _, token = torch.ops.syncfree.race_shard(ext, base, groups, temperature_t, temperature_v, *rng, None)
+        _, token = torch.ops.syncfree.race_shard(ext, base, groups, keeps, temperature_t, temperature_v, *rng, None)
         token = torch.where(token >= 0, token + base, token)
     else:
         token = torch.full((rows,), -1, dtype=torch.int64, device=x.device)

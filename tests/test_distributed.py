@@ -38,6 +38,19 @@ def cases():
     out.append(("greedy", x, dict(temperature=0.0, seed=1)))
     z = torch.randn(3, 40, generator=g)
     out.append(("tiny vocab", z, dict(temperature=0.6, seed=9)))
+    w = torch.randn(8, 2000, generator=g) * 3
+    w[:, ::31] = -INF
+    w[2, 17] = INF
+    for name, config in (("top_k", dict(top_k=25)), ("top_p", dict(top_p=0.8)), ("min_p", dict(min_p=0.05)),
+                         ("typical_p", dict(typical_p=0.7)),
+                         ("all warpers", dict(top_k=200, top_p=0.9, min_p=0.01, typical_p=0.9))):
+        out.append((name, w, dict(temperature=0.9, seed=torch.arange(8) + 3, offset=torch.arange(8), **config)))
+    per_row = dict(top_k=torch.tensor([0, 5, 50, 2000, 1, 0, 30, 7]),
+                   top_p=torch.tensor([1.0, 0.9, 0.5, 0.0, 1.0, 0.95, 1.0, 0.8]),
+                   min_p=torch.tensor([0.0, 0.0, 0.1, 0.0, 0.0, 0.02, 0.5, 0.0]),
+                   typical_p=torch.tensor([1.0, 0.9, 1.0, 1.0, 0.8, 0.0, 0.9, 0.95]))
+    temps = torch.tensor([0.8, 1.2, 0.0, 0.7, 1.0, 0.9, 2.0, 0.5])
+    out.append(("per-row warpers", w, dict(temperature=temps, seed=7, **per_row)))
     return out
 
 
@@ -87,7 +100,5 @@ def test_sharded_sampling_is_bit_identical(world, layout_seed):
 
 
 def test_bad_arguments_without_a_group():
-    with pytest.raises(NotImplementedError, match="top_k/top_p/min_p/typical_p"):
-        sd.sample(torch.randn(2, 10), 0, 10, top_k=3, seed=1)
     with pytest.raises(NotImplementedError, match="needs a seed"):
         sd.sample(torch.randn(2, 10), 0, 10)

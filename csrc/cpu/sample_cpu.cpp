@@ -173,7 +173,7 @@ void sample_rows(const SampleParams& p) {
   const int64_t tasks_per_grain = std::max<int64_t>(1, kCpuMinChunk / (split.chunk + 1));
   const std::vector<RowKeep> keeps = !kProbs && p.warped ? warp_rows<T>(p) : std::vector<RowKeep>();
   SampleParams warped = p;
-  warped.keeps = keeps.empty() ? nullptr : keeps.data();
+  warped.keeps = keeps.empty() ? p.keeps : keeps.data();  // p.keeps: kept sets given by the caller
   const auto race_of = [&](int64_t row) { return row_race(warped, row); };
 
   at::parallel_for(0, tasks, tasks_per_grain, [&](int64_t begin, int64_t end) {

@@ -1,0 +1,319 @@
+#!/usr/bin/env python
+"""Vocab-parallel sampling on CPU (Gloo): syncfree.distributed.sample against all-gather + sample.
+
+    python benchmarks/bench_distributed.py [--quick] [--out DIR]
+
+For each world size, spawns that many processes (torch.multiprocessing, Gloo on
+127.0.0.1), each holding columns [start, end) of the same [B, V] float32 logits,
+and times per call, side by side and interleaved:
+
+  sf.dist   syncfree.distributed.sample on the shard (per-row seed/offset tensors, T=0.8);
+  ag+sample dist.all_gather of the [B, L] shards into the full [B, V] logits on every
+            rank (padded to the widest shard: Gloo gathers equal sizes only), then
+            syncfree.sample on it with the same seeds/offsets.
+
+Each timed call is preceded by a dist.barrier and bracketed by time.perf_counter;
+the figure is rank 0's median after warm-up. Every rank asserts that both methods
+return identical tokens on every call. Bytes per rank per call count the results
+of the collectives on one rank: an all_gather counts its gathered output (world x
+the per-rank input, the rank's own part included), an all_reduce its tensor; wire
+traffic depends on Gloo's algorithms. Prints a table and writes
+table_distributed_cpu.txt and results_distributed_cpu.json into the output directory.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+import _timing as timing  # noqa: E402
+
+import syncfree  # noqa: E402
+import syncfree.distributed as sd  # noqa: E402
+
+TEMPERATURE = 0.8
+DTYPE = torch.float32
+GROUP = 16           # syncfree.distributed's race group (columns per group)
+INPUTS = 3           # distinct logits/seeds per shape, rotated through
+WARMUP = 2           # untimed calls of each method per configuration
+THREADS = 1          # torch threads per process
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def split_bounds(vocab, world, kind):
+    """Cut points [0, c1, ..., vocab]. 'even': equal shards (V is divisible by every world here).
+    'uneven': rank r's share is proportional to r + 1, cut points moved off multiples of 16 so
+    that race groups straddle shards."""
+    if kind == "even":
+        return [vocab * r // world for r in range(world + 1)]
+    total = world * (world + 1) // 2
+    cuts = [round(vocab * (r * (r + 1) // 2) / total) for r in range(1, world)]
+    cuts = [c + 5 if c % GROUP == 0 else c for c in cuts]
+    return [0] + cuts + [vocab]
+
+
+def syncfree_bytes(world, batch, elem=4):
+    """Bytes of collective results per rank for one syncfree.distributed.sample call (logprobs off),
+    term by term as syncfree/distributed.py exchanges them."""
+    return {
+        # _check_tiling: all_gather of int64 [vocab_start, width, rows, vocab_size] from every rank
+        "tiling_info": world * 4 * 8,
+        # _extended_shard: all_gather of every rank's first 16 columns, [B, 16] in the logits dtype
+        "heads": world * batch * GROUP * elem,
+        # _extended_shard: all_gather of int64 (vocab_start, width) from every rank
+        "spans": world * 2 * 8,
+        # all_reduce MAX of the best race key per row, float32 [B]
+        "best_key": batch * 4,
+        # all_reduce MIN of the winning group (lowest index among equal keys), int64 [B]: the race's
+        # int32 local index plus an int64 tensor of per-row offsets to global ones promotes it
+        "group_index": batch * 8,
+        # all_reduce MIN of the first +inf logit's index, int32 [B]
+        "inf_first": batch * 4,
+        # all_reduce SUM of the number of +inf logits, int32 [B]
+        "inf_count": batch * 4,
+        # all_reduce MAX of the token raced inside the winning group by its owner, int64 [B]
+        "token": batch * 8,
+    }
+
+
+def allgather_bytes(world, batch, max_width, elem=4):
+    # all_gather of every rank's [B, L_max] shard: B * V * 4 bytes with an even split,
+    # a little more with the uneven one (the padding to the widest shard travels too).
+    return world * batch * max_width * elem
+
+
+@contextlib.contextmanager
+def counted_collectives(counter):
+    """Adds up the bytes of collective results (as syncfree_bytes counts them) while active."""
+    gather, reduce = dist.all_gather, dist.all_reduce
+
+    def all_gather(tensor_list, tensor, *args, **kwargs):
+        counter[0] += sum(t.numel() * t.element_size() for t in tensor_list)
+        return gather(tensor_list, tensor, *args, **kwargs)
+
+    def all_reduce(tensor, *args, **kwargs):
+        counter[0] += tensor.numel() * tensor.element_size()
+        return reduce(tensor, *args, **kwargs)
+
+    dist.all_gather, dist.all_reduce = all_gather, all_reduce
+    try:
+        yield
+    finally:
+        dist.all_gather, dist.all_reduce = gather, reduce
+
+
+def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repeats):
+    bounds = split_bounds(vocab, world, split)
+    start, end = bounds[rank], bounds[rank + 1]
+    widths = [bounds[r + 1] - bounds[r] for r in range(world)]
+    max_width = max(widths)
+    # The same full logits on every rank (one generator seed), each rank keeping its columns.
+    gen = torch.Generator().manual_seed(batch * 1_000_003 + vocab)
+    shards, seeds = [], []
+    for _ in range(INPUTS):
+        full = torch.randn(batch, vocab, generator=gen) * 3
+        shards.append(full[:, start:end].contiguous().to(DTYPE))
+        seeds.append(torch.randint(0, 2**62, (batch,), generator=gen))
+        del full
+    offsets = torch.arange(batch, dtype=torch.int64)
+    parts = [torch.empty(batch, max_width, dtype=DTYPE) for _ in range(world)]  # reused gather buffers
+
+    def sf_dist(i):
+        return sd.sample(shards[i], start, vocab, TEMPERATURE, seed=seeds[i], offset=offsets)
+
+    def all_gather_sample(i):
+        mine = shards[i]
+        if mine.shape[1] != max_width:
+            mine = F.pad(mine, (0, max_width - mine.shape[1]))
+        dist.all_gather(parts, mine)
+        logits = torch.cat([p[:, :w] for p, w in zip(parts, widths)], 1)
+        return syncfree.sample(logits, TEMPERATURE, seed=seeds[i], offset=offsets)
+
+    methods = [sf_dist, all_gather_sample]
+    times = [[], []]
+    calls = [0]
+
+    def timed_pair(record):
+        i = calls[0] % INPUTS
+        calls[0] += 1
+        tokens = [None, None]
+        for m in ((0, 1) if calls[0] % 2 else (1, 0)):  # alternate which method goes first
+            fn = methods[m]
+            dist.barrier()
+            t0 = time.perf_counter()
+            tokens[m] = fn(i)
+            elapsed = time.perf_counter() - t0
+            if record:
+                times[m].append(elapsed)
+        assert torch.equal(tokens[0], tokens[1]), \
+            f"rank {rank}: world {world} B={batch} V={vocab} {split}: {tokens[0]} vs {tokens[1]}"
+        return tokens[0]
+
+    for _ in range(WARMUP):
+        timed_pair(False)
+    # Bytes actually handed to the collectives by one call of syncfree.distributed.sample.
+    counter = [0]
+    with counted_collectives(counter):
+        sf_dist(0)
+    # Rank 0 sizes the run from one timed pair; everyone runs the same number of pairs.
+    t0 = time.perf_counter()
+    timed_pair(False)
+    per_pair = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    dist.broadcast(per_pair, 0)
+    repeats = int(min(max_repeats, max(min_repeats, budget_s / max(per_pair.item(), 1e-9))))
+    for _ in range(repeats):
+        token = timed_pair(True)
+    # Every rank agrees on the last tokens (both methods already agree on each rank).
+    everyone = [torch.empty_like(token) for _ in range(world)]
+    dist.all_gather(everyone, token)
+    assert all(torch.equal(t, token) for t in everyone), f"ranks disagree: {everyone}"
+
+    sf_terms = syncfree_bytes(world, batch, torch.tensor([], dtype=DTYPE).element_size())
+    sf_total = sum(sf_terms.values())
+    ag_total = allgather_bytes(world, batch, max_width, torch.tensor([], dtype=DTYPE).element_size())
+    sf_us = 1e6 * statistics.median(times[0])
+    ag_us = 1e6 * statistics.median(times[1])
+    spread = {f"{name}_{stat}_us": 1e6 * fn(t) for name, t in (("sf_dist", times[0]), ("allgather_sample", times[1]))
+              for stat, fn in (("min", min), ("p90", lambda v: sorted(v)[int(0.9 * (len(v) - 1))]))}
+    return dict(world=world, B=batch, V=vocab, split=split, bounds=bounds, repeats=repeats,
+                sf_dist_us=sf_us, allgather_sample_us=ag_us, time_ratio=ag_us / sf_us,
+                sf_dist_bytes=sf_total, sf_dist_bytes_terms=sf_terms, sf_dist_bytes_counted=counter[0],
+                allgather_bytes=ag_total, bytes_ratio=ag_total / sf_total, identical=True, **spread)
+
+
+def worker(rank, world, port, configs, budget_s, min_repeats, max_repeats, result_file):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(THREADS)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        rows = []
+        for batch, vocab, split in configs:
+            row = run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repeats)
+            rows.append(row)
+            if rank == 0:
+                print(f"  world {world} B={batch} V={vocab} {split}: sf.dist {row['sf_dist_us']:.0f} us, "
+                      f"ag+sample {row['allgather_sample_us']:.0f} us ({row['repeats']} repeats), "
+                      f"tokens identical", flush=True)
+        if rank == 0:
+            with open(result_file, "w") as f:
+                json.dump(rows, f)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def human_bytes(n):
+    for unit, size in (("MB", 2**20), ("KB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def table(rows):
+    lines = [f"{'world':>5}{'B':>5}{'V':>8}  {'split':<7}{'sf.dist us':>11}{'ag+sample us':>14}{'x sf':>7}"
+             f"{'sf.dist B/rank':>16}{'ag B/rank':>12}{'x sf':>9}"]
+    for r in rows:
+        lines.append(f"{r['world']:>5}{r['B']:>5}{r['V']:>8}  {r['split']:<7}{r['sf_dist_us']:>11.0f}"
+                     f"{r['allgather_sample_us']:>14.0f}{r['time_ratio']:>7.2f}"
+                     f"{human_bytes(r['sf_dist_bytes']):>16}{human_bytes(r['allgather_bytes']):>12}"
+                     f"{r['bytes_ratio']:>9.0f}")
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("SYNCFREE_BENCH_OUT")
+                        or os.path.join(BENCH_DIR, "out"))
+    parser.add_argument("--quick", action="store_true", help="worlds 2 and 4, B in {1, 8}, V=32000")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+
+    if args.quick:
+        worlds, batches, vocabs = [2, 4], [1, 8], [32000]
+        budget_s, min_repeats, max_repeats = 0.3, 5, 50
+    else:
+        worlds, batches, vocabs = [2, 4, 8], [1, 8, 64], [32000, 128256]
+        budget_s, min_repeats, max_repeats = 0.6, 5, 100
+    configs = [(b, v, s) for b in batches for v in vocabs for s in ("even", "uneven")]
+    cores = os.cpu_count() or 1
+
+    meta = timing.run_meta("cpu", TEMPERATURE, syncfree, "", None)
+    meta.update(cores=cores, threads_per_process=THREADS, backend="gloo", dtype=str(DTYPE).replace("torch.", ""),
+                warmup=WARMUP, budget_s_per_config=budget_s, inputs_rotated=INPUTS)
+    oversub = [w for w in worlds if w * THREADS > cores]
+    note = (f"note: {cores} CPU cores, {THREADS} torch thread per process; worlds {oversub} run more processes "
+            f"than cores, so their CPU timings measure oversubscription (processes taking turns), "
+            f"not the scaling of the method.") if oversub else ""
+    if note:
+        print(note)
+
+    rows = []
+    begin = time.perf_counter()
+    for world in worlds:
+        with tempfile.TemporaryDirectory() as tmp:
+            result_file = os.path.join(tmp, "rank0.json")
+            mp.start_processes(worker, args=(world, free_port(), configs, budget_s, min_repeats, max_repeats,
+                                             result_file), nprocs=world, start_method="spawn")
+            with open(result_file) as f:
+                rows += json.load(f)
+    meta["wall_s"] = time.perf_counter() - begin
+
+    mismatched = [r for r in rows if r["sf_dist_bytes_counted"] != r["sf_dist_bytes"]]
+    checks = [f"identical: syncfree.distributed.sample and all-gather + syncfree.sample returned the same tokens "
+              f"on every rank for every call ({sum(r['repeats'] + WARMUP + 1 for r in rows)} calls each "
+              f"over {len(rows)} configurations)"]
+    if mismatched:
+        checks.append(f"WARNING: the byte formula disagrees with the bytes handed to the collectives in "
+                      f"{len(mismatched)} rows (e.g. {mismatched[0]['sf_dist_bytes']} vs "
+                      f"{mismatched[0]['sf_dist_bytes_counted']}): syncfree/distributed.py changed?")
+    else:
+        checks.append("bytes: the per-term formula matches the bytes handed to the collectives in one call, "
+                      "counted by wrapping dist.all_gather/all_reduce, in every row")
+    example = syncfree_bytes(2, 1)
+    header = [f"syncfree.distributed benchmark (Gloo, CPU), {meta['dtype']}, temperature {TEMPERATURE}: "
+              f"{meta['command']}",
+              f"{meta['date_utc']}  {meta['device_name']}  torch {meta['torch']}  {cores} cores, "
+              f"{THREADS} thread per process, wall {meta['wall_s']:.0f} s"]
+    if note:
+        header.append(note)
+    header += [
+        "us: rank 0's median per call after a dist.barrier (perf_counter around the call); x sf: "
+        "ag+sample / sf.dist.",
+        "B/rank: bytes of collective results per rank per call (all_gather: gathered output incl. own part; "
+        "all_reduce: the tensor).",
+        f"  sf.dist = world*(32 tiling + 16 spans) + world*B*64 heads + B*28 all-reduces "
+        f"(e.g. world 2, B 1: {sum(example.values())} B);",
+        "  ag = world*B*L_max*4 (= B*V*4 for even splits; the uneven split pads to the widest shard).",
+        "uneven: rank r's share is proportional to r + 1, cut points off multiples of 16.",
+    ]
+    text = "\n".join(header + [""] + table(rows) + [""] + checks) + "\n"
+    print("\n" + text, end="")
+
+    paths = [os.path.join(args.out, "table_distributed_cpu.txt"),
+             os.path.join(args.out, "results_distributed_cpu.json")]
+    with open(paths[0], "w") as f:
+        f.write(text)
+    with open(paths[1], "w") as f:
+        json.dump({"meta": meta, "results": rows}, f, indent=1)
+    print("wrote " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    main()
