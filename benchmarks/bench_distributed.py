@@ -198,14 +198,32 @@ def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repe
                 allgather_bytes=ag_total, bytes_ratio=ag_total / sf_total, identical=True, **spread)
 
 
+def collective_latency_us(repeats):
+    """Rank 0's median time of one 4-byte all_reduce after a barrier: what each of sf.dist's
+    collectives costs at least, whatever it carries."""
+    x = torch.zeros(1, dtype=torch.int32)
+    times = []
+    for i in range(repeats + 5):
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(x)
+        if i >= 5:
+            times.append(time.perf_counter() - t0)
+    return 1e6 * statistics.median(times)
+
+
 def worker(rank, world, port, configs, budget_s, min_repeats, max_repeats, result_file):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(THREADS)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
+        latency_us = collective_latency_us(repeats=60)
+        if rank == 0:
+            print(f"  world {world}: one 4-byte all_reduce after a barrier: {latency_us:.0f} us (median)", flush=True)
         rows = []
         for batch, vocab, split in configs:
             row = run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repeats)
+            row["collective_latency_us"] = latency_us
             rows.append(row)
             if rank == 0:
                 print(f"  world {world} B={batch} V={vocab} {split}: sf.dist {row['sf_dist_us']:.0f} us, "
@@ -250,7 +268,7 @@ def main():
         budget_s, min_repeats, max_repeats = 0.3, 5, 50
     else:
         worlds, batches, vocabs = [2, 4, 8], [1, 8, 64], [32000, 128256]
-        budget_s, min_repeats, max_repeats = 0.6, 5, 100
+        budget_s, min_repeats, max_repeats = 1.0, 7, 100
     configs = [(b, v, s) for b in batches for v in vocabs for s in ("even", "uneven")]
     cores = os.cpu_count() or 1
 
@@ -302,6 +320,10 @@ def main():
         f"(e.g. world 2, B 1: {sum(example.values())} B);",
         "  ag = world*B*L_max*4 (= B*V*4 for even splits; the uneven split pads to the widest shard).",
         "uneven: rank r's share is proportional to r + 1, cut points off multiples of 16.",
+        "collectives per call: sf.dist 8 (3 all_gather, 5 all_reduce), ag+sample 1 all_gather; Gloo latency, "
+        "one 4-byte all_reduce after a barrier: " + ", ".join(
+            f"{latency:.0f} us (world {w})" for w, latency in
+            sorted({(r['world'], r['collective_latency_us']) for r in rows})),
     ]
     text = "\n".join(header + [""] + table(rows) + [""] + checks) + "\n"
     print("\n" + text, end="")

@@ -74,10 +74,16 @@ def worker(rank, world, port, result_file, layout_seed):
             start, end = splits_for(vocab, world, layout_seed + vocab)[(rank + layout_seed) % world]
             tokens, logprobs = sd.sample(logits[:, start:end], start, vocab, return_logprobs=True, **kwargs)
             outcome[name] = (tokens, logprobs)
-        try:
-            sd.sample(torch.randn(2, 10), 0 if rank == 0 else 3, 13 + rank, seed=1)
-        except ValueError as e:
-            outcome["error"] = str(e)
+        errors = {}
+        for name, call in (
+                ("vocab_size", lambda: sd.sample(torch.randn(2, 10), 0 if rank == 0 else 3, 13 + rank, seed=1)),
+                ("gap", lambda: sd.sample(torch.randn(2, 10), 12 * rank, 10 * world, seed=1)),
+                ("batch", lambda: sd.sample(torch.randn(2 + rank, 10), 10 * rank, 10 * world, seed=1))):
+            try:
+                call()
+            except ValueError as e:
+                errors[name] = str(e)
+        outcome["errors"] = errors
         torch.save(outcome, f"{result_file}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -96,7 +102,11 @@ def test_sharded_sampling_is_bit_identical(world, layout_seed):
             tokens, logprobs = results[r][name]
             assert torch.equal(tokens, expected), f"{name}, rank {r}: {tokens} vs {expected}"
             torch.testing.assert_close(logprobs, expected_lp, atol=1e-4, rtol=1e-4)
-    assert all("vocab_size: ranks disagree" in results[r]["error"] for r in range(world))
+    for r in range(world):
+        errors = results[r]["errors"]
+        assert "vocab_size: ranks disagree" in errors["vocab_size"]
+        assert "vocab_start: the shards do not tile" in errors["gap"]
+        assert "local_logits: every rank must hold the same rows" in errors["batch"]
 
 
 def test_bad_arguments_without_a_group():
