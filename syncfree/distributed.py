@@ -9,19 +9,20 @@ number of shards and any uneven split, exchanging a few bytes per row:
   crosses into the next ranks is completed with their first columns: every
   rank all-gathers its first 16 columns (64 bytes a row in float32).
 - Each rank races its groups (noise by global index: Note [syncfree RNG counter
-  layout]) and the best (key, group) per row is all-reduced (max key, then the
-  lowest group among equal keys); +inf logits likewise (lowest index, count).
+  layout]) and the best (key, index) per row is all-reduced as one packed
+  int64 (max key, then the lowest index among equal keys; a +inf logit is a
+  key of +inf at its token).
 - The owner of the winning group races it token by token; one all-reduce
   gives everyone the token. Logprobs: the per-rank log-sum-exp pairs are
   all-gathered and merged (logprobs agree to float rounding, tokens exactly).
 
-Per row and rank: 16 floats gathered, then 4 all-reduces of a few bytes, plus
-8 bytes gathered for logprobs. Collectives go through torch.distributed on the
-current stream (Gloo on CPU). This first version covers temperature-only
-sampling (per-row temperatures and greedy rows included) with per-row seed/
-offset tensors or an int seed; top-k/top-p/min-p/typical-p, the generator
-path and CUDA shards come next (the selection exchanges its per-pass
-histograms, 16 KB a row a pass).
+Per row: each rank's first 16 columns gathered, then all-reduces of 16
+bytes (README "Vocab-parallel sampling" has the table, warpers included).
+Collectives go through torch.distributed (Gloo on CPU). Warpers run the
+single-device radix selection with each pass's histograms all-reduced (16 KB a
+row a pass), so the kept sets are the single-device ones. This version takes
+per-row seed/offset tensors or an int seed (not a generator) and CPU tensors;
+CUDA shards with NCCL come next.
 """
 from typing import Optional, Union
 
@@ -46,7 +47,8 @@ def _check_tiling(local_logits, vocab_start, vocab_size, group):
     """Every rank learns every shard's (start, width, rows): the shards must tile [0, vocab_size)."""
     rows, width = local_logits.shape
     info = torch.tensor([vocab_start, width, rows, vocab_size], dtype=torch.int64, device=local_logits.device)
-    shards = sorted(tuple(t.tolist()) for t in _gather(info, group))
+    gathered = [tuple(t.tolist()) for t in _gather(info, group)]  # host ints: CPU tensors under Gloo
+    shards = sorted(gathered)
     if len({s[2] for s in shards}) != 1:
         raise ValueError(f"local_logits: every rank must hold the same rows, got batch sizes {[s[2] for s in shards]}")
     if len({s[3] for s in shards}) != 1:
@@ -59,17 +61,16 @@ def _check_tiling(local_logits, vocab_start, vocab_size, group):
         end = start + w
     if end != vocab_size:
         raise ValueError(f"vocab_size: the shards cover [0, {end}), expected [0, {vocab_size})")
+    return [(start, w) for start, w, _, _ in gathered]  # per rank
 
 
-def _extended_shard(local_logits, vocab_start, vocab_size, group):
+def _extended_shard(local_logits, vocab_start, vocab_size, spans, group):
     """The columns of the groups this rank owns: [first group start, last owned group end), completed
     with the following ranks' first columns. Returns (columns, global index of column 0)."""
     rows, width = local_logits.shape
     head = torch.full((rows, GROUP), -float("inf"), dtype=local_logits.dtype, device=local_logits.device)
     head[:, :min(GROUP, width)] = local_logits[:, :GROUP]
-    span = torch.tensor([vocab_start, width], dtype=torch.int64, device=local_logits.device)
     heads = _gather(head, group)
-    spans = [tuple(t.tolist()) for t in _gather(span, group)]  # host ints: CPU tensors under Gloo
     first = -(-vocab_start // GROUP) * GROUP
     end = vocab_start + width
     if first >= end:
@@ -211,11 +212,11 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     x = local_logits.unsqueeze(0) if squeeze else local_logits
     if x.dim() != 2:
         raise ValueError(f"local_logits: expected shape [L] or [B, L], got {tuple(local_logits.shape)}")
-    _check_tiling(x, vocab_start, vocab_size, group)
+    spans = _check_tiling(x, vocab_start, vocab_size, group)
     temperature_t, temperature_v = _number_or_tensor(temperature, "temperature")
     temperature_v = 1.0 if temperature_v is None else float(temperature_v)
     rng = _rng_args(seed, offset, None)
-    ext, base = _extended_shard(x, vocab_start, vocab_size, group)
+    ext, base = _extended_shard(x, vocab_start, vocab_size, spans, group)
     rows = x.shape[0]
     greedy = (temperature_t <= 0) | torch.isnan(temperature_t) if temperature_t is not None else \
         torch.full((rows,), temperature_v == 0, device=x.device)
@@ -237,20 +238,21 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     inf_first, inf_count = partials[:, 4].clone(), partials[:, 5].clone()
     # Local indices to global ones: tokens for greedy rows, groups for sampled rows.
     has = index != _NO_INDEX
-    index = torch.where(has, index + torch.where(greedy, base, base // GROUP), index)
-    inf_first = torch.where(inf_count > 0, inf_first + base, inf_first)
-
-    # The best key over ranks, then the lowest index among ranks that hold it.
-    best = key.clone()
-    dist.all_reduce(best, op=dist.ReduceOp.MAX, group=group)
-    mine = torch.where(key == best, index, torch.full_like(index, _NO_INDEX))
-    dist.all_reduce(mine, op=dist.ReduceOp.MIN, group=group)
-    dist.all_reduce(inf_first, op=dist.ReduceOp.MIN, group=group)
-    dist.all_reduce(inf_count, op=dist.ReduceOp.SUM, group=group)
+    index = torch.where(has, index.to(torch.int64) + torch.where(greedy, base, base // GROUP), _NO_INDEX)
+    # +inf logits win outright: such a row's candidate is its first +inf token, with key +inf.
+    with_inf = inf_count > 0
+    key = torch.where(with_inf, INF, key)
+    index = torch.where(with_inf, inf_first.to(torch.int64) + base, index)
+    # One all-reduce finds the best key and, among equal keys, the lowest index:
+    # (order key << 31) | (2^31 - 1 - index), max over ranks.
+    packed = (_order_key(key) << 31) | (_NO_INDEX - index)
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX, group=group)
+    best_inf = _key_value(packed >> 31) == INF
+    mine = _NO_INDEX - (packed & _NO_INDEX)  # global token (greedy, +inf) or group (sampled)
 
     # The owner of each row's winning group races it token by token.
-    sampled = ~greedy & (mine != _NO_INDEX)
-    local_group = mine.to(torch.int64) - base // GROUP
+    sampled = ~greedy & ~best_inf & (mine != _NO_INDEX)
+    local_group = mine - base // GROUP
     owned = sampled & (local_group >= 0) & (local_group * GROUP < ext.shape[1])
     groups = torch.where(owned, local_group, torch.full_like(local_group, -1))
     if ext.shape[1] > 0:
@@ -260,11 +262,11 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
         token = torch.full((rows,), -1, dtype=torch.int64, device=x.device)
     dist.all_reduce(token, op=dist.ReduceOp.MAX, group=group)
 
-    tokens = torch.where(inf_count > 0, inf_first.to(torch.int64),
-                         torch.where(greedy, mine.to(torch.int64), token))
-    tokens = torch.where((inf_count == 0) & (mine == _NO_INDEX), torch.zeros_like(tokens), tokens)
+    tokens = torch.where(sampled, token, mine)
+    tokens = torch.where(mine == _NO_INDEX, torch.zeros_like(tokens), tokens)
     result = tokens
     if return_logprobs:
+        dist.all_reduce(inf_count, op=dist.ReduceOp.SUM, group=group)
         result = (tokens, _logprobs(x, vocab_start, tokens, mass, temperature_t, temperature_v, greedy,
                                     inf_count, mine, group))
     if squeeze:
