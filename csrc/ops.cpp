@@ -7,7 +7,10 @@
 #include <ATen/ops/log_softmax.h>
 #include <torch/library.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <cmath>
+#include <mutex>
 
 #include "sample.h"
 
@@ -340,6 +343,16 @@ std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_ma
   return {mass, gap};
 }
 
+// The seed a CPU sampling call draws from a generator (See Note [syncfree RNG
+// counter layout]): syncfree.distributed draws it once and passes it to every
+// shard as an int seed, which is what the single-device call does.
+int64_t cpu_generator_seed_op(const std::optional<at::Generator>& generator) {
+  auto* gen =
+      at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  return int64_t(gen->random64());
+}
+
 // min-p's floor m + log(min_p) with the single-device log (float32 [B] each).
 Tensor min_p_floor_op(const Tensor& row_max, const Tensor& min_p) {
   TORCH_CHECK_VALUE(row_max.scalar_type() == at::kFloat && min_p.scalar_type() == at::kFloat &&
@@ -398,6 +411,7 @@ TORCH_LIBRARY(syncfree, m) {
   m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ") -> (Tensor warped, Tensor logprobs)");
   m.def("shard_masses(Tensor y, Tensor row_max, int shift) -> (Tensor mass, Tensor gap)");
   m.def("min_p_floor(Tensor row_max, Tensor min_p) -> Tensor");
+  m.def("cpu_generator_seed(Generator? generator) -> int", &cpu_generator_seed_op);  // no tensors: catch-all
   m.def("race_shard(Tensor input, int index_base, Tensor? resolve_groups, Tensor? keeps, Tensor? temperature, "
         "float temperature_value, Tensor? seed, Tensor? offset, int? seed_value, int offset_value, "
         "Generator? generator) -> (Tensor partials, Tensor tokens)",

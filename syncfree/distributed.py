@@ -21,8 +21,8 @@ bytes (README "Vocab-parallel sampling" has the table, warpers included).
 Collectives go through torch.distributed (Gloo on CPU). Warpers run the
 single-device radix selection with each pass's histograms all-reduced (16 KB a
 row a pass), so the kept sets are the single-device ones. This version takes
-per-row seed/offset tensors or an int seed (not a generator) and CPU tensors;
-CUDA shards with NCCL come next.
+per-row seed/offset tensors, an int seed or (CPU) a generator, and CPU
+tensors; CUDA shards with NCCL come next.
 """
 from typing import Optional, Union
 
@@ -205,9 +205,14 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     temperature, seed, offset: as syncfree.sample (identical on every rank). Returns tokens, or
     (tokens, logprobs) with return_logprobs.
     """
-    if generator is not None or seed is None:
-        raise NotImplementedError("syncfree.distributed needs a seed (int or per-row tensor); "
-                                  "the generator path is not implemented yet")
+    if seed is None:
+        if local_logits.device.type != "cpu":
+            raise NotImplementedError("syncfree.distributed on CUDA needs a seed (int or per-row tensor)")
+        # What a single-device CPU call does with its generator: one 64-bit seed, as an int seed.
+        # Every rank's generator must be in the same state.
+        seed = torch.ops.syncfree.cpu_generator_seed(generator) % (1 << 64)
+    elif generator is not None:
+        raise ValueError("generator: pass either a generator or a seed, not both")
     squeeze = local_logits.dim() == 1
     x = local_logits.unsqueeze(0) if squeeze else local_logits
     if x.dim() != 2:

@@ -51,6 +51,23 @@ def cases():
                    typical_p=torch.tensor([1.0, 0.9, 1.0, 1.0, 0.8, 0.0, 0.9, 0.95]))
     temps = torch.tensor([0.8, 1.2, 0.0, 0.7, 1.0, 0.9, 2.0, 0.5])
     out.append(("per-row warpers", w, dict(temperature=temps, seed=7, **per_row)))
+    out.append(("generator", w, dict(temperature=0.8, top_p=0.9, generator="fresh:1234")))
+    out.append(("default generator", x, dict(temperature=1.0, generator="default:99")))
+    return out
+
+
+def with_generator(kwargs):
+    """Generators cannot cross processes: 'fresh:S' / 'default:S' name one seeded with S."""
+    spec = kwargs.get("generator")
+    if not isinstance(spec, str):
+        return kwargs
+    kind, seed = spec.split(":")
+    out = dict(kwargs)
+    if kind == "fresh":
+        out["generator"] = torch.Generator().manual_seed(int(seed))
+    else:
+        torch.manual_seed(int(seed))
+        del out["generator"]
     return out
 
 
@@ -72,7 +89,8 @@ def worker(rank, world, port, result_file, layout_seed):
             vocab = logits.shape[-1]
             # Rank r holds shard (r + layout_seed) % world: ranks need not hold shards in order.
             start, end = splits_for(vocab, world, layout_seed + vocab)[(rank + layout_seed) % world]
-            tokens, logprobs = sd.sample(logits[:, start:end], start, vocab, return_logprobs=True, **kwargs)
+            tokens, logprobs = sd.sample(logits[:, start:end], start, vocab, return_logprobs=True,
+                                         **with_generator(kwargs))
             outcome[name] = (tokens, logprobs)
         errors = {}
         for name, call in (
@@ -97,7 +115,7 @@ def test_sharded_sampling_is_bit_identical(world, layout_seed):
                            start_method="spawn")
         results = [torch.load(f"{result_file}.{r}") for r in range(world)]
     for name, logits, kwargs in cases():
-        expected, expected_lp = syncfree.sample(logits, return_logprobs=True, **kwargs)
+        expected, expected_lp = syncfree.sample(logits, return_logprobs=True, **with_generator(kwargs))
         for r in range(world):
             tokens, logprobs = results[r][name]
             assert torch.equal(tokens, expected), f"{name}, rank {r}: {tokens} vs {expected}"
@@ -110,5 +128,5 @@ def test_sharded_sampling_is_bit_identical(world, layout_seed):
 
 
 def test_bad_arguments_without_a_group():
-    with pytest.raises(NotImplementedError, match="needs a seed"):
-        sd.sample(torch.randn(2, 10), 0, 10)
+    with pytest.raises(ValueError, match="generator: pass either a generator or a seed"):
+        sd.sample(torch.randn(2, 10), 0, 10, seed=1, generator=torch.Generator())
