@@ -223,3 +223,19 @@ def run_meta(device, temperature, syncfree, syncfree_missing, flashinfer):
     if device == "cpu":
         print(f"torch.get_num_threads() = {meta['threads']}")
     return meta
+
+
+def import_subjects():
+    """(syncfree or None, why it is missing, flashinfer or None): a benchmark still runs and
+    reports its baselines when syncfree is not built or FlashInfer is not installed."""
+    try:
+        import syncfree
+        missing = ""
+    except Exception as exc:
+        syncfree, missing = None, f"{type(exc).__name__}: {exc}"
+    try:
+        import flashinfer
+        import flashinfer.sampling  # noqa: F401
+    except Exception:
+        flashinfer = None
+    return syncfree, missing, flashinfer

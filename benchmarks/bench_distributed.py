@@ -39,6 +39,7 @@ import torch.nn.functional as F
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 import _timing as timing  # noqa: E402
+from _common import default_out  # noqa: E402
 
 import syncfree  # noqa: E402
 import syncfree.distributed as sd  # noqa: E402
@@ -254,8 +255,7 @@ def table(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.environ.get("SYNCFREE_BENCH_OUT")
-                        or os.path.join(BENCH_DIR, "out"))
+    parser.add_argument("--out", default=default_out())
     parser.add_argument("--quick", action="store_true", help="worlds 2 and 4, B in {1, 8}, V=32000")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)

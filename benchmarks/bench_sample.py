@@ -10,57 +10,23 @@ GB/s counts one read of the logits (B*V*element size) for every method, so
 it is comparable across methods; % copy is that over the measured copy bandwidth.
 """
 
-import argparse
-import dataclasses
 import json
 import os
 import sys
 import tempfile
-import traceback
-from typing import Callable, Optional
 
 import torch
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 import _timing as timing  # noqa: E402
+from _common import (Method, base_parser, check_device, dtype_name, fmt, make_cases,  # noqa: E402
+                     measure, pyplot, ratio_cell, shape_grid, short_error, sync_cell)
 
-try:
-    import syncfree
-    SYNCFREE_MISSING = ""
-except Exception as exc:  # not built yet: the baselines still run and are reported
-    syncfree = None
-    SYNCFREE_MISSING = f"{type(exc).__name__}: {exc}"
-
-try:
-    import flashinfer
-    import flashinfer.sampling
-except Exception:
-    flashinfer = None
+syncfree, SYNCFREE_MISSING, flashinfer = timing.import_subjects()
 
 TEMPERATURE = 0.8
 REFERENCE = "syncfree"  # ratios are peer time / this method's time
-
-
-@dataclasses.dataclass
-class Case:
-    """One input buffer set; timers rotate through several of these."""
-    logits: torch.Tensor
-    scaled: Optional[torch.Tensor]  # logits / T, for FlashInfer, which takes no temperature
-    probs: Optional[torch.Tensor]   # softmax(logits / T) in float32, for the probs samplers
-    seed: torch.Tensor
-    offset: torch.Tensor
-
-
-@dataclasses.dataclass
-class Method:
-    name: str
-    run: Optional[Callable[[Case], torch.Tensor]]
-    missing: str = ""  # why it is 'n/a' when run is None
-    needs: str = ""    # extra inputs: "probs" or "scaled"
-    devices: tuple = ("cuda", "cpu")
-    # A failure that will repeat on every shape of a dtype (compilation): skip the rest.
-    failure_is_per_dtype: bool = False
 
 
 def exponential_trick(logits):
@@ -103,55 +69,6 @@ def build_methods(compile_static):
     ]
 
 
-def shape_grid(device, quick):
-    if device == "cuda":
-        if quick:
-            return [1, 64], [32000, 151936], [torch.float32, torch.bfloat16]
-        return [1, 8, 64, 256], [32000, 128256, 151936, 262144], [torch.float32, torch.bfloat16]
-    if quick:
-        return [1, 8], [32000, 128256], [torch.float32]
-    return [1, 8, 64], [32000, 128256], [torch.float32]
-
-
-def make_cases(batch, vocab, dtype, device, needs):
-    elem = torch.tensor([], dtype=dtype).element_size()
-    count = timing.rotation_count(batch * vocab * elem, device)
-    gen = torch.Generator(device=device).manual_seed(batch * 1_000_003 + vocab)
-    # Made once per shape; random (never zeros), with a realistic spread of logits.
-    logits = (torch.randn(count, batch, vocab, device=device, generator=gen) * 3).to(dtype)
-    scaled = (logits.float() / TEMPERATURE).to(dtype) if "scaled" in needs else None
-    probs = torch.softmax(logits.float() / TEMPERATURE, -1) if "probs" in needs else None
-    seeds = torch.randint(0, 2**62, (count, batch), device=device, generator=gen)
-    offsets = torch.arange(batch, device=device).repeat(count, 1)
-    return [Case(logits[i], None if scaled is None else scaled[i],
-                 None if probs is None else probs[i], seeds[i], offsets[i])
-            for i in range(count)]
-
-
-def short_error(exc):
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return text[:120]
-
-
-def measure(method, cases, device, budget_s):
-    """Returns (us, synced, note); synced is None on the CPU or when the check failed."""
-    try:
-        timer = timing.time_cuda if device == "cuda" else timing.time_cpu
-        us = timer(method.run, cases, budget_s=budget_s)
-    except Exception as exc:
-        if os.environ.get("SYNCFREE_BENCH_TRACEBACK"):
-            traceback.print_exc()
-        return None, None, short_error(exc)
-    if device != "cuda":
-        return us, None, ""
-    try:
-        synced = timing.did_sync(lambda: method.run(cases[0]))
-        torch.cuda.synchronize()
-        return us, synced, ""
-    except Exception as exc:
-        return us, None, "sync check failed: " + short_error(exc)
-
-
 def kernel_blocks(fn):
     """Thread blocks launched per CUDA kernel by one call of fn, read off a profiler trace."""
     from torch.profiler import ProfilerActivity, profile
@@ -191,15 +108,11 @@ def b1_latency(cases, empty):
     return row
 
 
-def fmt(value, spec, width):
-    return format("n/a", f">{width}") if value is None else format(value, f">{width}{spec}")
-
-
 def long_table(results, device):
     lines = [f"{'dtype':<9}{'B':>5}{'V':>8}  {'method':<12}{'us':>10}{'GB/s':>9}{'%copy':>7}"
              f"{'x sf':>7}{'sync':>6}  note"]
     for r in results:
-        sync = "-" if r["synced"] is None else ("YES" if r["synced"] else "no")
+        sync = sync_cell(r)
         lines.append(f"{r['dtype']:<9}{r['B']:>5}{r['V']:>8}  {r['method']:<12}"
                      f"{fmt(r['us'], '.1f', 10)}{fmt(r['gbps'], '.1f', 9)}"
                      f"{fmt(r['pct_copy'], '.1f', 7)}{fmt(r['vs_syncfree'], '.2f', 7)}"
@@ -221,16 +134,7 @@ def summary_table(results, method_names):
         line = (f"{dtype:<9}{batch:>5}{vocab:>8}{fmt(ref.get('us'), '.1f', 9)}"
                 f"{fmt(ref.get('gbps'), '.1f', 8)}{fmt(ref.get('pct_copy'), '.1f', 6)}")
         for p in peers:
-            r = row.get(p)
-            if r is None:
-                cell = "-"
-            elif r["vs_syncfree"] is not None:
-                cell = f"{r['vs_syncfree']:.2f}x" + ("!" if r["synced"] else "")
-            elif r["us"] is not None:
-                cell = f"{r['us']:.0f}us" + ("!" if r["synced"] else "")
-            else:
-                cell = "n/a"
-            line += f"{cell:>12}"
+            line += f"{ratio_cell(row.get(p), 'vs_syncfree'):>12}"
         lines.append(line)
     return lines
 
@@ -255,12 +159,8 @@ def b1_table(b1_rows, empty):
 
 
 def write_plot(path, results, meta, method_names, dtypes):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not importable; skipping the plot")
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, len(dtypes), figsize=(7 * len(dtypes), 5), squeeze=False)
     for ax, dtype in zip(axes[0], dtypes):
@@ -289,17 +189,12 @@ def write_plot(path, results, meta, method_names, dtypes):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    parser.add_argument("--out", default=os.environ.get("SYNCFREE_BENCH_OUT")
-                        or os.path.join(BENCH_DIR, "out"))
-    parser.add_argument("--quick", action="store_true", help="small grid, fewer repeats")
+    parser = base_parser(__doc__)
     parser.add_argument("--compile-static", action="store_true",
                         help="compile the exponential trick per shape (slower to run)")
     args = parser.parse_args()
     device = args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("CUDA is not available; use --device cpu")
+    check_device(device)
     if args.compile_static:
         config = torch._dynamo.config
         limit_name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
@@ -324,10 +219,10 @@ def main():
     results, b1_rows, failed_per_dtype = [], [], {}
     needs = {m.needs for m in methods if m.run is not None}
     for dtype in dtypes:
-        dtype_name = str(dtype).replace("torch.", "")
+        dname = dtype_name(dtype)
         for batch in batches:
             for vocab in vocabs:
-                cases = make_cases(batch, vocab, dtype, device, needs)
+                cases = make_cases(batch, vocab, dtype, device, needs, TEMPERATURE)
                 logits_bytes = batch * vocab * cases[0].logits.element_size()
                 shape_rows = []
                 for m in methods:
@@ -341,17 +236,17 @@ def main():
                             failed_per_dtype[(m.name, dtype)] = error
                     gbps = None if us is None else logits_bytes / (us * 1e-6) / 1e9
                     shape_rows.append(dict(
-                        device=device, dtype=dtype_name, B=batch, V=vocab, method=m.name,
+                        device=device, dtype=dname, B=batch, V=vocab, method=m.name,
                         us=us, gbps=gbps, pct_copy=None if gbps is None else 100 * gbps / meta["copy_gbps"],
                         synced=synced, error=error, rotation=len(cases)))
                 ref_us = next((r["us"] for r in shape_rows if r["method"] == REFERENCE), None)
                 for r in shape_rows:
                     r["vs_syncfree"] = r["us"] / ref_us if (r["us"] and ref_us) else None
                 results += shape_rows
-                print(f"  {dtype_name} B={batch} V={vocab}: " + "  ".join(
+                print(f"  {dname} B={batch} V={vocab}: " + "  ".join(
                     f"{r['method']} {fmt(r['us'], '.1f', 0)}" for r in shape_rows), flush=True)
                 if device == "cuda" and batch == 1 and syncfree is not None:
-                    b1_rows.append(dict(dtype=dtype_name, V=vocab, **b1_latency(cases, empty)))
+                    b1_rows.append(dict(dtype=dname, V=vocab, **b1_latency(cases, empty)))
                 del cases
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -375,7 +270,7 @@ def main():
     with open(paths["results"], "w") as f:
         json.dump({"meta": meta, "results": results, "b1_vs_empty_kernel": b1_rows}, f, indent=1)
     plotted = write_plot(paths["bench"], results, meta, method_names,
-                         [str(d).replace("torch.", "") for d in dtypes])
+                         [dtype_name(d) for d in dtypes])
     print("wrote " + ", ".join(p for k, p in paths.items() if k != "bench" or plotted))
 
 

@@ -25,34 +25,21 @@ one line per method), results_warpers_<device>.json and (with matplotlib, unless
 from a results file on any machine.
 """
 
-import argparse
-import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
-import traceback
-from typing import Callable, Optional
 
 import torch
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 import _timing as timing  # noqa: E402
+from _common import (Method, base_parser, check_device, dtype_name, fmt, make_cases,  # noqa: E402
+                     measure, pyplot, ratio_cell, shape_grid, sync_cell)
 
-try:
-    import syncfree
-    SYNCFREE_MISSING = ""
-except Exception as exc:  # not built yet: the baselines still run and are reported
-    syncfree = None
-    SYNCFREE_MISSING = f"{type(exc).__name__}: {exc}"
-
-try:
-    import flashinfer
-    import flashinfer.sampling
-except Exception:
-    flashinfer = None
+syncfree, SYNCFREE_MISSING, flashinfer = timing.import_subjects()
 
 TEMPERATURE = 0.8
 REFERENCE = "syncfree"   # 'x sf' = method time / syncfree's time for the same configuration
@@ -72,23 +59,6 @@ CONFIGS = {
     "minp0.05": dict(min_p=0.05),
     "typ0.9": dict(typical_p=0.9),
 }
-
-
-@dataclasses.dataclass
-class Case:
-    """One input buffer set; timers rotate through several of these."""
-    logits: torch.Tensor
-    scaled: Optional[torch.Tensor]  # logits / T, for FlashInfer, which takes no temperature
-    probs: Optional[torch.Tensor]   # softmax(logits / T) in float32, for the probs kernels
-    seed: torch.Tensor
-    offset: torch.Tensor
-
-
-@dataclasses.dataclass
-class Method:
-    name: str
-    run: Optional[Callable[[Case], torch.Tensor]]
-    missing: str = ""  # why it is 'n/a' when run is None
 
 
 # --- the sort-based PyTorch reference, written plainly -------------------------------------
@@ -180,61 +150,6 @@ def baseline_method():
                   f"syncfree not importable ({SYNCFREE_MISSING})")
 
 
-def shape_grid(device, quick):
-    if device == "cuda":
-        if quick:
-            return [1, 64], [32000, 151936], [torch.float32, torch.bfloat16]
-        return [1, 8, 64, 256], [32000, 128256, 151936, 262144], [torch.float32, torch.bfloat16]
-    if quick:
-        return [1, 8], [32000], [torch.float32]
-    return [1, 8, 64], [32000, 128256], [torch.float32]
-
-
-def make_cases(batch, vocab, dtype, device, with_flashinfer):
-    elem = torch.tensor([], dtype=dtype).element_size()
-    count = timing.rotation_count(batch * vocab * elem, device)
-    gen = torch.Generator(device=device).manual_seed(batch * 1_000_003 + vocab)
-    # Made once per shape; random (never zeros), with a realistic spread of logits.
-    logits = (torch.randn(count, batch, vocab, device=device, generator=gen) * 3).to(dtype)
-    scaled = (logits.float() / TEMPERATURE).to(dtype) if with_flashinfer else None
-    probs = torch.softmax(logits.float() / TEMPERATURE, -1) if with_flashinfer else None
-    seeds = torch.randint(0, 2**62, (count, batch), device=device, generator=gen)
-    offsets = torch.arange(batch, device=device).repeat(count, 1)
-    return [Case(logits[i], None if scaled is None else scaled[i],
-                 None if probs is None else probs[i], seeds[i], offsets[i])
-            for i in range(count)]
-
-
-def short_error(exc):
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return text[:120]
-
-
-def measure(method, cases, device, budget_s):
-    """Returns (us, synced, note); synced is None on the CPU or when the check failed."""
-    if method.run is None:
-        return None, None, method.missing
-    try:
-        if device == "cuda":
-            us = timing.time_cuda(method.run, cases, budget_s=budget_s)
-        else:  # one warm-up, then at least 3 timed calls: the sort baselines take ~1 s a call
-            us = timing.time_cpu_until(method.run, cases, budget_s=budget_s)
-    except Exception as exc:
-        if os.environ.get("SYNCFREE_BENCH_TRACEBACK"):
-            traceback.print_exc()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return None, None, short_error(exc)
-    if device != "cuda":
-        return us, None, ""
-    try:
-        synced = timing.did_sync(lambda: method.run(cases[0]))
-        torch.cuda.synchronize()
-        return us, synced, ""
-    except Exception as exc:
-        return us, None, "sync check failed: " + short_error(exc)
-
-
 def cpu_seconds_of_others():
     """(wall s, CPU s spent by every other process plus steal) so far; None off Linux."""
     try:
@@ -250,25 +165,11 @@ def cpu_seconds_of_others():
 
 # --- tables ---------------------------------------------------------------------------------
 
-def fmt(value, spec, width):
-    return format("n/a", f">{width}") if value is None else format(value, f">{width}{spec}")
-
-
-def ratio_cell(r, key):
-    if r is None:
-        return "-"
-    if r[key] is not None:
-        return f"{r[key]:.2f}x" + ("!" if r["synced"] else "")
-    if r["us"] is not None:
-        return f"{r['us']:.0f}us" + ("!" if r["synced"] else "")
-    return "n/a"
-
-
 def long_table(results):
     lines = [f"{'dtype':<9}{'B':>5}{'V':>8}  {'config':<10}{'method':<11}{'us':>11}"
              f"{'x temp':>8}{'x sf':>7}{'sync':>6}  note"]
     for r in results:
-        sync = "-" if r["synced"] is None else ("YES" if r["synced"] else "no")
+        sync = sync_cell(r)
         lines.append(f"{r['dtype']:<9}{r['B']:>5}{r['V']:>8}  {r['config']:<10}{r['method']:<11}"
                      f"{fmt(r['us'], '.1f', 11)}{fmt(r['vs_temp'], '.2f', 8)}"
                      f"{fmt(r['vs_syncfree'], '.2f', 7)}{sync:>6}  {r['error']}")
@@ -338,12 +239,8 @@ def config_table(results, configs, peers, device):
 # --- plot -----------------------------------------------------------------------------------
 
 def write_plot(path, results, meta, configs):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not importable; skipping the plot")
+    plt = pyplot()
+    if plt is None:
         return False
     dtypes = list(dict.fromkeys(r["dtype"] for r in results))
     methods = list(dict.fromkeys(r["method"] for r in results))
@@ -393,11 +290,7 @@ def replot(results_path, out_dir):
 # --- main -----------------------------------------------------------------------------------
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    parser.add_argument("--out", default=os.environ.get("SYNCFREE_BENCH_OUT")
-                        or os.path.join(BENCH_DIR, "out"))
-    parser.add_argument("--quick", action="store_true", help="small grid, fewer repeats")
+    parser = base_parser(__doc__)
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"comma-separated subset of {','.join(CONFIGS)}")
     parser.add_argument("--no-plot", action="store_true", help="write no PNG (see --replot)")
@@ -409,17 +302,18 @@ def main():
         replot(args.replot, args.out)
         return
     device = args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("CUDA is not available; use --device cpu")
+    check_device(device)
     config_names = [c for c in args.configs.split(",") if c]
     unknown = [c for c in config_names if c not in CONFIGS]
     if unknown:
         sys.exit(f"unknown configuration(s) {unknown}; known: {list(CONFIGS)}")
     configs = {name: {**IDENTITY, **CONFIGS[name]} for name in config_names}
 
-    batches, vocabs, dtypes = shape_grid(device, args.quick)
+    batches, vocabs, dtypes = shape_grid(device, args.quick, cpu_quick_vocabs=[32000])
+    # On the CPU, one warm-up then at least 3 timed calls: the sort baselines take ~1 s a call.
+    cpu_timer = timing.time_cpu_until
     budget_s = (0.03 if args.quick else 0.06) if device == "cuda" else (0.1 if args.quick else 0.5)
-    with_flashinfer = device == "cuda" and flashinfer is not None
+    needs = {"scaled", "probs"} if device == "cuda" and flashinfer is not None else set()
 
     meta = timing.run_meta(device, TEMPERATURE, syncfree, SYNCFREE_MISSING, flashinfer)
     if device == "cpu":
@@ -430,12 +324,12 @@ def main():
     results = []
     peers = []
     for dtype in dtypes:
-        dtype_name = str(dtype).replace("torch.", "")
+        dname = dtype_name(dtype)
         for batch in batches:
             for vocab in vocabs:
-                cases = make_cases(batch, vocab, dtype, device, with_flashinfer)
-                base = dict(device=device, dtype=dtype_name, B=batch, V=vocab, rotation=len(cases))
-                us, synced, error = measure(baseline_method(), cases, device, budget_s)
+                cases = make_cases(batch, vocab, dtype, device, needs, TEMPERATURE)
+                base = dict(device=device, dtype=dname, B=batch, V=vocab, rotation=len(cases))
+                us, synced, error = measure(baseline_method(), cases, device, budget_s, cpu_timer)
                 temp_us = us
                 shape_rows = [dict(base, config="temp", method=BASELINE, us=us, synced=synced,
                                    error=error, vs_temp=1.0 if us else None, vs_syncfree=None)]
@@ -444,7 +338,7 @@ def main():
                     for m in build_methods(cfg, device):
                         if m.name != REFERENCE and m.name not in peers:
                             peers.append(m.name)
-                        us, synced, error = measure(m, cases, device, budget_s)
+                        us, synced, error = measure(m, cases, device, budget_s, cpu_timer)
                         config_rows.append(dict(base, config=config, method=m.name, us=us,
                                                 synced=synced, error=error))
                     sf_us = next((r["us"] for r in config_rows if r["method"] == REFERENCE), None)
@@ -453,7 +347,7 @@ def main():
                         r["vs_syncfree"] = r["us"] / sf_us if (r["us"] and sf_us) else None
                     shape_rows += config_rows
                 results += shape_rows
-                print(f"  {dtype_name} B={batch} V={vocab}: temp {fmt(temp_us, '.1f', 0)}  " + "  ".join(
+                print(f"  {dname} B={batch} V={vocab}: temp {fmt(temp_us, '.1f', 0)}  " + "  ".join(
                     f"{config} {fmt(r['us'], '.1f', 0)}" for config in configs for r in shape_rows
                     if r["config"] == config and r["method"] == REFERENCE), flush=True)
                 del cases
