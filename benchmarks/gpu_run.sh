@@ -1,52 +1,70 @@
 #!/usr/bin/env bash
-# Build, test and benchmark syncfree on a GPU machine in one call, from the repo root:
-#   OUT=/some/dir bash benchmarks/gpu_run.sh
-# Files written to $OUT (kept few, since only a handful come back from the device):
-#   build.log ptxas.txt pytest.log table_cuda.txt results_cuda.json bench_cuda.png
-#   table_warpers_cuda.txt results_warpers_cuda.json
+# Build, test and benchmark syncfree on a GPU machine, from the repo root:
+#   OUT=/some/dir bash benchmarks/gpu_run.sh                 # every step, in one call
+#   OUT=/some/dir bash benchmarks/gpu_run.sh build test      # some steps (a device call has 600 s)
+#   OUT=/some/dir bash benchmarks/gpu_run.sh bench demo      # later, on the same warm machine
+# Steps: build (pip install with the ptxas report), test (the whole suite, CUDA tests included),
+# bench (bench_sample + bench_warpers), demo (examples/generate.py, issue 4's end-to-end figures).
+# Files written to $OUT (8: no more come back from the device): build.log pytest.log table_cuda.txt
+#   results_cuda.json bench_cuda.png table_warpers_cuda.txt results_warpers_cuda.json demo.txt
+# (the warper plot: bench_warpers.py --replot results_warpers_cuda.json, on any machine).
 # Optional: PYTHON (default python3), BENCH_ARGS (e.g. --quick).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-benchmarks/out}"
 PYTHON="${PYTHON:-python3}"
 BENCH_ARGS="${BENCH_ARGS:-}"
+STEPS="${*:-build test bench demo}"
 mkdir -p "$OUT"
 export PATH="/usr/local/cuda/bin:$PATH"
+wants() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 echo "== $(date -u +%FT%TZ)  $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' || true
 
-# --no-deps: the machine is offline, and torch is already there.
-build_rc=0
-SYNCFREE_PTXAS_VERBOSE=1 "$PYTHON" -m pip install --no-build-isolation --no-deps -v . 2>&1 \
-    | tee "$OUT/build.log" || build_rc=$?
-grep -E "ptxas|registers|spill" "$OUT/build.log" > "$OUT/ptxas.txt" || true
-
-pytest_rc=skipped
-bench_rc=skipped
-if [ "$build_rc" -eq 0 ]; then
-    # -P: don't put the repo root on sys.path, so the installed build (not the source
-    # tree without its compiled extension) is what `import syncfree` finds.
-    pytest_rc=0
-    "$PYTHON" -P -m pytest -q tests 2>&1 | tee "$OUT/pytest.log" || pytest_rc=$?
-    bench_rc=0
-    # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-    "$PYTHON" benchmarks/bench_sample.py --device cuda --out "$OUT" $BENCH_ARGS || bench_rc=$?
-    # Warpers: BENCH_ARGS's --quick applies here too (its other flags are bench_sample's).
-    # --no-plot keeps $OUT at 8 files; redraw with bench_warpers.py --replot <results json>.
-    warpers_args=""
-    case " $BENCH_ARGS " in *" --quick "*) warpers_args="--quick" ;; esac
-    # shellcheck disable=SC2086
-    "$PYTHON" benchmarks/bench_warpers.py --device cuda --out "$OUT" --no-plot $warpers_args \
-        || bench_rc=$?
+build_rc=skipped pytest_rc=skipped bench_rc=skipped demo_rc=skipped
+if wants build; then
+    # --no-deps: the machine is offline, and torch is already there.
+    build_rc=0
+    SYNCFREE_PTXAS_VERBOSE=1 "$PYTHON" -m pip install --no-build-isolation --no-deps -v . 2>&1 \
+        | tee "$OUT/build.log" || build_rc=$?
+fi
+if [ "$build_rc" = skipped ] || [ "$build_rc" = 0 ]; then
+    if wants test; then
+        # -P: don't put the repo root on sys.path, so the installed build (not the source
+        # tree without its compiled extension) is what `import syncfree` finds.
+        pytest_rc=0
+        "$PYTHON" -P -m pytest -q tests 2>&1 | tee "$OUT/pytest.log" || pytest_rc=$?
+    fi
+    if wants bench; then
+        bench_rc=0
+        # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
+        "$PYTHON" benchmarks/bench_sample.py --device cuda --out "$OUT" $BENCH_ARGS || bench_rc=$?
+        # BENCH_ARGS's --quick applies here too (its other flags are bench_sample's).
+        warpers_args=""
+        case " $BENCH_ARGS " in *" --quick "*) warpers_args="--quick" ;; esac
+        # shellcheck disable=SC2086
+        "$PYTHON" benchmarks/bench_warpers.py --device cuda --out "$OUT" --no-plot $warpers_args \
+            || bench_rc=$?
+    fi
+    if wants demo; then
+        demo_rc=0
+        "$PYTHON" -P examples/generate.py --device cuda 2>&1 | tee "$OUT/demo.txt" || demo_rc=$?
+    fi
 fi
 
 echo
-echo "== summary"
+echo "== summary (steps: $STEPS)"
 echo "build:     rc=$build_rc"
-echo "ptxas:     $(grep -c 'Used [0-9]* registers' "$OUT/ptxas.txt" || true) register reports;" \
-     "non-zero spills: $(grep -E '[1-9][0-9]* bytes spill (stores|loads)' "$OUT/ptxas.txt" | wc -l)"
+if [ -f "$OUT/build.log" ]; then
+    echo "ptxas:     $(grep -c 'Used [0-9]* registers' "$OUT/build.log" || true) register reports;" \
+         "non-zero spills: $(grep -cE '[1-9][0-9]* bytes spill (stores|loads)' "$OUT/build.log" || true)"
+    grep -E "Compiling entry|registers|spill" "$OUT/build.log" | sed 's/ptxas info *: //' | tail -n 60 || true
+fi
 echo "pytest:    rc=$pytest_rc  $( [ -f "$OUT/pytest.log" ] && tail -n 1 "$OUT/pytest.log" || true)"
 echo "benchmark: rc=$bench_rc"
+echo "demo:      rc=$demo_rc"
 echo "files:     $(ls "$OUT" | tr '\n' ' ')"
-[ "$build_rc" = 0 ] && [ "$pytest_rc" = 0 ] && [ "$bench_rc" = 0 ]
+for rc in "$build_rc" "$pytest_rc" "$bench_rc" "$demo_rc"; do
+    [ "$rc" = skipped ] || [ "$rc" = 0 ] || exit 1
+done
