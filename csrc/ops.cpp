@@ -5,9 +5,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/log_softmax.h>
-#include <torch/library.h>
-
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <mutex>
@@ -52,10 +51,9 @@ void check_row_tensor(const Tensor& t, const char* name, const Tensor& input, bo
                       bool any_dtype = false) {
   TORCH_CHECK_VALUE(t.device() == input.device(), name, ": expected a tensor on ", input.device(),
                     " (the device of the input), got ", t.device());
-  if (any_dtype) {
-  } else if (integral) {
+  if (integral && !any_dtype) {
     TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, ": expected an int64 tensor, got ", t.scalar_type());
-  } else {
+  } else if (!any_dtype) {
     TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, ": expected a floating-point tensor, got ",
                      t.scalar_type());
   }
