@@ -40,6 +40,4 @@ PYBIND11_MODULE(_C, m) {
   m.attr("group_size") = syncfree::kGroup;
   m.def("stream_words", &stream_words, "words of syncfree's Philox stream (test hook)");
   m.def("aten_philox_words", &aten_philox_words, "words of at::Philox4_32 (test hook)");
-  m.def("exp1_from_bits", &syncfree::exp1_from_bits, "Exp(1) noise from 32 bits (test hook)");
-  m.def("gumbel_from_bits", &syncfree::gumbel_from_bits, "Gumbel noise from 32 bits (test hook)");
 }

@@ -161,8 +161,9 @@ def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, top_k, top_p, m
     m = m + 0.0
     active &= (has_inf == 0) & (m > -INF)
     m_safe = torch.where(active, m, 0.0)
-    bits = max(0, (vocab - 1).bit_length())
-    mass, gap = torch.ops.syncfree.shard_masses(torch.where(active[:, None], y, -INF), m_safe, 62 - bits)
+    if bool((active & ((top_p < 1) | (typical_p < 1))).any()):  # only the mass-based warpers need masses
+        bits = max(0, (vocab - 1).bit_length())
+        mass, gap = torch.ops.syncfree.shard_masses(torch.where(active[:, None], y, -INF), m_safe, 62 - bits)
     keys = _order_key(y)
     min_y = torch.full((rows,), -INF)
     center = torch.zeros(rows)
