@@ -147,6 +147,7 @@ struct Shard {
   RacePartial* partials_out = nullptr;
   const int64_t* resolve_groups = nullptr;
   const RowKeep* keeps = nullptr;  // the warpers' kept sets, found across the shards
+  const int64_t* rng_state = nullptr;  // one generator draw shared by the shards
 };
 
 Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
@@ -216,6 +217,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   p.partials_out = shard.partials_out;
   p.resolve_groups = shard.resolve_groups;
   p.keeps = shard.keeps;
+  p.rng_state = shard.rng_state;
   p.tokens = o.tokens.data_ptr<int64_t>();
   p.tokens_stride = o.tokens.dim() == 1 ? o.tokens.stride(0) : 1;
   p.logprobs = return_logprobs ? o.logprobs.data_ptr<float>() : nullptr;
@@ -223,7 +225,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
 
   // Greedy calls with a scalar temperature draw no noise and leave the generator alone.
   const bool all_greedy = !probs && !w.temperature.has_value() && w.temperature_value == 0.0;
-  const bool from_generator = !seed.has_value() && !seed_value.has_value() && !all_greedy;
+  const bool from_generator = !seed.has_value() && !seed_value.has_value() && !all_greedy && !shard.rng_state;
   if (input.device().is_cpu()) {
     sample_cpu(p, input.scalar_type(), generator, from_generator);
   } else {
@@ -274,17 +276,19 @@ std::tuple<Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool
 // merged race partial as [B, 6] int32 (the RacePartial fields, floats by
 // their bits) with tokens empty; with resolve_groups [B] (local group or -1),
 // the local token of each row's in-group race (-1 where the group is not here).
+// rng_state: an int64 [2] (seed, position) from generator_state, instead of
+// seeds or a generator.
 std::tuple<Tensor, Tensor> race_shard_op(const Tensor& input, int64_t index_base,
                                          const std::optional<Tensor>& resolve_groups,
                                          const std::optional<Tensor>& keeps,
                                          const std::optional<Tensor>& temperature, double temperature_value,
                                          const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                                          std::optional<int64_t> seed_value, int64_t offset_value,
-                                         const std::optional<at::Generator>& generator) {
+                                         const std::optional<at::Generator>& generator,
+                                         const std::optional<Tensor>& rng_state) {
   TORCH_CHECK_VALUE(input.dim() == 2, "local_logits: expected shape [B, L], got ", input.sizes());
   TORCH_CHECK_VALUE(index_base >= 0 && index_base % kGroup == 0, "index_base: expected a multiple of ", kGroup,
                     ", got ", index_base);
-  TORCH_CHECK_NOT_IMPLEMENTED(!input.device().is_cuda(), "syncfree.distributed: CUDA shards are not implemented yet");
   const int64_t rows = input.size(0);
   Tensor partials = at::empty({resolve_groups.has_value() ? 0 : rows, 6}, input.options().dtype(at::kInt));
   Tensor groups;
@@ -307,6 +311,16 @@ std::tuple<Tensor, Tensor> race_shard_op(const Tensor& input, int64_t index_base
     keep_rows = keeps->contiguous();
     if (!input.device().is_meta()) shard.keeps = reinterpret_cast<const RowKeep*>(keep_rows.data_ptr<float>());
   }
+  Tensor rng;
+  if (rng_state.has_value()) {
+    TORCH_CHECK_VALUE(rng_state->scalar_type() == at::kLong && rng_state->numel() == 2 &&
+                          rng_state->device() == input.device(),
+                      "rng_state: expected an int64 tensor of 2 values (seed, position) on ", input.device());
+    TORCH_CHECK_VALUE(!seed.has_value() && !seed_value.has_value() && !generator.has_value(),
+                      "rng_state: pass either rng_state or a seed/generator, not both");
+    rng = rng_state->contiguous();
+    if (!input.device().is_meta()) shard.rng_state = rng.data_ptr<int64_t>();
+  }
   const WarperArgs w{temperature, temperature_value, std::nullopt, 0, std::nullopt, 1.0, std::nullopt, 0.0,
                      std::nullopt, 1.0};
   Outputs o = run_sample(std::nullopt, input, false, w, seed, offset, seed_value, offset_value, generator,
@@ -320,44 +334,72 @@ std::tuple<Tensor, Tensor> race_shard_op(const Tensor& input, int64_t index_base
 // logits y [B, L] and row maxima m [B], fixed_mass(e^(y - m)) and
 // fixed_mass(e^(y - m) (m - y)) (0 where y is -inf), both int64.
 std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_max, int64_t shift) {
-  TORCH_CHECK_VALUE(y.dim() == 2 && y.scalar_type() == at::kFloat && y.device().is_cpu(),
-                    "y: expected a float32 [B, L] CPU tensor");
-  TORCH_CHECK_VALUE(row_max.dim() == 1 && row_max.size(0) == y.size(0) && row_max.scalar_type() == at::kFloat,
-                    "row_max: expected a float32 [B] tensor");
+  TORCH_CHECK_VALUE(y.dim() == 2 && y.scalar_type() == at::kFloat, "y: expected a float32 [B, L] tensor");
+  TORCH_CHECK_VALUE(row_max.dim() == 1 && row_max.size(0) == y.size(0) && row_max.scalar_type() == at::kFloat &&
+                        row_max.device() == y.device(),
+                    "row_max: expected a float32 [B] tensor on the device of y");
+  TORCH_CHECK_VALUE(shift >= 0 && shift <= 62, "shift: expected 0..62, got ", shift);
   const Tensor yc = y.contiguous(), mc = row_max.contiguous();
   Tensor mass = at::empty(y.sizes(), y.options().dtype(at::kLong));
   Tensor gap = at::empty(y.sizes(), y.options().dtype(at::kLong));
+  if (y.device().is_meta() || y.numel() == 0) return {mass, gap};
   const float* yp = yc.data_ptr<float>();
   const float* mp = mc.data_ptr<float>();
   auto* massp = reinterpret_cast<uint64_t*>(mass.data_ptr<int64_t>());
   auto* gapp = reinterpret_cast<uint64_t*>(gap.data_ptr<int64_t>());
-  const int64_t cols = y.size(1);
-  for (int64_t i = 0; i < y.numel(); ++i) {
-    const float m = mp[i / cols], v = yp[i];
-    const float e = v == -kInf ? 0.0f : exp_nonpositive(v - m);
-    massp[i] = fixed_mass(e, int(shift));
-    gapp[i] = fixed_mass(e * (m - v), int(shift));
+  const int64_t rows = y.size(0), cols = y.size(1);
+  if (y.device().is_cuda()) {
+#ifdef SYNCFREE_WITH_CUDA
+    shard_masses_cuda(yp, mp, rows, cols, int(shift), massp, gapp, y.device().index());
+#endif
+    return {mass, gap};
+  }
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const TokenMass t = token_mass(yp[i], mp[i / cols], int(shift));
+    massp[i] = t.mass;
+    gapp[i] = t.gap;
   }
   return {mass, gap};
 }
 
-// The seed a CPU sampling call draws from a generator (See Note [syncfree RNG
-// counter layout]): syncfree.distributed draws it once and passes it to every
-// shard as an int seed, which is what the single-device call does.
-int64_t cpu_generator_seed_op(const std::optional<at::Generator>& generator) {
+// The generator draw of one sampling call over `vocab` tokens as an int64 [2]
+// (seed, position) on like's device, advancing the generator as that call
+// would: syncfree.distributed draws once and hands it to every shard call
+// (See Note [syncfree RNG counter layout]).
+Tensor generator_state_op(const Tensor& like, const std::optional<at::Generator>& generator, int64_t vocab) {
+  TORCH_CHECK_VALUE(vocab >= 1, "vocab_size: expected >= 1, got ", vocab);
+  Tensor out = at::empty({2}, like.options().dtype(at::kLong));
+  if (like.device().is_meta()) return out;
+  if (like.device().is_cuda()) {
+#ifdef SYNCFREE_WITH_CUDA
+    generator_state_cuda(generator, like.device().index(), vocab, out.data_ptr<int64_t>());
+#endif
+    return out;
+  }
+  // The CPU generator is an mt19937: one 64-bit seed per call, position 0 (as sample_cpu draws).
   auto* gen =
       at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
   std::lock_guard<std::mutex> lock(gen->mutex_);
-  return int64_t(gen->random64());
+  out.data_ptr<int64_t>()[0] = int64_t(gen->random64());
+  out.data_ptr<int64_t>()[1] = 0;
+  return out;
 }
 
 // min-p's floor m + log(min_p) with the single-device log (float32 [B] each).
 Tensor min_p_floor_op(const Tensor& row_max, const Tensor& min_p) {
   TORCH_CHECK_VALUE(row_max.scalar_type() == at::kFloat && min_p.scalar_type() == at::kFloat &&
-                        row_max.sizes() == min_p.sizes() && row_max.device().is_cpu(),
-                    "row_max, min_p: expected float32 CPU tensors of one shape");
+                        row_max.sizes() == min_p.sizes() && row_max.device() == min_p.device(),
+                    "row_max, min_p: expected float32 tensors of one shape on one device");
   const Tensor mc = row_max.contiguous(), pc = min_p.contiguous();
   Tensor out = at::empty_like(mc);
+  if (mc.device().is_meta() || mc.numel() == 0) return out;
+  if (mc.device().is_cuda()) {
+#ifdef SYNCFREE_WITH_CUDA
+    min_p_floor_cuda(mc.data_ptr<float>(), pc.data_ptr<float>(), mc.numel(), out.data_ptr<float>(),
+                     mc.device().index());
+#endif
+    return out;
+  }
   for (int64_t i = 0; i < mc.numel(); ++i)
     out.data_ptr<float>()[i] = min_p_floor(mc.data_ptr<float>()[i], pc.data_ptr<float>()[i]);
   return out;
@@ -409,10 +451,10 @@ TORCH_LIBRARY(syncfree, m) {
   m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ") -> (Tensor warped, Tensor logprobs)");
   m.def("shard_masses(Tensor y, Tensor row_max, int shift) -> (Tensor mass, Tensor gap)");
   m.def("min_p_floor(Tensor row_max, Tensor min_p) -> Tensor");
-  m.def("cpu_generator_seed(Generator? generator) -> int", &cpu_generator_seed_op);  // no tensors: catch-all
+  m.def("generator_state(Tensor like, Generator? generator, int vocab) -> Tensor", seeded);
   m.def("race_shard(Tensor input, int index_base, Tensor? resolve_groups, Tensor? keeps, Tensor? temperature, "
         "float temperature_value, Tensor? seed, Tensor? offset, int? seed_value, int offset_value, "
-        "Generator? generator) -> (Tensor partials, Tensor tokens)",
+        "Generator? generator, Tensor? rng_state) -> (Tensor partials, Tensor tokens)",
         seeded);
 }
 
@@ -421,18 +463,25 @@ TORCH_LIBRARY(syncfree, m) {
 TORCH_LIBRARY_IMPL(syncfree, CPU, m) {
   m.impl("shard_masses", &shard_masses_op);
   m.impl("min_p_floor", &min_p_floor_op);
+  m.impl("generator_state", &generator_state_op);
   m.impl("sample", &sample_op);
   m.impl("sample_into", &sample_into_op);
   m.impl("warp", &warp_op);
   m.impl("race_shard", &race_shard_op);
 }
 TORCH_LIBRARY_IMPL(syncfree, CUDA, m) {
+  m.impl("shard_masses", &shard_masses_op);
+  m.impl("min_p_floor", &min_p_floor_op);
+  m.impl("generator_state", &generator_state_op);
   m.impl("sample", &sample_op);
   m.impl("sample_into", &sample_into_op);
   m.impl("warp", &warp_op);
   m.impl("race_shard", &race_shard_op);
 }
 TORCH_LIBRARY_IMPL(syncfree, Meta, m) {
+  m.impl("shard_masses", &shard_masses_op);
+  m.impl("min_p_floor", &min_p_floor_op);
+  m.impl("generator_state", &generator_state_op);
   m.impl("sample", &sample_op);
   m.impl("sample_into", &sample_into_op);
   m.impl("warp", &warp_op);

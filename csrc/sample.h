@@ -29,6 +29,17 @@ void warp_apply_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIn
                      float* out);
 void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
                  const std::optional<at::Generator>& generator, bool from_generator);
+
+// syncfree.distributed's pieces on CUDA (contiguous device arrays):
+// out[0..1] = the (seed, position) a sampling call over `vocab` tokens would
+// draw from the generator, which advances as for that call;
+void generator_state_cuda(const std::optional<at::Generator>& generator, c10::DeviceIndex device, int64_t vocab,
+                          int64_t* out);
+// token_mass of y[row, i] with row max m[row] (select.h), into mass and gap;
+void shard_masses_cuda(const float* y, const float* row_max, int64_t rows, int64_t cols, int shift,
+                       uint64_t* mass, uint64_t* gap, c10::DeviceIndex device);
+// out[i] = min_p_floor(row_max[i], min_p[i]).
+void min_p_floor_cuda(const float* row_max, const float* min_p, int64_t n, float* out, c10::DeviceIndex device);
 #endif
 
 }  // namespace syncfree

@@ -18,12 +18,20 @@ number of shards and any uneven split, exchanging a few bytes per row:
 
 Per row: each rank's first 16 columns gathered, then all-reduces of 16
 bytes (README "Vocab-parallel sampling" has the table, warpers included).
-Collectives go through torch.distributed (Gloo on CPU). Warpers run the
-single-device radix selection with each pass's histograms all-reduced (16 KB a
-row a pass), so the kept sets are the single-device ones. This version takes
-per-row seed/offset tensors, an int seed or (CPU) a generator, and CPU
-tensors; CUDA shards with NCCL come next.
+Collectives go through torch.distributed (NCCL on CUDA, Gloo on CPU) on the
+current stream. Warpers run the single-device radix selection with each
+pass's histograms all-reduced (16 KB a row a pass), so the kept sets are the
+single-device ones.
+
+No host sync on CUDA: every decision the Python code takes is on host values
+that all ranks share (shapes, which arguments are tensors, scalar values);
+tensor data is only read by kernels. Whether a warper runs is decided by its
+argument (a tensor, or a non-identity number), so every rank must pass the
+same kinds of arguments. The one host exchange is the check that the shards
+tile the vocabulary: on CUDA it runs once per (group, shard, batch size) and
+is remembered, so call once eagerly before capturing a CUDA graph.
 """
+import struct
 from typing import Optional, Union
 
 import torch
@@ -35,6 +43,8 @@ from .sampling import _number_or_tensor, _rng_args
 GROUP = 16
 INF = float("inf")
 _NO_INDEX = 2**31 - 1
+_NEG_INF_BITS = struct.unpack("<i", struct.pack("<f", -INF))[0]
+_checked_layouts = {}  # CUDA: (group, vocab_start, width, vocab_size, rows) -> spans
 
 
 def _gather(tensor, group):
@@ -43,11 +53,30 @@ def _gather(tensor, group):
     return parts
 
 
+def _shard_spans(local_logits, vocab_start, vocab_size, group):
+    """Every rank's (start, width), checked to tile [0, vocab_size) with one batch size.
+
+    The exchange reads gathered values on the host: for CPU tensors that is free and runs on
+    every call; for CUDA tensors it is a sync, so its result is remembered per layout."""
+    if local_logits.device.type == "cpu":
+        return _check_tiling(local_logits, vocab_start, vocab_size, group)
+    key = (group if group is not None else dist.group.WORLD, vocab_start, local_logits.shape[1], vocab_size,
+           local_logits.shape[0])
+    spans = _checked_layouts.get(key)
+    if spans is None:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("syncfree.distributed.sample: this shard layout and batch size have not been seen "
+                               "yet; call it once outside CUDA-graph capture first (it checks the layout across "
+                               "ranks with one host exchange)")
+        spans = _checked_layouts[key] = _check_tiling(local_logits, vocab_start, vocab_size, group)
+    return spans
+
+
 def _check_tiling(local_logits, vocab_start, vocab_size, group):
     """Every rank learns every shard's (start, width, rows): the shards must tile [0, vocab_size)."""
     rows, width = local_logits.shape
     info = torch.tensor([vocab_start, width, rows, vocab_size], dtype=torch.int64, device=local_logits.device)
-    gathered = [tuple(t.tolist()) for t in _gather(info, group)]  # host ints: CPU tensors under Gloo
+    gathered = [tuple(t.tolist()) for t in _gather(info, group)]  # host ints
     shards = sorted(gathered)
     if len({s[2] for s in shards}) != 1:
         raise ValueError(f"local_logits: every rank must hold the same rows, got batch sizes {[s[2] for s in shards]}")
@@ -87,9 +116,45 @@ def _extended_shard(local_logits, vocab_start, vocab_size, spans, group):
     return torch.cat(pieces, 1), first
 
 
-def _per_row(value, rows, dtype, name):
-    tensor, number = _number_or_tensor(value, name)
-    return tensor.to(dtype).reshape(rows) if tensor is not None else torch.full((rows,), number, dtype=dtype)
+def _per_row(warpers, name, identity, rows, dtype, device):
+    """A warper's values as a [B] tensor of dtype."""
+    value = warpers.get(name, identity)
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype)
+    return torch.full((rows,), value, dtype=dtype, device=device)
+
+
+def _check_row_tensor(name, value, x):
+    """A per-row tensor as syncfree.sample takes it: [B] on the device of the logits."""
+    if value.device != x.device:
+        raise ValueError(f"{name}: expected a tensor on {x.device} (the device of local_logits), got {value.device}")
+    if tuple(value.shape) != (x.shape[0],):
+        raise ValueError(f"{name}: expected one value per row, shape [{x.shape[0]}], got shape {list(value.shape)}")
+    if value.is_floating_point() == (name == "top_k") or value.dtype == torch.bool:
+        kind = "an integer" if name == "top_k" else "a floating-point"
+        raise TypeError(f"{name}: expected {kind} tensor, got {value.dtype}")
+
+
+def _warper_values(top_k, top_p, min_p, typical_p, x, vocab):
+    """The warpers that may act in some row, by name: a per-row tensor, or a number other than the
+    identity. Host values only, the same on every rank; checked as syncfree.sample checks them."""
+    values = {}
+    for name, value, identity in (("top_k", top_k, 0), ("top_p", top_p, 1.0), ("min_p", min_p, 0.0),
+                                  ("typical_p", typical_p, 1.0)):
+        tensor, number = _number_or_tensor(value, name)
+        if tensor is not None:
+            _check_row_tensor(name, tensor, x)
+            values[name] = tensor
+            continue
+        if name == "top_k" and not isinstance(number, int):
+            raise TypeError(f"top_k: expected an int or an integer tensor [B], got {type(number).__name__}")
+        valid = number >= 0 if name == "top_k" else (0 <= number <= 1 if name == "min_p" else 0 < number <= 1)
+        if not valid:
+            expected = {"top_k": "an int >= 0", "min_p": "a number in [0, 1]"}.get(name, "a number in (0, 1]")
+            raise ValueError(f"{name}: expected {expected}, got {number}")
+        if number != identity and not (name == "top_k" and number >= vocab):
+            values[name] = number
+    return values
 
 
 def _order_key(y):
@@ -107,20 +172,21 @@ def _select(keys, weights, target, active, group):
     """select_top (select.h) for every row at once, each radix pass's histograms summed over the ranks.
 
     Returns (found, key): the largest key whose inclusive weight from the top reaches target."""
-    rows = keys.shape[0]
-    prefix = torch.zeros(rows, dtype=torch.int64)
-    above = torch.zeros(rows, dtype=torch.int64)
+    rows, device = keys.shape[0], keys.device
+    prefix = torch.zeros(rows, dtype=torch.int64, device=device)
+    above = torch.zeros(rows, dtype=torch.int64, device=device)
+    bins = torch.arange(2048, device=device)
     found = active.clone()
     done = 0
     for bits in (11, 11, 10):
         shift = 32 - done - bits
         in_range = (keys >> (32 - done)) == (prefix[:, None] >> (32 - done)) if done else torch.ones_like(keys, dtype=torch.bool)
-        hist = torch.zeros(rows, 2048, dtype=torch.int64)
+        hist = torch.zeros(rows, 2048, dtype=torch.int64, device=device)
         hist.scatter_add_(1, (keys >> shift) & ((1 << bits) - 1), torch.where(in_range, weights, 0))
         dist.all_reduce(hist, op=dist.ReduceOp.SUM, group=group)  # 16 KB a row
         suffix = hist.flip(1).cumsum(1).flip(1)  # weight of each bin and all above it
         fits = (hist > 0) & (above[:, None] + suffix >= target[:, None])
-        chosen = torch.where(fits, torch.arange(2048), -1).max(1).values
+        chosen = torch.where(fits, bins, -1).max(1).values
         found &= chosen >= 0
         c = chosen.clamp(min=0)[:, None]
         above = above + (suffix.gather(1, c) - hist.gather(1, c)).squeeze(1)
@@ -135,65 +201,80 @@ def _mass_target(fraction, total):
     return torch.where(floor_t.double() < t, floor_t + 1, floor_t)
 
 
-def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, top_k, top_p, min_p, typical_p, group):
+def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, warpers, group):
     """row_keep (select.h) across the shards: the same thresholds, from the same integer sums.
 
-    Returns a float32 [B, 3] (min_y, center, max_dev) for race_shard, or None if no row warps."""
-    rows = ext.shape[0]
+    warpers: _warper_values. Returns a float32 [B, 3] (min_y, center, max_dev) for race_shard, or
+    None when no warper may act."""
+    if not warpers:
+        return None
+    rows, device = ext.shape[0], ext.device
+    top_k = _per_row(warpers, "top_k", 0, rows, torch.int64, device)
+    top_p = _per_row(warpers, "top_p", 1.0, rows, torch.float32, device)
+    min_p = _per_row(warpers, "min_p", 0.0, rows, torch.float32, device)
+    typical_p = _per_row(warpers, "typical_p", 1.0, rows, torch.float32, device)
+    # The clamps of clamp_warpers (select.h).
     top_k = torch.where((top_k <= 0) | (top_k >= vocab), 0, top_k)
     top_p = torch.where(~(top_p < 1), 1.0, top_p.clamp(min=0.0))
     min_p = torch.where(min_p > 0, min_p.clamp(max=1.0), 0.0)
     typical_p = torch.where(~(typical_p < 1), 1.0, typical_p.clamp(min=0.0))
     active = ~greedy & ((top_k > 0) | (top_p < 1) | (min_p > 0) | (typical_p < 1))
-    if not bool(active.any()):  # CPU tensors: no device sync
-        return None
     # Scaled logits exactly as scaled_logit/set_temperature compute them.
-    t = temperature_t.float() if temperature_t is not None else torch.full((rows,), temperature_v)
+    t = temperature_t.float() if temperature_t is not None else torch.full((rows,), temperature_v, device=device)
     inv = torch.where(t == INF, 0.0, (1.0 / t).clamp(max=3.4028234663852886e38))
     inv = torch.where(greedy, 1.0, inv)[:, None]
     x = ext.float()
     y = torch.where(x == INF, INF, x * inv)
     y = torch.where(torch.isnan(y), -INF, y)
-    has_inf = (y == INF).any(1).to(torch.int32) if y.shape[1] else torch.zeros(rows, dtype=torch.int32)
+    if y.shape[1]:
+        has_inf = (y == INF).any(1).to(torch.int32)
+        m = y.max(1).values
+    else:
+        has_inf = torch.zeros(rows, dtype=torch.int32, device=device)
+        m = torch.full((rows,), -INF, device=device)
     dist.all_reduce(has_inf, op=dist.ReduceOp.MAX, group=group)
-    m = y.max(1).values if y.shape[1] else torch.full((rows,), -INF)
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
     m = m + 0.0
     active &= (has_inf == 0) & (m > -INF)
     m_safe = torch.where(active, m, 0.0)
-    if bool((active & ((top_p < 1) | (typical_p < 1))).any()):  # only the mass-based warpers need masses
+    if "top_p" in warpers or "typical_p" in warpers:  # only the mass-based warpers need masses
         bits = max(0, (vocab - 1).bit_length())
         mass, gap = torch.ops.syncfree.shard_masses(torch.where(active[:, None], y, -INF), m_safe, 62 - bits)
     keys = _order_key(y)
-    min_y = torch.full((rows,), -INF)
-    center = torch.zeros(rows)
-    max_dev = torch.full((rows,), INF)
-    on = active & (top_k > 0)
-    if bool(on.any()):
-        found, u = _select(keys, (y != -INF).to(torch.int64), top_k, on, group)
+    min_y = torch.full((rows,), -INF, device=device)
+    center = torch.zeros(rows, device=device)
+    max_dev = torch.full((rows,), INF, device=device)
+    if "top_k" in warpers:
+        found, u = _select(keys, (y != -INF).to(torch.int64), top_k, active & (top_k > 0), group)
         min_y = torch.where(found, _key_value(u), min_y)
-    on = active & (top_p < 1)
-    if bool(on.any()):
+    if "top_p" in warpers:
         w = torch.where(y >= min_y[:, None], mass, 0)
         total = w.sum(1)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-        found, u = _select(keys, w, _mass_target(top_p, total), on, group)
+        found, u = _select(keys, w, _mass_target(top_p, total), active & (top_p < 1), group)
         min_y = torch.where(found, torch.maximum(min_y, _key_value(u)), min_y)
-    on = active & (min_p > 0)
-    if bool(on.any()):
+    if "min_p" in warpers:
+        on = active & (min_p > 0)
         min_y = torch.where(on, torch.maximum(min_y, torch.ops.syncfree.min_p_floor(m_safe, min_p)), min_y)
-    on = active & (typical_p < 1)
-    if bool(on.any()):
+    if "typical_p" in warpers:
         w = torch.where(y >= min_y[:, None], mass, 0)
         sums = torch.stack([w.sum(1), torch.where(w > 0, gap, 0).sum(1)], 1)
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
         c = m_safe - sums[:, 1].float() / sums[:, 0].clamp(min=1).float()
         d = y - c[:, None]
         found, u = _select(~_order_key(torch.where(d < 0, -d, d)) & 0xFFFFFFFF, w, _mass_target(typical_p, sums[:, 0]),
-                           on, group)
+                           active & (typical_p < 1), group)
         center = torch.where(found, c, center)
         max_dev = torch.where(found, _key_value(~u & 0xFFFFFFFF), max_dev)
     return torch.stack([min_y, center, max_dev], 1)
+
+
+def _no_partials(rows, device):
+    """empty_partial (race.h) for every row, as race_shard's int32 [B, 6]: a shard that owns no group."""
+    partials = torch.zeros(rows, 6, dtype=torch.int32, device=device)
+    for column, value in ((0, _NEG_INF_BITS), (1, _NO_INDEX), (2, _NEG_INF_BITS), (4, _NO_INDEX)):
+        partials[:, column] = value  # best (key, index), mass max, first +inf; fills, no host copies
+    return partials
 
 
 def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
@@ -203,41 +284,45 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     """Samples from logits sharded by vocabulary; every rank returns the same global token ids ([B] int64).
 
     local_logits: [B, L] (or [L]) columns [vocab_start, vocab_start + L) of the [B, vocab_size] logits.
-    temperature, seed, offset: as syncfree.sample (identical on every rank). Returns tokens, or
-    (tokens, logprobs) with return_logprobs.
+    temperature, seed, offset, generator: as syncfree.sample, identical on every rank (a generator
+    must be in the same state on every rank, e.g. seeded alike). Every rank must pass the same
+    kinds of arguments (tensor or number) and the same numbers. Returns tokens, or (tokens,
+    logprobs) with return_logprobs.
     """
-    if seed is None:
-        if local_logits.device.type != "cpu":
-            raise NotImplementedError("syncfree.distributed on CUDA needs a seed (int or per-row tensor)")
-        # What a single-device CPU call does with its generator: one 64-bit seed, as an int seed.
-        # Every rank's generator must be in the same state.
-        seed = torch.ops.syncfree.cpu_generator_seed(generator) % (1 << 64)
-    elif generator is not None:
+    if seed is not None and generator is not None:
         raise ValueError("generator: pass either a generator or a seed, not both")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
     squeeze = local_logits.dim() == 1
     x = local_logits.unsqueeze(0) if squeeze else local_logits
     if x.dim() != 2:
         raise ValueError(f"local_logits: expected shape [L] or [B, L], got {tuple(local_logits.shape)}")
-    spans = _check_tiling(x, vocab_start, vocab_size, group)
     temperature_t, temperature_v = _number_or_tensor(temperature, "temperature")
+    if temperature_t is not None:
+        _check_row_tensor("temperature", temperature_t, x)
+    elif not temperature_v >= 0:
+        raise ValueError(f"temperature: expected a number >= 0 (0 means greedy), got {temperature_v}")
     temperature_v = 1.0 if temperature_v is None else float(temperature_v)
+    warpers = _warper_values(top_k, top_p, min_p, typical_p, x, vocab_size)
     rng = _rng_args(seed, offset, None)
+    rng_state = None
+    if seed is None and (temperature_t is not None or temperature_v != 0):
+        # The generator's draw for a single-device call over the whole vocabulary, once for every
+        # shard call (on CUDA it stays on the device: graph-safe, no sync). Scalar temperature 0
+        # draws nothing, as syncfree.sample leaves the generator alone for greedy calls.
+        rng_state = torch.ops.syncfree.generator_state(x, generator, vocab_size)
+    spans = _shard_spans(x, vocab_start, vocab_size, group)
     ext, base = _extended_shard(x, vocab_start, vocab_size, spans, group)
     rows = x.shape[0]
     greedy = (temperature_t <= 0) | torch.isnan(temperature_t) if temperature_t is not None else \
         torch.full((rows,), temperature_v == 0, device=x.device)
-    keeps = _kept_sets(ext, vocab_size, temperature_t, temperature_v, greedy,
-                       _per_row(top_k, rows, torch.int64, "top_k"), _per_row(top_p, rows, torch.float32, "top_p"),
-                       _per_row(min_p, rows, torch.float32, "min_p"),
-                       _per_row(typical_p, rows, torch.float32, "typical_p"), group)
+    keeps = _kept_sets(ext, vocab_size, temperature_t, temperature_v, greedy, warpers, group)
 
     if ext.shape[1] > 0:
-        partials, _ = torch.ops.syncfree.race_shard(ext, base, None, keeps, temperature_t, temperature_v, *rng, None)
+        partials, _ = torch.ops.syncfree.race_shard(ext, base, None, keeps, temperature_t, temperature_v, *rng, None,
+                                                    rng_state)
     else:  # a shard narrower than a group may own no group: it races nothing
-        empty = torch.tensor([-INF, 0.0, -INF, 0.0], device=x.device).view(torch.int32)
-        partials = torch.tensor([0, _NO_INDEX, 0, 0, _NO_INDEX, 0], dtype=torch.int32,
-                                device=x.device).repeat(rows, 1)
-        partials[:, [0, 2, 3]] = empty[[0, 2, 3]]
+        partials = _no_partials(rows, x.device)
     key = partials[:, 0].view(torch.float32).clone()
     index = partials[:, 1].clone()
     mass = partials[:, 2:4].view(torch.float32)
@@ -262,7 +347,8 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     owned = sampled & (local_group >= 0) & (local_group * GROUP < ext.shape[1])
     groups = torch.where(owned, local_group, torch.full_like(local_group, -1))
     if ext.shape[1] > 0:
-        _, token = torch.ops.syncfree.race_shard(ext, base, groups, keeps, temperature_t, temperature_v, *rng, None)
+        _, token = torch.ops.syncfree.race_shard(ext, base, groups, keeps, temperature_t, temperature_v, *rng, None,
+                                                 rng_state)
         token = torch.where(token >= 0, token + base, token)
     else:
         token = torch.full((rows,), -1, dtype=torch.int64, device=x.device)

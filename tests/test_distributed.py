@@ -1,4 +1,10 @@
-"""syncfree.distributed on CPU with Gloo: 2-4 processes, bit-identical to single-process sampling."""
+"""syncfree.distributed: 2-4 processes, bit-identical to single-process sampling.
+
+On CPU with Gloo (in CI); with a GPU, the same cases on CUDA tensors (Gloo between processes that
+share the GPU), and a single-rank NCCL group for the no-sync and graph-capture checks.
+"""
+import contextlib
+import re
 import os
 import socket
 import tempfile
@@ -10,6 +16,7 @@ import torch.multiprocessing as mp
 
 import syncfree
 import syncfree.distributed as sd
+from conftest import requires_cuda
 
 INF = float("inf")
 
@@ -56,19 +63,39 @@ def cases():
     return out
 
 
-def with_generator(kwargs):
-    """Generators cannot cross processes: 'fresh:S' / 'default:S' name one seeded with S."""
+def on_device(kwargs, device):
+    """kwargs with tensors moved to device; generators cannot cross processes: 'fresh:S' /
+    'default:S' name one seeded with S, made here."""
+    out = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     spec = kwargs.get("generator")
-    if not isinstance(spec, str):
-        return kwargs
-    kind, seed = spec.split(":")
-    out = dict(kwargs)
-    if kind == "fresh":
-        out["generator"] = torch.Generator().manual_seed(int(seed))
-    else:
-        torch.manual_seed(int(seed))
-        del out["generator"]
+    if isinstance(spec, str):
+        kind, seed = spec.split(":")
+        if kind == "fresh":
+            out["generator"] = torch.Generator(device).manual_seed(int(seed))
+        else:
+            torch.manual_seed(int(seed))  # seeds the CUDA generators too
+            del out["generator"]
     return out
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Python code that reads tensor data on the host fails: on CUDA such a read is a sync."""
+    names = ["item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"]
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def refuse(name):
+        def method(self, *args, **kwargs):
+            raise AssertionError(f"host read of tensor data: Tensor.{name}")
+        return method
+
+    for name in names:
+        setattr(torch.Tensor, name, refuse(name))
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
 
 
 def splits_for(vocab, world, seed):
@@ -79,9 +106,9 @@ def splits_for(vocab, world, seed):
     return [(bounds[r], bounds[r + 1]) for r in range(world)]
 
 
-def worker(rank, world, port, result_file, layout_seed):
+def worker(rank, world, port, result_file, layout_seed, backend="gloo", device="cpu"):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group(backend, rank=rank, world_size=world)
     torch.set_num_threads(1)
     outcome = {}
     try:
@@ -89,14 +116,25 @@ def worker(rank, world, port, result_file, layout_seed):
             vocab = logits.shape[-1]
             # Rank r holds shard (r + layout_seed) % world: ranks need not hold shards in order.
             start, end = splits_for(vocab, world, layout_seed + vocab)[(rank + layout_seed) % world]
-            tokens, logprobs = sd.sample(logits[:, start:end], start, vocab, return_logprobs=True,
-                                         **with_generator(kwargs))
-            outcome[name] = (tokens, logprobs)
+            local = logits[:, start:end].to(device)
+            tokens, logprobs = sd.sample(local, start, vocab, return_logprobs=True, **on_device(kwargs, device))
+            outcome[name] = (tokens.cpu(), logprobs.cpu())
+            # Past the layout check, the Python code never reads tensor data (no sync on CUDA).
+            spans = sd._shard_spans(local, start, vocab, None)
+            real, sd._shard_spans = sd._shard_spans, lambda *args: spans
+            try:
+                with no_host_reads():
+                    again = sd.sample(local, start, vocab, return_logprobs=True, **on_device(kwargs, device))
+            finally:
+                sd._shard_spans = real
+            outcome[name + " (no host reads)"] = (again[0].cpu(), again[1].cpu())
         errors = {}
         for name, call in (
                 ("vocab_size", lambda: sd.sample(torch.randn(2, 10), 0 if rank == 0 else 3, 13 + rank, seed=1)),
                 ("gap", lambda: sd.sample(torch.randn(2, 10), 12 * rank, 10 * world, seed=1)),
                 ("batch", lambda: sd.sample(torch.randn(2 + rank, 10), 10 * rank, 10 * world, seed=1))):
+            if device != "cpu":
+                break
             try:
                 call()
             except ValueError as e:
@@ -107,19 +145,27 @@ def worker(rank, world, port, result_file, layout_seed):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world,layout_seed", [(2, 0), (3, 1), (4, 2)])
-def test_sharded_sampling_is_bit_identical(world, layout_seed):
+def run_sharded(world, layout_seed, backend="gloo", device="cpu"):
+    """Every rank's outcome; the expected tokens are single-device syncfree.sample on `device`."""
     with tempfile.TemporaryDirectory() as tmp:
         result_file = os.path.join(tmp, "out")
-        mp.start_processes(worker, args=(world, free_port(), result_file, layout_seed), nprocs=world,
-                           start_method="spawn")
+        mp.start_processes(worker, args=(world, free_port(), result_file, layout_seed, backend, device),
+                           nprocs=world, start_method="spawn")
         results = [torch.load(f"{result_file}.{r}") for r in range(world)]
     for name, logits, kwargs in cases():
-        expected, expected_lp = syncfree.sample(logits, return_logprobs=True, **with_generator(kwargs))
+        expected, expected_lp = syncfree.sample(logits.to(device), return_logprobs=True, **on_device(kwargs, device))
+        expected, expected_lp = expected.cpu(), expected_lp.cpu()
         for r in range(world):
-            tokens, logprobs = results[r][name]
-            assert torch.equal(tokens, expected), f"{name}, rank {r}: {tokens} vs {expected}"
-            torch.testing.assert_close(logprobs, expected_lp, atol=1e-4, rtol=1e-4)
+            for run in (name, name + " (no host reads)"):
+                tokens, logprobs = results[r][run]
+                assert torch.equal(tokens, expected), f"{run}, rank {r}: {tokens} vs {expected}"
+                torch.testing.assert_close(logprobs, expected_lp, atol=1e-4, rtol=1e-4)
+    return results
+
+
+@pytest.mark.parametrize("world,layout_seed", [(2, 0), (3, 1), (4, 2)])
+def test_sharded_sampling_is_bit_identical(world, layout_seed):
+    results = run_sharded(world, layout_seed)
     for r in range(world):
         errors = results[r]["errors"]
         assert "vocab_size: ranks disagree" in errors["vocab_size"]
@@ -127,6 +173,116 @@ def test_sharded_sampling_is_bit_identical(world, layout_seed):
         assert "local_logits: every rank must hold the same rows" in errors["batch"]
 
 
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("world,layout_seed", [(2, 0), (3, 1)])
+def test_cuda_shards_are_bit_identical(world, layout_seed):
+    """The CUDA kernels on shards (race_shard, shard_masses, min_p_floor, generator_state), ranks
+    sharing one GPU through Gloo: equal to single-device CUDA sampling, hence to the CPU."""
+    run_sharded(world, layout_seed, device="cuda")
+
+
+def nccl_worker(rank, port, result_file):
+    """One NCCL rank: no sync once the layout is known, CUDA-graph capture with NCCL collectives."""
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.cuda.set_device(0)
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        g = torch.Generator().manual_seed(3)
+        x = (torch.randn(16, 32000, generator=g) * 3).to(torch.bfloat16).cuda()
+        seeds = torch.arange(16, device="cuda") * 5
+        offsets = torch.zeros(16, dtype=torch.int64, device="cuda")
+        warpers = dict(top_k=50, top_p=0.9, min_p=0.02, typical_p=0.95)
+        out = {}
+        # Capturing before the layout was seen gives a clear error.
+        graph = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        try:
+            with torch.cuda.stream(s), torch.cuda.graph(graph, stream=s):
+                sd.sample(x, 0, 32000, 0.8, seed=seeds, offset=offsets)
+        except RuntimeError as e:
+            out["capture error"] = str(e)
+        torch.cuda.synchronize()
+        sd.sample(x, 0, 32000, 0.8, seed=seeds, offset=offsets, **warpers)  # warm: layout known
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            sd.sample(x, 0, 32000, 0.8, seed=seeds, offset=offsets, return_logprobs=True, **warpers)
+            sd.sample(x, 0, 32000, torch.full((16,), 0.7, device="cuda"), seed=3, **warpers)
+            sd.sample(x, 0, 32000, 1.0)  # the default CUDA generator
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        # Graph capture and replay with per-row seeds: each replay equals single-device sampling.
+        tokens = torch.empty(16, dtype=torch.int64, device="cuda")
+
+        def step():
+            tokens.copy_(sd.sample(x, 0, 32000, 0.8, seed=seeds, offset=offsets, **warpers))
+
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            step()
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        replays = []
+        for i in range(3):
+            offsets.fill_(i)
+            graph.replay()
+            replays.append((tokens.cpu(), syncfree.sample(x, 0.8, seed=seeds, offset=offsets, **warpers).cpu()))
+        out["replays"] = replays
+        # With the default generator: replays draw fresh noise, equal to eager calls from the same seed.
+        torch.cuda.manual_seed(77)
+        eager = [sd.sample(x, 0, 32000, 0.9, top_p=0.9).cpu() for _ in range(3)]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            tokens.copy_(sd.sample(x, 0, 32000, 0.9, top_p=0.9))
+        torch.cuda.manual_seed(77)
+        out["generator"] = (eager, [(graph.replay(), tokens.cpu())[1] for _ in range(3)])
+        torch.save(out, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_nccl_no_sync_and_graph_capture():
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = os.path.join(tmp, "out")
+        mp.start_processes(nccl_worker, args=(free_port(), result_file), nprocs=1, start_method="spawn")
+        out = torch.load(result_file)
+    assert "call it once outside CUDA-graph capture first" in out["capture error"]
+    for replayed, expected in out["replays"]:
+        assert torch.equal(replayed, expected)
+    eager, replayed = out["generator"]
+    assert all(torch.equal(a, b) for a, b in zip(eager, replayed))
+    assert len({tuple(t.tolist()) for t in replayed}) > 1  # fresh noise per replay
+
+
 def test_bad_arguments_without_a_group():
     with pytest.raises(ValueError, match="generator: pass either a generator or a seed"):
         sd.sample(torch.randn(2, 10), 0, 10, seed=1, generator=torch.Generator())
+    x = torch.randn(2, 10)
+    for kwargs, error, message in (
+            (dict(top_p=0.0), ValueError, "top_p: expected a number in (0, 1]"),
+            (dict(min_p=1.5), ValueError, "min_p: expected a number in [0, 1]"),
+            (dict(top_k=-1), ValueError, "top_k: expected an int >= 0"),
+            (dict(top_k=2.0), TypeError, "top_k: expected an int"),
+            (dict(temperature=-1.0), ValueError, "temperature: expected a number >= 0"),
+            (dict(top_p=torch.ones(3)), ValueError, "top_p: expected one value per row, shape [2]"),
+            (dict(top_k=torch.ones(2)), TypeError, "top_k: expected an integer tensor"),
+            (dict(temperature=torch.ones(2, dtype=torch.int64)), TypeError, "temperature: expected a floating"),
+            (dict(generator=1), TypeError, "generator: expected a torch.Generator")):
+        with pytest.raises(error, match=re.escape(message)):
+            sd.sample(x, 0, 10, **kwargs)  # raised before any collective: no group needed
+
+
+def test_generator_state_is_the_draw_of_a_sampling_call():
+    """generator_state draws what syncfree.sample draws (and advances the generator as it does)."""
+    x = torch.randn(3, 1000)
+    g = torch.Generator().manual_seed(5)
+    state = torch.ops.syncfree.generator_state(x, g, 1000)
+    assert state[1] == 0
+    assert torch.equal(syncfree.sample(x, seed=int(state[0])), syncfree.sample(x, generator=torch.Generator().manual_seed(5)))
+    h = torch.Generator().manual_seed(5)
+    syncfree.sample(x, generator=h)
+    assert torch.equal(g.get_state(), h.get_state())

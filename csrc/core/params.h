@@ -38,6 +38,9 @@ struct SampleParams {
   const int64_t* offsets;
   uint64_t seed;
   uint64_t pos0;
+  // When set: seed and pos0 read from memory on the input's device ([2]
+  // int64), as syncfree.distributed passes one generator draw to its shards.
+  const int64_t* rng_state;
 
   // A shard of a wider row (syncfree.distributed): global index of token 0
   // (See Note [syncfree RNG counter layout]). 0 for a whole row.

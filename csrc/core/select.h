@@ -91,6 +91,19 @@ SF_HD uint64_t fixed_mass(float w, int shift) {
   return uint64_t(w * bits_float(uint32_t(127 + shift) << 23));
 }
 
+// A token's terms in the sums row_keep takes (syncfree.distributed sums them
+// over shards): fixed_mass(e^(y - m)) and, for typical-p, fixed_mass(e^(y - m)
+// (m - y)); both 0 for a masked token.
+struct TokenMass {
+  uint64_t mass, gap;
+};
+
+SF_HD TokenMass token_mass(float y, float m, int shift) {
+  if (y == -kInf) return {0u, 0u};
+  const float e = exp_nonpositive(y - m);
+  return {fixed_mass(e, shift), fixed_mass(e * (m - y), shift)};
+}
+
 // The target weight for a mass fraction p of a total: ceil(p * total).
 SF_HD uint64_t mass_target(float p, uint64_t total) {
   const double t = double(p) * double(total);

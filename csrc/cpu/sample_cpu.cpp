@@ -232,6 +232,9 @@ void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::G
     std::lock_guard<std::mutex> lock(gen->mutex_);
     p.seed = gen->random64();
     p.pos0 = 0;
+  } else if (p.rng_state != nullptr) {
+    p.seed = uint64_t(p.rng_state[0]);
+    p.pos0 = uint64_t(p.rng_state[1]);
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_sample_cpu", [&] {
     if (p.probs) {

@@ -123,30 +123,51 @@ __device__ __forceinline__ RacePartial broadcast_lane0(const RacePartial& a) {
 // ---------------------------------------------------------------------------
 // Kernel
 
+// The race inside group `group` of a row, one token per lane of a warp;
+// every lane returns the winner, and *y its scaled value.
+template <typename T, bool kProbs>
+__device__ Best race_group_warp(const SampleParams& p, const RowRace& r, const T* x, int64_t group, float* y) {
+  const int lane = threadIdx.x % 32;
+  const int64_t first = group * kGroup;
+  const bool mine = lane < group_size(p.vocab, group);
+  const float v = mine ? load_value(x, first + lane, kProbs, r) : masked_value(kProbs);
+  Best winner = mine ? token_entry<kProbs>(v, int32_t(first + lane), r) : no_best();
+#pragma unroll
+  for (int delta = 16; delta > 0; delta >>= 1) {
+    const Best other{__shfl_xor_sync(0xffffffffu, winner.key, delta),
+                     __shfl_xor_sync(0xffffffffu, winner.index, delta)};
+    winner = better_of(winner, other);
+  }
+  *y = __shfl_sync(0xffffffffu, v, int(winner.index - first) & 31);
+  return winner;
+}
+
 // Warp 0 turns the row's merged partial (in lane 0) into the token: when
 // sampling, lanes race the winning group's tokens one each.
 template <typename T, bool kProbs>
 __device__ void finish_row_warp(const SampleParams& p, int64_t row, const RowRace& r, const T* x,
                                 RacePartial acc) {
-  const int lane = threadIdx.x;
   acc = broadcast_lane0(acc);
   RowResult res = finish_row(acc, r, kProbs);
   if (res.needs_resolve) {
-    const int64_t first = res.token * kGroup;
-    const bool mine = lane < group_size(p.vocab, res.token);
-    const float v = mine ? load_value(x, first + lane, kProbs, r) : masked_value(kProbs);
-    Best winner = mine ? token_entry<kProbs>(v, int32_t(first + lane), r) : no_best();
-#pragma unroll
-    for (int delta = 16; delta > 0; delta >>= 1) {
-      const Best other{__shfl_xor_sync(0xffffffffu, winner.key, delta),
-                       __shfl_xor_sync(0xffffffffu, winner.index, delta)};
-      winner = better_of(winner, other);
-    }
-    const float y = __shfl_sync(0xffffffffu, v, int(winner.index - first) & 31);
-    res.token = winner.index;
+    float y;
+    res.token = race_group_warp<T, kProbs>(p, r, x, res.token, &y).index;
     if (r.want_mass) res.logprob = chosen_logprob(y, acc.mass);
   }
-  if (lane == 0) store_result(p, row, res.token, res.logprob, res.valid);
+  if (threadIdx.x == 0) store_result(p, row, res.token, res.logprob, res.valid);
+}
+
+// The call's seed and position: the generator's (graph-safe: read from device
+// memory when captured), a draw handed over in memory, or the params' own.
+__device__ __forceinline__ void take_rng(SampleParams& p, const KernelArgs& a) {
+  if (a.from_generator) {
+    const auto seed_offset = at::cuda::philox::unpack(a.philox);
+    p.seed = std::get<0>(seed_offset);
+    p.pos0 = std::get<1>(seed_offset);
+  } else if (p.rng_state != nullptr) {
+    p.seed = uint64_t(p.rng_state[0]);
+    p.pos0 = uint64_t(p.rng_state[1]);
+  }
 }
 
 template <typename T, bool kProbs, bool kVec>
@@ -155,12 +176,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
   const int64_t row = blockIdx.x / splits;
   const int32_t split = blockIdx.x % splits;
   SampleParams p = a.p;
-  if (a.from_generator) {
-    // Graph-safe: reads the generator's seed/offset from device memory when captured.
-    const auto seed_offset = at::cuda::philox::unpack(a.philox);
-    p.seed = std::get<0>(seed_offset);
-    p.pos0 = std::get<1>(seed_offset);
-  }
+  take_rng(p, a);
   const RowRace r = row_race(p, row);
   const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
 
@@ -194,7 +210,32 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
     acc = threadIdx.x < splits ? load_partial(a.partials + row * splits + threadIdx.x) : empty_partial();
     acc = block_merge(acc);
   }
-  if (threadIdx.x < 32) finish_row_warp<T, kProbs>(p, row, r, x, acc);
+  if (p.partials_out != nullptr) {  // a shard: the row's partial is the answer
+    if (threadIdx.x == 0) p.partials_out[row] = acc;
+  } else if (threadIdx.x < 32) {
+    finish_row_warp<T, kProbs>(p, row, r, x, acc);
+  }
+}
+
+// Shard calls with resolve_groups (syncfree.distributed): a warp per row
+// races the row's given group token by token and writes the local token, or
+// -1 for a row whose group lies on another shard.
+constexpr int kResolveRowsPerBlock = 4;
+
+template <typename T, bool kProbs>
+__global__ void __launch_bounds__(32 * kResolveRowsPerBlock) syncfree_resolve_group_kernel(KernelArgs a) {
+  const int64_t row = int64_t(blockIdx.x) * kResolveRowsPerBlock + threadIdx.x / 32;
+  if (row >= a.p.rows) return;  // whole warps leave together
+  SampleParams p = a.p;
+  take_rng(p, a);
+  const int64_t group = p.resolve_groups[row];
+  int64_t token = -1;
+  if (group >= 0) {
+    float y;
+    token = race_group_warp<T, kProbs>(p, row_race(p, row), static_cast<const T*>(p.input) + row * p.row_stride,
+                                       group, &y).index;
+  }
+  if (threadIdx.x % 32 == 0) p.tokens[row * p.tokens_stride] = token;
 }
 
 // ---------------------------------------------------------------------------
@@ -244,6 +285,16 @@ struct NvtxRange {
 
 template <typename T>
 void launch(const KernelArgs& args, bool aligned, cudaStream_t stream) {
+  if (args.p.resolve_groups != nullptr) {
+    const unsigned blocks = unsigned(ceil_div(args.p.rows, kResolveRowsPerBlock));
+    if (args.p.probs) {
+      syncfree_resolve_group_kernel<T, true><<<blocks, 32 * kResolveRowsPerBlock, 0, stream>>>(args);
+    } else {
+      syncfree_resolve_group_kernel<T, false><<<blocks, 32 * kResolveRowsPerBlock, 0, stream>>>(args);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
   const dim3 grid(unsigned(args.p.rows * args.split.splits)), block(kThreads);
   if (args.p.probs) {
     if (aligned) {
@@ -296,7 +347,7 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   }
 
   c10::DataPtr workspace;
-  if (args.split.splits > 1) {
+  if (args.split.splits > 1 && p.resolve_groups == nullptr) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
     const bool capturing = capture != cudaStreamCaptureStatusNone;
@@ -327,6 +378,31 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
     default:
       TORCH_CHECK(false, "syncfree: unsupported dtype ", dtype, " on CUDA");
   }
+}
+
+// syncfree.distributed draws from a CUDA generator once per call and hands
+// the draw to every shard call: (seed, position) as a sampling call over
+// `vocab` tokens would take them, written to out[0..1] on the device, so the
+// draw is graph-safe and costs no sync.
+__global__ void syncfree_generator_state_kernel(at::PhiloxCudaState philox, int64_t* out) {
+  const auto seed_offset = at::cuda::philox::unpack(philox);
+  out[0] = int64_t(std::get<0>(seed_offset));
+  out[1] = int64_t(std::get<1>(seed_offset));
+}
+
+void generator_state_cuda(const std::optional<at::Generator>& generator, c10::DeviceIndex device, int64_t vocab,
+                          int64_t* out) {
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator(device));
+  at::PhiloxCudaState philox;
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    philox = gen->philox_cuda_state(uint64_t(ceil_div(vocab, 4) * 4));  // as sample_cuda advances it
+  }
+  syncfree_generator_state_kernel<<<1, 1, 0, stream>>>(philox, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace syncfree

@@ -228,7 +228,41 @@ void dispatch(c10::ScalarType dtype, F&& f) {
   }
 }
 
+// syncfree.distributed's elementwise pieces of the selection (CPU twins in ops.cpp).
+__global__ void syncfree_shard_masses_kernel(const float* y, const float* row_max, int64_t rows, int64_t cols,
+                                             int shift, uint64_t* mass, uint64_t* gap) {
+  const int64_t n = rows * cols;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const TokenMass t = token_mass(y[i], row_max[i / cols], shift);
+    mass[i] = t.mass;
+    gap[i] = t.gap;
+  }
+}
+
+__global__ void syncfree_min_p_floor_kernel(const float* row_max, const float* min_p, int64_t n, float* out) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = min_p_floor(row_max[i], min_p[i]);
+}
+
+unsigned elementwise_blocks(int64_t n) { return unsigned(std::min<int64_t>(std::max<int64_t>(ceil_div(n, 256), 1), 4096)); }
+
 }  // namespace
+
+void shard_masses_cuda(const float* y, const float* row_max, int64_t rows, int64_t cols, int shift,
+                       uint64_t* mass, uint64_t* gap, c10::DeviceIndex device) {
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  syncfree_shard_masses_kernel<<<elementwise_blocks(rows * cols), 256, 0, stream>>>(y, row_max, rows, cols, shift,
+                                                                                     mass, gap);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void min_p_floor_cuda(const float* row_max, const float* min_p, int64_t n, float* out, c10::DeviceIndex device) {
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  syncfree_min_p_floor_kernel<<<elementwise_blocks(n), 256, 0, stream>>>(row_max, min_p, n, out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 void warp_select_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
                       bool greedy_rows_too) {
