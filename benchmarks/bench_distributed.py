@@ -1,24 +1,27 @@
 #!/usr/bin/env python
-"""Vocab-parallel sampling on CPU (Gloo): syncfree.distributed.sample against all-gather + sample.
+"""Vocab-parallel sampling: syncfree.distributed.sample against all-gather + sample.
 
-    python benchmarks/bench_distributed.py [--quick] [--out DIR]
+    python benchmarks/bench_distributed.py [--quick] [--device cpu|cuda] [--out DIR]
 
-For each world size, spawns that many processes (torch.multiprocessing, Gloo on
-127.0.0.1), each holding columns [start, end) of the same [B, V] float32 logits,
-and times per call, side by side and interleaved:
+For each world size, spawns that many processes (torch.multiprocessing; Gloo on
+127.0.0.1 for --device cpu, NCCL with rank r on GPU r for --device cuda: worlds
+2, 4, 8 as far as there are GPUs, or a single rank on a one-GPU machine, which
+measures the path's own cost), each holding columns [start, end) of the same
+[B, V] float32 logits, and times per call, side by side and interleaved:
 
   sf.dist   syncfree.distributed.sample on the shard (per-row seed/offset tensors, T=0.8);
   ag+sample dist.all_gather of the [B, L] shards into the full [B, V] logits on every
             rank (padded to the widest shard: Gloo gathers equal sizes only), then
             syncfree.sample on it with the same seeds/offsets.
 
-Each timed call is preceded by a dist.barrier and bracketed by time.perf_counter;
+Each timed call is preceded by a dist.barrier (and on CUDA a synchronize) and
+bracketed by time.perf_counter (on CUDA: up to a synchronize after the call);
 the figure is rank 0's median after warm-up. Every rank asserts that both methods
 return identical tokens on every call. Bytes per rank per call count the results
 of the collectives on one rank: an all_gather counts its gathered output (world x
 the per-rank input, the rank's own part included), an all_reduce its tensor; wire
-traffic depends on Gloo's algorithms. Prints a table and writes
-table_distributed_cpu.txt and results_distributed_cpu.json into the output directory.
+traffic depends on the backend's algorithms. Prints a table and writes
+table_distributed_{device}.txt and results_distributed_{device}.json into the output directory.
 """
 
 import argparse
@@ -70,12 +73,13 @@ def split_bounds(vocab, world, kind):
     return [0] + cuts + [vocab]
 
 
-def syncfree_bytes(world, batch, elem=4):
+def syncfree_bytes(world, batch, elem=4, device="cpu"):
     """Bytes of collective results per rank for one syncfree.distributed.sample call (logprobs off),
     term by term as syncfree/distributed.py exchanges them."""
     return {
-        # _check_tiling: all_gather of int64 [vocab_start, width, rows, vocab_size] from every rank
-        "tiling_info": world * 4 * 8,
+        # _check_tiling: all_gather of int64 [vocab_start, width, rows, vocab_size] from every rank;
+        # on CUDA only on the first call for a layout and batch size
+        "tiling_info": world * 4 * 8 if device == "cpu" else 0,
         # _extended_shard: all_gather of every rank's first 16 columns, [B, 16] in the logits dtype
         "heads": world * batch * GROUP * elem,
         # all_reduce MAX of the packed (order key << 31 | 2^31 - 1 - index) per row, int64 [B]
@@ -111,7 +115,12 @@ def counted_collectives(counter):
         dist.all_gather, dist.all_reduce = gather, reduce
 
 
-def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repeats):
+def sync(device):
+    if device != "cpu":
+        torch.cuda.synchronize()
+
+
+def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repeats, device="cpu"):
     bounds = split_bounds(vocab, world, split)
     start, end = bounds[rank], bounds[rank + 1]
     widths = [bounds[r + 1] - bounds[r] for r in range(world)]
@@ -121,11 +130,11 @@ def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repe
     shards, seeds = [], []
     for _ in range(INPUTS):
         full = torch.randn(batch, vocab, generator=gen) * 3
-        shards.append(full[:, start:end].contiguous().to(DTYPE))
-        seeds.append(torch.randint(0, 2**62, (batch,), generator=gen))
+        shards.append(full[:, start:end].contiguous().to(device=device, dtype=DTYPE))
+        seeds.append(torch.randint(0, 2**62, (batch,), generator=gen).to(device))
         del full
-    offsets = torch.arange(batch, dtype=torch.int64)
-    parts = [torch.empty(batch, max_width, dtype=DTYPE) for _ in range(world)]  # reused gather buffers
+    offsets = torch.arange(batch, dtype=torch.int64, device=device)
+    parts = [torch.empty(batch, max_width, dtype=DTYPE, device=device) for _ in range(world)]  # gather buffers
 
     def sf_dist(i):
         return sd.sample(shards[i], start, vocab, TEMPERATURE, seed=seeds[i], offset=offsets)
@@ -149,8 +158,10 @@ def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repe
         for m in ((0, 1) if calls[0] % 2 else (1, 0)):  # alternate which method goes first
             fn = methods[m]
             dist.barrier()
+            sync(device)
             t0 = time.perf_counter()
             tokens[m] = fn(i)
+            sync(device)
             elapsed = time.perf_counter() - t0
             if record:
                 times[m].append(elapsed)
@@ -167,7 +178,7 @@ def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repe
     # Rank 0 sizes the run from one timed pair; everyone runs the same number of pairs.
     t0 = time.perf_counter()
     timed_pair(False)
-    per_pair = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    per_pair = torch.tensor([time.perf_counter() - t0], dtype=torch.float64, device=device)
     dist.broadcast(per_pair, 0)
     repeats = int(min(max_repeats, max(min_repeats, budget_s / max(per_pair.item(), 1e-9))))
     for _ in range(repeats):
@@ -177,7 +188,7 @@ def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repe
     dist.all_gather(everyone, token)
     assert all(torch.equal(t, token) for t in everyone), f"ranks disagree: {everyone}"
 
-    sf_terms = syncfree_bytes(world, batch, torch.tensor([], dtype=DTYPE).element_size())
+    sf_terms = syncfree_bytes(world, batch, torch.tensor([], dtype=DTYPE).element_size(), device)
     sf_total = sum(sf_terms.values())
     ag_total = allgather_bytes(world, batch, max_width, torch.tensor([], dtype=DTYPE).element_size())
     sf_us = 1e6 * statistics.median(times[0])
@@ -190,37 +201,42 @@ def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repe
                 allgather_bytes=ag_total, bytes_ratio=ag_total / sf_total, identical=True, **spread)
 
 
-def collective_latency_us(repeats):
+def collective_latency_us(repeats, device="cpu"):
     """Rank 0's median time of one tiny collective after a barrier (a 4-byte all_reduce, an
     all_gather of int64 [4]): what each of sf.dist's collectives costs at least."""
-    small = torch.zeros(1, dtype=torch.int32)
-    info = torch.zeros(4, dtype=torch.int64)
+    small = torch.zeros(1, dtype=torch.int32, device=device)
+    info = torch.zeros(4, dtype=torch.int64, device=device)
     parts = [torch.empty_like(info) for _ in range(dist.get_world_size())]
     out = {}
     for name, fn in (("all_reduce", lambda: dist.all_reduce(small)), ("all_gather", lambda: dist.all_gather(parts, info))):
         times = []
         for i in range(repeats + 5):
             dist.barrier()
+            sync(device)
             t0 = time.perf_counter()
             fn()
+            sync(device)
             if i >= 5:
                 times.append(time.perf_counter() - t0)
         out[name] = 1e6 * statistics.median(times)
     return out
 
 
-def worker(rank, world, port, configs, budget_s, min_repeats, max_repeats, result_file):
+def worker(rank, world, port, configs, budget_s, min_repeats, max_repeats, result_file, device="cpu"):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(THREADS)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    dist.init_process_group("gloo" if device == "cpu" else "nccl", rank=rank, world_size=world)
     try:
-        latency_us = collective_latency_us(repeats=60)
+        latency_us = collective_latency_us(repeats=60, device=device)
         if rank == 0:
             print(f"  world {world}: after a barrier, a 4-byte all_reduce takes {latency_us['all_reduce']:.0f} us, "
                   f"an all_gather of int64 [4] {latency_us['all_gather']:.0f} us (medians)", flush=True)
         rows = []
         for batch, vocab, split in configs:
-            row = run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repeats)
+            row = run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repeats, device)
             row["collective_latency_us"] = latency_us
             rows.append(row)
             if rank == 0:
@@ -257,8 +273,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=default_out())
     parser.add_argument("--quick", action="store_true", help="worlds 2 and 4, B in {1, 8}, V=32000")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: NCCL, one GPU per rank (a single rank on a one-GPU machine)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    device = args.device
 
     if args.quick:
         worlds, batches, vocabs = [2, 4], [1, 8], [32000]
@@ -266,13 +285,20 @@ def main():
     else:
         worlds, batches, vocabs = [2, 4, 8], [1, 8, 64], [32000, 128256]
         budget_s, min_repeats, max_repeats = 1.0, 7, 100
+    if device == "cuda":
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            sys.exit("--device cuda: no GPU")
+        worlds = [w for w in worlds if w <= gpus] or [1]
+        batches = sorted(set(batches) | {64, 256}) if not args.quick else batches
     configs = [(b, v, s) for b in batches for v in vocabs for s in ("even", "uneven")]
     cores = os.cpu_count() or 1
 
-    meta = timing.run_meta("cpu", TEMPERATURE, syncfree, "", None)
-    meta.update(cores=cores, threads_per_process=THREADS, backend="gloo", dtype=str(DTYPE).replace("torch.", ""),
+    meta = timing.run_meta(device, TEMPERATURE, syncfree, "", None)
+    backend = "gloo" if device == "cpu" else "nccl"
+    meta.update(cores=cores, threads_per_process=THREADS, backend=backend, dtype=str(DTYPE).replace("torch.", ""),
                 warmup=WARMUP, budget_s_per_config=budget_s, inputs_rotated=INPUTS)
-    oversub = [w for w in worlds if w * THREADS > cores]
+    oversub = [w for w in worlds if w * THREADS > cores and device == "cpu"]
     note = (f"note: {cores} CPU cores, {THREADS} torch thread per process; worlds {oversub} run more processes "
             f"than cores, so their CPU timings measure oversubscription (processes taking turns), "
             f"not the scaling of the method.") if oversub else ""
@@ -285,7 +311,7 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             result_file = os.path.join(tmp, "rank0.json")
             mp.start_processes(worker, args=(world, free_port(), configs, budget_s, min_repeats, max_repeats,
-                                             result_file), nprocs=world, start_method="spawn")
+                                             result_file, device), nprocs=world, start_method="spawn")
             with open(result_file) as f:
                 rows += json.load(f)
     meta["wall_s"] = time.perf_counter() - begin
@@ -301,35 +327,38 @@ def main():
     else:
         checks.append("bytes: the per-term formula matches the bytes handed to the collectives in one call, "
                       "counted by wrapping dist.all_gather/all_reduce, in every row")
-    example = syncfree_bytes(2, 1)
-    header = [f"syncfree.distributed benchmark (Gloo, CPU), {meta['dtype']}, temperature {TEMPERATURE}: "
+    example = syncfree_bytes(2, 1, 4, device)
+    header = [f"syncfree.distributed benchmark ({backend}, {device}), {meta['dtype']}, temperature {TEMPERATURE}: "
               f"{meta['command']}",
               f"{meta['date_utc']}  {meta['device_name']}  torch {meta['torch']}  {cores} cores, "
               f"{THREADS} thread per process, wall {meta['wall_s']:.0f} s"]
     if note:
         header.append(note)
     header += [
-        "us: rank 0's median per call after a dist.barrier (perf_counter around the call); x sf: "
+        "us: rank 0's median per call after a dist.barrier (perf_counter around the call, on CUDA up to a "
+        "synchronize after it); x sf: "
         "ag+sample / sf.dist.",
         "B/rank: bytes of collective results per rank per call (all_gather: gathered output incl. own part; "
         "all_reduce: the tensor).",
-        f"  sf.dist = world*(32 tiling + 16 spans) + world*B*64 heads + B*28 all-reduces "
+        f"  sf.dist = world*32 tiling (CPU only: CUDA checks a layout once) + world*B*64 heads + B*16 all-reduces "
         f"(e.g. world 2, B 1: {sum(example.values())} B);",
         "  ag = world*B*L_max*4 (= B*V*4 for even splits; the uneven split pads to the widest shard).",
         "uneven: rank r's share is proportional to r + 1, cut points off multiples of 16.",
-        "collectives per call: sf.dist 4 (2 all_gather, 2 all_reduce), ag+sample 1 all_gather; Gloo latency "
+        f"collectives per call: sf.dist {4 if device == 'cpu' else 3} ({2 if device == 'cpu' else 1} all_gather, "
+        f"2 all_reduce), ag+sample 1 all_gather; {backend} latency "
         "after a barrier (4-byte all_reduce / int64[4] all_gather): " + ", ".join(
             f"world {w} {ar:.0f} / {ag:.0f} us" for w, ar, ag in
             sorted({(r['world'], r['collective_latency_us']['all_reduce'], r['collective_latency_us']['all_gather'])
                     for r in rows})),
         "  On CPU these timings are bound by that per-collective latency (loopback TCP, mostly kernel time), "
-        "not by bytes; the bytes columns are the transport-independent comparison.",
+        "not by bytes; the bytes columns are the transport-independent comparison." if device == "cpu" else
+        "  A single rank (one GPU) measures the path's own cost: its kernels, small torch ops and NCCL calls.",
     ]
     text = "\n".join(header + [""] + table(rows) + [""] + checks) + "\n"
     print("\n" + text, end="")
 
-    paths = [os.path.join(args.out, "table_distributed_cpu.txt"),
-             os.path.join(args.out, "results_distributed_cpu.json")]
+    paths = [os.path.join(args.out, f"table_distributed_{device}.txt"),
+             os.path.join(args.out, f"results_distributed_{device}.json")]
     with open(paths[0], "w") as f:
         f.write(text)
     with open(paths[1], "w") as f:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build, test and benchmark syncfree on a GPU machine, from the repo root:
-#   OUT=/some/dir bash benchmarks/gpu_run.sh                 # every step, in one call
-#   OUT=/some/dir bash benchmarks/gpu_run.sh build test      # some steps (a device call has 600 s)
-#   OUT=/some/dir bash benchmarks/gpu_run.sh bench demo      # later, on the same warm machine
+#   OUT=/some/dir bash benchmarks/gpu_run.sh build test        # first call (a device call has 600 s)
+#   OUT=/some/dir bash benchmarks/gpu_run.sh bench demo dist   # then, on the same warm machine
 # Steps: build (pip install with the ptxas report), test (the whole suite, CUDA tests included),
-# bench (bench_sample + bench_warpers), demo (examples/generate.py, issue 4's end-to-end figures).
-# Files written to $OUT (8: no more come back from the device): build.log pytest.log table_cuda.txt
+# bench (bench_sample + bench_warpers), demo (examples/generate.py, issue 4's end-to-end figures),
+# dist (bench_distributed.py --device cuda: NCCL, one rank per GPU).
+# Files written to $OUT (at most 8 come back from one device call): build.log pytest.log | table_cuda.txt
 #   results_cuda.json bench_cuda.png table_warpers_cuda.txt results_warpers_cuda.json demo.txt
+#   table_distributed_cuda.txt results_distributed_cuda.json
 # (the warper plot: bench_warpers.py --replot results_warpers_cuda.json, on any machine).
 # Optional: PYTHON (default python3), BENCH_ARGS (e.g. --quick).
 set -euo pipefail
@@ -14,7 +15,7 @@ export PYTHONUNBUFFERED=1
 OUT="${OUT:-benchmarks/out}"
 PYTHON="${PYTHON:-python3}"
 BENCH_ARGS="${BENCH_ARGS:-}"
-STEPS="${*:-build test bench demo}"
+STEPS="${*:-build test bench demo dist}"
 mkdir -p "$OUT"
 export PATH="/usr/local/cuda/bin:$PATH"
 wants() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -22,7 +23,7 @@ wants() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 echo "== $(date -u +%FT%TZ)  $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' || true
 
-build_rc=skipped pytest_rc=skipped bench_rc=skipped demo_rc=skipped
+build_rc=skipped pytest_rc=skipped bench_rc=skipped demo_rc=skipped dist_rc=skipped
 if wants build; then
     # --no-deps: the machine is offline, and torch is already there.
     build_rc=0
@@ -51,6 +52,10 @@ if [ "$build_rc" = skipped ] || [ "$build_rc" = 0 ]; then
         demo_rc=0
         "$PYTHON" -P examples/generate.py --device cuda 2>&1 | tee "$OUT/demo.txt" || demo_rc=$?
     fi
+    if wants dist; then
+        dist_rc=0
+        "$PYTHON" -P benchmarks/bench_distributed.py --device cuda --out "$OUT" || dist_rc=$?
+    fi
 fi
 
 echo
@@ -64,7 +69,8 @@ fi
 echo "pytest:    rc=$pytest_rc  $( [ -f "$OUT/pytest.log" ] && tail -n 1 "$OUT/pytest.log" || true)"
 echo "benchmark: rc=$bench_rc"
 echo "demo:      rc=$demo_rc"
+echo "dist:      rc=$dist_rc"
 echo "files:     $(ls "$OUT" | tr '\n' ' ')"
-for rc in "$build_rc" "$pytest_rc" "$bench_rc" "$demo_rc"; do
+for rc in "$build_rc" "$pytest_rc" "$bench_rc" "$demo_rc" "$dist_rc"; do
     [ "$rc" = skipped ] || [ "$rc" = 0 ] || exit 1
 done
