@@ -108,6 +108,9 @@ def splits_for(vocab, world, seed):
 
 def worker(rank, world, port, result_file, layout_seed, backend="gloo", device="cpu"):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    if device == "cuda:rank":  # NCCL: one GPU per rank
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
     dist.init_process_group(backend, rank=rank, world_size=world)
     torch.set_num_threads(1)
     outcome = {}
@@ -146,12 +149,14 @@ def worker(rank, world, port, result_file, layout_seed, backend="gloo", device="
 
 
 def run_sharded(world, layout_seed, backend="gloo", device="cpu"):
-    """Every rank's outcome; the expected tokens are single-device syncfree.sample on `device`."""
+    """Every rank's outcome; the expected tokens are single-device syncfree.sample on `device`
+    ('cuda:rank': rank r on GPU r, expected on GPU 0)."""
     with tempfile.TemporaryDirectory() as tmp:
         result_file = os.path.join(tmp, "out")
         mp.start_processes(worker, args=(world, free_port(), result_file, layout_seed, backend, device),
                            nprocs=world, start_method="spawn")
         results = [torch.load(f"{result_file}.{r}") for r in range(world)]
+    device = "cuda" if device == "cuda:rank" else device
     for name, logits, kwargs in cases():
         expected, expected_lp = syncfree.sample(logits.to(device), return_logprobs=True, **on_device(kwargs, device))
         expected, expected_lp = expected.cpu(), expected_lp.cpu()
@@ -180,6 +185,12 @@ def test_cuda_shards_are_bit_identical(world, layout_seed):
     """The CUDA kernels on shards (race_shard, shard_masses, min_p_floor, generator_state), ranks
     sharing one GPU through Gloo: equal to single-device CUDA sampling, hence to the CPU."""
     run_sharded(world, layout_seed, device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_nccl_shards_are_bit_identical():
+    run_sharded(min(4, torch.cuda.device_count()), 2, backend="nccl", device="cuda:rank")
 
 
 def nccl_worker(rank, port, result_file):
