@@ -62,6 +62,15 @@ void check_row_tensor(const Tensor& t, const char* name, const Tensor& input, bo
   TORCH_CHECK_VALUE(ok, name, ": expected one value per row, shape [", rows, "], got shape ", t.sizes());
 }
 
+void check_generator_device(const at::Generator& generator, const Tensor& input, const char* name) {
+  const auto gen_device = generator.device();
+  const bool same = gen_device.type() == input.device().type() &&
+                    (!gen_device.has_index() || !input.device().has_index() ||
+                     gen_device.index() == input.device().index());
+  TORCH_CHECK_VALUE(same || input.device().is_meta(), "generator: expected a generator on ", input.device(),
+                    " (the device of ", name, "), got one on ", gen_device);
+}
+
 // The temperature and warper arguments as the ops receive them: for each,
 // a per-row tensor or a scalar.
 struct WarperArgs {
@@ -177,12 +186,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   if (generator.has_value()) {
     TORCH_CHECK_VALUE(!seed.has_value() && !seed_value.has_value(),
                       "generator: pass either a generator or a seed, not both");
-    const auto gen_device = generator->device();
-    const bool same = gen_device.type() == input.device().type() &&
-                      (!gen_device.has_index() || !input.device().has_index() ||
-                       gen_device.index() == input.device().index());
-    TORCH_CHECK_VALUE(same || input.device().is_meta(), "generator: expected a generator on ", input.device(),
-                      " (the device of ", name, "), got one on ", gen_device);
+    check_generator_device(*generator, input, name);
   }
   if (out.has_value()) {
     TORCH_CHECK_TYPE(out->scalar_type() == at::kLong, "out: expected an int64 tensor, got ", out->scalar_type());
@@ -368,6 +372,7 @@ std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_ma
 // (See Note [syncfree RNG counter layout]).
 Tensor generator_state_op(const Tensor& like, const std::optional<at::Generator>& generator, int64_t vocab) {
   TORCH_CHECK_VALUE(vocab >= 1, "vocab_size: expected >= 1, got ", vocab);
+  if (generator.has_value()) check_generator_device(*generator, like, "local_logits");
   Tensor out = at::empty({2}, like.options().dtype(at::kLong));
   if (like.device().is_meta()) return out;
   if (like.device().is_cuda()) {

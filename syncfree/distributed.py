@@ -29,7 +29,8 @@ tensor data is only read by kernels. Whether a warper runs is decided by its
 argument (a tensor, or a non-identity number), so every rank must pass the
 same kinds of arguments. The one host exchange is the check that the shards
 tile the vocabulary: on CUDA it runs once per (group, shard, batch size) and
-is remembered, so call once eagerly before capturing a CUDA graph.
+is remembered, so call once eagerly before capturing a CUDA graph, and
+call clear_layout_cache() on every rank after re-sharding.
 """
 import struct
 from typing import Optional, Union
@@ -43,8 +44,16 @@ from .sampling import _number_or_tensor, _rng_args
 GROUP = 16
 INF = float("inf")
 _NO_INDEX = 2**31 - 1
+_MAX_VOCAB = 2**31 - 1 - 2 * GROUP  # syncfree.sample's limit (int32 token and group indices)
 _NEG_INF_BITS = struct.unpack("<i", struct.pack("<f", -INF))[0]
 _checked_layouts = {}  # CUDA: (group, vocab_start, width, vocab_size, rows) -> spans
+
+
+def clear_layout_cache():
+    """Forgets the shard layouts checked on CUDA. Call it on every rank of a group together
+    after re-sharding the vocabulary: a rank whose own shard did not change would otherwise
+    skip the check that the others run, and the collectives would not match."""
+    _checked_layouts.clear()
 
 
 def _gather(tensor, group):
@@ -73,7 +82,8 @@ def _shard_spans(local_logits, vocab_start, vocab_size, group):
 
 
 def _check_tiling(local_logits, vocab_start, vocab_size, group):
-    """Every rank learns every shard's (start, width, rows): the shards must tile [0, vocab_size)."""
+    """Every rank learns every shard's (start, width, rows): the shards must tile [0, vocab_size).
+    Errors are found from the gathered values, so every rank raises the same one."""
     rows, width = local_logits.shape
     info = torch.tensor([vocab_start, width, rows, vocab_size], dtype=torch.int64, device=local_logits.device)
     gathered = [tuple(t.tolist()) for t in _gather(info, group)]  # host ints
@@ -82,6 +92,11 @@ def _check_tiling(local_logits, vocab_start, vocab_size, group):
         raise ValueError(f"local_logits: every rank must hold the same rows, got batch sizes {[s[2] for s in shards]}")
     if len({s[3] for s in shards}) != 1:
         raise ValueError(f"vocab_size: ranks disagree: {sorted({s[3] for s in shards})}")
+    if not 1 <= vocab_size <= _MAX_VOCAB:
+        raise ValueError(f"vocab_size: expected an int in [1, {_MAX_VOCAB}], got {vocab_size}")
+    empty = [r for r, (_, w, _, _) in enumerate(gathered) if w == 0]
+    if empty:
+        raise ValueError(f"local_logits: every rank must hold at least one column; ranks {empty} hold none")
     end = 0
     for start, w, _, _ in shards:
         if start != end:
@@ -297,9 +312,13 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     x = local_logits.unsqueeze(0) if squeeze else local_logits
     if x.dim() != 2:
         raise ValueError(f"local_logits: expected shape [L] or [B, L], got {tuple(local_logits.shape)}")
+    for name, value in (("vocab_start", vocab_start), ("vocab_size", vocab_size)):
+        if isinstance(value, bool) or not isinstance(value, int):  # ranges: in the layout check, on every rank
+            raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     temperature_t, temperature_v = _number_or_tensor(temperature, "temperature")
     if temperature_t is not None:
         _check_row_tensor("temperature", temperature_t, x)
+        temperature_t = temperature_t.float()  # as the kernels see it: greedy rows decided in float32
     elif not temperature_v >= 0:
         raise ValueError(f"temperature: expected a number >= 0 (0 means greedy), got {temperature_v}")
     temperature_v = 1.0 if temperature_v is None else float(temperature_v)

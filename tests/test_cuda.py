@@ -54,6 +54,11 @@ def test_unaligned_and_strided_rows_match_cpu():
                  lambda t: t.view(-1)[1:1 + 15 * 5003].view(15, 5003)]  # base pointer off 16-byte alignment
         for view in views:
             assert torch.equal(syncfree.sample(view(wide), seed=4), syncfree.sample(view(gpu), seed=4).cpu())
+        # An offset view that is still 16-byte aligned (16-byte loads from a shifted base).
+        aligned = make(16, 5008, dtype)
+        step = 16 // aligned.element_size()
+        assert torch.equal(syncfree.sample(aligned[:, step:], seed=4),
+                           syncfree.sample(aligned.cuda()[:, step:], seed=4).cpu())
 
 
 def test_split_rows_reuse_their_ticket_counters():
@@ -233,6 +238,13 @@ def test_non_default_device():
         got = syncfree.sample(x.to("cuda:1"), seed=2)
     assert got.device == torch.device("cuda:1")
     assert torch.equal(got.cpu(), syncfree.sample(x, seed=2))
+    # Rows split over blocks on both devices' default streams (one handle): each device has
+    # its own ticket counters (Note [Ticket counters]).
+    wide = make(2, 262144, torch.bfloat16)
+    expected = syncfree.sample(wide, seed=6)
+    for _ in range(3):
+        for device in ("cuda:0", "cuda:1"):
+            assert torch.equal(syncfree.sample(wide.to(device), seed=6).cpu(), expected), device
     with pytest.raises(ValueError, match="generator: expected a generator on cuda:1"):
         syncfree.sample(x.to("cuda:1"), generator=torch.Generator(device="cuda:0"))
 

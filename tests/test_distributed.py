@@ -135,7 +135,10 @@ def worker(rank, world, port, result_file, layout_seed, backend="gloo", device="
         for name, call in (
                 ("vocab_size", lambda: sd.sample(torch.randn(2, 10), 0 if rank == 0 else 3, 13 + rank, seed=1)),
                 ("gap", lambda: sd.sample(torch.randn(2, 10), 12 * rank, 10 * world, seed=1)),
-                ("batch", lambda: sd.sample(torch.randn(2 + rank, 10), 10 * rank, 10 * world, seed=1))):
+                ("batch", lambda: sd.sample(torch.randn(2 + rank, 10), 10 * rank, 10 * world, seed=1)),
+                ("empty", lambda: sd.sample(torch.randn(2, 10 * (rank > 0)), 10 * max(rank - 1, 0), 10 * (world - 1),
+                                            seed=1, return_logprobs=True)),
+                ("too large", lambda: sd.sample(torch.randn(2, 10), 10 * rank, 2**31 + 10 * (world - 1), seed=1))):
             if device != "cpu":
                 break
             try:
@@ -176,6 +179,8 @@ def test_sharded_sampling_is_bit_identical(world, layout_seed):
         assert "vocab_size: ranks disagree" in errors["vocab_size"]
         assert "vocab_start: the shards do not tile" in errors["gap"]
         assert "local_logits: every rank must hold the same rows" in errors["batch"]
+        assert "local_logits: every rank must hold at least one column; ranks [0] hold none" in errors["empty"]
+        assert "vocab_size: expected an int in [1, 2147483615]" in errors["too large"]
 
 
 @pytest.mark.cuda
@@ -282,9 +287,11 @@ def test_bad_arguments_without_a_group():
             (dict(top_p=torch.ones(3)), ValueError, "top_p: expected one value per row, shape [2]"),
             (dict(top_k=torch.ones(2)), TypeError, "top_k: expected an integer tensor"),
             (dict(temperature=torch.ones(2, dtype=torch.int64)), TypeError, "temperature: expected a floating"),
-            (dict(generator=1), TypeError, "generator: expected a torch.Generator")):
+            (dict(generator=1), TypeError, "generator: expected a torch.Generator"),
+            (dict(vocab_start=0.0), TypeError, "vocab_start: expected an int")):
         with pytest.raises(error, match=re.escape(message)):
-            sd.sample(x, 0, 10, **kwargs)  # raised before any collective: no group needed
+            args = {"vocab_start": 0, "vocab_size": 10, **kwargs}
+            sd.sample(x, **args)  # raised before any collective: no group needed
 
 
 def test_generator_state_is_the_draw_of_a_sampling_call():

@@ -18,8 +18,9 @@
 #include <nvtx3/nvToolsExt.h>
 
 #include <algorithm>
+#include <map>
 #include <mutex>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "../sample.h"
@@ -253,22 +254,23 @@ int sm_count(c10::DeviceIndex device) {
 // Note [Ticket counters]
 // ----------------------
 // The merge of a split row needs a per-row counter that starts at 0. Eager
-// calls use one persistent buffer per stream, which the merging block resets
+// calls use one persistent buffer per (device, stream) — every device's
+// default stream has the same handle — which the merging block resets
 // to 0 when it is done: kernels on one stream never overlap, so the next call
 // finds zeros, and a call costs one kernel launch and no memset. A call being
 // captured into a CUDA graph instead gets its own buffer, zeroed by a memset
 // node inside the graph, since a graph may be replayed on any stream,
 // concurrently with eager calls.
-unsigned* eager_tickets(cudaStream_t stream, int64_t rows) {
+unsigned* eager_tickets(c10::DeviceIndex device, cudaStream_t stream, int64_t rows) {
   struct Buffer {
     c10::DataPtr data;
     int64_t capacity = 0;
   };
   static std::mutex mutex;
   // Never destroyed: it must not free device memory after CUDA shuts down at exit.
-  static auto* buffers = new std::unordered_map<cudaStream_t, Buffer>();
+  static auto* buffers = new std::map<std::pair<c10::DeviceIndex, cudaStream_t>, Buffer>();
   std::lock_guard<std::mutex> lock(mutex);
-  Buffer& buffer = (*buffers)[stream];
+  Buffer& buffer = (*buffers)[{device, stream}];
   if (buffer.capacity < rows) {
     const int64_t capacity = std::max<int64_t>(rows, 1024);
     buffer.data = c10::cuda::CUDACachingAllocator::get()->allocate(size_t(capacity) * sizeof(unsigned));
@@ -359,7 +361,7 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
       args.tickets = reinterpret_cast<unsigned*>(static_cast<char*>(workspace.get()) + partial_bytes);
       C10_CUDA_CHECK(cudaMemsetAsync(args.tickets, 0, ticket_bytes, stream));
     } else {
-      args.tickets = eager_tickets(stream, p.rows);
+      args.tickets = eager_tickets(device, stream, p.rows);
     }
   }
 
