@@ -4,6 +4,7 @@
 #include <ATen/core/enum_tag.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
@@ -351,19 +352,55 @@ std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_ma
   const float* mp = mc.data_ptr<float>();
   auto* massp = reinterpret_cast<uint64_t*>(mass.data_ptr<int64_t>());
   auto* gapp = reinterpret_cast<uint64_t*>(gap.data_ptr<int64_t>());
-  const int64_t rows = y.size(0), cols = y.size(1);
   if (y.device().is_cuda()) {
 #ifdef SYNCFREE_WITH_CUDA
-    shard_masses_cuda(yp, mp, rows, cols, int(shift), massp, gapp, y.device().index());
+    shard_masses_cuda(yp, mp, y.size(0), y.size(1), int(shift), massp, gapp, y.device().index());
 #endif
-    return {mass, gap};
-  }
-  for (int64_t i = 0; i < rows * cols; ++i) {
-    const TokenMass t = token_mass(yp[i], mp[i / cols], int(shift));
-    massp[i] = t.mass;
-    gapp[i] = t.gap;
+  } else {
+    shard_masses_cpu(yp, mp, y.size(0), y.size(1), int(shift), massp, gapp);
   }
   return {mass, gap};
+}
+
+// One radix pass of the distributed selection (the histogram part of
+// select_top, select.h) over a shard's scaled logits y: hist[b, d] sums the
+// weights of row b's entries (shard_entry: weights None for top-k, centers
+// for typical-p's deviation keys) whose key has digit d and matches prefix[b]
+// in its top `done` bits; int64 [B, kBins], exact in any order. The bin is
+// picked in Python from the histograms summed over the ranks.
+Tensor radix_histogram_op(const Tensor& y, const std::optional<Tensor>& weights,
+                          const std::optional<Tensor>& centers, const Tensor& prefix, int64_t done) {
+  TORCH_CHECK_VALUE(y.dim() == 2 && y.scalar_type() == at::kFloat, "y: expected a float32 [B, L] tensor");
+  if (weights.has_value())
+    TORCH_CHECK_VALUE(weights->sizes() == y.sizes() && weights->scalar_type() == at::kLong &&
+                          weights->device() == y.device(),
+                      "weights: expected an int64 tensor shaped and placed like y");
+  const auto check_row = [&](const Tensor& t, at::ScalarType dtype, const char* name) {
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == y.size(0) && t.scalar_type() == dtype && t.device() == y.device(),
+                      name, ": expected a [B] tensor of ", dtype, " on the device of y");
+  };
+  check_row(prefix, at::kLong, "prefix");
+  if (centers.has_value()) check_row(*centers, at::kFloat, "centers");
+  TORCH_CHECK_VALUE(done == 0 || done == kDigitBits || done == 2 * kDigitBits, "done: expected 0, ", kDigitBits,
+                    " or ", 2 * kDigitBits, ", got ", done);
+  Tensor hist = at::zeros({y.size(0), kBins}, y.options().dtype(at::kLong));
+  if (y.device().is_meta() || y.numel() == 0) return hist;
+  const Tensor yc = y.contiguous(), pc = prefix.contiguous();
+  const Tensor wc = weights.has_value() ? weights->contiguous() : Tensor();
+  const Tensor cc = centers.has_value() ? centers->contiguous() : Tensor();
+  const float* yp = yc.data_ptr<float>();
+  const int64_t* wp = pointer_or_null<int64_t>(wc);
+  const float* cp = pointer_or_null<float>(cc);
+  const int64_t* pp = pc.data_ptr<int64_t>();
+  auto* hp = reinterpret_cast<uint64_t*>(hist.data_ptr<int64_t>());
+  if (y.device().is_cuda()) {
+#ifdef SYNCFREE_WITH_CUDA
+    radix_histogram_cuda(yp, wp, cp, pp, y.size(0), y.size(1), int(done), hp, y.device().index());
+#endif
+  } else {
+    radix_histogram_cpu(yp, wp, cp, pp, y.size(0), y.size(1), int(done), hp);
+  }
+  return hist;
 }
 
 // The generator draw of one sampling call over `vocab` tokens as an int64 [2]
@@ -405,19 +442,17 @@ Tensor min_p_floor_op(const Tensor& row_max, const Tensor& min_p) {
 #endif
     return out;
   }
-  for (int64_t i = 0; i < mc.numel(); ++i)
-    out.data_ptr<float>()[i] = min_p_floor(mc.data_ptr<float>()[i], pc.data_ptr<float>()[i]);
+  min_p_floor_cpu(mc.data_ptr<float>(), pc.data_ptr<float>(), mc.numel(), out.data_ptr<float>());
   return out;
 }
 
-// syncfree.warp: the warped, temperature-scaled logits (removed tokens at
-// -inf; temperature 0 scales nothing) and their log_softmax, in float32.
-std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS) {
+// The warped, temperature-scaled logits of every row in float32 (removed
+// tokens at -inf; temperature 0 scales nothing): race_value of each element.
+Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
   check_input(logits, "logits");
-  const WarperArgs w = SYNCFREE_WARPER_STRUCT;
   check_warpers(w, logits);
   Tensor warped = at::empty_like(logits, logits.options().dtype(at::kFloat), at::MemoryFormat::Contiguous);
-  if (logits.device().is_meta() || logits.numel() == 0) return {warped, at::empty_like(warped)};
+  if (logits.device().is_meta() || logits.numel() == 0) return warped;
   SampleParams p{};
   p.input = logits.data_ptr();
   p.row_stride = logits.dim() == 2 ? logits.stride(0) : 0;
@@ -429,15 +464,33 @@ std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS)
     warp_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
   } else {
 #ifdef SYNCFREE_WITH_CUDA
-    const Tensor keeps = at::empty({p.rows * int64_t(sizeof(RowKeep))}, logits.options().dtype(at::kByte));
-    auto* keep_ptr = reinterpret_cast<RowKeep*>(keeps.data_ptr());
-    warp_select_cuda(p, logits.scalar_type(), logits.device().index(), keep_ptr, true);
+    Tensor keeps;
+    RowKeep* keep_ptr = nullptr;  // no warper: every token kept, no selection kernel
+    if (p.warped) {
+      keeps = at::empty({p.rows * int64_t(sizeof(RowKeep))}, logits.options().dtype(at::kByte));
+      keep_ptr = reinterpret_cast<RowKeep*>(keeps.data_ptr());
+      warp_select_cuda(p, logits.scalar_type(), logits.device().index(), keep_ptr, true);
+    }
     warp_apply_cuda(p, logits.scalar_type(), logits.device().index(), keep_ptr, warped.data_ptr<float>());
 #else
     TORCH_CHECK(false, "syncfree was built without CUDA; rebuild with a CUDA toolkit to warp on ", logits.device());
 #endif
   }
+  return warped;
+}
+
+// syncfree.warp: the warped logits and their log_softmax.
+std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS) {
+  const Tensor warped = warped_logits(logits, SYNCFREE_WARPER_STRUCT);
+  if (warped.device().is_meta() || warped.numel() == 0) return {warped, at::empty_like(warped)};
   return {warped, at::log_softmax(warped, -1)};
+}
+
+// syncfree.distributed: a shard's scaled logits exactly as the race sees
+// them (set_temperature and scaled_logit), before any warper.
+Tensor scaled_logits_op(const Tensor& logits, const std::optional<Tensor>& temperature, double temperature_value) {
+  return warped_logits(logits, WarperArgs{temperature, temperature_value, std::nullopt, 0, std::nullopt, 1.0,
+                                          std::nullopt, 0.0, std::nullopt, 1.0});
 }
 
 }  // namespace
@@ -456,6 +509,8 @@ TORCH_LIBRARY(syncfree, m) {
   m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ") -> (Tensor warped, Tensor logprobs)");
   m.def("shard_masses(Tensor y, Tensor row_max, int shift) -> (Tensor mass, Tensor gap)");
   m.def("min_p_floor(Tensor row_max, Tensor min_p) -> Tensor");
+  m.def("scaled_logits(Tensor logits, Tensor? temperature, float temperature_value) -> Tensor");
+  m.def("radix_histogram(Tensor y, Tensor? weights, Tensor? centers, Tensor prefix, int done) -> Tensor");
   m.def("generator_state(Tensor like, Generator? generator, int vocab) -> Tensor", seeded);
   m.def("race_shard(Tensor input, int index_base, Tensor? resolve_groups, Tensor? keeps, Tensor? temperature, "
         "float temperature_value, Tensor? seed, Tensor? offset, int? seed_value, int offset_value, "
@@ -466,6 +521,8 @@ TORCH_LIBRARY(syncfree, m) {
 // One implementation serves every device: it routes on the input's device
 // itself, and on Meta it only checks and allocates.
 TORCH_LIBRARY_IMPL(syncfree, CPU, m) {
+  m.impl("scaled_logits", &scaled_logits_op);
+  m.impl("radix_histogram", &radix_histogram_op);
   m.impl("shard_masses", &shard_masses_op);
   m.impl("min_p_floor", &min_p_floor_op);
   m.impl("generator_state", &generator_state_op);
@@ -475,6 +532,8 @@ TORCH_LIBRARY_IMPL(syncfree, CPU, m) {
   m.impl("race_shard", &race_shard_op);
 }
 TORCH_LIBRARY_IMPL(syncfree, CUDA, m) {
+  m.impl("scaled_logits", &scaled_logits_op);
+  m.impl("radix_histogram", &radix_histogram_op);
   m.impl("shard_masses", &shard_masses_op);
   m.impl("min_p_floor", &min_p_floor_op);
   m.impl("generator_state", &generator_state_op);
@@ -484,6 +543,8 @@ TORCH_LIBRARY_IMPL(syncfree, CUDA, m) {
   m.impl("race_shard", &race_shard_op);
 }
 TORCH_LIBRARY_IMPL(syncfree, Meta, m) {
+  m.impl("scaled_logits", &scaled_logits_op);
+  m.impl("radix_histogram", &radix_histogram_op);
   m.impl("shard_masses", &shard_masses_op);
   m.impl("min_p_floor", &min_p_floor_op);
   m.impl("generator_state", &generator_state_op);

@@ -183,11 +183,13 @@ def _key_value(key):
     return torch.where(b >= 2**31, b - 2**32, b).to(torch.int32).view(torch.float32)
 
 
-def _select(keys, weights, target, active, group):
+def _select(y, weights, centers, target, active, group):
     """select_top (select.h) for every row at once, each radix pass's histograms summed over the ranks.
 
+    Keys and weights as shard_entry (select.h) makes them from the scaled logits y: weights None
+    for top-k (1 per unmasked token), centers for typical-p's deviation keys.
     Returns (found, key): the largest key whose inclusive weight from the top reaches target."""
-    rows, device = keys.shape[0], keys.device
+    rows, device = y.shape[0], y.device
     prefix = torch.zeros(rows, dtype=torch.int64, device=device)
     above = torch.zeros(rows, dtype=torch.int64, device=device)
     bins = torch.arange(2048, device=device)
@@ -195,9 +197,7 @@ def _select(keys, weights, target, active, group):
     done = 0
     for bits in (11, 11, 10):
         shift = 32 - done - bits
-        in_range = (keys >> (32 - done)) == (prefix[:, None] >> (32 - done)) if done else torch.ones_like(keys, dtype=torch.bool)
-        hist = torch.zeros(rows, 2048, dtype=torch.int64, device=device)
-        hist.scatter_add_(1, (keys >> shift) & ((1 << bits) - 1), torch.where(in_range, weights, 0))
+        hist = torch.ops.syncfree.radix_histogram(y, weights, centers, prefix, done)
         dist.all_reduce(hist, op=dist.ReduceOp.SUM, group=group)  # 16 KB a row
         suffix = hist.flip(1).cumsum(1).flip(1)  # weight of each bin and all above it
         fits = (hist > 0) & (above[:, None] + suffix >= target[:, None])
@@ -234,13 +234,8 @@ def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, warpers, group)
     min_p = torch.where(min_p > 0, min_p.clamp(max=1.0), 0.0)
     typical_p = torch.where(~(typical_p < 1), 1.0, typical_p.clamp(min=0.0))
     active = ~greedy & ((top_k > 0) | (top_p < 1) | (min_p > 0) | (typical_p < 1))
-    # Scaled logits exactly as scaled_logit/set_temperature compute them.
-    t = temperature_t.float() if temperature_t is not None else torch.full((rows,), temperature_v, device=device)
-    inv = torch.where(t == INF, 0.0, (1.0 / t).clamp(max=3.4028234663852886e38))
-    inv = torch.where(greedy, 1.0, inv)[:, None]
-    x = ext.float()
-    y = torch.where(x == INF, INF, x * inv)
-    y = torch.where(torch.isnan(y), -INF, y)
+    # The scaled logits the race sees (greedy rows unscaled, NaN at -inf), by the kernels' own rule.
+    y = torch.ops.syncfree.scaled_logits(ext, temperature_t, temperature_v) if ext.shape[1] else ext.float()
     if y.shape[1]:
         has_inf = (y == INF).any(1).to(torch.int32)
         m = y.max(1).values
@@ -255,18 +250,17 @@ def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, warpers, group)
     if "top_p" in warpers or "typical_p" in warpers:  # only the mass-based warpers need masses
         bits = max(0, (vocab - 1).bit_length())
         mass, gap = torch.ops.syncfree.shard_masses(torch.where(active[:, None], y, -INF), m_safe, 62 - bits)
-    keys = _order_key(y)
     min_y = torch.full((rows,), -INF, device=device)
     center = torch.zeros(rows, device=device)
     max_dev = torch.full((rows,), INF, device=device)
     if "top_k" in warpers:
-        found, u = _select(keys, (y != -INF).to(torch.int64), top_k, active & (top_k > 0), group)
+        found, u = _select(y, None, None, top_k, active & (top_k > 0), group)
         min_y = torch.where(found, _key_value(u), min_y)
     if "top_p" in warpers:
         w = torch.where(y >= min_y[:, None], mass, 0)
         total = w.sum(1)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-        found, u = _select(keys, w, _mass_target(top_p, total), active & (top_p < 1), group)
+        found, u = _select(y, w, None, _mass_target(top_p, total), active & (top_p < 1), group)
         min_y = torch.where(found, torch.maximum(min_y, _key_value(u)), min_y)
     if "min_p" in warpers:
         on = active & (min_p > 0)
@@ -276,9 +270,7 @@ def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, warpers, group)
         sums = torch.stack([w.sum(1), torch.where(w > 0, gap, 0).sum(1)], 1)
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
         c = m_safe - sums[:, 1].float() / sums[:, 0].clamp(min=1).float()
-        d = y - c[:, None]
-        found, u = _select(~_order_key(torch.where(d < 0, -d, d)) & 0xFFFFFFFF, w, _mass_target(typical_p, sums[:, 0]),
-                           active & (typical_p < 1), group)
+        found, u = _select(y, w, c, _mass_target(typical_p, sums[:, 0]), active & (typical_p < 1), group)
         center = torch.where(found, c, center)
         max_dev = torch.where(found, _key_value(~u & 0xFFFFFFFF), max_dev)
     return torch.stack([min_y, center, max_dev], 1)

@@ -304,3 +304,35 @@ def test_generator_state_is_the_draw_of_a_sampling_call():
     h = torch.Generator().manual_seed(5)
     syncfree.sample(x, generator=h)
     assert torch.equal(g.get_state(), h.get_state())
+
+
+def _reference_histogram(keys, weights, prefix, done):
+    """One radix pass in plain torch (int64 keys holding uint32 values)."""
+    bits = min(11, 32 - done)
+    shift = 32 - done - bits
+    in_range = (keys >> (32 - done)) == (prefix[:, None] >> (32 - done)) if done else torch.ones_like(keys, dtype=torch.bool)
+    hist = torch.zeros(keys.shape[0], 2048, dtype=torch.int64)
+    hist.scatter_add_(1, (keys >> shift) & ((1 << bits) - 1), torch.where(in_range & (weights > 0), weights, 0))
+    return hist
+
+
+def test_radix_histogram_matches_a_torch_reference():
+    """The distributed selection's pass op, for each key kind (top-k / top-p order keys, typical-p
+    deviation keys) and pass, against the same pass written with torch ops."""
+    g = torch.Generator().manual_seed(11)
+    y = torch.randn(5, 3001, generator=g) * 4
+    y[:, ::7] = -INF
+    y[1, :40] = y[1, 40]  # ties
+    weights = torch.randint(0, 1000, y.shape, generator=g)
+    centers = torch.randn(5, generator=g)
+    order = sd._order_key(y)
+    d = y - centers[:, None]
+    deviation = ~sd._order_key(torch.where(d < 0, -d, d)) & 0xFFFFFFFF
+    for w, c, keys in ((None, None, order), (weights, None, order), (weights, centers, deviation)):
+        w_ref = (y != -INF).to(torch.int64) if w is None else w
+        for done in (0, 11, 22):
+            # A prefix taken from an actual key, so later passes have entries in range.
+            prefix = keys[:, 17] & ~((1 << (32 - done)) - 1) if done else torch.zeros(5, dtype=torch.int64)
+            got = torch.ops.syncfree.radix_histogram(y, w, c, prefix, done)
+            assert torch.equal(got, _reference_histogram(keys, w_ref, prefix, done)), (w is None, c is None, done)
+            assert got.sum() > 0

@@ -76,6 +76,12 @@ SF_HD float key_value(uint32_t key) {
   return bits_float((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
 }
 
+// typical-p's key: |y - center| reversed, so the smallest deviation ranks first.
+SF_HD uint32_t deviation_key(float y, float center) {
+  const float d = y - center;
+  return ~order_key(d < 0.0f ? -d : d);
+}
+
 constexpr int kDigitBits = 11;  // 3 passes: 11 + 11 + 10 bits
 constexpr int kBins = 1 << kDigitBits;
 
@@ -88,7 +94,9 @@ SF_HD int mass_shift(int64_t vocab) {
 
 SF_HD uint64_t fixed_mass(float w, int shift) {
   // w in [0, 1]: scaling by a power of two is exact, the conversion truncates.
-  return uint64_t(w * bits_float(uint32_t(127 + shift) << 23));
+  // The product is at most 2^62, so the signed conversion (one instruction
+  // on x86, unlike the unsigned one) gives the same value.
+  return uint64_t(int64_t(w * bits_float(uint32_t(127 + shift) << 23)));
 }
 
 // A token's terms in the sums row_keep takes (syncfree.distributed sums them
@@ -99,9 +107,25 @@ struct TokenMass {
 };
 
 SF_HD TokenMass token_mass(float y, float m, int shift) {
-  if (y == -kInf) return {0u, 0u};
-  const float e = exp_nonpositive(y - m);
-  return {fixed_mass(e, shift), fixed_mass(e * (m - y), shift)};
+  const bool masked = y == -kInf;  // selects, not branches: the CPU loop vectorises
+  const float e = masked ? 0.0f : exp_nonpositive(y - m);
+  const float gap = masked ? 0.0f : e * (m - y);
+  return {fixed_mass(e, shift), fixed_mass(gap, shift)};
+}
+
+// syncfree.distributed's radix passes over a shard of scaled logits y: the
+// key and weight of token i as row_keep gives them. weights null: top-k
+// (weight 1 for an unmasked token); centers null: order keys (top-k, top-p),
+// else deviation keys around the row's center (typical-p).
+struct ShardEntry {
+  uint32_t key;
+  uint64_t weight;
+};
+
+SF_HD ShardEntry shard_entry(const float* y, const int64_t* weights, const float* centers, int64_t row, int64_t i) {
+  const float v = y[i];
+  const uint64_t weight = weights != nullptr ? uint64_t(weights[i]) : (v != -kInf ? 1u : 0u);
+  return {centers != nullptr ? deviation_key(v, centers[row]) : order_key(v), weight};
 }
 
 // The target weight for a mass fraction p of a total: ceil(p * total).
@@ -257,10 +281,7 @@ SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w,
     for (int64_t i = 0; i < vocab; ++i)
       if (weights[i] > 0) gap += fixed_mass(e[i] * (m - y[i]), shift);
     const float center = m - float(gap) / float(total);
-    for (int64_t i = 0; i < vocab; ++i) {
-      const float d = y[i] - center;
-      keys[i] = ~order_key(d < 0.0f ? -d : d);  // smallest deviation first
-    }
+    for (int64_t i = 0; i < vocab; ++i) keys[i] = deviation_key(y[i], center);
     if (select_top(keys, weights, vocab, mass_target(w.typical_p, total), scratch, &u)) {
       keep.center = center;
       keep.max_dev = key_value(~u);

@@ -216,7 +216,74 @@ void warp_rows_into(const SampleParams& p, float* out) {
   });
 }
 
+// syncfree.distributed's per-token loops, with fma in one instruction where
+// the CPU has it (identical results).
+template <typename F>
+void for_each_row(int64_t rows, int64_t cols, F&& row_body) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, kCpuMinChunk / std::max<int64_t>(cols, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t row = begin; row < end; ++row) row_body(row);
+                   });
+}
+
+SF_HOST_INLINE void shard_masses_row(const float* y, float m, int64_t cols, int shift, uint64_t* mass,
+                                     uint64_t* gap) {
+  // Blocks of token_mass with its float part in a loop of its own, which vectorises;
+  // the float-to-integer conversions (scalar on AVX2) follow.
+  constexpr int64_t kBlock = 256;
+  float e[kBlock], g[kBlock];
+  for (int64_t begin = 0; begin < cols; begin += kBlock) {
+    const int64_t n = std::min(kBlock, cols - begin);
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = y[begin + i];
+      const bool masked = v == -kInf;
+      e[i] = masked ? 0.0f : exp_nonpositive(v - m);
+      g[i] = masked ? 0.0f : e[i] * (m - v);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      mass[begin + i] = fixed_mass(e[i], shift);
+      gap[begin + i] = fixed_mass(g[i], shift);
+    }
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void shard_masses_row_avx2(const float* y, float m, int64_t cols, int shift,
+                                                               uint64_t* mass, uint64_t* gap) {
+  shard_masses_row(y, m, cols, shift, mass, gap);
+}
+#endif
+
 }  // namespace
+
+void shard_masses_cpu(const float* y, const float* row_max, int64_t rows, int64_t cols, int shift, uint64_t* mass,
+                      uint64_t* gap) {
+  for_each_row(rows, cols, [&](int64_t row) {
+    const int64_t at = row * cols;
+#if defined(__x86_64__)
+    if (cpu_has_avx2_fma()) return shard_masses_row_avx2(y + at, row_max[row], cols, shift, mass + at, gap + at);
+#endif
+    shard_masses_row(y + at, row_max[row], cols, shift, mass + at, gap + at);
+  });
+}
+
+void radix_histogram_cpu(const float* y, const int64_t* weights, const float* centers, const int64_t* prefix,
+                         int64_t rows, int64_t cols, int done, uint64_t* hist) {
+  for_each_row(rows, cols, [&](int64_t row) {
+    const SelectState s{uint32_t(prefix[row]), done, 0u};
+    const float* y_row = y + row * cols;
+    const int64_t* w_row = weights != nullptr ? weights + row * cols : nullptr;
+    uint64_t* h = hist + row * kBins;
+    for (int64_t i = 0; i < cols; ++i) {
+      const ShardEntry e = shard_entry(y_row, w_row, centers, row, i);
+      if (e.weight > 0 && in_range(e.key, s)) h[key_digit(e.key, s)] += e.weight;
+    }
+  });
+}
+
+void min_p_floor_cpu(const float* row_max, const float* min_p, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = min_p_floor(row_max[i], min_p[i]);
+}
 
 void warp_cpu(const SampleParams& p, c10::ScalarType dtype, float* out) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_warp_cpu",

@@ -187,8 +187,7 @@ __global__ void __launch_bounds__(kSelectThreads)
     const float center = m - float(gap) / float(total);
     const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
       const float y = y_of(i);
-      const float d = y - center;
-      *key = ~order_key(d < 0.0f ? -d : d);
+      *key = deviation_key(y, center);
       *weight = mass_of(y);
     };
     if (block_select(vocab, mass_target(w.typical_p, total), entry, sh, &u)) {
@@ -228,7 +227,7 @@ void dispatch(c10::ScalarType dtype, F&& f) {
   }
 }
 
-// syncfree.distributed's elementwise pieces of the selection (CPU twins in ops.cpp).
+// syncfree.distributed's pieces of the selection (CPU twins in sample_cpu.cpp).
 __global__ void syncfree_shard_masses_kernel(const float* y, const float* row_max, int64_t rows, int64_t cols,
                                              int shift, uint64_t* mass, uint64_t* gap) {
   const int64_t n = rows * cols;
@@ -244,6 +243,30 @@ __global__ void syncfree_min_p_floor_kernel(const float* row_max, const float* m
     out[i] = min_p_floor(row_max[i], min_p[i]);
 }
 
+// A chunk of a row per block: a shared histogram, then one global atomic per
+// non-empty bin. Integer sums: the same result in any order.
+constexpr int kHistogramThreads = 256;
+
+__global__ void __launch_bounds__(kHistogramThreads)
+    syncfree_radix_histogram_kernel(const float* y, const int64_t* weights, const float* centers,
+                                    const int64_t* prefix, int64_t cols, int done, unsigned long long* hist) {
+  __shared__ unsigned long long bins[kBins];
+  const int64_t row = blockIdx.x;
+  for (int b = threadIdx.x; b < kBins; b += kHistogramThreads) bins[b] = 0u;
+  __syncthreads();
+  const SelectState s{uint32_t(prefix[row]), done, 0u};
+  const float* y_row = y + row * cols;
+  const int64_t* w_row = weights != nullptr ? weights + row * cols : nullptr;
+  for (int64_t i = int64_t(blockIdx.y) * kHistogramThreads + threadIdx.x; i < cols;
+       i += int64_t(gridDim.y) * kHistogramThreads) {
+    const ShardEntry e = shard_entry(y_row, w_row, centers, row, i);
+    if (e.weight > 0u && in_range(e.key, s)) atomicAdd(&bins[key_digit(e.key, s)], e.weight);
+  }
+  __syncthreads();
+  for (int b = threadIdx.x; b < kBins; b += kHistogramThreads)
+    if (bins[b] != 0u) atomicAdd(hist + row * kBins + b, bins[b]);
+}
+
 unsigned elementwise_blocks(int64_t n) { return unsigned(std::min<int64_t>(std::max<int64_t>(ceil_div(n, 256), 1), 4096)); }
 
 }  // namespace
@@ -254,6 +277,17 @@ void shard_masses_cuda(const float* y, const float* row_max, int64_t rows, int64
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   syncfree_shard_masses_kernel<<<elementwise_blocks(rows * cols), 256, 0, stream>>>(y, row_max, rows, cols, shift,
                                                                                      mass, gap);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void radix_histogram_cuda(const float* y, const int64_t* weights, const float* centers, const int64_t* prefix,
+                          int64_t rows, int64_t cols, int done, uint64_t* hist, c10::DeviceIndex device) {
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  // About 8 elements a thread, at most 64 chunks a row.
+  const dim3 grid(unsigned(rows), unsigned(std::min<int64_t>(ceil_div(cols, 8 * kHistogramThreads), 64)));
+  syncfree_radix_histogram_kernel<<<grid, kHistogramThreads, 0, stream>>>(
+      y, weights, centers, prefix, cols, done, reinterpret_cast<unsigned long long*>(hist));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
