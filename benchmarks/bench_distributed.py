@@ -9,7 +9,8 @@ For each world size, spawns that many processes (torch.multiprocessing; Gloo on
 measures the path's own cost), each holding columns [start, end) of the same
 [B, V] float32 logits, and times per call, side by side and interleaved:
 
-  sf.dist   syncfree.distributed.sample on the shard (per-row seed/offset tensors, T=0.8);
+  sf.dist   syncfree.distributed.sample on the shard (per-row seed/offset tensors, T=0.8;
+            rows marked "all" add top_k=50, top_p=0.9, min_p=0.05, typical_p=0.95);
   ag+sample dist.all_gather of the [B, L] shards into the full [B, V] logits on every
             rank (padded to the widest shard: Gloo gathers equal sizes only), then
             syncfree.sample on it with the same seeds/offsets.
@@ -48,6 +49,8 @@ import syncfree  # noqa: E402
 import syncfree.distributed as sd  # noqa: E402
 
 TEMPERATURE = 0.8
+WARPERS = dict(top_k=50, top_p=0.9, min_p=0.05, typical_p=0.95)  # the "all" rows
+PASS_BINS = (2048, 2048, 1024)  # radix histogram bins per pass (select.h: 11, 11, 10 bits)
 DTYPE = torch.float32
 GROUP = 16           # syncfree.distributed's race group (columns per group)
 INPUTS = 3           # distinct logits/seeds per shape, rotated through
@@ -73,10 +76,19 @@ def split_bounds(vocab, world, kind):
     return [0] + cuts + [vocab]
 
 
-def syncfree_bytes(world, batch, elem=4, device="cpu"):
+def syncfree_bytes(world, batch, elem=4, device="cpu", warpers=None):
     """Bytes of collective results per rank for one syncfree.distributed.sample call (logprobs off),
     term by term as syncfree/distributed.py exchanges them."""
+    warpers = warpers or {}
+    selections = sum(name in warpers for name in ("top_k", "top_p", "typical_p"))
     return {
+        # warpers: the row max (float32) all-reduced per row
+        "row_max": batch * 4 if warpers else 0,
+        # top-p: the mass total; typical-p: mass and gap totals (int64 each)
+        "mass_totals": batch * 8 * (("top_p" in warpers) + 2 * ("typical_p" in warpers)),
+        # each selection: 3 radix passes of a [B, bins] histogram all-reduced: int32 counts for
+        # top-k, int64 masses for top-p and typical-p
+        "histograms": batch * sum(PASS_BINS) * (4 * ("top_k" in warpers) + 8 * (selections - ("top_k" in warpers))),
         # _check_tiling: all_gather of int64 [vocab_start, width, rows, vocab_size] from every rank;
         # on CUDA only on the first call for a layout and batch size
         "tiling_info": world * 4 * 8 if device == "cpu" else 0,
@@ -120,7 +132,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repeats, device="cpu"):
+def run_config(rank, world, batch, vocab, split, warped, budget_s, min_repeats, max_repeats, device="cpu"):
     bounds = split_bounds(vocab, world, split)
     start, end = bounds[rank], bounds[rank + 1]
     widths = [bounds[r + 1] - bounds[r] for r in range(world)]
@@ -136,8 +148,10 @@ def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repe
     offsets = torch.arange(batch, dtype=torch.int64, device=device)
     parts = [torch.empty(batch, max_width, dtype=DTYPE, device=device) for _ in range(world)]  # gather buffers
 
+    warpers = WARPERS if warped else {}
+
     def sf_dist(i):
-        return sd.sample(shards[i], start, vocab, TEMPERATURE, seed=seeds[i], offset=offsets)
+        return sd.sample(shards[i], start, vocab, TEMPERATURE, seed=seeds[i], offset=offsets, **warpers)
 
     def all_gather_sample(i):
         mine = shards[i]
@@ -145,7 +159,7 @@ def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repe
             mine = F.pad(mine, (0, max_width - mine.shape[1]))
         dist.all_gather(parts, mine)
         logits = torch.cat([p[:, :w] for p, w in zip(parts, widths)], 1)
-        return syncfree.sample(logits, TEMPERATURE, seed=seeds[i], offset=offsets)
+        return syncfree.sample(logits, TEMPERATURE, seed=seeds[i], offset=offsets, **warpers)
 
     methods = [sf_dist, all_gather_sample]
     times = [[], []]
@@ -188,14 +202,15 @@ def run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repe
     dist.all_gather(everyone, token)
     assert all(torch.equal(t, token) for t in everyone), f"ranks disagree: {everyone}"
 
-    sf_terms = syncfree_bytes(world, batch, torch.tensor([], dtype=DTYPE).element_size(), device)
+    sf_terms = syncfree_bytes(world, batch, torch.tensor([], dtype=DTYPE).element_size(), device, warpers)
     sf_total = sum(sf_terms.values())
     ag_total = allgather_bytes(world, batch, max_width, torch.tensor([], dtype=DTYPE).element_size())
     sf_us = 1e6 * statistics.median(times[0])
     ag_us = 1e6 * statistics.median(times[1])
     spread = {f"{name}_{stat}_us": 1e6 * fn(t) for name, t in (("sf_dist", times[0]), ("allgather_sample", times[1]))
               for stat, fn in (("min", min), ("p90", lambda v: sorted(v)[int(0.9 * (len(v) - 1))]))}
-    return dict(world=world, B=batch, V=vocab, split=split, bounds=bounds, repeats=repeats,
+    return dict(world=world, B=batch, V=vocab, split=split, warpers="all" if warped else "-", bounds=bounds,
+                repeats=repeats,
                 sf_dist_us=sf_us, allgather_sample_us=ag_us, time_ratio=ag_us / sf_us,
                 sf_dist_bytes=sf_total, sf_dist_bytes_terms=sf_terms, sf_dist_bytes_counted=counter[0],
                 allgather_bytes=ag_total, bytes_ratio=ag_total / sf_total, identical=True, **spread)
@@ -235,12 +250,12 @@ def worker(rank, world, port, configs, budget_s, min_repeats, max_repeats, resul
             print(f"  world {world}: after a barrier, a 4-byte all_reduce takes {latency_us['all_reduce']:.0f} us, "
                   f"an all_gather of int64 [4] {latency_us['all_gather']:.0f} us (medians)", flush=True)
         rows = []
-        for batch, vocab, split in configs:
-            row = run_config(rank, world, batch, vocab, split, budget_s, min_repeats, max_repeats, device)
+        for batch, vocab, split, warped in configs:
+            row = run_config(rank, world, batch, vocab, split, warped, budget_s, min_repeats, max_repeats, device)
             row["collective_latency_us"] = latency_us
             rows.append(row)
             if rank == 0:
-                print(f"  world {world} B={batch} V={vocab} {split}: sf.dist {row['sf_dist_us']:.0f} us, "
+                print(f"  world {world} B={batch} V={vocab} {split} warpers {row['warpers']}: sf.dist {row['sf_dist_us']:.0f} us, "
                       f"ag+sample {row['allgather_sample_us']:.0f} us ({row['repeats']} repeats), "
                       f"tokens identical", flush=True)
         if rank == 0:
@@ -259,10 +274,10 @@ def human_bytes(n):
 
 
 def table(rows):
-    lines = [f"{'world':>5}{'B':>5}{'V':>8}  {'split':<7}{'sf.dist us':>11}{'ag+sample us':>14}{'x sf':>7}"
+    lines = [f"{'world':>5}{'B':>5}{'V':>8}  {'split':<7}{'warpers':<8}{'sf.dist us':>11}{'ag+sample us':>14}{'x sf':>7}"
              f"{'sf.dist B/rank':>16}{'ag B/rank':>12}{'x sf':>9}"]
     for r in rows:
-        lines.append(f"{r['world']:>5}{r['B']:>5}{r['V']:>8}  {r['split']:<7}{r['sf_dist_us']:>11.0f}"
+        lines.append(f"{r['world']:>5}{r['B']:>5}{r['V']:>8}  {r['split']:<7}{r['warpers']:<8}{r['sf_dist_us']:>11.0f}"
                      f"{r['allgather_sample_us']:>14.0f}{r['time_ratio']:>7.2f}"
                      f"{human_bytes(r['sf_dist_bytes']):>16}{human_bytes(r['allgather_bytes']):>12}"
                      f"{r['bytes_ratio']:>9.0f}")
@@ -291,7 +306,9 @@ def main():
             sys.exit("--device cuda: no GPU")
         worlds = [w for w in worlds if w <= gpus] or [1]
         batches = sorted(set(batches) | {64, 256}) if not args.quick else batches
-    configs = [(b, v, s) for b in batches for v in vocabs for s in ("even", "uneven")]
+    configs = [(b, v, s, False) for b in batches for v in vocabs for s in ("even", "uneven")]
+    # The four warpers together, on the largest vocabulary, even split.
+    configs += [(b, max(vocabs), "even", True) for b in batches]
     cores = os.cpu_count() or 1
 
     meta = timing.run_meta(device, TEMPERATURE, syncfree, "", None)
@@ -344,6 +361,9 @@ def main():
         f"(e.g. world 2, B 1: {sum(example.values())} B);",
         "  ag = world*B*L_max*4 (= B*V*4 for even splits; the uneven split pads to the widest shard).",
         "uneven: rank r's share is proportional to r + 1, cut points off multiples of 16.",
+        f"warpers all: {WARPERS}; sf.dist adds all-reduces of B*4 row max + B*24 mass totals + radix histograms "
+        f"of 2048, 2048, 1024 bins per selection (int32 counts for top-k: B*20 KB; int64 masses for top-p and "
+        f"typical-p: B*40 KB each).",
         f"collectives per call: sf.dist {4 if device == 'cpu' else 3} ({2 if device == 'cpu' else 1} all_gather, "
         f"2 all_reduce), ag+sample 1 all_gather; {backend} latency "
         "after a barrier (4-byte all_reduce / int64[4] all_gather): " + ", ".join(

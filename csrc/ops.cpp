@@ -366,8 +366,9 @@ std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_ma
 // select_top, select.h) over a shard's scaled logits y: hist[b, d] sums the
 // weights of row b's entries (shard_entry: weights None for top-k, centers
 // for typical-p's deviation keys) whose key has digit d and matches prefix[b]
-// in its top `done` bits; int64 [B, kBins], exact in any order. The bin is
-// picked in Python from the histograms summed over the ranks.
+// in its top `done` bits; int64 [B, 2^digit_bits(done)] (2048 bins, 1024 in
+// the last pass), exact in any order. The bin is picked in Python from the
+// histograms summed over the ranks.
 Tensor radix_histogram_op(const Tensor& y, const std::optional<Tensor>& weights,
                           const std::optional<Tensor>& centers, const Tensor& prefix, int64_t done) {
   TORCH_CHECK_VALUE(y.dim() == 2 && y.scalar_type() == at::kFloat, "y: expected a float32 [B, L] tensor");
@@ -383,7 +384,7 @@ Tensor radix_histogram_op(const Tensor& y, const std::optional<Tensor>& weights,
   if (centers.has_value()) check_row(*centers, at::kFloat, "centers");
   TORCH_CHECK_VALUE(done == 0 || done == kDigitBits || done == 2 * kDigitBits, "done: expected 0, ", kDigitBits,
                     " or ", 2 * kDigitBits, ", got ", done);
-  Tensor hist = at::zeros({y.size(0), kBins}, y.options().dtype(at::kLong));
+  Tensor hist = at::zeros({y.size(0), int64_t(1) << digit_bits(int(done))}, y.options().dtype(at::kLong));
   if (y.device().is_meta() || y.numel() == 0) return hist;
   const Tensor yc = y.contiguous(), pc = prefix.contiguous();
   const Tensor wc = weights.has_value() ? weights->contiguous() : Tensor();

@@ -24,9 +24,9 @@ void warp_cpu(const SampleParams& p, c10::ScalarType dtype, float* out);
 // token_mass of every y[row, i] with row max m[row] (select.h), into mass and gap;
 void shard_masses_cpu(const float* y, const float* row_max, int64_t rows, int64_t cols, int shift, uint64_t* mass,
                       uint64_t* gap);
-// hist[row, d] (zeroed by the caller) += the weights of the row's entries
-// (shard_entry) whose key has digit d and matches prefix[row] in its top
-// `done` bits: one radix pass of select_top;
+// hist[row, d] (zeroed by the caller, [rows, 2^digit_bits(done)]) += the
+// weights of the row's entries (shard_entry) whose key has digit d and
+// matches prefix[row] in its top `done` bits: one radix pass of select_top;
 void radix_histogram_cpu(const float* y, const int64_t* weights, const float* centers, const int64_t* prefix,
                          int64_t rows, int64_t cols, int done, uint64_t* hist);
 // out[i] = min_p_floor(row_max[i], min_p[i]).

@@ -192,13 +192,18 @@ def _select(y, weights, centers, target, active, group):
     rows, device = y.shape[0], y.device
     prefix = torch.zeros(rows, dtype=torch.int64, device=device)
     above = torch.zeros(rows, dtype=torch.int64, device=device)
-    bins = torch.arange(2048, device=device)
     found = active.clone()
     done = 0
     for bits in (11, 11, 10):
         shift = 32 - done - bits
-        hist = torch.ops.syncfree.radix_histogram(y, weights, centers, prefix, done)
-        dist.all_reduce(hist, op=dist.ReduceOp.SUM, group=group)  # 16 KB a row
+        hist = torch.ops.syncfree.radix_histogram(y, weights, centers, prefix, done)  # [B, 2^bits]
+        if weights is None:  # top-k counts fit int32 (V < 2^31): 8 KB a row, 4 KB in the last pass
+            hist = hist.to(torch.int32)
+            dist.all_reduce(hist, op=dist.ReduceOp.SUM, group=group)
+            hist = hist.to(torch.int64)
+        else:  # masses: 16 KB a row, 8 KB in the last pass
+            dist.all_reduce(hist, op=dist.ReduceOp.SUM, group=group)
+        bins = torch.arange(1 << bits, device=device)
         suffix = hist.flip(1).cumsum(1).flip(1)  # weight of each bin and all above it
         fits = (hist > 0) & (above[:, None] + suffix >= target[:, None])
         chosen = torch.where(fits, bins, -1).max(1).values
@@ -236,16 +241,10 @@ def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, warpers, group)
     active = ~greedy & ((top_k > 0) | (top_p < 1) | (min_p > 0) | (typical_p < 1))
     # The scaled logits the race sees (greedy rows unscaled, NaN at -inf), by the kernels' own rule.
     y = torch.ops.syncfree.scaled_logits(ext, temperature_t, temperature_v) if ext.shape[1] else ext.float()
-    if y.shape[1]:
-        has_inf = (y == INF).any(1).to(torch.int32)
-        m = y.max(1).values
-    else:
-        has_inf = torch.zeros(rows, dtype=torch.int32, device=device)
-        m = torch.full((rows,), -INF, device=device)
-    dist.all_reduce(has_inf, op=dist.ReduceOp.MAX, group=group)
+    m = y.max(1).values if y.shape[1] else torch.full((rows,), -INF, device=device)
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
     m = m + 0.0
-    active &= (has_inf == 0) & (m > -INF)
+    active &= (m < INF) & (m > -INF)  # a +inf logit wins outright; an all-masked row is degenerate
     m_safe = torch.where(active, m, 0.0)
     if "top_p" in warpers or "typical_p" in warpers:  # only the mass-based warpers need masses
         bits = max(0, (vocab - 1).bit_length())

@@ -311,7 +311,7 @@ def _reference_histogram(keys, weights, prefix, done):
     bits = min(11, 32 - done)
     shift = 32 - done - bits
     in_range = (keys >> (32 - done)) == (prefix[:, None] >> (32 - done)) if done else torch.ones_like(keys, dtype=torch.bool)
-    hist = torch.zeros(keys.shape[0], 2048, dtype=torch.int64)
+    hist = torch.zeros(keys.shape[0], 1 << bits, dtype=torch.int64)
     hist.scatter_add_(1, (keys >> shift) & ((1 << bits) - 1), torch.where(in_range & (weights > 0), weights, 0))
     return hist
 

@@ -273,7 +273,7 @@ void radix_histogram_cpu(const float* y, const int64_t* weights, const float* ce
     const SelectState s{uint32_t(prefix[row]), done, 0u};
     const float* y_row = y + row * cols;
     const int64_t* w_row = weights != nullptr ? weights + row * cols : nullptr;
-    uint64_t* h = hist + row * kBins;
+    uint64_t* h = hist + row * (int64_t(1) << digit_bits(done));
     for (int64_t i = 0; i < cols; ++i) {
       const ShardEntry e = shard_entry(y_row, w_row, centers, row, i);
       if (e.weight > 0 && in_range(e.key, s)) h[key_digit(e.key, s)] += e.weight;

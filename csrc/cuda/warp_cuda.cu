@@ -263,8 +263,9 @@ __global__ void __launch_bounds__(kHistogramThreads)
     if (e.weight > 0u && in_range(e.key, s)) atomicAdd(&bins[key_digit(e.key, s)], e.weight);
   }
   __syncthreads();
-  for (int b = threadIdx.x; b < kBins; b += kHistogramThreads)
-    if (bins[b] != 0u) atomicAdd(hist + row * kBins + b, bins[b]);
+  const int used = 1 << digit_bits(done);  // the output's row length
+  for (int b = threadIdx.x; b < used; b += kHistogramThreads)
+    if (bins[b] != 0u) atomicAdd(hist + row * used + b, bins[b]);
 }
 
 unsigned elementwise_blocks(int64_t n) { return unsigned(std::min<int64_t>(std::max<int64_t>(ceil_div(n, 256), 1), 4096)); }
