@@ -364,8 +364,9 @@ def main():
         f"warpers all: {WARPERS}; sf.dist adds all-reduces of B*4 row max + B*24 mass totals + radix histograms "
         f"of 2048, 2048, 1024 bins per selection (int32 counts for top-k: B*20 KB; int64 masses for top-p and "
         f"typical-p: B*40 KB each).",
-        f"collectives per call: sf.dist {4 if device == 'cpu' else 3} ({2 if device == 'cpu' else 1} all_gather, "
-        f"2 all_reduce), ag+sample 1 all_gather; {backend} latency "
+        f"collectives per call without warpers: sf.dist {4 if device == 'cpu' else 3} "
+        f"({2 if device == 'cpu' else 1} all_gather, 2 all_reduce), with all four warpers 12 more all_reduce; "
+        f"ag+sample 1 all_gather; {backend} latency "
         "after a barrier (4-byte all_reduce / int64[4] all_gather): " + ", ".join(
             f"world {w} {ar:.0f} / {ag:.0f} us" for w, ar, ag in
             sorted({(r['world'], r['collective_latency_us']['all_reduce'], r['collective_latency_us']['all_gather'])
