@@ -84,8 +84,8 @@ def syncfree_bytes(world, batch, elem=4, device="cpu", warpers=None):
     return {
         # warpers: the row max (float32) all-reduced per row
         "row_max": batch * 4 if warpers else 0,
-        # top-p: the mass total; typical-p: mass and gap totals (int64 each)
-        "mass_totals": batch * 8 * (("top_p" in warpers) + 2 * ("typical_p" in warpers)),
+        # typical-p: mass and gap totals (int64 each); top-p's total is its first pass's sum
+        "mass_totals": batch * 16 * ("typical_p" in warpers),
         # each selection: 3 radix passes of a [B, bins] histogram all-reduced: int32 counts for
         # top-k, int64 masses for top-p and typical-p
         "histograms": batch * sum(PASS_BINS) * (4 * ("top_k" in warpers) + 8 * (selections - ("top_k" in warpers))),
@@ -361,11 +361,11 @@ def main():
         f"(e.g. world 2, B 1: {sum(example.values())} B);",
         "  ag = world*B*L_max*4 (= B*V*4 for even splits; the uneven split pads to the widest shard).",
         "uneven: rank r's share is proportional to r + 1, cut points off multiples of 16.",
-        f"warpers all: {WARPERS}; sf.dist adds all-reduces of B*4 row max + B*24 mass totals + radix histograms "
+        f"warpers all: {WARPERS}; sf.dist adds all-reduces of B*4 row max + B*16 typical-p totals + radix histograms "
         f"of 2048, 2048, 1024 bins per selection (int32 counts for top-k: B*20 KB; int64 masses for top-p and "
         f"typical-p: B*40 KB each).",
         f"collectives per call without warpers: sf.dist {4 if device == 'cpu' else 3} "
-        f"({2 if device == 'cpu' else 1} all_gather, 2 all_reduce), with all four warpers 12 more all_reduce; "
+        f"({2 if device == 'cpu' else 1} all_gather, 2 all_reduce), with all four warpers 11 more all_reduce; "
         f"ag+sample 1 all_gather; {backend} latency "
         "after a barrier (4-byte all_reduce / int64[4] all_gather): " + ", ".join(
             f"world {w} {ar:.0f} / {ag:.0f} us" for w, ar, ag in

@@ -183,11 +183,13 @@ def _key_value(key):
     return torch.where(b >= 2**31, b - 2**32, b).to(torch.int32).view(torch.float32)
 
 
-def _select(y, weights, centers, target, active, group):
+def _select(y, weights, centers, active, group, target=None, fraction=None):
     """select_top (select.h) for every row at once, each radix pass's histograms summed over the ranks.
 
     Keys and weights as shard_entry (select.h) makes them from the scaled logits y: weights None
-    for top-k (1 per unmasked token), centers for typical-p's deviation keys.
+    for top-k (1 per unmasked token), centers for typical-p's deviation keys. The target weight
+    is given, or is mass_target(fraction, total weight): the first pass bins every weight, so
+    its summed histogram holds the total and no collective of its own is needed.
     Returns (found, key): the largest key whose inclusive weight from the top reaches target."""
     rows, device = y.shape[0], y.device
     prefix = torch.zeros(rows, dtype=torch.int64, device=device)
@@ -203,6 +205,8 @@ def _select(y, weights, centers, target, active, group):
             hist = hist.to(torch.int64)
         else:  # masses: 16 KB a row, 8 KB in the last pass
             dist.all_reduce(hist, op=dist.ReduceOp.SUM, group=group)
+        if done == 0 and fraction is not None:
+            target = _mass_target(fraction, hist.sum(1))
         bins = torch.arange(1 << bits, device=device)
         suffix = hist.flip(1).cumsum(1).flip(1)  # weight of each bin and all above it
         fits = (hist > 0) & (above[:, None] + suffix >= target[:, None])
@@ -253,13 +257,11 @@ def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, warpers, group)
     center = torch.zeros(rows, device=device)
     max_dev = torch.full((rows,), INF, device=device)
     if "top_k" in warpers:
-        found, u = _select(y, None, None, top_k, active & (top_k > 0), group)
+        found, u = _select(y, None, None, active & (top_k > 0), group, target=top_k)
         min_y = torch.where(found, _key_value(u), min_y)
     if "top_p" in warpers:
         w = torch.where(y >= min_y[:, None], mass, 0)
-        total = w.sum(1)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-        found, u = _select(y, w, None, _mass_target(top_p, total), active & (top_p < 1), group)
+        found, u = _select(y, w, None, active & (top_p < 1), group, fraction=top_p)
         min_y = torch.where(found, torch.maximum(min_y, _key_value(u)), min_y)
     if "min_p" in warpers:
         on = active & (min_p > 0)
@@ -269,7 +271,7 @@ def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, warpers, group)
         sums = torch.stack([w.sum(1), torch.where(w > 0, gap, 0).sum(1)], 1)
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
         c = m_safe - sums[:, 1].float() / sums[:, 0].clamp(min=1).float()
-        found, u = _select(y, w, c, _mass_target(typical_p, sums[:, 0]), active & (typical_p < 1), group)
+        found, u = _select(y, w, c, active & (typical_p < 1), group, target=_mass_target(typical_p, sums[:, 0]))
         center = torch.where(found, c, center)
         max_dev = torch.where(found, _key_value(~u & 0xFFFFFFFF), max_dev)
     return torch.stack([min_y, center, max_dev], 1)
