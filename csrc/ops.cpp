@@ -23,6 +23,13 @@ struct Outputs {
   Tensor tokens, logprobs, valid;
 };
 
+#ifndef SYNCFREE_WITH_CUDA
+// The CUDA kernels are registered in every build: a CPU-only build says what is missing.
+[[noreturn]] void fail_without_cuda(const c10::Device& device) {
+  TORCH_CHECK(false, "syncfree was built without CUDA; rebuild with a CUDA toolkit to run on ", device);
+}
+#endif
+
 int64_t row_count(const Tensor& input) { return input.dim() == 2 ? input.size(0) : 1; }
 
 void check_input(const Tensor& input, const char* name) {
@@ -237,8 +244,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
 #ifdef SYNCFREE_WITH_CUDA
     sample_cuda(p, input.scalar_type(), input.device().index(), generator, from_generator);
 #else
-    TORCH_CHECK(false, "syncfree was built without CUDA; rebuild with a CUDA toolkit to sample on ",
-                input.device());
+    fail_without_cuda(input.device());
 #endif
   }
   return o;
@@ -355,6 +361,8 @@ std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_ma
   if (y.device().is_cuda()) {
 #ifdef SYNCFREE_WITH_CUDA
     shard_masses_cuda(yp, mp, y.size(0), y.size(1), int(shift), massp, gapp, y.device().index());
+#else
+    fail_without_cuda(y.device());
 #endif
   } else {
     shard_masses_cpu(yp, mp, y.size(0), y.size(1), int(shift), massp, gapp);
@@ -397,6 +405,8 @@ Tensor radix_histogram_op(const Tensor& y, const std::optional<Tensor>& weights,
   if (y.device().is_cuda()) {
 #ifdef SYNCFREE_WITH_CUDA
     radix_histogram_cuda(yp, wp, cp, pp, y.size(0), y.size(1), int(done), hp, y.device().index());
+#else
+    fail_without_cuda(y.device());
 #endif
   } else {
     radix_histogram_cpu(yp, wp, cp, pp, y.size(0), y.size(1), int(done), hp);
@@ -416,6 +426,8 @@ Tensor generator_state_op(const Tensor& like, const std::optional<at::Generator>
   if (like.device().is_cuda()) {
 #ifdef SYNCFREE_WITH_CUDA
     generator_state_cuda(generator, like.device().index(), vocab, out.data_ptr<int64_t>());
+#else
+    fail_without_cuda(like.device());
 #endif
     return out;
   }
@@ -440,6 +452,8 @@ Tensor min_p_floor_op(const Tensor& row_max, const Tensor& min_p) {
 #ifdef SYNCFREE_WITH_CUDA
     min_p_floor_cuda(mc.data_ptr<float>(), pc.data_ptr<float>(), mc.numel(), out.data_ptr<float>(),
                      mc.device().index());
+#else
+    fail_without_cuda(mc.device());
 #endif
     return out;
   }
@@ -474,7 +488,7 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
     }
     warp_apply_cuda(p, logits.scalar_type(), logits.device().index(), keep_ptr, warped.data_ptr<float>());
 #else
-    TORCH_CHECK(false, "syncfree was built without CUDA; rebuild with a CUDA toolkit to warp on ", logits.device());
+    fail_without_cuda(logits.device());
 #endif
   }
   return warped;

@@ -20,8 +20,8 @@ Per row: each rank's first 16 columns gathered, then all-reduces of 16
 bytes (README "Vocab-parallel sampling" has the table, warpers included).
 Collectives go through torch.distributed (NCCL on CUDA, Gloo on CPU) on the
 current stream. Warpers run the single-device radix selection with each
-pass's histograms all-reduced (16 KB a row a pass), so the kept sets are the
-single-device ones.
+pass's histograms all-reduced (20 KB a row for top-k's three passes, 40 KB
+for top-p's or typical-p's), so the kept sets are the single-device ones.
 
 No host sync on CUDA: every decision the Python code takes is on host values
 that all ranks share (shapes, which arguments are tensors, scalar values);
@@ -46,13 +46,13 @@ INF = float("inf")
 _NO_INDEX = 2**31 - 1
 _MAX_VOCAB = 2**31 - 1 - 2 * GROUP  # syncfree.sample's limit (int32 token and group indices)
 _NEG_INF_BITS = struct.unpack("<i", struct.pack("<f", -INF))[0]
-_checked_layouts = {}  # CUDA: (group, vocab_start, width, vocab_size, rows) -> spans
+_checked_layouts = {}  # CUDA: (group, world size, vocab_start, width, vocab_size, rows) -> spans
 
 
 def clear_layout_cache():
     """Forgets the shard layouts checked on CUDA. Call it on every rank of a group together
-    after re-sharding the vocabulary: a rank whose own shard did not change would otherwise
-    skip the check that the others run, and the collectives would not match."""
+    after re-sharding the vocabulary or restarting a rank: a rank that remembers its layout
+    would otherwise skip the check that the others run, and the collectives would not match."""
     _checked_layouts.clear()
 
 
@@ -69,8 +69,8 @@ def _shard_spans(local_logits, vocab_start, vocab_size, group):
     every call; for CUDA tensors it is a sync, so its result is remembered per layout."""
     if local_logits.device.type == "cpu":
         return _check_tiling(local_logits, vocab_start, vocab_size, group)
-    key = (group if group is not None else dist.group.WORLD, vocab_start, local_logits.shape[1], vocab_size,
-           local_logits.shape[0])
+    key = (group if group is not None else dist.group.WORLD, dist.get_world_size(group), vocab_start,
+           local_logits.shape[1], vocab_size, local_logits.shape[0])
     spans = _checked_layouts.get(key)
     if spans is None:
         if torch.cuda.is_current_stream_capturing():
@@ -148,6 +148,38 @@ def _check_row_tensor(name, value, x):
     if value.is_floating_point() == (name == "top_k") or value.dtype == torch.bool:
         kind = "an integer" if name == "top_k" else "a floating-point"
         raise TypeError(f"{name}: expected {kind} tensor, got {value.dtype}")
+
+
+def _check_local_inputs(x, seed, offset):
+    """What the shard ops check (csrc/ops.cpp), checked before the first collective: a rank that
+    owns no race group runs none of those ops, and must raise with the others, not wait for them."""
+    cpu = x.device.type == "cpu"
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"local_logits: expected a CPU or CUDA tensor, got device {x.device}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) and not (cpu and x.dtype == torch.float64):
+        raise TypeError(f"local_logits: expected float32, float16 or bfloat16{' or float64' if cpu else ''}, "
+                        f"got {x.dtype}")
+    if x.shape[1] > 1 and x.stride(1) != 1:
+        raise ValueError(f"local_logits: the last dim must be contiguous (stride 1), got stride {x.stride(1)}; "
+                         f"call .contiguous() first")
+    for name, value in (("seed", seed), ("offset", offset)):
+        if isinstance(value, torch.Tensor):
+            if value.dtype != torch.int64:
+                raise TypeError(f"{name}: expected an int64 tensor, got {value.dtype}")
+            if value.device != x.device:
+                raise ValueError(f"{name}: expected a tensor on {x.device} (the device of local_logits), "
+                                 f"got {value.device}")
+            if tuple(value.shape) != (x.shape[0],):
+                raise ValueError(f"{name}: expected one value per row, shape [{x.shape[0]}], "
+                                 f"got shape {list(value.shape)}")
+    if isinstance(offset, torch.Tensor):
+        if not isinstance(seed, torch.Tensor):
+            raise ValueError("offset: a per-row offset tensor needs a per-row seed tensor")
+    elif offset not in (None, 0):
+        if isinstance(seed, torch.Tensor):
+            raise ValueError("offset: a per-row seed tensor takes a per-row offset tensor, not an int")
+        if seed is None:
+            raise ValueError("offset: an offset needs a seed")
 
 
 def _warper_values(top_k, top_p, min_p, typical_p, x, vocab):
@@ -317,13 +349,14 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     temperature_v = 1.0 if temperature_v is None else float(temperature_v)
     warpers = _warper_values(top_k, top_p, min_p, typical_p, x, vocab_size)
     rng = _rng_args(seed, offset, None)
+    _check_local_inputs(x, seed, offset)
+    spans = _shard_spans(x, vocab_start, vocab_size, group)
     rng_state = None
     if seed is None and (temperature_t is not None or temperature_v != 0):
         # The generator's draw for a single-device call over the whole vocabulary, once for every
-        # shard call (on CUDA it stays on the device: graph-safe, no sync). Scalar temperature 0
-        # draws nothing, as syncfree.sample leaves the generator alone for greedy calls.
+        # shard call (on CUDA it stays on the device: graph-safe, no sync), after every check.
+        # Scalar temperature 0 draws nothing, as syncfree.sample leaves the generator alone then.
         rng_state = torch.ops.syncfree.generator_state(x, generator, vocab_size)
-    spans = _shard_spans(x, vocab_start, vocab_size, group)
     ext, base = _extended_shard(x, vocab_start, vocab_size, spans, group)
     rows = x.shape[0]
     greedy = (temperature_t <= 0) | torch.isnan(temperature_t) if temperature_t is not None else \

@@ -132,13 +132,18 @@ def worker(rank, world, port, result_file, layout_seed, backend="gloo", device="
                 sd._shard_spans = real
             outcome[name + " (no host reads)"] = (again[0].cpu(), again[1].cpu())
         errors = {}
+        bounds = [0, 17, 20] + [20 + 16 * r for r in range(1, world - 1)]
         for name, call in (
                 ("vocab_size", lambda: sd.sample(torch.randn(2, 10), 0 if rank == 0 else 3, 13 + rank, seed=1)),
                 ("gap", lambda: sd.sample(torch.randn(2, 10), 12 * rank, 10 * world, seed=1)),
                 ("batch", lambda: sd.sample(torch.randn(2 + rank, 10), 10 * rank, 10 * world, seed=1)),
                 ("empty", lambda: sd.sample(torch.randn(2, 10 * (rank > 0)), 10 * max(rank - 1, 0), 10 * (world - 1),
                                             seed=1, return_logprobs=True)),
-                ("too large", lambda: sd.sample(torch.randn(2, 10), 10 * rank, 2**31 + 10 * (world - 1), seed=1))):
+                ("too large", lambda: sd.sample(torch.randn(2, 10), 10 * rank, 2**31 + 10 * (world - 1), seed=1)),
+                # Rank 1 holds [17, 20): no race group starts there, so it runs no shard op; it must
+                # raise with the others (not wait for them in a collective).
+                ("groupless rank", lambda: sd.sample(torch.randn(2, bounds[rank + 1] - bounds[rank]), bounds[rank],
+                                                     bounds[-1], seed=torch.arange(3)))):
             if device != "cpu":
                 break
             try:
@@ -181,6 +186,7 @@ def test_sharded_sampling_is_bit_identical(world, layout_seed):
         assert "local_logits: every rank must hold the same rows" in errors["batch"]
         assert "local_logits: every rank must hold at least one column; ranks [0] hold none" in errors["empty"]
         assert "vocab_size: expected an int in [1, 2147483615]" in errors["too large"]
+        assert "seed: expected one value per row, shape [2], got shape [3]" in errors["groupless rank"]
 
 
 @pytest.mark.cuda
@@ -278,6 +284,8 @@ def test_bad_arguments_without_a_group():
     with pytest.raises(ValueError, match="generator: pass either a generator or a seed"):
         sd.sample(torch.randn(2, 10), 0, 10, seed=1, generator=torch.Generator())
     x = torch.randn(2, 10)
+    generator = torch.Generator().manual_seed(4)
+    state = generator.get_state()
     for kwargs, error, message in (
             (dict(top_p=0.0), ValueError, "top_p: expected a number in (0, 1]"),
             (dict(min_p=1.5), ValueError, "min_p: expected a number in [0, 1]"),
@@ -288,10 +296,19 @@ def test_bad_arguments_without_a_group():
             (dict(top_k=torch.ones(2)), TypeError, "top_k: expected an integer tensor"),
             (dict(temperature=torch.ones(2, dtype=torch.int64)), TypeError, "temperature: expected a floating"),
             (dict(generator=1), TypeError, "generator: expected a torch.Generator"),
-            (dict(vocab_start=0.0), TypeError, "vocab_start: expected an int")):
+            (dict(vocab_start=0.0), TypeError, "vocab_start: expected an int"),
+            (dict(seed=torch.arange(2, dtype=torch.int32)), TypeError, "seed: expected an int64 tensor"),
+            (dict(seed=torch.arange(2), offset=3), ValueError, "offset: a per-row seed tensor takes a per-row offset"),
+            (dict(seed=1, offset=torch.arange(2)), ValueError, "offset: a per-row offset tensor needs a per-row seed"),
+            (dict(offset=5, generator=generator), ValueError, "offset: an offset needs a seed")):
         with pytest.raises(error, match=re.escape(message)):
             args = {"vocab_start": 0, "vocab_size": 10, **kwargs}
             sd.sample(x, **args)  # raised before any collective: no group needed
+    assert torch.equal(generator.get_state(), state), "a failed call must not advance the generator"
+    with pytest.raises(TypeError, match="local_logits: expected float32, float16 or bfloat16 or float64"):
+        sd.sample(x.to(torch.int32), 0, 10, seed=1)
+    with pytest.raises(ValueError, match="local_logits: the last dim must be contiguous"):
+        sd.sample(torch.randn(10, 2).t(), 0, 10, seed=1)
 
 
 def test_generator_state_is_the_draw_of_a_sampling_call():
