@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Vocab-parallel sampling: syncfree.distributed.sample against all-gather + sample.
 
-    python benchmarks/bench_distributed.py [--quick] [--device cpu|cuda] [--out DIR]
+    python benchmarks/bench_distributed.py [--quick] [--device cpu|cuda] [--out DIR] [--no-plot]
+    python benchmarks/bench_distributed.py --replot DIR/results_distributed_cuda.json [--out DIR]
 
 For each world size, spawns that many processes (torch.multiprocessing; Gloo on
 127.0.0.1 for --device cpu, NCCL with rank r on GPU r for --device cuda: worlds
@@ -22,7 +23,8 @@ return identical tokens on every call. Bytes per rank per call count the results
 of the collectives on one rank: an all_gather counts its gathered output (world x
 the per-rank input, the rank's own part included), an all_reduce its tensor; wire
 traffic depends on the backend's algorithms. Prints a table and writes
-table_distributed_{device}.txt and results_distributed_{device}.json into the output directory.
+table_distributed_{device}.txt, results_distributed_{device}.json and (with matplotlib)
+distributed_{device}.png into the output directory.
 """
 
 import argparse
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 import _timing as timing  # noqa: E402
-from _common import default_out  # noqa: E402
+from _common import default_out, pyplot  # noqa: E402
 
 import syncfree  # noqa: E402
 import syncfree.distributed as sd  # noqa: E402
@@ -284,15 +286,55 @@ def table(rows):
     return lines
 
 
+def plot(rows, path, title):
+    """Two panels, x = world size: the time ratio (all-gather + sample / sf.dist) and the bytes
+    ratio, one line per (B, V, warpers) on even splits."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    series = sorted({(r["B"], r["V"], r["warpers"]) for r in rows if r["split"] == "even"})
+    for b, v, w in series:
+        pts = sorted((r["world"], r["time_ratio"], r["bytes_ratio"]) for r in rows
+                     if (r["B"], r["V"], r["warpers"], r["split"]) == (b, v, w, "even"))
+        label = f"B={b} V={v}" + (" all warpers" if w == "all" else "")
+        style = "--" if w == "all" else "-"
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label)
+        axes[1].plot([p[0] for p in pts], [p[2] for p in pts], style, marker="o", label=label)
+    for ax, what in zip(axes, ("time: all-gather + sample / sf.dist", "bytes per rank: all-gather / sf.dist")):
+        ax.set_xlabel("world size")
+        ax.set_ylabel(what)
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="gray", linewidth=0.8)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=default_out())
     parser.add_argument("--quick", action="store_true", help="worlds 2 and 4, B in {1, 8}, V=32000")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cuda: NCCL, one GPU per rank (a single rank on a one-GPU machine)")
+    parser.add_argument("--no-plot", action="store_true", help="write no PNG (see --replot)")
+    parser.add_argument("--replot", metavar="RESULTS_JSON", help="redraw the PNG from a results file and exit")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     device = args.device
+    if args.replot:
+        with open(args.replot) as f:
+            saved = json.load(f)
+        meta = saved["meta"]
+        device = meta.get("device", "cpu" if meta["backend"] == "gloo" else "cuda")
+        print(plot(saved["results"], os.path.join(args.out, f"distributed_{device}.png"),
+                   f"syncfree.distributed vs all-gather + sample ({meta['backend']}, {device}), "
+                   f"{meta['date_utc']}"))
+        return
 
     if args.quick:
         worlds, batches, vocabs = [2, 4], [1, 8], [32000]
@@ -313,7 +355,7 @@ def main():
 
     meta = timing.run_meta(device, TEMPERATURE, syncfree, "", None)
     backend = "gloo" if device == "cpu" else "nccl"
-    meta.update(cores=cores, threads_per_process=THREADS, backend=backend, dtype=str(DTYPE).replace("torch.", ""),
+    meta.update(device=device, cores=cores, threads_per_process=THREADS, backend=backend, dtype=str(DTYPE).replace("torch.", ""),
                 warmup=WARMUP, budget_s_per_config=budget_s, inputs_rotated=INPUTS)
     oversub = [w for w in worlds if w * THREADS > cores and device == "cpu"]
     note = (f"note: {cores} CPU cores, {THREADS} torch thread per process; worlds {oversub} run more processes "
@@ -384,6 +426,11 @@ def main():
         f.write(text)
     with open(paths[1], "w") as f:
         json.dump({"meta": meta, "results": rows}, f, indent=1)
+    picture = None if args.no_plot else plot(
+        rows, os.path.join(args.out, f"distributed_{device}.png"),
+        f"syncfree.distributed vs all-gather + sample ({backend}, {device}), {meta['date_utc']}")
+    if picture:
+        paths.append(picture)
     print("wrote " + ", ".join(paths))
 
 

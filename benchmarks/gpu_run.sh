@@ -8,7 +8,8 @@
 # Files written to $OUT (at most 8 come back from one device call): build.log pytest.log | table_cuda.txt
 #   results_cuda.json bench_cuda.png table_warpers_cuda.txt results_warpers_cuda.json demo.txt
 #   table_distributed_cuda.txt results_distributed_cuda.json
-# (the warper plot: bench_warpers.py --replot results_warpers_cuda.json, on any machine).
+# (the plots: bench_warpers.py --replot results_warpers_cuda.json and bench_distributed.py --replot
+#  results_distributed_cuda.json, on any machine).
 # Optional: PYTHON (default python3), BENCH_ARGS (e.g. --quick).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -54,7 +55,7 @@ if [ "$build_rc" = skipped ] || [ "$build_rc" = 0 ]; then
     fi
     if wants dist; then
         dist_rc=0
-        "$PYTHON" -P benchmarks/bench_distributed.py --device cuda --out "$OUT" || dist_rc=$?
+        "$PYTHON" -P benchmarks/bench_distributed.py --device cuda --out "$OUT" --no-plot || dist_rc=$?
     fi
 fi
 
