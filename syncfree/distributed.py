@@ -145,7 +145,10 @@ def _check_row_tensor(name, value, x):
         raise ValueError(f"{name}: expected a tensor on {x.device} (the device of local_logits), got {value.device}")
     if tuple(value.shape) != (x.shape[0],):
         raise ValueError(f"{name}: expected one value per row, shape [{x.shape[0]}], got shape {list(value.shape)}")
-    if value.is_floating_point() == (name == "top_k") or value.dtype == torch.bool:
+    if name in ("seed", "offset"):
+        if value.dtype != torch.int64:
+            raise TypeError(f"{name}: expected an int64 tensor, got {value.dtype}")
+    elif value.is_floating_point() == (name == "top_k") or value.dtype == torch.bool:
         kind = "an integer" if name == "top_k" else "a floating-point"
         raise TypeError(f"{name}: expected {kind} tensor, got {value.dtype}")
 
@@ -164,14 +167,7 @@ def _check_local_inputs(x, seed, offset):
                          f"call .contiguous() first")
     for name, value in (("seed", seed), ("offset", offset)):
         if isinstance(value, torch.Tensor):
-            if value.dtype != torch.int64:
-                raise TypeError(f"{name}: expected an int64 tensor, got {value.dtype}")
-            if value.device != x.device:
-                raise ValueError(f"{name}: expected a tensor on {x.device} (the device of local_logits), "
-                                 f"got {value.device}")
-            if tuple(value.shape) != (x.shape[0],):
-                raise ValueError(f"{name}: expected one value per row, shape [{x.shape[0]}], "
-                                 f"got shape {list(value.shape)}")
+            _check_row_tensor(name, value, x)
     if isinstance(offset, torch.Tensor):
         if not isinstance(seed, torch.Tensor):
             raise ValueError("offset: a per-row offset tensor needs a per-row seed tensor")

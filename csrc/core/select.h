@@ -106,11 +106,14 @@ struct TokenMass {
   uint64_t mass, gap;
 };
 
+// Their float parts, e = e^(y - m) and e (m - y), as selects rather than
+// branches so that loops over them vectorise.
+SF_HD float token_exp(float y, float m) { return y == -kInf ? 0.0f : exp_nonpositive(y - m); }
+SF_HD float token_gap(float y, float m, float e) { return y == -kInf ? 0.0f : e * (m - y); }
+
 SF_HD TokenMass token_mass(float y, float m, int shift) {
-  const bool masked = y == -kInf;  // selects, not branches: the CPU loop vectorises
-  const float e = masked ? 0.0f : exp_nonpositive(y - m);
-  const float gap = masked ? 0.0f : e * (m - y);
-  return {fixed_mass(e, shift), fixed_mass(gap, shift)};
+  const float e = token_exp(y, m);
+  return {fixed_mass(e, shift), fixed_mass(token_gap(y, m, e), shift)};
 }
 
 // syncfree.distributed's radix passes over a shard of scaled logits y: the
@@ -254,7 +257,7 @@ SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w,
   uint64_t* weights = scratch.weights.data();
   for (int64_t i = 0; i < vocab; ++i) keys[i] = order_key(y[i]);
   if (w.top_p < 1.0f || w.typical_p < 1.0f)  // the mass-based warpers
-    for (int64_t i = 0; i < vocab; ++i) e[i] = exp_nonpositive(y[i] - m);
+    for (int64_t i = 0; i < vocab; ++i) e[i] = token_exp(y[i], m);
   // Fixed-point masses of the tokens kept so far (y >= min_y).
   const auto masses = [&] {
     uint64_t total = 0;
@@ -279,7 +282,7 @@ SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w,
     const uint64_t total = masses();
     uint64_t gap = 0;
     for (int64_t i = 0; i < vocab; ++i)
-      if (weights[i] > 0) gap += fixed_mass(e[i] * (m - y[i]), shift);
+      if (weights[i] > 0) gap += fixed_mass(token_gap(y[i], m, e[i]), shift);
     const float center = m - float(gap) / float(total);
     for (int64_t i = 0; i < vocab; ++i) keys[i] = deviation_key(y[i], center);
     if (select_top(keys, weights, vocab, mass_target(w.typical_p, total), scratch, &u)) {

@@ -228,17 +228,15 @@ void for_each_row(int64_t rows, int64_t cols, F&& row_body) {
 
 SF_HOST_INLINE void shard_masses_row(const float* y, float m, int64_t cols, int shift, uint64_t* mass,
                                      uint64_t* gap) {
-  // Blocks of token_mass with its float part in a loop of its own, which vectorises;
+  // token_mass in blocks, its float part in a loop of its own, which vectorises;
   // the float-to-integer conversions (scalar on AVX2) follow.
   constexpr int64_t kBlock = 256;
   float e[kBlock], g[kBlock];
   for (int64_t begin = 0; begin < cols; begin += kBlock) {
     const int64_t n = std::min(kBlock, cols - begin);
     for (int64_t i = 0; i < n; ++i) {
-      const float v = y[begin + i];
-      const bool masked = v == -kInf;
-      e[i] = masked ? 0.0f : exp_nonpositive(v - m);
-      g[i] = masked ? 0.0f : e[i] * (m - v);
+      e[i] = token_exp(y[begin + i], m);
+      g[i] = token_gap(y[begin + i], m, e[i]);
     }
     for (int64_t i = 0; i < n; ++i) {
       mass[begin + i] = fixed_mass(e[i], shift);

@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
   const int shift = mass_shift(vocab);
   const auto mass_of = [&](float y) {
-    return y != -kInf && y >= keep.min_y ? fixed_mass(exp_nonpositive(y - m), shift) : uint64_t(0);
+    return y >= keep.min_y ? fixed_mass(token_exp(y, m), shift) : uint64_t(0);
   };
   uint32_t u;
   if (w.top_k > 0) {
@@ -178,9 +178,10 @@ __global__ void __launch_bounds__(kSelectThreads)
     uint64_t local_total = 0u, local_gap = 0u;
     for (int64_t i = t; i < vocab; i += kSelectThreads) {
       const float y = y_of(i);
-      const uint64_t mass = mass_of(y);
+      const float e = token_exp(y, m);  // one exp for both sums
+      const uint64_t mass = y >= keep.min_y ? fixed_mass(e, shift) : 0u;  // = mass_of(y)
       local_total += mass;
-      if (mass > 0u) local_gap += fixed_mass(exp_nonpositive(y - m) * (m - y), shift);
+      if (mass > 0u) local_gap += fixed_mass(token_gap(y, m, e), shift);
     }
     const uint64_t total = block_sum(local_total, sh);
     const uint64_t gap = block_sum(local_gap, sh);
