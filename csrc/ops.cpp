@@ -30,6 +30,20 @@ struct Outputs {
 }
 #endif
 
+// Note [CUDA kernels on the CPU]
+// ------------------------------
+// The CPU execution layer (tests/cuda_on_cpu) compiles this file with
+// SYNCFREE_CUDA_ON_CPU: the ops are then registered as torch.ops.syncfree_emulated
+// and send CPU tensors down the CUDA path, whose kernels that build runs on the
+// host (device 0). Every routing decision below goes through these two.
+#ifdef SYNCFREE_CUDA_ON_CPU
+[[maybe_unused]] bool on_cuda(const Tensor& t) { return t.device().is_cpu(); }
+[[maybe_unused]] c10::DeviceIndex cuda_index(const Tensor&) { return 0; }
+#else
+[[maybe_unused]] bool on_cuda(const Tensor& t) { return t.device().is_cuda(); }
+[[maybe_unused]] c10::DeviceIndex cuda_index(const Tensor& t) { return t.device().index(); }
+#endif
+
 int64_t row_count(const Tensor& input) { return input.dim() == 2 ? input.size(0) : 1; }
 
 void check_input(const Tensor& input, const char* name) {
@@ -238,11 +252,11 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   // Greedy calls with a scalar temperature draw no noise and leave the generator alone.
   const bool all_greedy = !probs && !w.temperature.has_value() && w.temperature_value == 0.0;
   const bool from_generator = !seed.has_value() && !seed_value.has_value() && !all_greedy && !shard.rng_state;
-  if (input.device().is_cpu()) {
+  if (!on_cuda(input)) {
     sample_cpu(p, input.scalar_type(), generator, from_generator);
   } else {
 #ifdef SYNCFREE_WITH_CUDA
-    sample_cuda(p, input.scalar_type(), input.device().index(), generator, from_generator);
+    sample_cuda(p, input.scalar_type(), cuda_index(input), generator, from_generator);
 #else
     fail_without_cuda(input.device());
 #endif
@@ -358,9 +372,9 @@ std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_ma
   const float* mp = mc.data_ptr<float>();
   auto* massp = reinterpret_cast<uint64_t*>(mass.data_ptr<int64_t>());
   auto* gapp = reinterpret_cast<uint64_t*>(gap.data_ptr<int64_t>());
-  if (y.device().is_cuda()) {
+  if (on_cuda(y)) {
 #ifdef SYNCFREE_WITH_CUDA
-    shard_masses_cuda(yp, mp, y.size(0), y.size(1), int(shift), massp, gapp, y.device().index());
+    shard_masses_cuda(yp, mp, y.size(0), y.size(1), int(shift), massp, gapp, cuda_index(y));
 #else
     fail_without_cuda(y.device());
 #endif
@@ -402,9 +416,9 @@ Tensor radix_histogram_op(const Tensor& y, const std::optional<Tensor>& weights,
   const float* cp = pointer_or_null<float>(cc);
   const int64_t* pp = pc.data_ptr<int64_t>();
   auto* hp = reinterpret_cast<uint64_t*>(hist.data_ptr<int64_t>());
-  if (y.device().is_cuda()) {
+  if (on_cuda(y)) {
 #ifdef SYNCFREE_WITH_CUDA
-    radix_histogram_cuda(yp, wp, cp, pp, y.size(0), y.size(1), int(done), hp, y.device().index());
+    radix_histogram_cuda(yp, wp, cp, pp, y.size(0), y.size(1), int(done), hp, cuda_index(y));
 #else
     fail_without_cuda(y.device());
 #endif
@@ -423,9 +437,9 @@ Tensor generator_state_op(const Tensor& like, const std::optional<at::Generator>
   if (generator.has_value()) check_generator_device(*generator, like, "local_logits");
   Tensor out = at::empty({2}, like.options().dtype(at::kLong));
   if (like.device().is_meta()) return out;
-  if (like.device().is_cuda()) {
+  if (on_cuda(like)) {
 #ifdef SYNCFREE_WITH_CUDA
-    generator_state_cuda(generator, like.device().index(), vocab, out.data_ptr<int64_t>());
+    generator_state_cuda(generator, cuda_index(like), vocab, out.data_ptr<int64_t>());
 #else
     fail_without_cuda(like.device());
 #endif
@@ -448,10 +462,10 @@ Tensor min_p_floor_op(const Tensor& row_max, const Tensor& min_p) {
   const Tensor mc = row_max.contiguous(), pc = min_p.contiguous();
   Tensor out = at::empty_like(mc);
   if (mc.device().is_meta() || mc.numel() == 0) return out;
-  if (mc.device().is_cuda()) {
+  if (on_cuda(mc)) {
 #ifdef SYNCFREE_WITH_CUDA
     min_p_floor_cuda(mc.data_ptr<float>(), pc.data_ptr<float>(), mc.numel(), out.data_ptr<float>(),
-                     mc.device().index());
+                     cuda_index(mc));
 #else
     fail_without_cuda(mc.device());
 #endif
@@ -475,7 +489,7 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
   p.vocab = logits.size(-1);
   RowTensors row_tensors;
   set_warpers(p, row_tensors, w, p.rows);
-  if (logits.device().is_cpu()) {
+  if (!on_cuda(logits)) {
     warp_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
   } else {
 #ifdef SYNCFREE_WITH_CUDA
@@ -484,9 +498,9 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
     if (p.warped) {
       keeps = at::empty({p.rows * int64_t(sizeof(RowKeep))}, logits.options().dtype(at::kByte));
       keep_ptr = reinterpret_cast<RowKeep*>(keeps.data_ptr());
-      warp_select_cuda(p, logits.scalar_type(), logits.device().index(), keep_ptr, true);
+      warp_select_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, true);
     }
-    warp_apply_cuda(p, logits.scalar_type(), logits.device().index(), keep_ptr, warped.data_ptr<float>());
+    warp_apply_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, warped.data_ptr<float>());
 #else
     fail_without_cuda(logits.device());
 #endif
@@ -517,7 +531,17 @@ Tensor scaled_logits_op(const Tensor& logits, const std::optional<Tensor>& tempe
   "Tensor input, bool probs, " SYNCFREE_WARPER_ARGS ", Tensor? seed, Tensor? offset, int? seed_value, "  \
   "int offset_value, Generator? generator, bool return_logprobs, bool return_valid"
 
-TORCH_LIBRARY(syncfree, m) {
+// The namespace is a macro for the CPU execution layer (Note [CUDA kernels on
+// the CPU]); the indirection lets TORCH_LIBRARY see it expanded.
+#ifdef SYNCFREE_CUDA_ON_CPU
+#define SYNCFREE_OPS syncfree_emulated
+#else
+#define SYNCFREE_OPS syncfree
+#endif
+#define SYNCFREE_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define SYNCFREE_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+SYNCFREE_LIBRARY(SYNCFREE_OPS, m) {
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
   m.def("sample(" SYNCFREE_SAMPLE_ARGS ") -> (Tensor tokens, Tensor logprobs, Tensor valid)", seeded);
   m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_ARGS ") -> (Tensor logprobs, Tensor valid)", seeded);
@@ -535,7 +559,7 @@ TORCH_LIBRARY(syncfree, m) {
 
 // One implementation serves every device: it routes on the input's device
 // itself, and on Meta it only checks and allocates.
-TORCH_LIBRARY_IMPL(syncfree, CPU, m) {
+SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CPU, m) {
   m.impl("scaled_logits", &scaled_logits_op);
   m.impl("radix_histogram", &radix_histogram_op);
   m.impl("shard_masses", &shard_masses_op);
@@ -546,7 +570,7 @@ TORCH_LIBRARY_IMPL(syncfree, CPU, m) {
   m.impl("warp", &warp_op);
   m.impl("race_shard", &race_shard_op);
 }
-TORCH_LIBRARY_IMPL(syncfree, CUDA, m) {
+SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CUDA, m) {
   m.impl("scaled_logits", &scaled_logits_op);
   m.impl("radix_histogram", &radix_histogram_op);
   m.impl("shard_masses", &shard_masses_op);
@@ -557,7 +581,7 @@ TORCH_LIBRARY_IMPL(syncfree, CUDA, m) {
   m.impl("warp", &warp_op);
   m.impl("race_shard", &race_shard_op);
 }
-TORCH_LIBRARY_IMPL(syncfree, Meta, m) {
+SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, Meta, m) {
   m.impl("scaled_logits", &scaled_logits_op);
   m.impl("radix_histogram", &radix_histogram_op);
   m.impl("shard_masses", &shard_masses_op);

@@ -24,17 +24,14 @@
 #include <vector>
 
 #include "../sample.h"
+#include "launch.h"
+#include "plans.h"
 
 namespace syncfree {
 namespace {
 
-constexpr int kThreads = 512;
+constexpr int kThreads = kSampleThreads;  // plans.h
 constexpr int kWarps = kThreads / 32;
-// Rows are split only into chunks of at least about this many tokens.
-constexpr int64_t kMinChunk = int64_t(kThreads) * kGroup;
-// Blocks wanted per SM when splitting rows (~60 registers a thread: two
-// 512-thread blocks fit an SM).
-constexpr int kBlocksPerSm = 2;
 
 struct KernelArgs {
   SampleParams p;
@@ -286,32 +283,30 @@ struct NvtxRange {
 };
 
 template <typename T>
-void launch(const KernelArgs& args, bool aligned, cudaStream_t stream) {
+void launch(const KernelArgs& args, int64_t blocks, bool aligned, cudaStream_t stream) {
   if (args.p.resolve_groups != nullptr) {
-    const unsigned blocks = unsigned(ceil_div(args.p.rows, kResolveRowsPerBlock));
+    const dim3 grid(unsigned(ceil_div(args.p.rows, kResolveRowsPerBlock))), block(32 * kResolveRowsPerBlock);
     if (args.p.probs) {
-      syncfree_resolve_group_kernel<T, true><<<blocks, 32 * kResolveRowsPerBlock, 0, stream>>>(args);
+      launch_kernel<syncfree_resolve_group_kernel<T, true>>(grid, block, 0, stream, args);
     } else {
-      syncfree_resolve_group_kernel<T, false><<<blocks, 32 * kResolveRowsPerBlock, 0, stream>>>(args);
+      launch_kernel<syncfree_resolve_group_kernel<T, false>>(grid, block, 0, stream, args);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  const dim3 grid(unsigned(args.p.rows * args.split.splits)), block(kThreads);
+  const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
   if (args.p.probs) {
     if (aligned) {
-      syncfree_sample_kernel<T, true, true><<<grid, block, 0, stream>>>(args);
+      launch_kernel<syncfree_sample_kernel<T, true, true>>(grid, block, 0, stream, args);
     } else {
-      syncfree_sample_kernel<T, true, false><<<grid, block, 0, stream>>>(args);
+      launch_kernel<syncfree_sample_kernel<T, true, false>>(grid, block, 0, stream, args);
     }
   } else {
     if (aligned) {
-      syncfree_sample_kernel<T, false, true><<<grid, block, 0, stream>>>(args);
+      launch_kernel<syncfree_sample_kernel<T, false, true>>(grid, block, 0, stream, args);
     } else {
-      syncfree_sample_kernel<T, false, false><<<grid, block, 0, stream>>>(args);
+      launch_kernel<syncfree_sample_kernel<T, false, false>>(grid, block, 0, stream, args);
     }
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -325,11 +320,9 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   KernelArgs args{};
   args.p = p;
   args.from_generator = from_generator;
-  // The merging block reads one partial per thread: at most kThreads chunks.
-  const int64_t wanted = std::min<int64_t>(ceil_div(int64_t(sm_count(device)) * kBlocksPerSm, p.rows), kThreads);
-  args.split = split_row(p.vocab, wanted, kMinChunk);
-  TORCH_CHECK(p.rows * args.split.splits <= int64_t(INT32_MAX), "syncfree: batch of ", p.rows,
-              " rows is too large for one launch");
+  const SamplePlan plan = plan_sample(p.rows, p.vocab, sm_count(device));
+  args.split = plan.split;
+  TORCH_CHECK(plan.blocks <= int64_t(INT32_MAX), "syncfree: batch of ", p.rows, " rows is too large for one launch");
   if (from_generator) {
     // See Note [syncfree RNG counter layout]: each row reads positions
     // [offset, offset + V) of its subsequence; the offset moves past them.
@@ -349,11 +342,11 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   }
 
   c10::DataPtr workspace;
-  if (args.split.splits > 1 && p.resolve_groups == nullptr) {
+  if (plan.partial_rows > 0 && p.resolve_groups == nullptr) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
     const bool capturing = capture != cudaStreamCaptureStatusNone;
-    const size_t partial_bytes = size_t(p.rows * args.split.splits) * sizeof(RacePartial);
+    const size_t partial_bytes = size_t(plan.partial_rows) * sizeof(RacePartial);
     const size_t ticket_bytes = capturing ? size_t(p.rows) * sizeof(unsigned) : 0;
     workspace = c10::cuda::CUDACachingAllocator::get()->allocate(partial_bytes + ticket_bytes);
     args.partials = static_cast<RacePartial*>(workspace.get());
@@ -369,13 +362,13 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   const bool aligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0 && (p.row_stride * elem) % 16 == 0;
   switch (dtype) {
     case at::kFloat:
-      launch<float>(args, aligned, stream);
+      launch<float>(args, plan.blocks, aligned, stream);
       break;
     case at::kHalf:
-      launch<c10::Half>(args, aligned, stream);
+      launch<c10::Half>(args, plan.blocks, aligned, stream);
       break;
     case at::kBFloat16:
-      launch<c10::BFloat16>(args, aligned, stream);
+      launch<c10::BFloat16>(args, plan.blocks, aligned, stream);
       break;
     default:
       TORCH_CHECK(false, "syncfree: unsupported dtype ", dtype, " on CUDA");
@@ -403,8 +396,7 @@ void generator_state_cuda(const std::optional<at::Generator>& generator, c10::De
     std::lock_guard<std::mutex> lock(gen->mutex_);
     philox = gen->philox_cuda_state(uint64_t(ceil_div(vocab, 4) * 4));  // as sample_cuda advances it
   }
-  syncfree_generator_state_kernel<<<1, 1, 0, stream>>>(philox, out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel<syncfree_generator_state_kernel>(dim3(1), dim3(1), 0, stream, philox, out);
 }
 
 }  // namespace syncfree

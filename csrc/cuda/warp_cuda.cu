@@ -13,6 +13,7 @@
 #include <algorithm>
 
 #include "../sample.h"
+#include "launch.h"
 
 namespace syncfree {
 namespace {
@@ -277,9 +278,8 @@ void shard_masses_cuda(const float* y, const float* row_max, int64_t rows, int64
                        uint64_t* mass, uint64_t* gap, c10::DeviceIndex device) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  syncfree_shard_masses_kernel<<<elementwise_blocks(rows * cols), 256, 0, stream>>>(y, row_max, rows, cols, shift,
-                                                                                     mass, gap);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel<syncfree_shard_masses_kernel>(dim3(elementwise_blocks(rows * cols)), dim3(256), 0, stream, y, row_max,
+                                              rows, cols, shift, mass, gap);
 }
 
 void radix_histogram_cuda(const float* y, const int64_t* weights, const float* centers, const int64_t* prefix,
@@ -288,16 +288,14 @@ void radix_histogram_cuda(const float* y, const int64_t* weights, const float* c
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   // About 8 elements a thread, at most 64 chunks a row.
   const dim3 grid(unsigned(rows), unsigned(std::min<int64_t>(ceil_div(cols, 8 * kHistogramThreads), 64)));
-  syncfree_radix_histogram_kernel<<<grid, kHistogramThreads, 0, stream>>>(
-      y, weights, centers, prefix, cols, done, reinterpret_cast<unsigned long long*>(hist));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel<syncfree_radix_histogram_kernel>(grid, dim3(kHistogramThreads), 0, stream, y, weights, centers, prefix,
+                                                 cols, done, reinterpret_cast<unsigned long long*>(hist));
 }
 
 void min_p_floor_cuda(const float* row_max, const float* min_p, int64_t n, float* out, c10::DeviceIndex device) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  syncfree_min_p_floor_kernel<<<elementwise_blocks(n), 256, 0, stream>>>(row_max, min_p, n, out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel<syncfree_min_p_floor_kernel>(dim3(elementwise_blocks(n)), dim3(256), 0, stream, row_max, min_p, n, out);
 }
 
 void warp_select_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
@@ -306,8 +304,8 @@ void warp_select_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceI
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    syncfree_warp_select_kernel<T><<<unsigned(p.rows), kSelectThreads, 0, stream>>>(p, keeps, greedy_rows_too);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel<syncfree_warp_select_kernel<T>>(dim3(unsigned(p.rows)), dim3(kSelectThreads), 0, stream, p, keeps,
+                                                  greedy_rows_too);
   });
 }
 
@@ -318,8 +316,7 @@ void warp_apply_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIn
   const dim3 grid(unsigned(p.rows), unsigned(std::min<int64_t>(ceil_div(p.vocab, 256), 1024)));
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    syncfree_apply_keep_kernel<T><<<grid, 256, 0, stream>>>(p, keeps, out);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel<syncfree_apply_keep_kernel<T>>(grid, dim3(256), 0, stream, p, keeps, out);
   });
 }
 

@@ -1,0 +1,77 @@
+"""syncfree's CUDA kernels, run on the CPU (see README.md beside this file).
+
+    import cuda_on_cpu
+    layer = cuda_on_cpu.load()              # builds (cached) and imports the module, loads the ops
+    with cuda_on_cpu.emulating():           # torch.ops.syncfree -> torch.ops.syncfree_emulated
+        tokens = syncfree.sample(cpu_logits, ...)   # runs the real CUDA launchers and kernels
+
+The variant is SYNCFREE_EMULATION_VARIANT (plain, asan or tsan; a sanitizer variant
+needs its runtime preloaded: see run_variant). One variant per process.
+"""
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+
+import torch
+
+from . import build as _build
+from . import resources as _resources
+
+_module = None
+
+
+def load(variant=None, csrc=None):
+    """The layer's module, built and imported once per process, with the resource report loaded."""
+    global _module
+    if _module is None:
+        variant = variant or os.environ.get("SYNCFREE_EMULATION_VARIANT", "plain")
+        path = _build.build(variant, csrc=csrc)
+        spec = importlib.util.spec_from_file_location("_cuda_on_cpu", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        report = _resources.report(csrc=csrc)
+        if report is not None:
+            module.set_kernel_resources(report)
+            module.configure(require_resources=True)
+        module.has_resource_report = report is not None
+        _module = module
+    return _module
+
+
+@contextlib.contextmanager
+def emulating():
+    """Routes syncfree's Python API to the emulated ops (CPU tensors take the CUDA path)."""
+    load()
+    real = torch.ops.syncfree
+    torch.ops.syncfree = torch.ops.syncfree_emulated
+    try:
+        yield
+    finally:
+        torch.ops.syncfree = real
+
+
+@contextlib.contextmanager
+def capture(graph):
+    """Records the kernel launches and memsets of the block into graph (replay runs them)."""
+    graph.capture_begin()
+    try:
+        yield graph
+    finally:
+        graph.capture_end()
+
+
+def run_variant(variant, pytest_args, timeout):
+    """Runs pytest in a subprocess over the given variant's build (sanitizer runtime preloaded)."""
+    env = dict(os.environ, SYNCFREE_EMULATION_VARIANT=variant, PYTHONUNBUFFERED="1")
+    runtime = _build.sanitizer_runtime(variant) if variant != "plain" else None
+    if variant != "plain":
+        if runtime is None:
+            return None
+        env["LD_PRELOAD"] = runtime
+        env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_odr_violation=0"
+        env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+        env["TSAN_OPTIONS"] = "halt_on_error=1:report_signal_unsafe=0"
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args], env=env,
+                          capture_output=True, text=True, timeout=timeout)

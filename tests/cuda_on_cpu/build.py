@@ -1,0 +1,143 @@
+"""Builds the CPU execution layer: syncfree's real sources, compiled by g++, as one Python module.
+
+csrc/ops.cpp and csrc/cpu/*.cpp as they are; csrc/cuda/*.cu as C++ with cuda_on_cpu.h
+force-included and the stand-in headers of include/ ahead of torch's; the layer's runtime
+and its Python face. Objects are cached by the content of their sources and project
+headers, so a mutant (a copy of csrc/ with one file changed) recompiles only what it
+touches. Variants: "plain" (-O2), "asan" (AddressSanitizer + UndefinedBehaviorSanitizer),
+"tsan" (ThreadSanitizer; the runtime itself is left uninstrumented and annotates).
+
+    python tests/cuda_on_cpu/build.py [plain|asan|tsan]     # prints the module's path
+"""
+import concurrent.futures
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+LAYER = pathlib.Path(__file__).resolve().parent
+ROOT = LAYER.parent.parent
+CACHE = ROOT / "build" / "cuda_on_cpu"
+MODULE = "_cuda_on_cpu"
+
+VARIANTS = {
+    "plain": ["-O2"],
+    "asan": ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+             "-fno-sanitize-recover=undefined"],
+    "tsan": ["-O1", "-g", "-fsanitize=thread", "-DCUDA_ON_CPU_TSAN"],
+}
+
+
+def _torch_flags():
+    import torch
+    from torch.utils.cpp_extension import include_paths, library_paths
+    defines = [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+               "-DTORCH_API_INCLUDE_EXTENSION_H", f"-DTORCH_EXTENSION_NAME={MODULE}",
+               f'-DSYNCFREE_TORCH_VERSION="{torch.__version__}"']
+    includes = [f for p in include_paths() + [sysconfig.get_paths()["include"]] for f in ("-isystem", p)]
+    return defines, includes, library_paths()[0], torch.__version__
+
+
+def _sources(csrc):
+    """(source, kind): kind "cuda" compiles as C++ through the layer; "layer" is the layer's own."""
+    return ([(csrc / "ops.cpp", "cxx")] + [(p, "cxx") for p in sorted((csrc / "cpu").glob("*.cpp"))]
+            + [(p, "cuda") for p in sorted((csrc / "cuda").glob("*.cu"))]
+            + [(LAYER / "runtime.cpp", "layer"), (LAYER / "module.cpp", "layer")])
+
+
+def _flags(variant, kind, csrc, defines, includes):
+    flags = ["-std=c++20", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing", "-ffp-contract=off",
+             "-fno-fast-math", "-fno-trapping-math", "-fopenmp", "-DSYNCFREE_WITH_CUDA", "-DSYNCFREE_CUDA_ON_CPU",
+             *defines, f"-I{csrc}", f"-I{LAYER / 'include'}", f"-I{LAYER}", *includes]
+    variant_flags = VARIANTS[variant]
+    if variant == "tsan" and kind == "layer":  # the runtime's own bookkeeping is not a data race
+        variant_flags = [f for f in variant_flags if f != "-fsanitize=thread"]
+    flags += variant_flags
+    if kind == "cuda":
+        flags += ["-x", "c++", "-include", str(LAYER / "cuda_on_cpu.h"), "-fdata-sections"]
+    return flags
+
+
+def _key(compiler, flags, source, version):
+    """Hash of the flags (minus paths), the source and every project header it includes."""
+    deps = subprocess.run([compiler, *flags, "-MM", str(source)], check=True, capture_output=True, text=True).stdout
+    files = sorted({d for d in deps.replace("\\\n", " ").split()[1:]})
+    h = hashlib.sha256()
+    h.update(version.encode())
+    h.update(" ".join(f for f in flags if not f.startswith(("-I", "/"))).encode())
+    for f in files:
+        h.update(pathlib.Path(f).name.encode())
+        h.update(pathlib.Path(f).read_bytes())
+    return h.hexdigest()[:24]
+
+
+def _gather_shared(obj):
+    """Moves every __shared__ variable's section into the section cuda_on_cpu_shared.
+
+    cuda_on_cpu.h gives each an alignment nothing else uses (g++ ignores a section
+    attribute on a static in a function template) and -fdata-sections a section of its own.
+    """
+    align = "2**13"  # CUDA_ON_CPU_SHARED_ALIGN = 8192
+    listing = subprocess.run(["objdump", "-h", "-w", str(obj)], check=True, capture_output=True, text=True).stdout
+    renames = []
+    for line in listing.splitlines():
+        cols = line.split()
+        if len(cols) >= 7 and cols[0].isdigit() and cols[6] == align and cols[1] != "cuda_on_cpu_shared":
+            renames += ["--rename-section", f"{cols[1]}=cuda_on_cpu_shared"]
+    if renames:
+        subprocess.run(["objcopy", *renames, str(obj)], check=True)
+
+
+def build(variant="plain", csrc=None, jobs=None, quiet=False):
+    """Compiles (or finds in the cache) the layer's module for `variant`; returns its path."""
+    csrc = pathlib.Path(csrc or ROOT / "csrc").resolve()
+    compiler = os.environ.get("CXX", "g++")
+    defines, includes, torch_lib, version = _torch_flags()
+    objects_dir = CACHE / "objects"
+    objects_dir.mkdir(parents=True, exist_ok=True)
+
+    def compile_one(source, kind):
+        flags = _flags(variant, kind, csrc, defines, includes)
+        key = _key(compiler, flags, source, version)
+        obj = objects_dir / f"{source.stem}-{variant}-{key}.o"
+        if not obj.exists():
+            if not quiet:
+                print(f"cuda_on_cpu: compiling {source.name} ({variant})", flush=True)
+            tmp = obj.with_suffix(f".{os.getpid()}.tmp")
+            subprocess.run([compiler, *flags, "-c", str(source), "-o", str(tmp)], check=True)
+            if kind == "cuda":
+                _gather_shared(tmp)
+            os.replace(tmp, obj)
+        return obj
+
+    with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count()) as pool:
+        objects = list(pool.map(lambda s: compile_one(*s), _sources(csrc)))
+    link = hashlib.sha256(" ".join(o.name for o in objects).encode()).hexdigest()[:16]
+    out = CACHE / variant / link / f"{MODULE}{sysconfig.get_config_var('EXT_SUFFIX')}"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run([compiler, "-shared", *map(str, objects), "-o", str(tmp), *VARIANTS[variant],
+                        "-fopenmp", f"-L{torch_lib}", "-lc10", "-ltorch_cpu", "-ltorch_python",
+                        f"-Wl,-rpath,{torch_lib}"], check=True)
+        os.replace(tmp, out)
+    return out
+
+
+def sanitizer_runtime(variant):
+    """The sanitizer runtime a non-instrumented python must preload for `variant`."""
+    name = {"asan": "libasan.so", "tsan": "libtsan.so"}[variant]
+    path = subprocess.run([os.environ.get("CXX", "g++"), f"-print-file-name={name}"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+def clean():
+    shutil.rmtree(CACHE, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    print(build(sys.argv[1] if len(sys.argv) > 1 else "plain"))

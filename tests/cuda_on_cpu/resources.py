@@ -1,0 +1,125 @@
+"""Per-kernel resources from nvcc, for the layer's launch checks (Note [Launch validation]).
+
+Each csrc/cuda/*.cu is compiled to PTX for sm_90 with the extension's nvcc flags; the PTX
+gives each kernel's __launch_bounds__ (.maxntid), and ptxas -v on it the registers and the
+static shared memory. Results are cached by the sources' content. Needs a CUDA toolkit
+(nvcc, ptxas, c++filt); without one report() returns None and launches go unchecked.
+"""
+import hashlib
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+from .build import CACHE, ROOT
+
+ARCH = "sm_90"
+
+
+def _cuda_home():
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
+            return pathlib.Path(home)
+    return None
+
+
+def _nvcc_flags(csrc):
+    import torch
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
+    wheel_includes = sorted({str(p) for site in sys.path if site
+                             for p in pathlib.Path(site).glob("nvidia/*/include") if p.is_dir()})
+    return ([f"-arch={ARCH}", "-std=c++20", "-O3", "--fmad=false", "-DSYNCFREE_WITH_CUDA",
+             f'-DSYNCFREE_TORCH_VERSION="{torch.__version__}"', f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+             *COMMON_NVCC_FLAGS, f"-I{csrc}"]
+            + [f"-I{p}" for p in include_paths() + wheel_includes])
+
+
+def _demangle(names):
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
+def _kernel_name(demangled):
+    """'void ns::k<float, true>(args)' -> 'ns::k<float, true>'."""
+    name = demangled
+    if name.endswith(")"):
+        depth = 0
+        for i in range(len(name) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(name[i], 0)
+            if depth == 0:
+                name = name[:i]
+                break
+    return name[5:] if name.startswith("void ") else name
+
+
+def parse_ptx(ptx):
+    """{mangled entry: max threads a block (0 without __launch_bounds__)}."""
+    entries = {}
+    for m in re.finditer(r"\.entry\s+(\w+)\s*\((.*?)\)\s*((?:\.\w+[^{]*)?)\{", ptx, re.S):
+        bounds = re.search(r"\.maxntid\s+(\d+)\s*,\s*(\d+)\s*,\s*(\d+)", m.group(3))
+        entries[m.group(1)] = int(bounds.group(1)) * int(bounds.group(2)) * int(bounds.group(3)) if bounds else 0
+    return entries
+
+
+def parse_ptxas(log):
+    """{mangled function: (registers, static shared bytes, spill bytes)} from ptxas -v."""
+    out, current = {}, None
+    for line in log.splitlines():
+        m = re.search(r"(?:Compiling entry function|Function properties for) '?(\w+)'?", line)
+        if m and "Compiling entry function" in line:
+            current = m.group(1)
+            continue
+        m = re.search(r"Used (\d+) registers(?:.*?, (\d+) bytes smem)?", line)
+        if m and current:
+            regs, smem = int(m.group(1)), int(m.group(2) or 0)
+            spills = out.get(current, (0, 0, 0))[2]
+            out[current] = (regs, smem, spills)
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and current:
+            regs, smem, _ = out.get(current, (0, 0, 0))
+            out[current] = (regs, smem, int(m.group(1)) + int(m.group(2)))
+    return out
+
+
+def report(csrc=None, verbose=False):
+    """{kernel name: (registers, static shared bytes, max threads)}, or None without nvcc."""
+    home = _cuda_home()
+    if home is None or shutil.which("c++filt") is None:
+        return None
+    csrc = pathlib.Path(csrc or ROOT / "csrc").resolve()
+    flags = _nvcc_flags(csrc)
+    cache = CACHE / "ptx"
+    cache.mkdir(parents=True, exist_ok=True)
+    table, details = {}, {}
+    for source in sorted((csrc / "cuda").glob("*.cu")):
+        deps = subprocess.run([str(home / "bin" / "nvcc"), *flags, "-M", str(source)], check=True,
+                              capture_output=True, text=True).stdout
+        project = sorted({d for d in deps.replace("\\\n", " ").split()[1:] if d.startswith(str(csrc))})
+        h = hashlib.sha256(" ".join(flags[:6]).encode())
+        for f in project:
+            h.update(pathlib.Path(f).name.encode() + pathlib.Path(f).read_bytes())
+        key = h.hexdigest()[:24]
+        ptx_path, log_path = cache / f"{source.stem}-{key}.ptx", cache / f"{source.stem}-{key}.ptxas"
+        if not log_path.exists():
+            print(f"cuda_on_cpu: nvcc resource report for {source.name}", flush=True)
+            subprocess.run([str(home / "bin" / "nvcc"), *flags, "-ptx", str(source), "-o", str(ptx_path)], check=True)
+            log = subprocess.run([str(home / "bin" / "ptxas"), f"-arch={ARCH}", "-v", str(ptx_path), "-o", os.devnull],
+                                 check=True, capture_output=True, text=True)
+            log_path.write_text(log.stdout + log.stderr)
+        bounds = parse_ptx(ptx_path.read_text())
+        resources = parse_ptxas(log_path.read_text())
+        names = list(bounds)
+        for mangled, demangled in zip(names, _demangle(names)):
+            regs, smem, spills = resources.get(mangled, (0, 0, 0))
+            table[_kernel_name(demangled)] = (regs, smem, bounds[mangled])
+            details[_kernel_name(demangled)] = spills
+    if verbose:
+        for name, (regs, smem, threads) in sorted(table.items()):
+            print(f"{regs:4d} regs {smem:6d} B smem  maxntid {threads:4d}  spills {details[name]:4d} B  {name}")
+    return table
+
+
+if __name__ == "__main__":
+    report(verbose=True)
