@@ -5,6 +5,7 @@
 #include "runtime.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -802,8 +803,16 @@ namespace {
 struct GeneratorEntry {
   c10::intrusive_ptr<c10::GeneratorImpl> keep;  // the address cannot be reused while here
   std::unique_ptr<at::CUDAGeneratorImpl> state;
-  uint64_t seen_seed;
+  uint64_t seen;  // hash of the torch.Generator's state when last used
 };
+
+uint64_t state_hash(const at::Generator& gen) {
+  const at::Tensor state = gen.get_state();
+  const auto* bytes = static_cast<const unsigned char*>(state.const_data_ptr());
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (int64_t i = 0; i < state.numel(); ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  return h;
+}
 std::unordered_map<const c10::GeneratorImpl*, GeneratorEntry>& generators() {
   static std::unordered_map<const c10::GeneratorImpl*, GeneratorEntry> table;
   return table;
@@ -813,19 +822,23 @@ std::unordered_map<const c10::GeneratorImpl*, GeneratorEntry>& generators() {
 
 at::CUDAGeneratorImpl* emulated_generator(const at::Generator& gen) {
   TORCH_CHECK(gen.defined(), "cuda_on_cpu: undefined generator");
+  // The stream restarts at (seed, 0) when the torch.Generator's state has
+  // changed since its last use here: manual_seed (or a draw by a CPU op). Each
+  // use advances that state by one draw, so that a manual_seed with the same
+  // seed is seen as a change too.
   auto& table = generators();
-  const uint64_t seed = gen.current_seed();
   auto [it, fresh] = table.try_emplace(gen.unsafeGetGeneratorImpl());
   GeneratorEntry& e = it->second;
   if (fresh) {
     e.keep = gen.getIntrusivePtr();
     e.state = std::make_unique<at::CUDAGeneratorImpl>();
   }
-  if (fresh || e.seen_seed != seed) {  // manual_seed: a fresh stream
-    e.state->seed = seed;
+  if (fresh || e.seen != state_hash(gen)) {
+    e.state->seed = gen.current_seed();
     e.state->offset = 0;
-    e.seen_seed = seed;
   }
+  at::check_generator<at::CPUGeneratorImpl>(gen)->random();
+  e.seen = state_hash(gen);
   return e.state.get();
 }
 

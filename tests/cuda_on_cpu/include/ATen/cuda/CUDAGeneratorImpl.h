@@ -6,7 +6,8 @@
 //
 // A torch.Generator (a CPU one, here) stands for a CUDA generator: its seed
 // is the Philox seed, and the offset lives in this stand-in; manual_seed
-// resets it. The default CUDA generator is torch's default generator.
+// resets it (runtime.cpp, emulated_generator). The default CUDA generator is
+// torch's default generator.
 #pragma once
 #include <ATen/core/Generator.h>
 #include <ATen/cuda/PhiloxCudaState.h>
