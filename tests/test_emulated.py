@@ -29,6 +29,10 @@ def cases(full, quick):
     return quick if QUICK else full
 
 
+def shape_id(shape):
+    return f"{shape[0]}x{shape[1]}"
+
+
 @pytest.fixture(scope="module")
 def layer():
     module = cuda_on_cpu.load(csrc=os.environ.get("SYNCFREE_EMULATION_CSRC"))
@@ -97,8 +101,8 @@ def test_the_plan_splits_large_rows_at_small_batch(layer):
 # Sampling
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", cases(SHAPES, QUICK_SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", cases(SHAPES, QUICK_SHAPES), ids=shape_id)
 def test_tokens_logprobs_and_valid_match_the_cpu(layer, shape, dtype):
     b, v = shape
     x = make(b, v, dtype)
@@ -128,7 +132,7 @@ def test_repeated_calls_under_other_schedules_agree(layer):
         assert tickets_are_zero(layer)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_misaligned_strided_and_padded_rows(layer, dtype):
     wide = make(12, 5003, dtype)
     views = [lambda t: t[:, 1:4001], lambda t: t[::3, 2:], lambda t: t[0].expand(12, 5003),
@@ -165,7 +169,7 @@ def test_degenerate_and_infinite_rows(layer, vocab):
     assert_same(want, emulated(syncfree.sample_probs, probs, seed=2, return_valid=True))
 
 
-@pytest.mark.parametrize("shape", cases([(4, 17), (3, 1000), (1, 16400), (2, 131072)], [(1, 16400)]))
+@pytest.mark.parametrize("shape", cases([(4, 17), (3, 1000), (1, 16400), (2, 131072)], [(1, 16400)]), ids=shape_id)
 def test_sample_probs(layer, shape):
     w = make(*shape, torch.float32).exp()
     w.view(-1)[::5] = 0
@@ -197,7 +201,7 @@ def test_the_generator_path_is_the_int_seed_path_at_the_generator_offset(layer):
         assert tickets_are_zero(layer)
 
 
-@pytest.mark.parametrize("shape", cases([(3, 1000), (1, 131072)], [(1, 16400)]))
+@pytest.mark.parametrize("shape", cases([(3, 1000), (1, 131072)], [(1, 16400)]), ids=shape_id)
 def test_captured_calls_replay_with_fresh_noise(layer, shape):
     """As PyTorch's graph test: eager steps and replays of a captured step give the same tokens and
     leave the generator at the same offset; split rows take their tickets from the workspace."""
@@ -240,11 +244,9 @@ WARPER_SHAPES = [(1, 128256), (8, 32000), (33, 4099), (4, 17)]
 
 @pytest.mark.parametrize("config", cases(WARPER_CONFIGS, WARPER_CONFIGS[-1:]),
                          ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", cases(WARPER_SHAPES, [(4, 17), (1, 128256)]))
+@pytest.mark.parametrize("dtype", cases(DTYPES, [torch.bfloat16]), ids=str)
+@pytest.mark.parametrize("shape", cases(WARPER_SHAPES, [(4, 17), (1, 128256)]), ids=shape_id)
 def test_warpers_keep_the_same_sets(layer, shape, dtype, config):
-    if QUICK and dtype != torch.bfloat16:
-        pytest.skip("quick: one dtype")
     x = make(*shape, dtype)
     seeds = torch.arange(shape[0]) * 5
     temps = torch.rand(shape[0], generator=torch.Generator().manual_seed(3)) + 0.4
@@ -309,7 +311,7 @@ def both(name, *args):
     return getattr(torch.ops.syncfree, name)(*args), getattr(torch.ops.syncfree_emulated, name)(*args)
 
 
-@pytest.mark.parametrize("shape", cases([(3, 4096), (1, 131072)], [(1, 16400)]))
+@pytest.mark.parametrize("shape", cases([(3, 4096), (1, 131072)], [(1, 16400)]), ids=shape_id)
 def test_shard_kernels(layer, shape):
     b, width = shape
     x = make(b, width, torch.bfloat16)

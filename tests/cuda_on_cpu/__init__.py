@@ -73,5 +73,6 @@ def run_variant(variant, pytest_args, timeout):
         env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_odr_violation=0"
         env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
         env["TSAN_OPTIONS"] = "halt_on_error=1:report_signal_unsafe=0"
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args], env=env,
+    # --capture=sys: a sanitizer report written to fd 2 as the process dies must reach us.
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--capture=sys", *pytest_args], env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -31,6 +31,11 @@ VARIANTS = {
 }
 
 
+def tool_env():
+    """The environment for compilers and binutils: without a sanitizer runtime preloaded into them."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def _torch_flags():
     import torch
     from torch.utils.cpp_extension import include_paths, library_paths
@@ -63,7 +68,8 @@ def _flags(variant, kind, csrc, defines, includes):
 
 def _key(compiler, flags, source, version):
     """Hash of the flags (minus paths), the source and every project header it includes."""
-    deps = subprocess.run([compiler, *flags, "-MM", str(source)], check=True, capture_output=True, text=True).stdout
+    deps = subprocess.run([compiler, *flags, "-MM", str(source)], check=True, capture_output=True, text=True,
+                          env=tool_env()).stdout
     files = sorted({d for d in deps.replace("\\\n", " ").split()[1:]})
     h = hashlib.sha256()
     h.update(version.encode())
@@ -81,14 +87,15 @@ def _gather_shared(obj):
     attribute on a static in a function template) and -fdata-sections a section of its own.
     """
     align = "2**13"  # CUDA_ON_CPU_SHARED_ALIGN = 8192
-    listing = subprocess.run(["objdump", "-h", "-w", str(obj)], check=True, capture_output=True, text=True).stdout
+    listing = subprocess.run(["objdump", "-h", "-w", str(obj)], check=True, capture_output=True, text=True,
+                             env=tool_env()).stdout
     renames = []
     for line in listing.splitlines():
         cols = line.split()
         if len(cols) >= 7 and cols[0].isdigit() and cols[6] == align and cols[1] != "cuda_on_cpu_shared":
             renames += ["--rename-section", f"{cols[1]}=cuda_on_cpu_shared"]
     if renames:
-        subprocess.run(["objcopy", *renames, str(obj)], check=True)
+        subprocess.run(["objcopy", *renames, str(obj)], check=True, env=tool_env())
 
 
 def build(variant="plain", csrc=None, jobs=None, quiet=False):
@@ -107,7 +114,7 @@ def build(variant="plain", csrc=None, jobs=None, quiet=False):
             if not quiet:
                 print(f"cuda_on_cpu: compiling {source.name} ({variant})", flush=True)
             tmp = obj.with_suffix(f".{os.getpid()}.tmp")
-            subprocess.run([compiler, *flags, "-c", str(source), "-o", str(tmp)], check=True)
+            subprocess.run([compiler, *flags, "-c", str(source), "-o", str(tmp)], check=True, env=tool_env())
             if kind == "cuda":
                 _gather_shared(tmp)
             os.replace(tmp, obj)
@@ -122,7 +129,7 @@ def build(variant="plain", csrc=None, jobs=None, quiet=False):
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         subprocess.run([compiler, "-shared", *map(str, objects), "-o", str(tmp), *VARIANTS[variant],
                         "-fopenmp", f"-L{torch_lib}", "-lc10", "-ltorch_cpu", "-ltorch_python",
-                        f"-Wl,-rpath,{torch_lib}"], check=True)
+                        f"-Wl,-rpath,{torch_lib}"], check=True, env=tool_env())
         os.replace(tmp, out)
     return out
 
@@ -131,7 +138,7 @@ def sanitizer_runtime(variant):
     """The sanitizer runtime a non-instrumented python must preload for `variant`."""
     name = {"asan": "libasan.so", "tsan": "libtsan.so"}[variant]
     path = subprocess.run([os.environ.get("CXX", "g++"), f"-print-file-name={name}"], check=True,
-                          capture_output=True, text=True).stdout.strip()
+                          capture_output=True, text=True, env=tool_env()).stdout.strip()
     return path if os.path.isabs(path) and os.path.exists(path) else None
 
 

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 
-from .build import CACHE, ROOT
+from .build import CACHE, ROOT, tool_env
 
 ARCH = "sm_90"
 
@@ -37,7 +37,8 @@ def _nvcc_flags(csrc):
 
 
 def _demangle(names):
-    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True,
+                         env=tool_env()).stdout
     return out.splitlines()
 
 
@@ -95,7 +96,7 @@ def report(csrc=None, verbose=False):
     table, details = {}, {}
     for source in sorted((csrc / "cuda").glob("*.cu")):
         deps = subprocess.run([str(home / "bin" / "nvcc"), *flags, "-M", str(source)], check=True,
-                              capture_output=True, text=True).stdout
+                              capture_output=True, text=True, env=tool_env()).stdout
         project = sorted({d for d in deps.replace("\\\n", " ").split()[1:] if d.startswith(str(csrc))})
         h = hashlib.sha256(" ".join(flags[:6]).encode())
         for f in project:
@@ -104,9 +105,10 @@ def report(csrc=None, verbose=False):
         ptx_path, log_path = cache / f"{source.stem}-{key}.ptx", cache / f"{source.stem}-{key}.ptxas"
         if not log_path.exists():
             print(f"cuda_on_cpu: nvcc resource report for {source.name}", flush=True)
-            subprocess.run([str(home / "bin" / "nvcc"), *flags, "-ptx", str(source), "-o", str(ptx_path)], check=True)
+            subprocess.run([str(home / "bin" / "nvcc"), *flags, "-ptx", str(source), "-o", str(ptx_path)], check=True,
+                           env=tool_env())
             log = subprocess.run([str(home / "bin" / "ptxas"), f"-arch={ARCH}", "-v", str(ptx_path), "-o", os.devnull],
-                                 check=True, capture_output=True, text=True)
+                                 check=True, capture_output=True, text=True, env=tool_env())
             log_path.write_text(log.stdout + log.stderr)
         bounds = parse_ptx(ptx_path.read_text())
         resources = parse_ptxas(log_path.read_text())

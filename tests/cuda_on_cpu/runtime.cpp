@@ -28,6 +28,8 @@
 #endif
 #if defined(CUDA_ON_CPU_TSAN)
 #include <sanitizer/tsan_interface.h>
+// libtsan's dynamic annotation: forget the accesses to a range (fresh memory).
+extern "C" void AnnotateNewMemory(const char* file, int line, const volatile void* mem, size_t size);
 #endif
 
 // Every __shared__ variable lives in this section (cuda_on_cpu.h).
@@ -139,10 +141,20 @@ struct WarpOp {
   WarpOpKind kind;
   const char* file;
   int line;
-  unsigned mask, arrived = 0;
+  unsigned mask, arrived;
   int width;
   uint64_t value[32];
   int param[32];
+};
+
+// The ops a warp's lanes wait at (disjoint masks). Fixed storage: fibers
+// never allocate, so ThreadSanitizer sees no heap traffic between them.
+struct WarpOps {
+  static constexpr int kMax = 4;
+  WarpOp op[kMax];
+  int count = 0;
+  WarpOp* begin() { return op; }
+  WarpOp* end() { return op + count; }
 };
 
 struct Block {
@@ -154,7 +166,7 @@ struct Block {
   int barrier_waiting = 0;
   const char* barrier_file = nullptr;
   int barrier_line = 0;
-  std::vector<std::vector<WarpOp>> warp_ops;  // pending, per warp
+  std::vector<WarpOps> warp_ops;  // pending, per warp
   std::string error;
   const std::function<void()>* body = nullptr;
   void* scheduler_sp = nullptr;
@@ -170,6 +182,18 @@ struct Block {
 
 thread_local Block* current_block = nullptr;
 thread_local Thread* current_thread = nullptr;
+
+// Note [ThreadSanitizer and fibers]
+// ---------------------------------
+// Under ThreadSanitizer each CUDA thread is a TSan fiber, and switches between
+// fibers do not synchronise, so TSan checks the kernels' own ordering: a
+// launch happens before its threads start (launch_token), their ends before
+// the launch returns (grid_token), __syncthreads orders a block, __syncwarp
+// its lanes, atomics (acq_rel here) order what they order. Blocks of a grid
+// are not ordered with each other, as on a GPU. Shared memory and reused fiber
+// stacks are declared fresh for each block. The runtime itself is not
+// instrumented and never allocates inside a fiber.
+[[maybe_unused]] int launch_token, grid_token;
 
 std::mt19937_64& rng() {
   static std::mt19937_64 engine(1);
@@ -285,6 +309,9 @@ void thread_exit(Block& b, Thread& t) {
                    kind_name(op->kind) + " (" + site(op->file, op->line) + ", mask " + lanes(op->mask) + ")");
   }
   if (b.barrier_waiting > 0 && b.barrier_waiting == b.live) release_barrier(b);
+#if defined(CUDA_ON_CPU_TSAN)
+  __tsan_release(&grid_token);
+#endif
   switch_out(b, t, true);
   __builtin_unreachable();
 }
@@ -293,6 +320,9 @@ void fiber_main(Thread* t) {
   Block& b = *current_block;
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_finish_switch_fiber(nullptr, &b.scheduler_stack, &b.scheduler_stack_size);
+#endif
+#if defined(CUDA_ON_CPU_TSAN)
+  __tsan_acquire(&launch_token);
 #endif
   std::string failure;
   try {
@@ -329,6 +359,7 @@ void start_fiber(Thread& t, Stack stack) {
   t.sp = sp;
 #if defined(CUDA_ON_CPU_TSAN)
   t.tsan_fiber = __tsan_create_fiber(0);
+  AnnotateNewMemory(__FILE__, __LINE__, stack.base, stack.size);
 #endif
 }
 
@@ -355,8 +386,12 @@ void fill_garbage(void* p, size_t bytes) {
 // reads shared memory before writing it reads NaNs and huge integers, as a
 // block on a GPU may read a previous kernel's leftovers.
 void fill_shared() {
-  if (__start_cuda_on_cpu_shared != nullptr && __stop_cuda_on_cpu_shared > __start_cuda_on_cpu_shared)
-    fill_garbage(__start_cuda_on_cpu_shared, size_t(__stop_cuda_on_cpu_shared - __start_cuda_on_cpu_shared));
+  if (__start_cuda_on_cpu_shared == nullptr || __stop_cuda_on_cpu_shared <= __start_cuda_on_cpu_shared) return;
+  const size_t bytes = size_t(__stop_cuda_on_cpu_shared - __start_cuda_on_cpu_shared);
+  fill_garbage(__start_cuda_on_cpu_shared, bytes);
+#if defined(CUDA_ON_CPU_TSAN)
+  AnnotateNewMemory(__FILE__, __LINE__, __start_cuda_on_cpu_shared, bytes);
+#endif
 }
 
 void run_block(const char* kernel, uint3 block_idx, dim3 grid, dim3 block_dim,
@@ -368,6 +403,7 @@ void run_block(const char* kernel, uint3 block_idx, dim3 grid, dim3 block_dim,
   const int n = int(block_dim.x * block_dim.y * block_dim.z);
   b.threads.resize(size_t(n));
   b.warp_ops.resize(size_t((n + 31) / 32));
+  b.runnable.reserve(size_t(n));  // fibers push without allocating
   for (int i = 0; i < n; ++i) {
     Thread& t = b.threads[size_t(i)];
     t.id = i;
@@ -392,6 +428,9 @@ void run_block(const char* kernel, uint3 block_idx, dim3 grid, dim3 block_dim,
     Block* outer;
     Block& b;
     ~Restore() {
+#if defined(CUDA_ON_CPU_TSAN)
+      __tsan_acquire(&grid_token);  // the threads' reads of their Thread records end before they are freed
+#endif
       current_block = outer;
       current_thread = nullptr;
       current_view = nullptr;
@@ -471,42 +510,50 @@ uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int 
                  int line) {
   Thread& t = self(kind_name(kind));
   Block& b = *current_block;
-  const std::string at = std::string(kind_name(kind)) + " (" + site(file, line) + ", mask " + lanes(mask) + ")";
+  const auto at = [&] { return std::string(kind_name(kind)) + " (" + site(file, line) + ", mask " + lanes(mask) + ")"; };
   if (width < 1 || width > 32 || (width & (width - 1)) != 0)
-    fail_in_kernel(where(b, t) + " calls " + at + " with width " + std::to_string(width) + ", not a power of 2 <= 32");
-  if (!(mask >> t.lane & 1u)) fail_in_kernel(where(b, t) + " calls " + at + " with a mask that leaves it out");
+    fail_in_kernel(where(b, t) + " calls " + at() + " with width " + std::to_string(width) + ", not a power of 2 <= 32");
+  if (!(mask >> t.lane & 1u)) fail_in_kernel(where(b, t) + " calls " + at() + " with a mask that leaves it out");
   const int first = t.warp * 32;
   const int present = std::min(32, int(b.threads.size()) - first);
   const unsigned existing = present == 32 ? 0xffffffffu : ((1u << present) - 1u);
   if (mask & ~existing)
-    fail_in_kernel(where(b, t) + " calls " + at + " naming lanes " + lanes(mask & ~existing) +
+    fail_in_kernel(where(b, t) + " calls " + at() + " naming lanes " + lanes(mask & ~existing) +
                    " past the end of the block");
   for (int l = 0; l < present; ++l) {
     if (!(mask >> l & 1u) || l == t.lane) continue;
     const Thread& other = b.threads[size_t(first + l)];
     if (other.state == State::kExited)
-      fail_in_kernel(where(b, t) + " calls " + at + " but lane " + std::to_string(l) + " of the mask has exited");
+      fail_in_kernel(where(b, t) + " calls " + at() + " but lane " + std::to_string(l) + " of the mask has exited");
     if (other.state == State::kBarrier)
-      fail_in_kernel(where(b, t) + " calls " + at + " but lane " + std::to_string(l) +
+      fail_in_kernel(where(b, t) + " calls " + at() + " but lane " + std::to_string(l) +
                      " of the mask waits at __syncthreads (" + site(other.file, other.line) + ")");
   }
-  auto& ops = b.warp_ops[size_t(t.warp)];
+  WarpOps& ops = b.warp_ops[size_t(t.warp)];
   WarpOp* op = op_of(b, t);
   if (op != nullptr) {
     if (op->kind != kind || op->mask != mask || op->width != width || op->line != line ||
         std::strcmp(op->file, file) != 0) {
-      fail_in_kernel(where(b, t) + " calls " + at + " while lanes " + lanes(op->arrived) + " wait for it at " +
+      fail_in_kernel(where(b, t) + " calls " + at() + " while lanes " + lanes(op->arrived) + " wait for it at " +
                      kind_name(op->kind) + " (" + site(op->file, op->line) + ", mask " + lanes(op->mask) + ")");
     }
   } else {
     for (const WarpOp& other : ops) {
       if (other.mask & mask)
-        fail_in_kernel(where(b, t) + " calls " + at + " while lanes " + lanes(other.arrived) + " wait at " +
+        fail_in_kernel(where(b, t) + " calls " + at() + " while lanes " + lanes(other.arrived) + " wait at " +
                        kind_name(other.kind) + " (" + site(other.file, other.line) + ", mask " +
                        lanes(other.mask) + ")");
     }
-    ops.push_back(WarpOp{kind, file, line, mask, 0u, width, {}, {}});
-    op = &ops.back();
+    if (ops.count == WarpOps::kMax)
+      fail_in_kernel(where(b, t) + " calls " + at() + " while its warp waits at " + std::to_string(ops.count) +
+                     " other intrinsics (the layer tracks at most " + std::to_string(WarpOps::kMax) + ")");
+    op = &ops.op[ops.count++];
+    op->kind = kind;
+    op->file = file;
+    op->line = line;
+    op->mask = mask;
+    op->arrived = 0u;
+    op->width = width;
   }
   op->value[t.lane] = value;
   op->param[t.lane] = param;
@@ -555,7 +602,7 @@ uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int 
       lane_thread.result = result;
       make_runnable(b, lane_thread);
     }
-    ops.erase(ops.begin() + (op - ops.data()));
+    *op = ops.op[--ops.count];  // drop it, keeping the rest together
   }
 #if defined(CUDA_ON_CPU_TSAN)
   // __syncwarp orders memory among its lanes; shuffles and votes do not.
@@ -684,10 +731,16 @@ void run_grid(const char* name, dim3 grid, dim3 block, const std::function<void(
   std::vector<uint64_t> order(blocks);
   for (uint64_t i = 0; i < blocks; ++i) order[i] = i;
   std::shuffle(order.begin(), order.end(), rng());
+#if defined(CUDA_ON_CPU_TSAN)
+  __tsan_release(&launch_token);
+#endif
   for (const uint64_t i : order) {
     const uint3 idx{unsigned(i % grid.x), unsigned(i / grid.x % grid.y), unsigned(i / (uint64_t(grid.x) * grid.y))};
     run_block(name, idx, grid, block, body);
   }
+#if defined(CUDA_ON_CPU_TSAN)
+  __tsan_acquire(&grid_token);
+#endif
 }
 
 }  // namespace

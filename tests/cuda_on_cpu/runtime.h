@@ -21,7 +21,7 @@ namespace cuda_on_cpu {
 struct Settings {
   int sm_count = 132;                // an H100 SXM
   int yield_one_in = 4;              // at an atomic, let another thread run first one time in N (0: never)
-  size_t stack_bytes = 256 << 10;    // a fiber's stack
+  size_t stack_bytes = 128 << 10;    // a fiber's stack
   bool require_resources = false;    // refuse launches without an nvcc resource report
   std::map<std::string, int> max_dynamic_shared;  // cudaFuncSetAttribute opt-ins
 };

@@ -1,0 +1,124 @@
+"""The layer's self-test: known kernel bugs, planted one at a time in a copy of csrc/, must be caught.
+
+Each mutant is one textual change to a kernel or launcher, and the emulated tests that
+must fail on it (a failed assertion, or the layer's own report of a barrier, a warp
+intrinsic or a launch gone wrong; a build error does not count). tests/test_mutants.py
+runs them in CI; by hand, before a kernel change:
+
+    python -m cuda_on_cpu.mutations [name ...]      # from tests/; about 40 s a mutant
+"""
+import dataclasses
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from .build import ROOT
+
+TESTS = ROOT / "tests"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # under csrc/
+    old: str
+    new: str
+    tests: str  # pytest -k expression over tests/test_emulated.py
+    variant: str = "plain"
+    expect: str = ""  # text the failure output must contain
+    quick: bool = True  # SYNCFREE_EMULATION_QUICK for the run
+
+    def apply(self, csrc):
+        path = pathlib.Path(csrc) / self.file
+        text = path.read_text()
+        assert text.count(self.old) == 1, f"mutant {self.name}: the text to replace occurs {text.count(self.old)} times"
+        path.write_text(text.replace(self.old, self.new))
+
+
+MUTANTS = [
+    Mutant("missing-syncthreads", "cuda/sample_cuda.cu",
+           "  if (lane == 0) per_warp[warp] = a;\n  __syncthreads();",
+           "  if (lane == 0) per_warp[warp] = a;",
+           "tokens_logprobs_and_valid and 1x16400"),
+    Mutant("lost-partial", "cuda/sample_cuda.cu",
+           "acc = threadIdx.x < splits ? load_partial(",
+           "acc = threadIdx.x + 1 < splits ? load_partial(",
+           "tokens_logprobs_and_valid or repeated_calls"),
+    Mutant("ticket-not-reset", "cuda/sample_cuda.cu",
+           "    if (threadIdx.x == 0) a.tickets[row] = 0;  // ready for the next call (Note [Ticket counters])\n",
+           "",
+           "tokens_logprobs_and_valid and 1x16400"),
+    Mutant("divergent-shuffle", "cuda/sample_cuda.cu",
+           "  for (int delta = 16; delta > 0; delta >>= 1) {\n    const Best other",
+           "  for (int delta = 16; mine && delta > 0; delta >>= 1) {\n    const Best other",
+           "tokens_logprobs_and_valid and 4x17", expect="cuda_on_cpu:"),
+    Mutant("vector-load-past-the-row", "cuda/sample_cuda.cu",
+           "if (kVec && g < full_groups)", "if (kVec && g <= full_groups)",
+           "misaligned_strided_and_padded"),
+    Mutant("one-block-per-split-row", "cuda/sample_cuda.cu",
+           "const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);",
+           "const dim3 grid(static_cast<unsigned>(args.p.rows)), block(kThreads);",
+           "tokens_logprobs_and_valid and 1x16400"),
+    Mutant("block-beyond-launch-bounds", "cuda/sample_cuda.cu",
+           "const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);",
+           "const dim3 grid(static_cast<unsigned>(blocks)), block(2 * kThreads);",
+           "tokens_logprobs_and_valid and 1x16400", expect="__launch_bounds__"),
+    Mutant("selection-reads-the-bin-before-all-votes", "cuda/warp_cuda.cu",
+           "    if (my_bin >= 0) atomicMax(&sh.chosen, my_bin);\n    __syncthreads();\n",
+           "    if (my_bin >= 0) atomicMax(&sh.chosen, my_bin);\n",
+           "warpers_keep_the_same_sets or warper_edge_rows"),
+    Mutant("shared-memory-read-before-written", "cuda/warp_cuda.cu",
+           "  if (threadIdx.x == 0) sh.max_key = 0u;\n", "",
+           "warpers_keep_the_same_sets or warper_edge_rows"),
+    Mutant("missing-syncthreads-under-tsan", "cuda/sample_cuda.cu",
+           "  if (lane == 0) per_warp[warp] = a;\n  __syncthreads();",
+           "  if (lane == 0) per_warp[warp] = a;",
+           "tokens_logprobs_and_valid and 4x17 and float32", variant="tsan", expect="ThreadSanitizer: data race"),
+    # The last row of a tensor, aligned, 1000 tokens: 8 read past the allocation.
+    Mutant("vector-load-past-the-row-under-asan", "cuda/sample_cuda.cu",
+           "if (kVec && g < full_groups)", "if (kVec && g <= full_groups)",
+           "tokens_logprobs_and_valid and 3x1000 and float32", variant="asan", expect="heap-buffer-overflow",
+           quick=False),
+]
+
+
+def run(mutant, timeout=900):
+    """(caught, output) of the emulated tests over a copy of csrc/ with the mutant planted."""
+    from . import run_variant
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
+        csrc = pathlib.Path(tmp) / "csrc"
+        shutil.copytree(ROOT / "csrc", csrc)
+        mutant.apply(csrc)
+        env = {"SYNCFREE_EMULATION_CSRC": str(csrc), "SYNCFREE_EMULATION_QUICK": "1" if mutant.quick else "0"}
+        old_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            result = run_variant(mutant.variant, [str(TESTS / "test_emulated.py"), "-x", "-q", "-k", mutant.tests],
+                                 timeout)
+        finally:
+            for k, v in old_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    if result is None:
+        return None, f"no {mutant.variant} runtime here"
+    output = result.stdout + result.stderr
+    failed_test = result.returncode != 0 and ("FAILED" in output or "Sanitizer" in output
+                                              or "runtime error" in output)
+    built = "ERROR at setup" not in output and "CalledProcessError" not in output
+    ran = " passed" in output or " failed" in output or "Sanitizer" in output
+    caught = failed_test and built and ran and mutant.expect in output
+    return caught, output
+
+
+if __name__ == "__main__":
+    chosen = [m for m in MUTANTS if len(sys.argv) < 2 or m.name in sys.argv[1:]]
+    for m in chosen:
+        caught, output = run(m)
+        print(f"{'caught' if caught else 'MISSED' if caught is False else 'skipped'}  {m.name}", flush=True)
+        if caught is False:
+            print(output[-3000:])
