@@ -5,6 +5,7 @@
 //   cmake -S . -B build/cmake && cmake --build build/cmake -j2 && ctest --test-dir build/cmake --output-on-failure
 #include "core/select.h"
 #include "core/params.h"
+#include "cuda/plans.h"
 
 #include <algorithm>
 #include <array>
@@ -641,6 +642,33 @@ void test_selection() {
   CHECK(mass_shift(262144) == 62 - 18 && mass_shift(1) == 62);
 }
 
+// The sampling kernel's launch plan (csrc/cuda/plans.h): every token in exactly
+// one chunk, at most one chunk per merging thread, a row split only when the
+// batch cannot fill the device, and the grid and workspace that follow.
+void test_sample_plan() {
+  const int64_t vocabs[] = {1, 15, 16, 17, 8191, 8192, 8193, 16400, 32000, 128256, 151936, 262144, 1 << 24};
+  const int64_t batches[] = {1, 2, 3, 8, 64, 256, 70000};
+  const int sms[] = {1, 7, 78, 132, 264};
+  for (const int64_t vocab : vocabs) {
+    for (const int64_t rows : batches) {
+      for (const int sm : sms) {
+        const SamplePlan plan = plan_sample(rows, vocab, sm);
+        const RowSplit& s = plan.split;
+        CHECK(s.splits >= 1 && s.splits <= kSampleThreads && s.chunk % kGroup == 0);
+        CHECK(int64_t(s.splits) * s.chunk >= vocab && int64_t(s.splits - 1) * s.chunk < vocab);
+        CHECK(s.splits <= ceil_div(vocab, kSampleMinChunk));  // no chunk below half the minimum
+        CHECK(s.splits <= std::max<int64_t>(1, ceil_div(int64_t(sm) * kSampleBlocksPerSm, rows)));
+        CHECK(plan.blocks == rows * s.splits);
+        CHECK(plan.partial_rows == (s.splits > 1 ? plan.blocks : 0));
+      }
+    }
+  }
+  CHECK(plan_sample(1, 262144, 132).split.splits == 32);   // B = 1 uses many SMs
+  CHECK(plan_sample(1, 1 << 24, 132).split.splits == 264);
+  CHECK(plan_sample(256, 128256, 132).split.splits == 2);
+  CHECK(plan_sample(300, 128256, 132).split.splits == 1);
+}
+
 int main() {
   struct {
     const char* name;
@@ -655,6 +683,7 @@ int main() {
       {"tiling", test_tiling},
       {"merge equals sequential", test_merge_equals_sequential},
       {"selection", test_selection},
+      {"sample launch plan", test_sample_plan},
   };
   for (const auto& t : tests) {
     const int failed_before = g_failed;
