@@ -131,12 +131,31 @@ def pyplot():
 # --- command line ---------------------------------------------------------------------------
 
 def base_parser(doc):
-    """--device, --out and --quick, as every single-process benchmark takes them."""
+    """--device, --out, --quick and the grid overrides, as every single-process benchmark takes them."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--out", default=default_out())
     parser.add_argument("--quick", action="store_true", help="small grid, fewer repeats")
+    parser.add_argument("--batches", help="comma-separated batch sizes, instead of the grid's (e.g. 1,64)")
+    parser.add_argument("--vocabs", help="comma-separated vocabulary sizes, instead of the grid's (e.g. 128256)")
+    parser.add_argument("--dtypes", help="comma-separated dtypes, instead of the grid's (e.g. float32,bfloat16)")
     return parser
+
+
+def grid_from_args(args, **shape_grid_kwargs):
+    """shape_grid for args.device and args.quick, with --batches/--vocabs/--dtypes replacing its lists."""
+    batches, vocabs, dtypes = shape_grid(args.device, args.quick, **shape_grid_kwargs)
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",") if b]
+    if args.vocabs:
+        vocabs = [int(v) for v in args.vocabs.split(",") if v]
+    if args.dtypes:
+        names = [d for d in args.dtypes.split(",") if d]
+        bad = [d for d in names if d not in ("float32", "float16", "bfloat16")]
+        if bad:
+            sys.exit(f"--dtypes: expected float32, float16 or bfloat16, got {bad}")
+        dtypes = [getattr(torch, d) for d in names]
+    return batches, vocabs, dtypes
 
 
 def default_out():

@@ -3,9 +3,13 @@
 
     python benchmarks/bench_sample.py --device cuda [--quick] [--out DIR]
     python benchmarks/bench_sample.py --device cpu  [--quick] [--out DIR]
+    python benchmarks/bench_sample.py --device cuda --quick --batches 1,64 --vocabs 128256 \
+        --dtypes float32,bfloat16 --methods syncfree,multinomial,exp.eager --no-plot
 
 Prints a fixed-width table and writes table_<device>.txt, results_<device>.json
-and (with matplotlib) bench_<device>.png into the output directory.
+and (with matplotlib, unless --no-plot) bench_<device>.png into the output directory.
+--batches/--vocabs/--dtypes replace the grid's lists and --methods keeps a subset of the
+methods (benchmarks/gpu_check.sh uses them for a short run).
 GB/s counts one read of the logits (B*V*element size) for every method, so
 it is comparable across methods; % copy is that over the measured copy bandwidth.
 """
@@ -20,8 +24,8 @@ import torch
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 import _timing as timing  # noqa: E402
-from _common import (Method, base_parser, check_device, dtype_name, fmt, make_cases,  # noqa: E402
-                     measure, pyplot, ratio_cell, shape_grid, short_error, sync_cell)
+from _common import (Method, base_parser, check_device, dtype_name, fmt, grid_from_args,  # noqa: E402
+                     make_cases, measure, pyplot, ratio_cell, short_error, sync_cell)
 
 syncfree, SYNCFREE_MISSING, flashinfer = timing.import_subjects()
 
@@ -192,6 +196,8 @@ def main():
     parser = base_parser(__doc__)
     parser.add_argument("--compile-static", action="store_true",
                         help="compile the exponential trick per shape (slower to run)")
+    parser.add_argument("--methods", help="comma-separated subset of the methods (default: all for the device)")
+    parser.add_argument("--no-plot", action="store_true", help="write no PNG")
     args = parser.parse_args()
     device = args.device
     check_device(device)
@@ -201,8 +207,20 @@ def main():
         setattr(config, limit_name, 64)
     os.makedirs(args.out, exist_ok=True)
 
-    batches, vocabs, dtypes = shape_grid(device, args.quick)
-    methods = [m for m in build_methods(args.compile_static) if device in m.devices]
+    batches, vocabs, dtypes = grid_from_args(args)
+    every_method = build_methods(args.compile_static)
+    methods = [m for m in every_method if device in m.devices]
+    if args.methods:
+        wanted = [n for n in args.methods.split(",") if n]
+        unknown = [n for n in wanted if n not in {m.name for m in every_method}]
+        if unknown:
+            sys.exit(f"--methods: unknown {unknown}; known: {[m.name for m in every_method]}")
+        if REFERENCE not in wanted:
+            sys.exit(f"--methods: must include {REFERENCE} (the ratios' reference)")
+        elsewhere = [n for n in wanted if n not in {m.name for m in methods}]
+        if elsewhere:
+            print(f"note: --methods {', '.join(elsewhere)}: not run on {device}")
+        methods = [m for m in methods if m.name in wanted]
     method_names = [m.name for m in methods]
     budget_s = (0.05 if args.quick else 0.15) if device == "cuda" else (0.5 if args.quick else 1.5)
 
@@ -269,8 +287,8 @@ def main():
         f.write(text)
     with open(paths["results"], "w") as f:
         json.dump({"meta": meta, "results": results, "b1_vs_empty_kernel": b1_rows}, f, indent=1)
-    plotted = write_plot(paths["bench"], results, meta, method_names,
-                         [dtype_name(d) for d in dtypes])
+    plotted = not args.no_plot and write_plot(paths["bench"], results, meta, method_names,
+                                              [dtype_name(d) for d in dtypes])
     print("wrote " + ", ".join(p for k, p in paths.items() if k != "bench" or plotted))
 
 

@@ -4,6 +4,8 @@
     python benchmarks/bench_warpers.py --device cuda [--quick] [--out DIR] [--no-plot]
     python benchmarks/bench_warpers.py --device cpu  [--quick] [--out DIR]
     python benchmarks/bench_warpers.py --replot DIR/results_warpers_cuda.json [--out DIR]
+    python benchmarks/bench_warpers.py --device cuda --quick --configs all --batches 1,64 \
+        --vocabs 128256 --dtypes float32,bfloat16 --no-plot          # as benchmarks/gpu_check.sh runs it
 
 For every shape and warper configuration (temperature 0.8, the same Python-number
 parameters for all rows) it times, side by side in one run:
@@ -36,8 +38,8 @@ import torch
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 import _timing as timing  # noqa: E402
-from _common import (Method, base_parser, check_device, dtype_name, fmt, make_cases,  # noqa: E402
-                     measure, pyplot, ratio_cell, shape_grid, sync_cell)
+from _common import (Method, base_parser, check_device, dtype_name, fmt, grid_from_args,  # noqa: E402
+                     make_cases, measure, pyplot, ratio_cell, sync_cell)
 
 syncfree, SYNCFREE_MISSING, flashinfer = timing.import_subjects()
 
@@ -309,7 +311,7 @@ def main():
         sys.exit(f"unknown configuration(s) {unknown}; known: {list(CONFIGS)}")
     configs = {name: {**IDENTITY, **CONFIGS[name]} for name in config_names}
 
-    batches, vocabs, dtypes = shape_grid(device, args.quick, cpu_quick_vocabs=[32000])
+    batches, vocabs, dtypes = grid_from_args(args, cpu_quick_vocabs=[32000])
     # On the CPU, one warm-up then at least 3 timed calls: the sort baselines take ~1 s a call.
     cpu_timer = timing.time_cpu_until
     budget_s = (0.03 if args.quick else 0.06) if device == "cuda" else (0.1 if args.quick else 0.5)

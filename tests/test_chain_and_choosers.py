@@ -117,6 +117,7 @@ def test_demo_runs_on_cpu(capsys):
     assert tokens.shape == (2, 4) and ((tokens >= 0) & (tokens < 300)).all()
 
 
+@pytest.mark.cuda
 @requires_cuda
 def test_chain_captures_once_replays_and_matches_eager():
     syncfree.WarperChain.clear_cache()
@@ -133,6 +134,7 @@ def test_chain_captures_once_replays_and_matches_eager():
     assert (info.misses, info.hits, info.size) == (1, 2, 1)
 
 
+@pytest.mark.cuda
 @requires_cuda
 def test_chain_cache_lru_eviction_and_memory():
     syncfree.WarperChain.clear_cache()
@@ -156,6 +158,7 @@ def test_chain_cache_lru_eviction_and_memory():
     syncfree.WarperChain.set_cache_size(10)
 
 
+@pytest.mark.cuda
 @requires_cuda
 def test_choosers_no_sync_on_cuda():
     x = logits(b=4, v=32000).cuda()

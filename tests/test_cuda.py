@@ -1,6 +1,6 @@
 """CUDA path: token identity with the CPU, no syncs, run-ahead, graph capture, streams and devices.
 
-Skipped without a GPU. benchmarks/gpu_run.sh runs these on a GPU machine.
+Skipped without a GPU. benchmarks/gpu_check.sh runs these (pytest -m cuda) on a GPU machine.
 """
 import time
 
