@@ -11,6 +11,7 @@ needs its runtime preloaded: see run_variant). One variant per process.
 import contextlib
 import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -74,5 +75,8 @@ def run_variant(variant, pytest_args, timeout):
         env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
         env["TSAN_OPTIONS"] = "halt_on_error=1:report_signal_unsafe=0"
     # --capture=sys: a sanitizer report written to fd 2 as the process dies must reach us.
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--capture=sys", *pytest_args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    # cwd tests/: `python -m` puts the cwd first on sys.path, and the repository root would
+    # shadow the installed syncfree with its unbuilt source tree.
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--capture=sys", *pytest_args],
+                          env=env, cwd=pathlib.Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                          timeout=timeout)
