@@ -43,13 +43,16 @@ def load(variant=None, csrc=None):
 
 @contextlib.contextmanager
 def emulating():
-    """Routes syncfree's Python API to the emulated ops (CPU tensors take the CUDA path)."""
-    load()
+    """Routes syncfree's Python API to the emulated ops (CPU tensors take the CUDA path); fresh CPU
+    tensors (device memory in this model: the ops' outputs) hold garbage meanwhile."""
+    module = load()
     real = torch.ops.syncfree
     torch.ops.syncfree = torch.ops.syncfree_emulated
+    module.garbage_host_tensors(True)
     try:
         yield
     finally:
+        module.garbage_host_tensors(False)
         torch.ops.syncfree = real
 
 

@@ -50,6 +50,7 @@ PYBIND11_MODULE(_cuda_on_cpu, m) {
     return out;
   });
   m.def("clear_launches", [] { launch_log.clear(); });
+  m.def("garbage_host_tensors", &garbage_host_tensors, "fill fresh CPU tensors with garbage (while emulating)");
   m.def("live_allocations", [] {
     py::list out;
     for (const auto& [p, bytes] : live_allocations())

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 #include <cxxabi.h>
 #include <sys/mman.h>
@@ -802,7 +803,35 @@ struct Allocator final : c10::Allocator {
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
 };
 
+// torch's CPU allocator while emulating: fresh CPU tensors (the ops' outputs
+// and converted parameters, device memory in this model) hold garbage, as a
+// GPU's fresh allocations do.
+struct HostGarbageAllocator final : c10::Allocator {
+  c10::DataPtr allocate(size_t bytes) override {
+    void* p = nullptr;
+    if (bytes > 0) {
+      TORCH_CHECK(posix_memalign(&p, 64, bytes) == 0, "cuda_on_cpu: out of memory");
+      fill_garbage(p, bytes);
+    }
+    return {p, p, &std::free, c10::Device(c10::DeviceType::CPU)};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+};
+
 }  // namespace
+
+void garbage_host_tensors(bool on) {
+  static HostGarbageAllocator garbage;
+  static c10::Allocator* previous = nullptr;
+  constexpr uint8_t kPriority = 200;  // above any allocator torch registers
+  if (on && previous == nullptr) {
+    previous = c10::GetCPUAllocator();
+    c10::SetCPUAllocator(&garbage, kPriority);
+  } else if (!on && previous != nullptr) {
+    c10::SetCPUAllocator(previous, kPriority);
+    previous = nullptr;
+  }
+}
 
 std::vector<std::pair<const void*, size_t>> live_allocations() {
   std::vector<std::pair<const void*, size_t>> out;

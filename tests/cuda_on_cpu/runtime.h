@@ -48,6 +48,9 @@ extern std::vector<LaunchRecord> launch_log;
 void begin_schedule(uint64_t seed);
 std::string normalize_kernel_name(std::string name);
 
+// While on, torch's CPU allocator fills every fresh tensor with garbage.
+void garbage_host_tensors(bool on);
+
 // Live allocations of the caching-allocator stand-in, outside graphs.
 std::vector<std::pair<const void*, size_t>> live_allocations();
 
