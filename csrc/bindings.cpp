@@ -38,6 +38,8 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.attr("torch_version") = SYNCFREE_TORCH_VERSION;
   m.attr("group_size") = syncfree::kGroup;
+  m.def("is_greedy_temperature", [](double t) { return syncfree::is_greedy_temperature(float(t)); },
+        "whether the kernels treat this temperature as greedy (a float64 that rounds to 0 in float32 is 0)");
   m.def("stream_words", &stream_words, "words of syncfree's Philox stream (test hook)");
   m.def("aten_philox_words", &aten_philox_words, "words of at::Philox4_32 (test hook)");
 }

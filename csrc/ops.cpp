@@ -4,9 +4,11 @@
 #include <ATen/core/enum_tag.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -68,6 +70,23 @@ void check_input(const Tensor& input, const char* name) {
                     "; call .contiguous() first");
 }
 
+// Whether two tensors may share memory: ATen's test, and where that is too
+// hard for it (a strided view), whether their byte spans in one storage meet.
+bool may_overlap(const Tensor& a, const Tensor& b) {
+  const at::MemOverlapStatus status = at::get_overlap_status(a, b);
+  if (status != at::MemOverlapStatus::TooHard) return status != at::MemOverlapStatus::No;
+  if (!a.storage().is_alias_of(b.storage())) return false;
+  const auto span = [](const Tensor& t) {
+    int64_t last = 0;  // offset of the last element, in elements (torch strides are >= 0)
+    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+    const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+    return std::pair<uintptr_t, uintptr_t>{begin, begin + uintptr_t((last + 1) * int64_t(t.element_size()))};
+  };
+  const auto [a0, a1] = span(a);
+  const auto [b0, b1] = span(b);
+  return a0 < b1 && b0 < a1;
+}
+
 // A per-row parameter tensor: one value per row, on the input's device.
 void check_row_tensor(const Tensor& t, const char* name, const Tensor& input, bool integral,
                       bool any_dtype = false) {
@@ -127,7 +146,8 @@ void check_warpers(const WarperArgs& w, const Tensor& input) {
                     "typical_p: expected a number in (0, 1], got ", w.typical_p_value);
   if (w.temperature.has_value()) check_row_tensor(*w.temperature, "temperature", input, false);
   if (w.top_k.has_value()) {
-    TORCH_CHECK_TYPE(!at::isFloatingType(w.top_k->scalar_type()) && w.top_k->scalar_type() != at::kBool,
+    TORCH_CHECK_TYPE(!at::isFloatingType(w.top_k->scalar_type()) && !at::isComplexType(w.top_k->scalar_type()) &&
+                         w.top_k->scalar_type() != at::kBool,
                      "top_k: expected an integer tensor, got ", w.top_k->scalar_type());
     check_row_tensor(*w.top_k, "top_k", input, false, /*any_dtype=*/true);
   }
@@ -216,6 +236,18 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
                       out->device());
     TORCH_CHECK_VALUE(out->sizes() == at::IntArrayRef(batch_shape), "out: expected shape ",
                       at::IntArrayRef(batch_shape), ", got ", out->sizes());
+    // As torch's own out= ops: an out that overlaps itself or an input would
+    // change the input while the kernels read it (Note [A winning group with no winner]).
+    if (!input.device().is_meta()) {
+      TORCH_CHECK_VALUE(at::has_internal_overlap(*out) != at::MemOverlap::Yes,
+                        "out: overlaps itself (e.g. an expanded tensor); pass a tensor with distinct elements");
+      const std::optional<Tensor> inputs[] = {input, seed, offset, w.temperature, w.top_k, w.top_p, w.min_p,
+                                              w.typical_p};
+      for (const auto& in : inputs) {
+        TORCH_CHECK_VALUE(!in.has_value() || !may_overlap(*out, *in),
+                          "out: overlaps an input (logits, probs or a per-row tensor); pass a separate tensor");
+      }
+    }
   }
 
   const auto options = input.options();
@@ -250,7 +282,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   p.valid = return_valid ? o.valid.data_ptr<bool>() : nullptr;
 
   // Greedy calls with a scalar temperature draw no noise and leave the generator alone.
-  const bool all_greedy = !probs && !w.temperature.has_value() && w.temperature_value == 0.0;
+  const bool all_greedy = !probs && !w.temperature.has_value() && is_greedy_temperature(float(w.temperature_value));
   const bool from_generator = !seed.has_value() && !seed_value.has_value() && !all_greedy && !shard.rng_state;
   if (!on_cuda(input)) {
     sample_cpu(p, input.scalar_type(), generator, from_generator);
@@ -515,6 +547,14 @@ std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS)
   return {warped, at::log_softmax(warped, -1)};
 }
 
+// syncfree.distributed: which rows the kernels race greedily, as bool [B]:
+// is_greedy_temperature of each row's float32 temperature, !(t > 0).
+Tensor greedy_rows_op(const Tensor& like, const std::optional<Tensor>& temperature, double temperature_value) {
+  if (temperature.has_value()) return temperature->to(at::kFloat).gt(0).logical_not();
+  return at::full({row_count(like)}, is_greedy_temperature(float(temperature_value)),
+                  like.options().dtype(at::kBool));
+}
+
 // syncfree.distributed: a shard's scaled logits exactly as the race sees
 // them (set_temperature and scaled_logit), before any warper.
 Tensor scaled_logits_op(const Tensor& logits, const std::optional<Tensor>& temperature, double temperature_value) {
@@ -549,6 +589,7 @@ SYNCFREE_LIBRARY(SYNCFREE_OPS, m) {
   m.def("shard_masses(Tensor y, Tensor row_max, int shift) -> (Tensor mass, Tensor gap)");
   m.def("min_p_floor(Tensor row_max, Tensor min_p) -> Tensor");
   m.def("scaled_logits(Tensor logits, Tensor? temperature, float temperature_value) -> Tensor");
+  m.def("greedy_rows(Tensor like, Tensor? temperature, float temperature_value) -> Tensor");
   m.def("radix_histogram(Tensor y, Tensor? weights, Tensor? centers, Tensor prefix, int done) -> Tensor");
   m.def("generator_state(Tensor like, Generator? generator, int vocab) -> Tensor", seeded);
   m.def("race_shard(Tensor input, int index_base, Tensor? resolve_groups, Tensor? keeps, Tensor? temperature, "
@@ -561,6 +602,7 @@ SYNCFREE_LIBRARY(SYNCFREE_OPS, m) {
 // itself, and on Meta it only checks and allocates.
 SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CPU, m) {
   m.impl("scaled_logits", &scaled_logits_op);
+  m.impl("greedy_rows", &greedy_rows_op);
   m.impl("radix_histogram", &radix_histogram_op);
   m.impl("shard_masses", &shard_masses_op);
   m.impl("min_p_floor", &min_p_floor_op);
@@ -572,6 +614,7 @@ SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CPU, m) {
 }
 SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CUDA, m) {
   m.impl("scaled_logits", &scaled_logits_op);
+  m.impl("greedy_rows", &greedy_rows_op);
   m.impl("radix_histogram", &radix_histogram_op);
   m.impl("shard_masses", &shard_masses_op);
   m.impl("min_p_floor", &min_p_floor_op);
@@ -583,6 +626,7 @@ SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CUDA, m) {
 }
 SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, Meta, m) {
   m.impl("scaled_logits", &scaled_logits_op);
+  m.impl("greedy_rows", &greedy_rows_op);
   m.impl("radix_histogram", &radix_histogram_op);
   m.impl("shard_masses", &shard_masses_op);
   m.impl("min_p_floor", &min_p_floor_op);

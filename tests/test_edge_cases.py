@@ -168,3 +168,63 @@ def test_bad_input_raises_naming_the_argument(case):
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]")):
         call()
+
+
+def test_an_out_that_overlaps_an_input_is_refused():
+    """An out aliasing the input once changed the logits during the call, and an internal "no index"
+    value (2^31 - 1) came out as a token (a fuzzing find)."""
+    buf = torch.zeros(3, 32)
+    buf[:, 0] = 1.0
+    out = buf.view(-1).view(torch.int64)[16::16][:2]  # out[b] overlaps row b + 1
+    with pytest.raises(ValueError, match="out: overlaps an input"):
+        syncfree.sample_probs(buf[:2], seed=1, out=out)
+    seeds = torch.arange(4)
+    with pytest.raises(ValueError, match="out: overlaps an input"):
+        syncfree.sample(torch.randn(4, 10), seed=seeds, out=seeds)
+    with pytest.raises(ValueError, match="out: overlaps itself"):
+        syncfree.sample(torch.randn(4, 10), seed=1, out=torch.zeros(1, dtype=torch.int64).expand(4))
+    assert syncfree.sample_probs(buf[:2], seed=1, out=torch.empty(2, dtype=torch.int64)).tolist() == [0, 0]
+
+
+def test_a_winning_group_with_no_winner_answers_an_in_range_token():
+    """Note [A winning group with no winner]: racing a group whose tokens are all masked (what a
+    changed input can cause) gives token 0, never the internal 2^31 - 1."""
+    x = torch.randn(4, 40)
+    x[:, :16] = -INF
+    _, tokens = torch.ops.syncfree.race_shard(x, 0, torch.tensor([0, 1, 0, 2]), None, None, 1.0, None, None, 3, 0,
+                                              None, None)
+    assert tokens[0] == 0 and tokens[2] == 0 and ((tokens >= 0) & (tokens < 40)).all()
+
+
+def test_a_temperature_that_is_zero_in_float32_is_greedy():
+    x = torch.randn(3, 50)
+    g = torch.Generator().manual_seed(1)
+    state = g.get_state()
+    assert torch.equal(syncfree.sample(x, 1e-46, generator=g), x.argmax(-1))
+    assert torch.equal(g.get_state(), state), "a greedy call draws no noise"
+
+
+def test_arguments_of_the_wrong_type_are_named():
+    with pytest.raises(TypeError, match="logits: expected a tensor"):
+        syncfree.sample([[1.0, 2.0]])
+    with pytest.raises(TypeError, match="probs: expected a tensor"):
+        syncfree.sample_probs([[1.0, 2.0]])
+    with pytest.raises(TypeError, match="logits: expected a tensor"):
+        syncfree.warp([[1.0, 2.0]])
+    with pytest.raises(TypeError, match="top_k: expected an integer tensor"):
+        syncfree.sample(torch.randn(3, 10), top_k=torch.tensor([1 + 1j, 2, 3]), seed=1)
+    with pytest.raises(ValueError, match="top_k: expected an int >= 0"):
+        syncfree.sample(torch.randn(3, 10), top_k=-2**70, seed=1)
+    x = torch.randn(3, 10)
+    assert torch.equal(syncfree.sample(x, top_k=2**63, seed=1), syncfree.sample(x, seed=1))  # >= V keeps all
+
+
+def test_importing_the_unbuilt_source_tree_says_so():
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if any(name.startswith("_C") for name in os.listdir(os.path.join(root, "syncfree"))):
+        pytest.skip("the source tree holds a build")
+    result = subprocess.run([sys.executable, "-c", "import syncfree"], cwd=root, capture_output=True, text=True)
+    assert result.returncode != 0 and "not built in" in result.stderr and "circular" not in result.stderr

@@ -327,6 +327,11 @@ def test_shard_kernels(layer, shape):
     groups = torch.tensor([3, -1, 1000][:b]) % (width // 16)
     want, got = both("race_shard", x, 64, groups, None, None, 0.9, seeds, None, None, 0, None, None)
     assert torch.equal(want[1], got[1])
+    masked = x.clone()
+    masked[:, 16:32] = -float("inf")  # group 1 has no unmasked token: Note [A winning group with no winner]
+    want, got = both("race_shard", masked, 64, torch.ones(b, dtype=torch.int64), None, None, 0.9, seeds, None, None, 0,
+                     None, None)
+    assert torch.equal(want[1], got[1]) and (got[1] == 0).all()
     assert tickets_are_zero(layer)
     # The warper selection's pieces.
     y = torch.ops.syncfree.scaled_logits(x, None, 0.8)

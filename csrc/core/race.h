@@ -117,10 +117,15 @@ struct RowRace {
   RowStream stream;
 };
 
-// Temperature clamp for per-row values (SPEC §5): NaN or <= 0 is greedy,
+// Whether a temperature, as the kernels see it (float32), means greedy: NaN
+// or <= 0 (a float64 value that rounds to 0 included). The one definition;
+// ops.cpp and syncfree.distributed ask it too.
+SF_HD bool is_greedy_temperature(float t) { return !(t > 0.0f); }
+
+// Temperature clamp for per-row values (README "Bad input"): greedy as above,
 // +inf samples uniformly among the unmasked tokens.
 SF_HD void set_temperature(RowRace& r, float t) {
-  r.greedy = !(t > 0.0f);
+  r.greedy = is_greedy_temperature(t);
   const float inv = t == kInf ? 0.0f : 1.0f / t;
   r.inv_temperature = r.greedy ? 1.0f : (inv > 3.40282347e38f ? 3.40282347e38f : inv);
 }
@@ -262,6 +267,21 @@ SF_HD RowResult finish_row(const RacePartial& p, const RowRace& r, bool probs) {
 // logprob of the chosen token with scaled logit y.
 SF_HD float chosen_logprob(float y, const LogSumExp& mass) {
   return y - mass.max - log_positive(mass.sum);
+}
+
+// Note [A winning group with no winner]
+// -------------------------------------
+// The race picks a group on one read of the input and the token inside it on
+// a second read of that group. The two agree unless the input changes in
+// between: an output aliasing it (the ops refuse overlap, but a shard's
+// resolve call or another stream may still write the logits meanwhile). Then
+// the token race can find no unmasked token. No id outside [0, V) may leave a
+// kernel, so such a row ends as a degenerate one: token 0, valid false.
+SF_HD RowResult resolved(RowResult res, int32_t token) {
+  if (token == kNoIndex) return {0, -kInf, false, false};
+  res.token = token;
+  res.needs_resolve = false;
+  return res;
 }
 
 }  // namespace syncfree

@@ -117,10 +117,8 @@ void finish(const SampleParams& p, int64_t row_index, const RowRace& r, const T*
             const RacePartial& acc) {
   RowResult res = finish_row(acc, r, kProbs);
   if (res.needs_resolve) {
-    const Best winner = race_in_group<T, kProbs>(p, r, row, res.token);
-    res.token = winner.index;
-    if (r.want_mass)
-      res.logprob = chosen_logprob(load_value(row, winner.index, kProbs, r), acc.mass);
+    res = resolved(res, race_in_group<T, kProbs>(p, r, row, res.token).index);
+    if (r.want_mass && res.valid) res.logprob = chosen_logprob(load_value(row, res.token, kProbs, r), acc.mass);
   }
   store_result(p, row_index, res.token, res.logprob, res.valid);
 }
@@ -154,8 +152,11 @@ void resolve_rows(const SampleParams& p) {
   at::parallel_for(0, p.rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t group = p.resolve_groups[row];
+      // A group with no winner (Note [A winning group with no winner]) answers 0: in range.
       const int64_t token =
-          group < 0 ? -1 : race_in_group<T, kProbs>(p, row_race(p, row), input + row * p.row_stride, group).index;
+          group < 0 ? -1
+                    : resolved({}, race_in_group<T, kProbs>(p, row_race(p, row), input + row * p.row_stride, group).index)
+                          .token;
       p.tokens[row * p.tokens_stride] = token;
     }
   });

@@ -149,8 +149,8 @@ __device__ void finish_row_warp(const SampleParams& p, int64_t row, const RowRac
   RowResult res = finish_row(acc, r, kProbs);
   if (res.needs_resolve) {
     float y;
-    res.token = race_group_warp<T, kProbs>(p, r, x, res.token, &y).index;
-    if (r.want_mass) res.logprob = chosen_logprob(y, acc.mass);
+    res = resolved(res, race_group_warp<T, kProbs>(p, r, x, res.token, &y).index);
+    if (r.want_mass && res.valid) res.logprob = chosen_logprob(y, acc.mass);
   }
   if (threadIdx.x == 0) store_result(p, row, res.token, res.logprob, res.valid);
 }
@@ -228,10 +228,12 @@ __global__ void __launch_bounds__(32 * kResolveRowsPerBlock) syncfree_resolve_gr
   take_rng(p, a);
   const int64_t group = p.resolve_groups[row];
   int64_t token = -1;
-  if (group >= 0) {
+  if (group >= 0) {  // a group with no winner answers 0 (Note [A winning group with no winner])
     float y;
-    token = race_group_warp<T, kProbs>(p, row_race(p, row), static_cast<const T*>(p.input) + row * p.row_stride,
-                                       group, &y).index;
+    token = resolved({}, race_group_warp<T, kProbs>(p, row_race(p, row),
+                                                    static_cast<const T*>(p.input) + row * p.row_stride, group, &y)
+                             .index)
+                .token;
   }
   if (threadIdx.x % 32 == 0) p.tokens[row * p.tokens_stride] = token;
 }
