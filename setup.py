@@ -95,6 +95,7 @@ setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": Build.with_options(use_ninja=shutil.which("ninja") is not None)},
     python_requires=">=3.10",
-    install_requires=["torch>=2.11"],
+    # numpy: torch warns at import ("Failed to initialize NumPy") where it is missing.
+    install_requires=["torch>=2.11", "numpy"],
     extras_require={"test": ["pytest", "numpy", "scipy"], "bench": ["matplotlib", "numpy"]},
 )

@@ -1,4 +1,8 @@
 """Loads the native extension, and explains a build made for another torch."""
+import glob
+import os
+import sysconfig
+
 import torch
 
 _REBUILD = ("rebuild syncfree against the torch you have: "
@@ -13,6 +17,11 @@ def _load():
     if _build_info is not None and _build_info.TORCH_VERSION != torch.__version__:
         raise ImportError(f"syncfree was built for torch {_build_info.TORCH_VERSION} but torch "
                           f"{torch.__version__} is installed; {_REBUILD}")
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not glob.glob(os.path.join(here, "_C*" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))):
+        raise ImportError(f"syncfree's native extension is not built in {here} (the source tree?): install it with "
+                          f"`pip install .` and import syncfree from another directory, or build it in place with "
+                          f"`python setup.py build_ext --inplace`")
     try:
         from . import _C
     except ImportError as e:

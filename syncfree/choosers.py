@@ -77,7 +77,20 @@ class HeterogeneousNextTokenChooser:
         return ids, logprobs
 
     def filter(self, indices):
-        """Keeps the requests at `indices` (a list or a tensor), in that order."""
+        """Keeps the requests at `indices`, in that order: a list of ints in [-B, B), or a 1-D integer
+        tensor of values in [0, B) (not checked: that would read it, a sync on CUDA)."""
+        if isinstance(indices, torch.Tensor):
+            if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool \
+                    or indices.dim() != 1:
+                raise TypeError(f"indices: expected a 1-D integer tensor, got {indices.dtype} of shape "
+                                f"{tuple(indices.shape)}")
+        elif not isinstance(indices, (list, tuple, range)) or \
+                not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+            raise TypeError(f"indices: expected a list of ints or a 1-D integer tensor, got {indices!r}")
+        else:
+            if any(not -len(self) <= i < len(self) for i in indices):
+                raise ValueError(f"indices: expected ints in [{-len(self)}, {len(self)}), got {list(indices)}")
+            indices = [i % len(self) for i in indices]
         index = torch.as_tensor(indices, dtype=torch.int64, device=self.device)
         chooser = object.__new__(type(self))
         chooser.device = self.device
@@ -86,7 +99,15 @@ class HeterogeneousNextTokenChooser:
 
     @classmethod
     def concatenate(cls, choosers):
-        """One chooser for the requests of several, in order."""
+        """One chooser for the requests of several (a non-empty list of choosers on one device), in order."""
+        choosers = list(choosers) if isinstance(choosers, (list, tuple)) else choosers
+        if not isinstance(choosers, list) or not choosers:
+            raise ValueError(f"choosers: expected a non-empty list of choosers, got {choosers!r}")
+        for c in choosers:
+            if not isinstance(c, HeterogeneousNextTokenChooser):
+                raise TypeError(f"choosers: expected HeterogeneousNextTokenChooser objects, got {type(c).__name__}")
+            if c.device != choosers[0].device:
+                raise ValueError(f"choosers: expected choosers on one device, got {choosers[0].device} and {c.device}")
         chooser = object.__new__(cls)
         chooser.device = choosers[0].device
         chooser._set(*(torch.cat(parts) for parts in zip(*(c._tensors() for c in choosers))))
@@ -107,5 +128,10 @@ class NextTokenChooser(HeterogeneousNextTokenChooser):
 
     def __call__(self, logits: torch.Tensor):
         """logits [V] or [1, V] -> (next_id, logprob) of shape [1]."""
+        if not isinstance(logits, torch.Tensor) or logits.dim() not in (1, 2) or \
+                (logits.dim() == 2 and logits.shape[0] != 1):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"logits: a single-request chooser takes [V] or [1, V], got {shape}; "
+                             f"use HeterogeneousNextTokenChooser for a batch")
         ids, logprobs = super().__call__(logits.reshape(1, -1))
         return ids, logprobs

@@ -38,7 +38,7 @@ from typing import Optional, Union
 import torch
 import torch.distributed as dist
 
-from . import _native  # noqa: F401  (loads the ops)
+from . import _native
 from .sampling import _number_or_tensor, _rng_args
 
 GROUP = 16
@@ -46,7 +46,9 @@ INF = float("inf")
 _NO_INDEX = 2**31 - 1
 _MAX_VOCAB = 2**31 - 1 - 2 * GROUP  # syncfree.sample's limit (int32 token and group indices)
 _NEG_INF_BITS = struct.unpack("<i", struct.pack("<f", -INF))[0]
-_checked_layouts = {}  # CUDA: (group, world size, vocab_start, width, vocab_size, rows) -> spans
+_checked_layouts = {}  # CUDA: (group, world size, vocab_start, width, vocab_size, rows, call) -> spans
+# Codes of the logits' dtypes in the layout exchange: ranks must agree (the collectives' sizes follow it).
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def clear_layout_cache():
@@ -62,50 +64,60 @@ def _gather(tensor, group):
     return parts
 
 
-def _shard_spans(local_logits, vocab_start, vocab_size, group):
-    """Every rank's (start, width), checked to tile [0, vocab_size) with one batch size.
+def _shard_spans(local_logits, vocab_start, vocab_size, call, group):
+    """Every rank's (start, width), checked to tile [0, vocab_size) with one batch size, one dtype
+    and one kind of call (`call`: an int that encodes what changes the collectives).
 
     The exchange reads gathered values on the host: for CPU tensors that is free and runs on
-    every call; for CUDA tensors it is a sync, so its result is remembered per layout."""
+    every call; for CUDA tensors it is a sync, so its result is remembered per layout and call."""
     if local_logits.device.type == "cpu":
-        return _check_tiling(local_logits, vocab_start, vocab_size, group)
+        return _check_tiling(local_logits, vocab_start, vocab_size, call, group)
     key = (group if group is not None else dist.group.WORLD, dist.get_world_size(group), vocab_start,
-           local_logits.shape[1], vocab_size, local_logits.shape[0])
+           local_logits.shape[1], vocab_size, local_logits.shape[0], call)
     spans = _checked_layouts.get(key)
     if spans is None:
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError("syncfree.distributed.sample: this shard layout and batch size have not been seen "
                                "yet; call it once outside CUDA-graph capture first (it checks the layout across "
                                "ranks with one host exchange)")
-        spans = _checked_layouts[key] = _check_tiling(local_logits, vocab_start, vocab_size, group)
+        spans = _checked_layouts[key] = _check_tiling(local_logits, vocab_start, vocab_size, call, group)
     return spans
 
 
-def _check_tiling(local_logits, vocab_start, vocab_size, group):
-    """Every rank learns every shard's (start, width, rows): the shards must tile [0, vocab_size).
-    Errors are found from the gathered values, so every rank raises the same one."""
+def _check_tiling(local_logits, vocab_start, vocab_size, call, group):
+    """Every rank learns every shard's (start, width, rows, dtype, call): the shards must tile
+    [0, vocab_size), with one batch size, dtype and kind of call. Errors are found from the
+    gathered values, so every rank raises the same one."""
     rows, width = local_logits.shape
-    info = torch.tensor([vocab_start, width, rows, vocab_size], dtype=torch.int64, device=local_logits.device)
+    info = torch.tensor([vocab_start, width, rows, vocab_size, _DTYPES.index(local_logits.dtype), call],
+                        dtype=torch.int64, device=local_logits.device)
     gathered = [tuple(t.tolist()) for t in _gather(info, group)]  # host ints
     shards = sorted(gathered)
     if len({s[2] for s in shards}) != 1:
         raise ValueError(f"local_logits: every rank must hold the same rows, got batch sizes {[s[2] for s in shards]}")
+    if len({s[4] for s in shards}) != 1:
+        raise TypeError(f"local_logits: every rank must pass the same dtype, got "
+                        f"{sorted({str(_DTYPES[s[4]]) for s in shards})}")
+    if len({s[5] for s in shards}) != 1:
+        raise ValueError("every rank must pass the same kinds of arguments (which of temperature, top_k, top_p, "
+                         "min_p, typical_p are tensors or non-identity numbers, seed or generator, "
+                         "return_logprobs)")
     if len({s[3] for s in shards}) != 1:
         raise ValueError(f"vocab_size: ranks disagree: {sorted({s[3] for s in shards})}")
     if not 1 <= vocab_size <= _MAX_VOCAB:
         raise ValueError(f"vocab_size: expected an int in [1, {_MAX_VOCAB}], got {vocab_size}")
-    empty = [r for r, (_, w, _, _) in enumerate(gathered) if w == 0]
+    empty = [r for r, (_, w, *_) in enumerate(gathered) if w == 0]
     if empty:
         raise ValueError(f"local_logits: every rank must hold at least one column; ranks {empty} hold none")
     end = 0
-    for start, w, _, _ in shards:
+    for start, w, *_ in shards:
         if start != end:
             raise ValueError(f"vocab_start: the shards do not tile [0, {vocab_size}): columns {end}..{start} "
                              f"are {'missing' if start > end else 'held twice'}")
         end = start + w
     if end != vocab_size:
         raise ValueError(f"vocab_size: the shards cover [0, {end}), expected [0, {vocab_size})")
-    return [(start, w) for start, w, _, _ in gathered]  # per rank
+    return [(start, w) for start, w, *_ in gathered]  # per rank
 
 
 def _extended_shard(local_logits, vocab_start, vocab_size, spans, group):
@@ -329,10 +341,16 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
         raise ValueError("generator: pass either a generator or a seed, not both")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    if not isinstance(local_logits, torch.Tensor):
+        raise TypeError(f"local_logits: expected a tensor [L] or [B, L], got {type(local_logits).__name__}")
     squeeze = local_logits.dim() == 1
     x = local_logits.unsqueeze(0) if squeeze else local_logits
     if x.dim() != 2:
         raise ValueError(f"local_logits: expected shape [L] or [B, L], got {tuple(local_logits.shape)}")
+    if squeeze:  # one row: a per-row value may be 0-dim, as syncfree.sample takes it
+        temperature, top_k, top_p, min_p, typical_p, seed, offset = (
+            v.reshape(1) if isinstance(v, torch.Tensor) and v.dim() == 0 else v
+            for v in (temperature, top_k, top_p, min_p, typical_p, seed, offset))
     for name, value in (("vocab_start", vocab_start), ("vocab_size", vocab_size)):
         if isinstance(value, bool) or not isinstance(value, int):  # ranges: in the layout check, on every rank
             raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
@@ -343,20 +361,24 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     elif not temperature_v >= 0:
         raise ValueError(f"temperature: expected a number >= 0 (0 means greedy), got {temperature_v}")
     temperature_v = 1.0 if temperature_v is None else float(temperature_v)
+    # Greedy as the kernels decide it (is_greedy_temperature: a float64 that rounds to 0 is 0).
+    all_greedy = temperature_t is None and _native._C.is_greedy_temperature(temperature_v)
     warpers = _warper_values(top_k, top_p, min_p, typical_p, x, vocab_size)
     rng = _rng_args(seed, offset, None)
     _check_local_inputs(x, seed, offset)
-    spans = _shard_spans(x, vocab_start, vocab_size, group)
+    call = sum(bit << i for i, bit in enumerate((
+        temperature_t is not None, all_greedy, *(name in warpers for name in ("top_k", "top_p", "min_p", "typical_p")),
+        isinstance(seed, torch.Tensor), seed is not None, return_logprobs)))
+    spans = _shard_spans(x, vocab_start, vocab_size, call, group)
     rng_state = None
-    if seed is None and (temperature_t is not None or temperature_v != 0):
+    if seed is None and not all_greedy:
         # The generator's draw for a single-device call over the whole vocabulary, once for every
         # shard call (on CUDA it stays on the device: graph-safe, no sync), after every check.
         # Scalar temperature 0 draws nothing, as syncfree.sample leaves the generator alone then.
         rng_state = torch.ops.syncfree.generator_state(x, generator, vocab_size)
     ext, base = _extended_shard(x, vocab_start, vocab_size, spans, group)
     rows = x.shape[0]
-    greedy = (temperature_t <= 0) | torch.isnan(temperature_t) if temperature_t is not None else \
-        torch.full((rows,), temperature_v == 0, device=x.device)
+    greedy = torch.ops.syncfree.greedy_rows(x, temperature_t, temperature_v)
     keeps = _kept_sets(ext, vocab_size, temperature_t, temperature_v, greedy, warpers, group)
 
     if ext.shape[1] > 0:
@@ -396,7 +418,8 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     dist.all_reduce(token, op=dist.ReduceOp.MAX, group=group)
 
     tokens = torch.where(sampled, token, mine)
-    tokens = torch.where(mine == _NO_INDEX, torch.zeros_like(tokens), tokens)
+    # Degenerate rows, and a winning group with no winner (Note [A winning group with no winner]): 0.
+    tokens = torch.where((mine == _NO_INDEX) | (tokens < 0), torch.zeros_like(tokens), tokens)
     result = tokens
     if return_logprobs:
         dist.all_reduce(inf_count, op=dist.ReduceOp.SUM, group=group)
@@ -415,15 +438,11 @@ def _logprobs(x, vocab_start, tokens, mass, temperature_t, temperature_v, greedy
     s = torch.stack([p[:, 1] for p in pairs], 1)
     top = m.max(1).values
     total = (s * torch.exp(torch.where(m == -float("inf"), m, m - top[:, None]))).sum(1)
-    inv_t = torch.ones_like(top)
-    if temperature_t is not None:
-        inv_t = torch.where(greedy, inv_t, 1.0 / temperature_t.float())
-    elif temperature_v != 0:
-        inv_t = inv_t / temperature_v
     column = tokens - vocab_start
     here = (column >= 0) & (column < x.shape[1])
     y = torch.full_like(top, -float("inf"))
-    picked = x.gather(1, column.clamp(0, x.shape[1] - 1)[:, None]).squeeze(1).float() * inv_t
+    raw = x.gather(1, column.clamp(0, x.shape[1] - 1)[:, None])
+    picked = torch.ops.syncfree.scaled_logits(raw, temperature_t, temperature_v)[:, 0]  # the kernels' scaling
     y = torch.where(here, picked, y)
     dist.all_reduce(y, op=dist.ReduceOp.MAX, group=group)
     logprobs = y - top - torch.log(total)

@@ -13,6 +13,7 @@ from . import _native  # noqa: F401  (loads the ops)
 
 Number = Union[int, float]
 _UINT64 = 1 << 64
+_INT64_MAX = (1 << 63) - 1
 
 
 def _number_or_tensor(value, name):
@@ -34,7 +35,8 @@ def _warper_args(temperature, top_k, top_p, min_p, typical_p):
         if name == "top_k":
             if number is not None and not isinstance(number, int):
                 raise TypeError(f"top_k: expected an int or an integer tensor [B], got {type(number).__name__}")
-            args += [tensor, identity if number is None else number]
+            # Past int64 only the sign matters: any top_k >= V keeps all (checked in C++).
+            args += [tensor, identity if number is None else max(min(number, _INT64_MAX), -_INT64_MAX - 1)]
         else:
             args += [tensor, float(identity if number is None else number)]
     return args
@@ -70,7 +72,13 @@ def _pack(tokens, logprobs, valid, return_logprobs, return_valid):
     return (tokens,) + ((logprobs,) if return_logprobs else ()) + ((valid,) if return_valid else ())
 
 
+def _check_tensor(x, name):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor [V] or [B, V], got {type(x).__name__}")
+
+
 def _call(out, x, probs, warpers, rng, generator, return_logprobs, return_valid):
+    _check_tensor(x, "probs" if probs else "logits")
     args = (x, probs, *warpers, *rng, generator, return_logprobs, return_valid)
     if out is None:
         return torch.ops.syncfree.sample(*args)
@@ -124,4 +132,5 @@ def warp(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0, t
     temperature-scaled logits (temperature 0 scales nothing) with the tokens
     that top-k, top-p, min-p and typical-p remove at -inf, and their log_softmax.
     """
+    _check_tensor(logits, "logits")
     return torch.ops.syncfree.warp(logits, *_warper_args(temperature, top_k, top_p, min_p, typical_p))

@@ -176,3 +176,23 @@ def test_choosers_no_sync_on_cuda():
         typical_p=[1.0, 1.0, 1.0, 0.9], seeds=[1, 2, 3, 4])
     cpu(x.cpu())
     assert torch.equal(chooser(x)[0].cpu(), cpu(x.cpu())[0])
+
+
+def test_chooser_arguments_are_checked():
+    """A single-request chooser takes [V] or [1, V] only (a batch was once flattened into one row)."""
+    one = syncfree.NextTokenChooser(temperature=0.7, do_sample=True, seed=3)
+    with pytest.raises(ValueError, match="logits"):
+        one(torch.randn(4, 10))
+    with pytest.raises(ValueError, match="logits"):
+        one(torch.randn(1, 2, 10))
+    assert one(torch.randn(10))[0].shape == (1,) and one(torch.randn(1, 10))[0].shape == (1,)
+    many = syncfree.HeterogeneousNextTokenChooser([0.5, 1.0], [0, 5], [1.0, 0.9], [1.0, 1.0], seeds=[1, 2])
+    with pytest.raises(ValueError, match="choosers"):
+        syncfree.HeterogeneousNextTokenChooser.concatenate([])
+    with pytest.raises(TypeError, match="choosers"):
+        syncfree.HeterogeneousNextTokenChooser.concatenate([many, "x"])
+    for bad, error in (("x", TypeError), ([0.5], TypeError), ([True], TypeError), (torch.tensor([0.5]), TypeError),
+                       ([2], ValueError), ([-3], ValueError)):
+        with pytest.raises(error, match="indices"):
+            many.filter(bad)
+    assert len(many.filter([-1])) == 1 and len(many.filter(torch.tensor([1, 0]))) == 2

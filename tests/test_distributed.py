@@ -45,6 +45,8 @@ def cases():
     out.append(("greedy", x, dict(temperature=0.0, seed=1)))
     z = torch.randn(3, 40, generator=g)
     out.append(("tiny vocab", z, dict(temperature=0.6, seed=9)))
+    # A float64 temperature that is 0 in float32: greedy, as the kernels decide it (a fuzzing find).
+    out.append(("tiny temperature", z, dict(temperature=1e-46, seed=3)))
     w = torch.randn(8, 2000, generator=g) * 3
     w[:, ::31] = -INF
     w[2, 17] = INF
@@ -123,7 +125,7 @@ def worker(rank, world, port, result_file, layout_seed, backend="gloo", device="
             tokens, logprobs = sd.sample(local, start, vocab, return_logprobs=True, **on_device(kwargs, device))
             outcome[name] = (tokens.cpu(), logprobs.cpu())
             # Past the layout check, the Python code never reads tensor data (no sync on CUDA).
-            spans = sd._shard_spans(local, start, vocab, None)
+            spans = sd._shard_spans(local, start, vocab, 0, None)
             real, sd._shard_spans = sd._shard_spans, lambda *args: spans
             try:
                 with no_host_reads():
@@ -131,6 +133,11 @@ def worker(rank, world, port, result_file, layout_seed, backend="gloo", device="
             finally:
                 sd._shard_spans = real
             outcome[name + " (no host reads)"] = (again[0].cpu(), again[1].cpu())
+        # One row as [L] with 0-dim per-row tensors, as syncfree.sample takes them.
+        x = cases()[0][1]
+        start, end = splits_for(1000, world, layout_seed)[rank]
+        outcome["one row"] = sd.sample(x[0, start:end].to(device), start, 1000, temperature=torch.tensor(0.7),
+                                       seed=torch.tensor(3), top_k=torch.tensor(50)).cpu()
         errors = {}
         bounds = [0, 17, 20] + [20 + 16 * r for r in range(1, world - 1)]
         for name, call in (
@@ -143,12 +150,18 @@ def worker(rank, world, port, result_file, layout_seed, backend="gloo", device="
                 # Rank 1 holds [17, 20): no race group starts there, so it runs no shard op; it must
                 # raise with the others (not wait for them in a collective).
                 ("groupless rank", lambda: sd.sample(torch.randn(2, bounds[rank + 1] - bounds[rank]), bounds[rank],
-                                                     bounds[-1], seed=torch.arange(3)))):
+                                                     bounds[-1], seed=torch.arange(3))),
+                # Different dtypes, or different kinds of arguments, would make the collectives'
+                # sizes differ (a Gloo abort once): every rank raises instead.
+                ("dtype", lambda: sd.sample(torch.randn(2, 10, dtype=torch.float16 if rank else torch.float32),
+                                            10 * rank, 10 * world, seed=1)),
+                ("kinds", lambda: sd.sample(torch.randn(2, 10), 10 * rank, 10 * world, seed=1,
+                                            top_k=5 if rank == 0 else 0))):
             if device != "cpu":
                 break
             try:
                 call()
-            except ValueError as e:
+            except (ValueError, TypeError) as e:
                 errors[name] = str(e)
         outcome["errors"] = errors
         torch.save(outcome, f"{result_file}.{rank}")
@@ -187,6 +200,11 @@ def test_sharded_sampling_is_bit_identical(world, layout_seed):
         assert "local_logits: every rank must hold at least one column; ranks [0] hold none" in errors["empty"]
         assert "vocab_size: expected an int in [1, 2147483615]" in errors["too large"]
         assert "seed: expected one value per row, shape [2], got shape [3]" in errors["groupless rank"]
+        assert "local_logits: every rank must pass the same dtype" in errors["dtype"]
+        assert "every rank must pass the same kinds of arguments" in errors["kinds"]
+        x = cases()[0][1]
+        assert torch.equal(results[r]["one row"], syncfree.sample(x[0], torch.tensor(0.7), seed=torch.tensor(3),
+                                                                  top_k=torch.tensor(50)))
 
 
 @pytest.mark.cuda
