@@ -97,5 +97,5 @@ setup(
     python_requires=">=3.10",
     # numpy: torch warns at import ("Failed to initialize NumPy") where it is missing.
     install_requires=["torch>=2.11", "numpy"],
-    extras_require={"test": ["pytest", "numpy", "scipy"], "bench": ["matplotlib", "numpy"]},
+    extras_require={"test": ["pytest", "numpy", "scipy", "hypothesis"], "bench": ["matplotlib", "numpy"]},
 )

@@ -100,7 +100,8 @@ def reference_keep(y, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0):
         p = probs()
         ratio = p / p.max()
         keep &= ratio >= min_p
-        margin = min(margin, (ratio[p > 0] - min_p).abs().min().item())
+        if (p > 0).any():
+            margin = min(margin, (ratio[p > 0] - min_p).abs().min().item())
     if typical_p < 1.0:
         p = probs()
         logp = torch.where(p > 0, p.log(), torch.zeros_like(p))

@@ -1,0 +1,251 @@
+"""The fuzz suite's cases and invariants; tests/test_fuzz.py runs them in subprocesses.
+
+    python tests/fuzz_cases.py BATCH EXAMPLES [--emulated]
+
+Each case is drawn by hypothesis (seeded by BATCH: deterministic) and printed before it
+runs, so a crash or a hang names its input. Invariants, on every call: an exception
+names the argument that is wrong (and a call built valid raises none), or every id is in
+[0, V), no masked or warper-removed token is chosen, `valid` says whether the row had a
+token to choose, a seeded call repeats itself, the kept set equals the float64 sorting
+reference on finite rows (outside the documented 1e-6 boundary), and logprobs are the
+float64 log-softmax of the warped logits. With --emulated the calls run the CUDA kernels
+on the CPU (tests/cuda_on_cpu) and must also equal the CPU path.
+"""
+import contextlib
+import math
+import sys
+
+import torch
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+import syncfree
+from reference import reference_keep, scaled_logits
+
+INF, NAN = float("inf"), float("nan")
+ARGUMENTS = ("logits", "probs", "temperature", "top_k", "top_p", "min_p", "typical_p", "seed", "offset",
+             "generator", "out")
+TINY_T = 1e-30  # below: logit / T may overflow (README "Semantics"), reference checks skipped
+
+
+def draw_row(data, v):
+    kind = data.draw(st.sampled_from(["normal", "normal", "huge", "inf", "masked", "one", "ties", "nan", "denormal"]))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    row = torch.randn(v, generator=g, dtype=torch.float64) * data.draw(st.sampled_from([0.01, 1.0, 5.0, 40.0]))
+    if kind == "huge":
+        row[torch.rand(v, generator=g) < 0.3] = data.draw(st.sampled_from([3e38, -3e38]))
+    elif kind == "inf":
+        row[torch.randint(0, v, (data.draw(st.integers(1, 3)),), generator=g)] = INF
+    elif kind == "masked":
+        row[:] = -INF
+    elif kind == "one":
+        row[:] = -INF
+        row[data.draw(st.integers(0, v - 1))] = 0.5
+    elif kind == "ties":
+        row = torch.randint(0, 3, (v,), generator=g).double()
+    elif kind == "nan":
+        row[torch.rand(v, generator=g) < 0.5] = NAN
+    elif kind == "denormal":
+        row = row * 1e-40
+    row[torch.rand(v, generator=g) < 0.1] = -INF
+    return row
+
+
+def draw_case(data):
+    """(kwargs of the call, logits/probs tensor, op, whether every argument was built valid)."""
+    valid = True
+    op = data.draw(st.sampled_from(["sample", "sample", "sample", "sample_probs", "warp"]))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]))
+    b = data.draw(st.sampled_from([3, 1, 2, 5, 0]))
+    v = data.draw(st.sampled_from([40, 1, 2, 16, 17, 33, 80, 1000, 4099, 16400]))
+    full = torch.stack([draw_row(data, v) for _ in range(b)]) if b else torch.zeros(0, v, dtype=torch.float64)
+    if op == "sample_probs":
+        full = torch.where(torch.isnan(full), full, full.clamp(-80, 80).exp()) * data.draw(st.sampled_from([1, -1]))
+    layout = data.draw(st.sampled_from(["contiguous", "strided", "expanded", "overlapping", "1d"]))
+    x = full.to(dtype)
+    if layout == "strided" and b:
+        wide = torch.full((b, v + 3), 7.0, dtype=dtype)
+        wide[:, 1:v + 1] = x
+        x = wide[:, 1:v + 1]
+    elif layout == "expanded" and b:
+        x = x[:1].expand(b, v)
+    elif layout == "overlapping" and b > 1 and v > 1:
+        x = x.reshape(-1).as_strided((b, v), (max(1, v // 2), 1))  # rows share elements
+    elif layout == "1d" and b:
+        x = x[0]
+        b = None  # a scalar result
+    rows = 1 if b is None else b
+    kwargs = {}
+    if op != "sample_probs":
+        t = data.draw(st.one_of(st.sampled_from([0.0, 1e-46, 1e-39, 0.3, 1.0, 2.5, 1e30, -1.0, NAN]),
+                                st.just("tensor")))
+        if t == "tensor":
+            t = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, -1.0, NAN, INF, 1e-45, 0.5, 1.0, 3.0]),
+                                                min_size=rows, max_size=rows)), dtype=torch.float32)
+            t = t if b is not None else t[0]
+        elif not t >= 0:
+            valid = False
+        kwargs["temperature"] = t
+        for name, good, bad in (("top_k", [0, 1, 5, 50, 10**6, 2**63], [-1]), ("top_p", [1.0, 0.9, 0.5, 1e-6], [0.0, 1.5]),
+                                ("min_p", [0.0, 0.05, 0.5, 1.0], [-0.1, 2.0]), ("typical_p", [1.0, 0.9, 0.2], [0.0, 7.0])):
+            choice = data.draw(st.sampled_from(["off", "off", "good", "bad", "tensor"]))
+            if choice == "good":
+                kwargs[name] = data.draw(st.sampled_from(good))
+            elif choice == "bad":
+                kwargs[name] = data.draw(st.sampled_from(bad))
+                valid = False
+            elif choice == "tensor":  # any values: clamped (README "Warpers")
+                values = data.draw(st.lists(st.sampled_from(good + bad + ([NAN] if name != "top_k" else [])),
+                                            min_size=rows, max_size=rows))
+                tensor = torch.tensor([min(value, 2**63 - 1) for value in values],
+                                      dtype=torch.int64 if name == "top_k" else torch.float32)
+                kwargs[name] = tensor if b is not None else tensor[0]
+    if op != "warp":
+        rng = data.draw(st.sampled_from(["none", "int", "tensor", "generator", "bad"]))
+        if rng == "int":
+            kwargs["seed"] = data.draw(st.integers(-2**70, 2**70))
+            kwargs["offset"] = data.draw(st.integers(0, 2**40))
+        elif rng == "tensor":
+            seeds = torch.tensor(data.draw(st.lists(st.integers(-2**63, 2**63 - 1), min_size=rows, max_size=rows)),
+                                 dtype=torch.int64)
+            kwargs["seed"] = seeds if b is not None else seeds[0]
+        elif rng == "generator":
+            kwargs["generator"] = torch.Generator().manual_seed(data.draw(st.integers(0, 2**40)))
+        elif rng == "bad":
+            kwargs["offset"] = 3  # an offset without a seed
+            valid = False
+        out = data.draw(st.sampled_from(["none", "none", "good", "wrong", "overlap"]))
+        shape = () if b is None else (b,)
+        if out == "good":
+            kwargs["out"] = torch.full(shape, -7, dtype=torch.int64)
+        elif out == "wrong":
+            kwargs["out"] = torch.zeros((rows + 1,), dtype=torch.int64)
+            valid = False
+        elif out == "overlap" and x.numel() >= 2 * max(rows, 1) and x.dtype == torch.float64:
+            kwargs["out"] = x.detach().view(-1)[:rows].view(torch.int64).view(shape) if x.is_contiguous() else None
+            if kwargs["out"] is None:
+                del kwargs["out"]
+            else:
+                valid = False
+        if op == "sample":
+            kwargs["return_logprobs"] = data.draw(st.booleans())
+        kwargs["return_valid"] = True
+    return op, x, kwargs, valid
+
+
+def clamp_warpers(kwargs, rows, v):
+    """Each row's warper values after the README's clamps (a test-side reference)."""
+    def value(name, default):
+        val = kwargs.get(name, default)
+        return val.reshape(-1).tolist() if isinstance(val, torch.Tensor) else [val] * rows
+
+    out = []
+    for k, p, m, tp in zip(value("top_k", 0), value("top_p", 1.0), value("min_p", 0.0), value("typical_p", 1.0)):
+        frac = (lambda q: 1.0 if not q < 1 else max(q, 0.0))
+        out.append(dict(top_k=0 if k <= 0 or k >= v else k, top_p=frac(p), min_p=min(max(m, 0.0), 1.0) if m == m else 0.0,
+                        typical_p=frac(tp)))
+    return out
+
+
+def check(op, x, kwargs, result):
+    """The invariants of a call that returned."""
+    if op == "warp":
+        warped, logprobs = result
+        assert warped.shape == x.shape and logprobs.shape == x.shape
+        return
+    tokens, *rest = result if isinstance(result, tuple) else (result,)
+    valid = rest[-1]
+    v = x.shape[-1]
+    assert tokens.dtype == torch.int64 and ((tokens >= 0) & (tokens < v)).all(), f"ids out of range: {tokens}"
+    if "out" in kwargs:
+        assert tokens is kwargs["out"]
+    x2, t2, v2 = x.reshape(-1, v), tokens.reshape(-1), valid.reshape(-1)
+    rows = x2.shape[0]
+    raw = x2.double()
+    picked = raw.gather(1, t2[:, None])[:, 0]
+    if op == "sample_probs":
+        usable = (raw > 0) & ~torch.isnan(raw)
+        assert torch.equal(v2, usable.any(1)), "valid"
+        assert (~v2 | (picked > 0)).all(), "a zero-weight token was chosen"
+        return
+    temps = kwargs.get("temperature", 1.0)
+    temps = temps.reshape(-1).tolist() if isinstance(temps, torch.Tensor) else [temps] * rows
+    greedy = [not (float(torch.tensor(t, dtype=torch.float32)) > 0) for t in temps]
+    usable = ~torch.isnan(raw) & (raw != -INF)
+    for r in range(rows):
+        if v2[r] and greedy[r] and len(rest) == 2 and not (raw[r] == INF).any():  # greedy: softmax(logits)
+            want = torch.log_softmax(torch.where(usable[r], raw[r], -INF), 0)[t2[r]].item()
+            assert math.isclose(rest[0].reshape(-1)[r].item(), want, rel_tol=1e-3, abs_tol=1e-3), f"row {r}: logprob"
+        if not v2[r]:
+            assert t2[r] == 0, "a degenerate row answers token 0"
+            if greedy[r] or temps[r] >= TINY_T:
+                assert not usable[r].any(), f"row {r} had an unmasked token but valid is False"
+            continue
+        assert usable[r, t2[r]], f"row {r}: a masked token was chosen"
+    # The kept set: no warper-removed token chosen, and the sorting reference on finite rows.
+    warpers = clamp_warpers(kwargs, rows, v)
+    for r in range(rows):
+        if greedy[r] or not v2[r] or temps[r] < TINY_T or torch.isinf(raw[r]).any() and (raw[r] == INF).any():
+            continue
+        y = scaled_logits(x2[r:r + 1], torch.tensor([temps[r]]))[0]
+        if not torch.isfinite(y[usable[r]]).all():
+            continue
+        keep, margin = reference_keep(y, **warpers[r])
+        if margin > 1e-6:
+            assert keep[t2[r]], f"row {r}: token {t2[r].item()} is removed by the warpers {warpers[r]}"
+            if len(rest) == 2:  # logprobs: the float64 log-softmax of the kept scaled logits
+                want = torch.log_softmax(torch.where(keep, y.double(), -INF), 0)[t2[r]].item()
+                assert math.isclose(rest[0].reshape(-1)[r].item(), want, rel_tol=1e-3, abs_tol=1e-3), \
+                    f"row {r}: logprob {rest[0].reshape(-1)[r].item()} against {want}"
+
+
+def run(batch, examples, emulated):
+    context = contextlib.nullcontext
+    if emulated:
+        import cuda_on_cpu
+        cuda_on_cpu.load().configure(sm_count=132)
+        context = cuda_on_cpu.emulating
+
+    @seed(batch)
+    @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck),
+              derandomize=False, print_blob=False)
+    @given(st.data())
+    def fuzz(data):
+        op, x, kwargs, valid = draw_case(data)
+        if emulated and x.dtype == torch.float64:
+            x = x.float()
+        shown = {k: (f"tensor{tuple(v.shape)} {v.dtype} {v.reshape(-1)[:8].tolist()}" if isinstance(v, torch.Tensor)
+                     else v) for k, v in kwargs.items()}
+        print(f"case: {op} x={x.dtype}{tuple(x.shape)} strides={x.stride()} {shown}", flush=True)
+        fn = getattr(syncfree, op)
+        state = kwargs["generator"].get_state() if "generator" in kwargs else None
+        try:
+            with context():
+                result = fn(x, **kwargs)
+        except (ValueError, TypeError, RuntimeError) as e:
+            message = str(e).split("\n")[0]
+            assert any(name + ":" in message for name in ARGUMENTS), f"the error names no argument: {message}"
+            assert not valid, f"a valid call raised: {message}"
+            if state is not None:
+                assert torch.equal(kwargs["generator"].get_state(), state), "a failed call moved the generator"
+            return
+        check(op, x, kwargs, result)
+        if "seed" in kwargs and op != "warp":  # repeat-determinism
+            again = fn(x, **{k: (torch.full_like(v, -7) if k == "out" else v) for k, v in kwargs.items()})
+            first = result[0] if isinstance(result, tuple) else result
+            assert torch.equal(first, again[0] if isinstance(again, tuple) else again), "a seeded call did not repeat"
+        if emulated and ("seed" in kwargs or op == "warp"):  # the emulated kernels equal the CPU path (same noise)
+            cpu = fn(x, **{k: (torch.full_like(v, -7) if k == "out" else v) for k, v in kwargs.items()})
+            for a, c in zip(result if isinstance(result, tuple) else (result,), cpu if isinstance(cpu, tuple) else (cpu,)):
+                if a.dtype == torch.float32 and op != "warp":
+                    torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4, equal_nan=True)
+                else:
+                    assert torch.equal(a, c) or (a.dtype.is_floating_point and torch.allclose(a, c, equal_nan=True)), \
+                        "emulated CUDA and CPU differ"
+
+    fuzz()
+    print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
+
+
+if __name__ == "__main__":
+    run(int(sys.argv[1]), int(sys.argv[2]), "--emulated" in sys.argv)

@@ -1,0 +1,63 @@
+"""The fuzz suite: random calls of the public API against the invariants of tests/fuzz_cases.py.
+
+Each batch runs in a subprocess with a timeout, so a crash or a hang is reported with the
+case that caused it. SYNCFREE_FUZZ_EXAMPLES (default 200) sets the cases per CPU batch; the
+emulated CUDA batches run a quarter of that. CI's budget: 6 CPU batches and 2 emulated ones,
+about 2 minutes on 2 cores.
+"""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fuzz_cases import check
+
+HERE = pathlib.Path(__file__).resolve().parent
+EXAMPLES = int(os.environ.get("SYNCFREE_FUZZ_EXAMPLES", "200"))
+
+
+def run_batch(batch, examples, emulated, timeout):
+    args = [sys.executable, str(HERE / "fuzz_cases.py"), str(batch), str(examples)] + (["--emulated"] if emulated else [])
+    try:
+        result = subprocess.run(args, cwd=HERE, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        cases = [line for line in out.splitlines() if line.startswith("case:")]
+        pytest.fail(f"fuzz batch {batch} hung for {timeout} s; last {cases[-1] if cases else 'no case'}")
+    if result.returncode != 0:
+        lines = result.stdout.splitlines()
+        cases = [line for line in lines if line.startswith("case:")]
+        how = f"died of signal {-result.returncode}" if result.returncode < 0 else "failed"
+        report = "\n".join(line for line in (result.stdout + result.stderr).splitlines()
+                           if not line.startswith("case:"))[-6000:]
+        pytest.fail(f"fuzz batch {batch} {how}; last {cases[-1] if cases else 'no case'}\n{report}")
+    assert f"{examples} cases passed" in result.stdout
+
+
+@pytest.mark.parametrize("batch", range(6))
+def test_fuzz_the_cpu_path(batch):
+    run_batch(batch, EXAMPLES, emulated=False, timeout=600)
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("batch", range(2))
+def test_fuzz_the_emulated_cuda_path(batch):
+    run_batch(100 + batch, max(EXAMPLES // 4, 1), emulated=True, timeout=900)
+
+
+def test_the_invariants_catch_bad_results():
+    """The oracle can fail: out-of-range ids, masked or warper-removed tokens, a wrong valid flag."""
+    x = torch.tensor([[0.0, 5.0, -float("inf"), 1.0], [-float("inf")] * 4])
+    kwargs = dict(temperature=1.0, top_k=2, seed=1, return_valid=True)
+    check("sample", x, kwargs, (torch.tensor([1, 0]), torch.tensor([True, False])))  # a good result passes
+    for tokens, valid in (([4, 0], [True, False]),  # id out of range
+                          ([2, 0], [True, False]),  # a masked token
+                          ([0, 0], [True, False]),  # removed by top-k (keeps 5.0 and 1.0)
+                          ([1, 0], [True, True]),  # a degenerate row said valid
+                          ([1, 0], [False, False]),  # a row with tokens said degenerate
+                          ([1, 3], [True, False])):  # a degenerate row's token is not 0
+        with pytest.raises(AssertionError):
+            check("sample", x, kwargs, (torch.tensor(tokens), torch.tensor(valid)))
