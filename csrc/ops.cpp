@@ -195,7 +195,7 @@ void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, i
 // sits in the row, and what it writes instead of tokens.
 struct Shard {
   int64_t index_base = 0;
-  RacePartial* partials_out = nullptr;
+  ShardPartial* partials_out = nullptr;
   const int64_t* resolve_groups = nullptr;
   const RowKeep* keeps = nullptr;  // the warpers' kept sets, found across the shards
   const int64_t* rng_state = nullptr;  // one generator draw shared by the shards
@@ -330,8 +330,8 @@ std::tuple<Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool
 
 // syncfree.distributed's local step on a shard x ([B, L], token 0 at global
 // index index_base, a multiple of 16): with resolve_groups None, each row's
-// merged race partial as [B, 6] int32 (the RacePartial fields, floats by
-// their bits) with tokens empty; with resolve_groups [B] (local group or -1),
+// merged partial as [B, 8] int32 (the ShardPartial fields: RacePartial, then
+// the overflow argmax; floats by their bits) with tokens empty; with resolve_groups [B] (local group or -1),
 // the local token of each row's in-group race (-1 where the group is not here).
 // rng_state: an int64 [2] (seed, position) from generator_state, instead of
 // seeds or a generator.
@@ -347,7 +347,7 @@ std::tuple<Tensor, Tensor> race_shard_op(const Tensor& input, int64_t index_base
   TORCH_CHECK_VALUE(index_base >= 0 && index_base % kGroup == 0, "index_base: expected a multiple of ", kGroup,
                     ", got ", index_base);
   const int64_t rows = input.size(0);
-  Tensor partials = at::empty({resolve_groups.has_value() ? 0 : rows, 6}, input.options().dtype(at::kInt));
+  Tensor partials = at::empty({resolve_groups.has_value() ? 0 : rows, 8}, input.options().dtype(at::kInt));
   Tensor groups;
   Shard shard;
   shard.index_base = index_base;
@@ -356,8 +356,8 @@ std::tuple<Tensor, Tensor> race_shard_op(const Tensor& input, int64_t index_base
     groups = resolve_groups->contiguous();
     if (!input.device().is_meta()) shard.resolve_groups = groups.data_ptr<int64_t>();
   } else if (!input.device().is_meta()) {
-    static_assert(sizeof(RacePartial) == 6 * sizeof(int32_t), "RacePartial layout");
-    shard.partials_out = reinterpret_cast<RacePartial*>(partials.data_ptr<int32_t>());
+    static_assert(sizeof(ShardPartial) == 8 * sizeof(int32_t), "ShardPartial layout");
+    shard.partials_out = reinterpret_cast<ShardPartial*>(partials.data_ptr<int32_t>());
   }
   Tensor keep_rows;
   if (keeps.has_value()) {

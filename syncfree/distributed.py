@@ -318,10 +318,12 @@ def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, warpers, group)
 
 
 def _no_partials(rows, device):
-    """empty_partial (race.h) for every row, as race_shard's int32 [B, 6]: a shard that owns no group."""
-    partials = torch.zeros(rows, 6, dtype=torch.int32, device=device)
-    for column, value in ((0, _NEG_INF_BITS), (1, _NO_INDEX), (2, _NEG_INF_BITS), (4, _NO_INDEX)):
-        partials[:, column] = value  # best (key, index), mass max, first +inf; fills, no host copies
+    """empty_partial (race.h) and no overflow argmax for every row, as race_shard's int32 [B, 8]: a shard
+    that owns no group."""
+    partials = torch.zeros(rows, 8, dtype=torch.int32, device=device)
+    for column, value in ((0, _NEG_INF_BITS), (1, _NO_INDEX), (2, _NEG_INF_BITS), (4, _NO_INDEX), (6, _NEG_INF_BITS),
+                          (7, _NO_INDEX)):
+        partials[:, column] = value  # best (key, index), mass max, first +inf, overflow argmax; no host copies
     return partials
 
 
@@ -390,6 +392,11 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     index = partials[:, 1].clone()
     mass = partials[:, 2:4].view(torch.float32)
     inf_first, inf_count = partials[:, 4].clone(), partials[:, 5].clone()
+    # A shard whose row is degenerate after scaling reports its raw argmax (Note [Logits past the
+    # temperature's range]); where every shard is degenerate, the best of those is the token.
+    over_key = partials[:, 6].view(torch.float32).clone()
+    over_index = partials[:, 7].to(torch.int64)
+    over_index = torch.where(over_index != _NO_INDEX, over_index + base, _NO_INDEX)
     # Local indices to global ones: tokens for greedy rows, groups for sampled rows.
     has = index != _NO_INDEX
     index = torch.where(has, index.to(torch.int64) + torch.where(greedy, base, base // GROUP), _NO_INDEX)
@@ -399,8 +406,11 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     index = torch.where(with_inf, inf_first.to(torch.int64) + base, index)
     # One all-reduce finds the best key and, among equal keys, the lowest index:
     # (order key << 31) | (2^31 - 1 - index), max over ranks.
-    packed = (_order_key(key) << 31) | (_NO_INDEX - index)
+    packed = torch.stack([(_order_key(key) << 31) | (_NO_INDEX - index),
+                          (_order_key(over_key) << 31) | (_NO_INDEX - over_index)], 1)
     dist.all_reduce(packed, op=dist.ReduceOp.MAX, group=group)
+    packed, over_packed = packed[:, 0], packed[:, 1]
+    overflow = _NO_INDEX - (over_packed & _NO_INDEX)  # global raw argmax, or _NO_INDEX
     best_inf = _key_value(packed >> 31) == INF
     mine = _NO_INDEX - (packed & _NO_INDEX)  # global token (greedy, +inf) or group (sampled)
 
@@ -420,11 +430,14 @@ def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
     tokens = torch.where(sampled, token, mine)
     # Degenerate rows, and a winning group with no winner (Note [A winning group with no winner]): 0.
     tokens = torch.where((mine == _NO_INDEX) | (tokens < 0), torch.zeros_like(tokens), tokens)
+    overflowed = (mine == _NO_INDEX) & (overflow != _NO_INDEX)
+    tokens = torch.where(overflowed, overflow, tokens)
     result = tokens
     if return_logprobs:
         dist.all_reduce(inf_count, op=dist.ReduceOp.SUM, group=group)
-        result = (tokens, _logprobs(x, vocab_start, tokens, mass, temperature_t, temperature_v, greedy,
-                                    inf_count, mine, group))
+        logprobs = _logprobs(x, vocab_start, tokens, mass, temperature_t, temperature_v, greedy, inf_count, mine,
+                             group)
+        result = (tokens, torch.where(overflowed, torch.zeros_like(logprobs), logprobs))
     if squeeze:
         return tuple(r[0] for r in result) if return_logprobs else result[0]
     return result

@@ -228,3 +228,28 @@ def test_importing_the_unbuilt_source_tree_says_so():
         pytest.skip("the source tree holds a build")
     result = subprocess.run([sys.executable, "-c", "import syncfree"], cwd=root, capture_output=True, text=True)
     assert result.returncode != 0 and "not built in" in result.stderr and "circular" not in result.stderr
+
+
+def test_a_row_that_a_tiny_temperature_scales_to_minus_infinity_answers_its_argmax():
+    """Note [Logits past the temperature's range]: the T -> 0 limit, valid, logprob 0 (a fuzzing find:
+    once a masked token 0 with valid False)."""
+    tokens, logprobs, valid = syncfree.sample(torch.tensor([[-INF, -3.0, -5.0]]), 1e-39, seed=1,
+                                              return_logprobs=True, return_valid=True)
+    assert tokens.tolist() == [1] and valid.all() and logprobs.tolist() == [0.0]
+    x = -torch.rand(5, 3000) * 4 - 1
+    x[2] = -INF
+    x[3, 100:] = NAN
+    x[4, 10] = x[4].max() + 0.5  # and ties: the lowest index
+    x[4, 20] = x[4, 10]
+    temps = torch.tensor([1e-39, 1e-40, 1e-39, 1e-39, 1e-39])
+    tokens, valid = syncfree.sample(x, temps, seed=torch.arange(5), return_valid=True, top_k=5, top_p=0.5)
+    want = torch.where(torch.isnan(x), -INF, x).argmax(-1)
+    assert tokens.tolist() == [want[0], want[1], 0, want[3], 10] and valid.tolist() == [True, True, False, True, True]
+
+
+def test_shard_masses_of_a_row_spanning_the_float_range_are_finite():
+    """e^(y - m) (m - y) once computed 0 * inf = NaN for a token 6e38 below the max, and converted it to an
+    integer (undefined behaviour)."""
+    y = torch.tensor([[3e38, -3e38, 0.0, -float("inf")]])
+    mass, gap = torch.ops.syncfree.shard_masses(y, torch.tensor([3e38]), 40)
+    assert mass.tolist() == [[2**40, 0, 0, 0]] and gap.tolist() == [[0, 0, 0, 0]]

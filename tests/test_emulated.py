@@ -163,6 +163,14 @@ def test_degenerate_and_infinite_rows(layer, vocab):
         want = syncfree.sample(x, temperature, seed=1, return_logprobs=True, return_valid=True)
         assert_same(want, emulated(syncfree.sample, x, temperature, seed=1, return_logprobs=True, return_valid=True))
         assert tickets_are_zero(layer)
+    # Every logit / T overflowing to -inf: the raw argmax, found by the finishing warp (split rows too).
+    negative = -torch.rand(3, vocab) * 4 - 1
+    negative[1, : vocab // 2] = -float("inf")
+    for temperature in (1e-39, torch.tensor([1e-39, 0.7, 1e-40])):
+        want = syncfree.sample(negative, temperature, seed=3, return_logprobs=True, return_valid=True)
+        assert_same(want, emulated(syncfree.sample, negative, temperature, seed=3, return_logprobs=True,
+                                   return_valid=True))
+        assert want[2].all()
     probs = x.exp()
     probs[5, ::2] = -1.0  # negative weights count as 0
     want = syncfree.sample_probs(probs, seed=2, return_valid=True)

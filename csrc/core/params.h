@@ -45,16 +45,24 @@ struct SampleParams {
   // A shard of a wider row (syncfree.distributed): global index of token 0
   // (See Note [syncfree RNG counter layout]). 0 for a whole row.
   int64_t index_base;
-  // Shard calls: write each row's merged RacePartial here instead of a token,
+  // Shard calls: write each row's merged partial here instead of a token,
   // or (resolve_groups set) race only group resolve_groups[row] token by
   // token, writing the local token (-1 for a row given -1).
-  RacePartial* partials_out;
+  struct ShardPartial* partials_out;
   const int64_t* resolve_groups;
 
   int64_t* tokens;  // [rows], stride tokens_stride
   int64_t tokens_stride;
   float* logprobs;  // [rows] or null
   bool* valid;      // [rows] or null
+};
+
+// What a shard call writes for a row: its merged race partial, and when that
+// is degenerate while the row may overflow, the shard's raw argmax (local
+// index; Note [Logits past the temperature's range]), else no_best().
+struct ShardPartial {
+  RacePartial race;
+  Best overflow;
 };
 
 SF_HD RowRace row_race(const SampleParams& p, int64_t row) {

@@ -269,6 +269,32 @@ SF_HD float chosen_logprob(float y, const LogSumExp& mass) {
   return y - mass.max - log_positive(mass.sum);
 }
 
+// Note [Logits past the temperature's range]
+// -------------------------------------------
+// A tiny temperature can scale every unmasked logit of a row to -inf (logit / T
+// overflows float32, e.g. T = 1e-39). softmax(logits / T) tends to the argmax
+// as T -> 0, so such a row, degenerate after scaling but with unmasked logits,
+// answers the argmax of its raw logits (the lowest index among ties), valid,
+// with logprob 0 (the limit's whole mass). Only rows with inv_temperature > 1
+// can overflow so; their finishing step (the CPU finish, the CUDA finishing
+// warp, a shard's merge) then reads the row once more, so a degenerate row with
+// T < 1 costs one extra read. (A logit / T overflowing to +inf follows the
+// +inf rule above.)
+SF_HD bool may_overflow(const RowRace& r) { return !r.greedy && r.inv_temperature > 1.0f; }
+
+// A raw logit as a candidate of that argmax: finite ones only.
+SF_HD Best raw_entry(float x, int32_t index) {
+  const bool finite = x == x && x != kInf && x != -kInf;
+  return finite ? Best{x, index} : no_best();
+}
+
+SF_HD RowResult overflow_result(const Best& raw) {
+  if (raw.index == kNoIndex) return {0, -kInf, false, false};
+  return {raw.index, 0.0f, true, false};
+}
+
+SF_HD bool degenerate(const RacePartial& p) { return p.best.index == kNoIndex && p.infs.count == 0; }
+
 // Note [A winning group with no winner]
 // -------------------------------------
 // The race picks a group on one read of the input and the token inside it on

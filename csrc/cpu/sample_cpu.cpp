@@ -99,6 +99,14 @@ RacePartial race_chunk(const SampleParams& p, const RowRace& r, const T* row, co
   return race_chunk_baseline<T, kProbs>(p, r, row, s, split);
 }
 
+// The argmax of raw logits [begin, end) of a row (Note [Logits past the temperature's range]).
+template <typename T>
+Best raw_argmax(const T* row, int64_t begin, int64_t end) {
+  Best best = no_best();
+  for (int64_t i = begin; i < end; ++i) best = better_of(best, raw_entry(float(row[i]), int32_t(i)));
+  return best;
+}
+
 // The race inside group `group` of a row, token by token.
 template <typename T, bool kProbs>
 Best race_in_group(const SampleParams& p, const RowRace& r, const T* row, int64_t group) {
@@ -116,6 +124,7 @@ template <typename T, bool kProbs>
 void finish(const SampleParams& p, int64_t row_index, const RowRace& r, const T* row,
             const RacePartial& acc) {
   RowResult res = finish_row(acc, r, kProbs);
+  if (!kProbs && degenerate(acc) && may_overflow(r)) res = overflow_result(raw_argmax(row, 0, p.vocab));
   if (res.needs_resolve) {
     res = resolved(res, race_in_group<T, kProbs>(p, r, row, res.token).index);
     if (r.want_mass && res.valid) res.logprob = chosen_logprob(load_value(row, res.token, kProbs, r), acc.mass);
@@ -192,7 +201,9 @@ void sample_rows(const SampleParams& p) {
       for (int32_t j = 0; j < split.splits; ++j)
         acc = merge_partials(acc, partials[size_t(row * split.splits + j)]);
       if (p.partials_out != nullptr) {
-        p.partials_out[row] = acc;
+        const RowRace r = race_of(row);
+        const bool overflow = !kProbs && degenerate(acc) && may_overflow(r);
+        p.partials_out[row] = {acc, overflow ? raw_argmax(input + row * p.row_stride, 0, p.vocab) : no_best()};
       } else {
         finish<T, kProbs>(p, row, race_of(row), input + row * p.row_stride, acc);
       }

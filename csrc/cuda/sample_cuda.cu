@@ -121,6 +121,25 @@ __device__ __forceinline__ RacePartial broadcast_lane0(const RacePartial& a) {
 // ---------------------------------------------------------------------------
 // Kernel
 
+// The best of the warp's candidates, in every lane.
+__device__ __forceinline__ Best warp_best(Best b) {
+#pragma unroll
+  for (int delta = 16; delta > 0; delta >>= 1) {
+    const Best other{__shfl_xor_sync(0xffffffffu, b.key, delta), __shfl_xor_sync(0xffffffffu, b.index, delta)};
+    b = better_of(b, other);
+  }
+  return b;
+}
+
+// The argmax of a row's raw logits by one warp (Note [Logits past the
+// temperature's range]); every lane returns it.
+template <typename T>
+__device__ Best raw_argmax_warp(const T* x, int64_t vocab) {
+  Best best = no_best();
+  for (int64_t i = threadIdx.x % 32; i < vocab; i += 32) best = better_of(best, raw_entry(float(x[i]), int32_t(i)));
+  return warp_best(best);
+}
+
 // The race inside group `group` of a row, one token per lane of a warp;
 // every lane returns the winner, and *y its scaled value.
 template <typename T, bool kProbs>
@@ -129,13 +148,7 @@ __device__ Best race_group_warp(const SampleParams& p, const RowRace& r, const T
   const int64_t first = group * kGroup;
   const bool mine = lane < group_size(p.vocab, group);
   const float v = mine ? load_value(x, first + lane, kProbs, r) : masked_value(kProbs);
-  Best winner = mine ? token_entry<kProbs>(v, int32_t(first + lane), r) : no_best();
-#pragma unroll
-  for (int delta = 16; delta > 0; delta >>= 1) {
-    const Best other{__shfl_xor_sync(0xffffffffu, winner.key, delta),
-                     __shfl_xor_sync(0xffffffffu, winner.index, delta)};
-    winner = better_of(winner, other);
-  }
+  const Best winner = warp_best(mine ? token_entry<kProbs>(v, int32_t(first + lane), r) : no_best());
   *y = __shfl_sync(0xffffffffu, v, int(winner.index - first) & 31);
   return winner;
 }
@@ -147,6 +160,7 @@ __device__ void finish_row_warp(const SampleParams& p, int64_t row, const RowRac
                                 RacePartial acc) {
   acc = broadcast_lane0(acc);
   RowResult res = finish_row(acc, r, kProbs);
+  if (!kProbs && degenerate(acc) && may_overflow(r)) res = overflow_result(raw_argmax_warp(x, p.vocab));
   if (res.needs_resolve) {
     float y;
     res = resolved(res, race_group_warp<T, kProbs>(p, r, x, res.token, &y).index);
@@ -209,7 +223,11 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
     acc = block_merge(acc);
   }
   if (p.partials_out != nullptr) {  // a shard: the row's partial is the answer
-    if (threadIdx.x == 0) p.partials_out[row] = acc;
+    if (threadIdx.x < 32) {
+      acc = broadcast_lane0(acc);
+      const Best overflow = !kProbs && degenerate(acc) && may_overflow(r) ? raw_argmax_warp(x, p.vocab) : no_best();
+      if (threadIdx.x == 0) p.partials_out[row] = {acc, overflow};
+    }
   } else if (threadIdx.x < 32) {
     finish_row_warp<T, kProbs>(p, row, r, x, acc);
   }
