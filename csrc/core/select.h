@@ -109,7 +109,8 @@ struct TokenMass {
 // Their float parts, e = e^(y - m) and e (m - y), as selects rather than
 // branches so that loops over them vectorise.
 SF_HD float token_exp(float y, float m) { return y == -kInf ? 0.0f : exp_nonpositive(y - m); }
-SF_HD float token_gap(float y, float m, float e) { return y == -kInf ? 0.0f : e * (m - y); }
+// e = 0 covers y = -inf and tokens so far below m that m - y overflows (0 * inf is NaN).
+SF_HD float token_gap(float y, float m, float e) { return e > 0.0f ? e * (m - y) : 0.0f; }
 
 SF_HD TokenMass token_mass(float y, float m, int shift) {
   const float e = token_exp(y, m);
