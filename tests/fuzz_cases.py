@@ -1,6 +1,6 @@
 """The fuzz suite's cases and invariants; tests/test_fuzz.py runs them in subprocesses.
 
-    python tests/fuzz_cases.py BATCH EXAMPLES [--emulated]
+    python tests/fuzz_cases.py BATCH EXAMPLES [--emulated | --choosers | --distributed]
 
 Each case is drawn by hypothesis (seeded by BATCH: deterministic) and printed before it
 runs, so a crash or a hang names its input. Invariants, on every call: an exception
@@ -9,11 +9,15 @@ names the argument that is wrong (and a call built valid raises none), or every 
 token to choose, a seeded call repeats itself, the kept set equals the float64 sorting
 reference on finite rows (outside the documented 1e-6 boundary), and logprobs are the
 float64 log-softmax of the warped logits. With --emulated the calls run the CUDA kernels
-on the CPU (tests/cuda_on_cpu) and must also equal the CPU path.
+on the CPU (tests/cuda_on_cpu) and must also equal the CPU path. --choosers fuzzes the
+next-token choosers (errors, ids in range, filter/concatenate keep each request's tokens);
+--distributed runs two Gloo ranks over random uneven shards, bit-identical to one device,
+every error raised on both ranks.
 """
 import contextlib
 import math
 import sys
+import warnings
 
 import torch
 from hypothesis import HealthCheck, given, seed, settings
@@ -57,7 +61,7 @@ def draw_case(data):
     op = data.draw(st.sampled_from(["sample", "sample", "sample", "sample_probs", "warp"]))
     dtype = data.draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]))
     b = data.draw(st.sampled_from([3, 1, 2, 5, 0]))
-    v = data.draw(st.sampled_from([40, 1, 2, 16, 17, 33, 80, 1000, 4099, 16400]))
+    v = data.draw(st.sampled_from([40, 1, 2, 16, 17, 33, 80, 1000, 4099, 16400, 131072, 262144]))
     full = torch.stack([draw_row(data, v) for _ in range(b)]) if b else torch.zeros(0, v, dtype=torch.float64)
     if op == "sample_probs":
         full = torch.where(torch.isnan(full), full, full.clamp(-80, 80).exp()) * data.draw(st.sampled_from([1, -1]))
@@ -178,8 +182,7 @@ def check(op, x, kwargs, result):
             assert math.isclose(rest[0].reshape(-1)[r].item(), want, rel_tol=1e-3, abs_tol=1e-3), f"row {r}: logprob"
         if not v2[r]:
             assert t2[r] == 0, "a degenerate row answers token 0"
-            if greedy[r] or temps[r] >= TINY_T:
-                assert not usable[r].any(), f"row {r} had an unmasked token but valid is False"
+            assert not usable[r].any(), f"row {r} had an unmasked token but valid is False"
             continue
         assert usable[r, t2[r]], f"row {r}: a masked token was chosen"
     # The kept set: no warper-removed token chosen, and the sorting reference on finite rows.
@@ -247,5 +250,128 @@ def run(batch, examples, emulated):
     print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
 
 
+def run_choosers(batch, examples):
+    @seed(batch)
+    @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def fuzz(data):
+        def params(n):
+            pick = lambda options: data.draw(st.lists(st.sampled_from(options), min_size=n, max_size=n))  # noqa: E731
+            return dict(temperature=pick([0.0, 0.5, 1.0, 1e-46, 3.0]), top_k=pick([0, 1, 5, 10**6]),
+                        top_p=pick([1.0, 0.9, 0.3]), typical_p=pick([1.0, 0.8]), min_p=pick([0.0, 0.1]),
+                        do_sample=pick([True, False]), seeds=pick([0, 7, -1, 2**70]))
+        n1, n2, v = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), data.draw(st.sampled_from([1, 7, 300]))
+        print(f"case: choosers n1={n1} n2={n2} V={v}", flush=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a = syncfree.HeterogeneousNextTokenChooser(**params(n1))
+            b = syncfree.HeterogeneousNextTokenChooser(**params(n2))
+        g = torch.Generator().manual_seed(data.draw(st.integers(0, 1000)))
+        la, lb = torch.randn(n1, v, generator=g) * 4, torch.randn(n2, v, generator=g) * 4
+        joined = syncfree.HeterogeneousNextTokenChooser.concatenate([a, b])
+        ids, logprobs = joined(torch.cat([la, lb]))
+        assert ids.shape == (n1 + n2,) and ((ids >= 0) & (ids < v)).all()
+        assert torch.equal(ids, torch.cat([a(la)[0], b(lb)[0]])), "a request's tokens depend on its batch"
+        keep = data.draw(st.lists(st.integers(-(n1 + n2), n1 + n2 - 1), min_size=1, max_size=4))
+        ids = joined.filter(keep)(torch.cat([la, lb])[[k % (n1 + n2) for k in keep]])[0]
+        assert ((ids >= 0) & (ids < v)).all()
+        one = syncfree.NextTokenChooser(temperature=0.7, top_k=3, do_sample=True, seed=data.draw(st.integers(0, 9)))
+        shape = data.draw(st.sampled_from([(v,), (1, v), (2, v), (1, 1, v)]))
+        try:
+            ids = one(torch.randn(shape, generator=g))[0]
+        except ValueError as e:
+            assert "logits:" in str(e) and shape not in ((v,), (1, v))
+        else:
+            assert shape in ((v,), (1, v)) and ids.shape == (1,) and 0 <= ids.item() < v
+        bad = data.draw(st.sampled_from([[], [a, "x"], "filter:x", "filter:0.5", f"filter:{n1}"]))
+        try:
+            if isinstance(bad, str):
+                a.filter(bad[7:] if bad[7:] == "x" else [float(bad[7:]) if "." in bad else int(bad[7:])])
+            else:
+                syncfree.HeterogeneousNextTokenChooser.concatenate(bad)
+        except (ValueError, TypeError) as e:
+            assert any(name in str(e) for name in ("indices:", "choosers:")), str(e)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+
+    fuzz()
+    print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
+
+
+def _distributed_rank(rank, world, port, batch, examples):
+    import os
+    import torch.distributed as dist
+    import syncfree.distributed as sd
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+
+    @seed(batch)
+    @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def fuzz(data):
+        b, v = data.draw(st.integers(1, 4)), data.draw(st.sampled_from([3, 17, 40, 333, 1000]))
+        dtype = data.draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+        full = torch.stack([draw_row(data, v) for _ in range(b)]).to(dtype)
+        cut = data.draw(st.integers(1, v - 1)) if v > 1 else 1
+        first = data.draw(st.booleans())  # which rank holds the head
+        start, end = ((0, cut), (cut, v))[rank if first else 1 - rank]
+        kwargs = {}
+        t = data.draw(st.sampled_from([0.0, 1e-46, 1e-39, 0.7, 1.0, "tensor"]))
+        kwargs["temperature"] = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.3, 1e-39, NAN]),
+                                                                 min_size=b, max_size=b))) if t == "tensor" else t
+        for name, values in (("top_k", [0, 2, 50]), ("top_p", [1.0, 0.8]), ("min_p", [0.0, 0.1]),
+                             ("typical_p", [1.0, 0.7])):
+            kwargs[name] = data.draw(st.sampled_from(values))
+        rng = data.draw(st.sampled_from(["int", "tensor", "generator"]))
+        if rng == "int":
+            kwargs.update(seed=data.draw(st.integers(0, 2**40)), offset=data.draw(st.integers(0, 99)))
+        elif rng == "tensor":
+            kwargs.update(seed=torch.arange(b) * 3 + data.draw(st.integers(0, 99)), offset=torch.arange(b))
+        if rank == 0:
+            print(f"case: distributed {dtype}{(b, v)} shards {(0, cut, v)} {kwargs} rng={rng}", flush=True)
+        single = dict(kwargs)
+        if rng == "generator":
+            s = data.draw(st.integers(0, 2**40))
+            kwargs["generator"], single["generator"] = torch.Generator().manual_seed(s), torch.Generator().manual_seed(s)
+        bad = data.draw(st.sampled_from([None] * 6 + ["top_p", "temperature", "dtype"]))
+        local = full[:, start:end]
+        if bad == "dtype":  # ranks disagree: both must raise, neither may hang in a collective
+            if rank == 1:
+                local = local.to(torch.float16 if dtype != torch.float16 else torch.float32)
+        elif bad is not None:
+            kwargs[bad] = {"top_p": 0.0, "temperature": -1.0}[bad]
+        try:
+            tokens, logprobs = sd.sample(local, start, v, return_logprobs=True, **kwargs)
+        except (ValueError, TypeError) as e:
+            assert bad is not None and f"{'local_logits' if bad == 'dtype' else bad}:" in str(e), str(e)
+            return
+        assert bad is None, f"rank {rank}: {bad} was accepted"
+        want, want_lp = syncfree.sample(full, return_logprobs=True, **single)
+        assert torch.equal(tokens, want), f"rank {rank}: {tokens.tolist()} against one device's {want.tolist()}"
+        torch.testing.assert_close(logprobs, want_lp, atol=1e-4, rtol=1e-4)
+
+    try:
+        fuzz()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(batch, examples):
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_distributed_rank, args=(2, port, batch, examples), nprocs=2, start_method="spawn")
+    print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
+
+
 if __name__ == "__main__":
-    run(int(sys.argv[1]), int(sys.argv[2]), "--emulated" in sys.argv)
+    batch_arg, examples_arg = int(sys.argv[1]), int(sys.argv[2])
+    if "--choosers" in sys.argv:
+        run_choosers(batch_arg, examples_arg)
+    elif "--distributed" in sys.argv:
+        run_distributed(batch_arg, examples_arg)
+    else:
+        run(batch_arg, examples_arg, "--emulated" in sys.argv)

@@ -2,8 +2,9 @@
 
 Each batch runs in a subprocess with a timeout, so a crash or a hang is reported with the
 case that caused it. SYNCFREE_FUZZ_EXAMPLES (default 200) sets the cases per CPU batch; the
-emulated CUDA batches run a quarter of that. CI's budget: 6 CPU batches and 2 emulated ones,
-about 2 minutes on 2 cores.
+emulated CUDA batches and the two-rank Gloo batch run a quarter of that, the chooser batch
+half. CI's budget: 1200 CPU cases, 100 emulated, 100 chooser and 50 two-rank ones, about a
+minute on 2 cores.
 """
 import os
 import pathlib
@@ -19,8 +20,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 EXAMPLES = int(os.environ.get("SYNCFREE_FUZZ_EXAMPLES", "200"))
 
 
-def run_batch(batch, examples, emulated, timeout):
-    args = [sys.executable, str(HERE / "fuzz_cases.py"), str(batch), str(examples)] + (["--emulated"] if emulated else [])
+def run_batch(batch, examples, mode, timeout):
+    args = [sys.executable, str(HERE / "fuzz_cases.py"), str(batch), str(examples)] + ([f"--{mode}"] if mode else [])
     try:
         result = subprocess.run(args, cwd=HERE, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
@@ -39,13 +40,21 @@ def run_batch(batch, examples, emulated, timeout):
 
 @pytest.mark.parametrize("batch", range(6))
 def test_fuzz_the_cpu_path(batch):
-    run_batch(batch, EXAMPLES, emulated=False, timeout=600)
+    run_batch(batch, EXAMPLES, None, timeout=600)
 
 
 @pytest.mark.emulated
 @pytest.mark.parametrize("batch", range(2))
 def test_fuzz_the_emulated_cuda_path(batch):
-    run_batch(100 + batch, max(EXAMPLES // 4, 1), emulated=True, timeout=900)
+    run_batch(100 + batch, max(EXAMPLES // 4, 1), "emulated", timeout=900)
+
+
+def test_fuzz_the_choosers():
+    run_batch(200, EXAMPLES // 2, "choosers", timeout=600)
+
+
+def test_fuzz_two_gloo_ranks():
+    run_batch(300, max(EXAMPLES // 4, 1), "distributed", timeout=600)
 
 
 def test_the_invariants_catch_bad_results():
