@@ -322,8 +322,9 @@ def section_shards(run):
         # The integer masses and the three radix passes (order keys, weighted, deviation keys).
         y_active = torch.where(active[:, None], y, -INF)
         bits = max(0, (base + length - 1).bit_length())
-        mass, gap = ops.shard_masses(y_active, m_safe, 62 - bits)
-        got_mass, got_gap = ops.shard_masses(run.on(y_active), run.on(m_safe), 62 - bits)
+        spread = torch.full_like(m_safe, 3.0)
+        mass, gap = ops.shard_masses(y_active, m_safe, spread, 62 - bits)
+        got_mass, got_gap = ops.shard_masses(run.on(y_active), run.on(m_safe), run.on(spread), 62 - bits)
         run.equal(f"shard {label} shard_masses mass", got_mass, mass)
         run.equal(f"shard {label} shard_masses gap", got_gap, gap)
         min_p = torch.full((b,), 0.05)

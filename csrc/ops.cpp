@@ -388,15 +388,18 @@ std::tuple<Tensor, Tensor> race_shard_op(const Tensor& input, int64_t index_base
 
 // The distributed warpers' integer masses, with the exact functions the
 // single-device selection uses (Note [Exact warper thresholds]): for scaled
-// logits y [B, L] and row maxima m [B], fixed_mass(e^(y - m)) and
-// fixed_mass(e^(y - m) (m - y)) (0 where y is -inf), both int64.
-std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_max, int64_t shift) {
+// logits y [B, L], row maxima m [B] and typical-p spreads s [B]
+// (typical_spread), token_mass: fixed_mass(e^(y - m)) and
+// fixed_mass(e^(y - m) (m - y) / s) (0 where y is -inf), both int64.
+std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_max, const Tensor& row_spread,
+                                           int64_t shift) {
   TORCH_CHECK_VALUE(y.dim() == 2 && y.scalar_type() == at::kFloat, "y: expected a float32 [B, L] tensor");
-  TORCH_CHECK_VALUE(row_max.dim() == 1 && row_max.size(0) == y.size(0) && row_max.scalar_type() == at::kFloat &&
-                        row_max.device() == y.device(),
-                    "row_max: expected a float32 [B] tensor on the device of y");
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{row_max, "row_max"}, {row_spread, "row_spread"}})
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == y.size(0) && t.scalar_type() == at::kFloat &&
+                          t.device() == y.device(),
+                      name, ": expected a float32 [B] tensor on the device of y");
   TORCH_CHECK_VALUE(shift >= 0 && shift <= 62, "shift: expected 0..62, got ", shift);
-  const Tensor yc = y.contiguous(), mc = row_max.contiguous();
+  const Tensor yc = y.contiguous(), mc = row_max.contiguous(), sc = row_spread.contiguous();
   Tensor mass = at::empty(y.sizes(), y.options().dtype(at::kLong));
   Tensor gap = at::empty(y.sizes(), y.options().dtype(at::kLong));
   if (y.device().is_meta() || y.numel() == 0) return {mass, gap};
@@ -406,12 +409,12 @@ std::tuple<Tensor, Tensor> shard_masses_op(const Tensor& y, const Tensor& row_ma
   auto* gapp = reinterpret_cast<uint64_t*>(gap.data_ptr<int64_t>());
   if (on_cuda(y)) {
 #ifdef SYNCFREE_WITH_CUDA
-    shard_masses_cuda(yp, mp, y.size(0), y.size(1), int(shift), massp, gapp, cuda_index(y));
+    shard_masses_cuda(yp, mp, sc.data_ptr<float>(), y.size(0), y.size(1), int(shift), massp, gapp, cuda_index(y));
 #else
     fail_without_cuda(y.device());
 #endif
   } else {
-    shard_masses_cpu(yp, mp, y.size(0), y.size(1), int(shift), massp, gapp);
+    shard_masses_cpu(yp, mp, sc.data_ptr<float>(), y.size(0), y.size(1), int(shift), massp, gapp);
   }
   return {mass, gap};
 }
@@ -586,7 +589,7 @@ SYNCFREE_LIBRARY(SYNCFREE_OPS, m) {
   m.def("sample(" SYNCFREE_SAMPLE_ARGS ") -> (Tensor tokens, Tensor logprobs, Tensor valid)", seeded);
   m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_ARGS ") -> (Tensor logprobs, Tensor valid)", seeded);
   m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ") -> (Tensor warped, Tensor logprobs)");
-  m.def("shard_masses(Tensor y, Tensor row_max, int shift) -> (Tensor mass, Tensor gap)");
+  m.def("shard_masses(Tensor y, Tensor row_max, Tensor row_spread, int shift) -> (Tensor mass, Tensor gap)");
   m.def("min_p_floor(Tensor row_max, Tensor min_p) -> Tensor");
   m.def("scaled_logits(Tensor logits, Tensor? temperature, float temperature_value) -> Tensor");
   m.def("greedy_rows(Tensor like, Tensor? temperature, float temperature_value) -> Tensor");

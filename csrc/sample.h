@@ -21,9 +21,10 @@ void warp_cpu(const SampleParams& p, c10::ScalarType dtype, float* out);
 
 // syncfree.distributed's pieces of the warper selection, over a shard's
 // scaled logits y (contiguous [rows, cols]); CUDA twins below.
-// token_mass of every y[row, i] with row max m[row] (select.h), into mass and gap;
-void shard_masses_cpu(const float* y, const float* row_max, int64_t rows, int64_t cols, int shift, uint64_t* mass,
-                      uint64_t* gap);
+// token_mass of every y[row, i] with row max m[row] and typical-p spread
+// s[row] (select.h), into mass and gap;
+void shard_masses_cpu(const float* y, const float* row_max, const float* row_spread, int64_t rows, int64_t cols,
+                      int shift, uint64_t* mass, uint64_t* gap);
 // hist[row, d] (zeroed by the caller, [rows, 2^digit_bits(done)]) += the
 // weights of the row's entries (shard_entry) whose key has digit d and
 // matches prefix[row] in its top `done` bits: one radix pass of select_top;
@@ -48,8 +49,8 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
 // draw from the generator, which advances as for that call.
 void generator_state_cuda(const std::optional<at::Generator>& generator, c10::DeviceIndex device, int64_t vocab,
                           int64_t* out);
-void shard_masses_cuda(const float* y, const float* row_max, int64_t rows, int64_t cols, int shift,
-                       uint64_t* mass, uint64_t* gap, c10::DeviceIndex device);
+void shard_masses_cuda(const float* y, const float* row_max, const float* row_spread, int64_t rows, int64_t cols,
+                       int shift, uint64_t* mass, uint64_t* gap, c10::DeviceIndex device);
 void radix_histogram_cuda(const float* y, const int64_t* weights, const float* centers, const int64_t* prefix,
                           int64_t rows, int64_t cols, int done, uint64_t* hist, c10::DeviceIndex device);
 void min_p_floor_cuda(const float* row_max, const float* min_p, int64_t n, float* out, c10::DeviceIndex device);

@@ -290,9 +290,10 @@ def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, warpers, group)
     m = m + 0.0
     active &= (m < INF) & (m > -INF)  # a +inf logit wins outright; an all-masked row is degenerate
     m_safe = torch.where(active, m, 0.0)
-    if "top_p" in warpers or "typical_p" in warpers:  # only the mass-based warpers need masses
-        bits = max(0, (vocab - 1).bit_length())
-        mass, gap = torch.ops.syncfree.shard_masses(torch.where(active[:, None], y, -INF), m_safe, 62 - bits)
+    shift = 62 - max(0, (vocab - 1).bit_length())  # mass_shift (select.h)
+    y_active = torch.where(active[:, None], y, -INF)
+    if "top_p" in warpers:  # masses for top-p (its gaps are not used)
+        mass, _ = torch.ops.syncfree.shard_masses(y_active, m_safe, torch.ones_like(m_safe), shift)
     min_y = torch.full((rows,), -INF, device=device)
     center = torch.zeros(rows, device=device)
     max_dev = torch.full((rows,), INF, device=device)
@@ -307,10 +308,15 @@ def _kept_sets(ext, vocab, temperature_t, temperature_v, greedy, warpers, group)
         on = active & (min_p > 0)
         min_y = torch.where(on, torch.maximum(min_y, torch.ops.syncfree.min_p_floor(m_safe, min_p)), min_y)
     if "typical_p" in warpers:
+        # typical_spread (select.h): the lowest finite logit of the row, then the gap terms relative to it.
+        lowest = torch.where(y_active > -INF, y_active, INF).min(1).values if y.shape[1] else torch.full_like(m, INF)
+        dist.all_reduce(lowest, op=dist.ReduceOp.MIN, group=group)
+        spread = torch.clamp(m_safe - torch.maximum(min_y, lowest), max=87.0)
+        mass, gap = torch.ops.syncfree.shard_masses(y_active, m_safe, spread, shift)
         w = torch.where(y >= min_y[:, None], mass, 0)
         sums = torch.stack([w.sum(1), torch.where(w > 0, gap, 0).sum(1)], 1)
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
-        c = m_safe - sums[:, 1].float() / sums[:, 0].clamp(min=1).float()
+        c = m_safe - spread * (sums[:, 1].float() / sums[:, 0].clamp(min=1).float())  # typical_center
         found, u = _select(y, w, c, active & (typical_p < 1), group, target=_mass_target(typical_p, sums[:, 0]))
         center = torch.where(found, c, center)
         max_dev = torch.where(found, _key_value(~u & 0xFFFFFFFF), max_dev)

@@ -251,5 +251,5 @@ def test_shard_masses_of_a_row_spanning_the_float_range_are_finite():
     """e^(y - m) (m - y) once computed 0 * inf = NaN for a token 6e38 below the max, and converted it to an
     integer (undefined behaviour)."""
     y = torch.tensor([[3e38, -3e38, 0.0, -float("inf")]])
-    mass, gap = torch.ops.syncfree.shard_masses(y, torch.tensor([3e38]), 40)
+    mass, gap = torch.ops.syncfree.shard_masses(y, torch.tensor([3e38]), torch.tensor([87.0]), 40)
     assert mass.tolist() == [[2**40, 0, 0, 0]] and gap.tolist() == [[0, 0, 0, 0]]

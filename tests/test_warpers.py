@@ -172,3 +172,19 @@ def test_warped_tokens_do_not_depend_on_thread_count():
     torch.set_num_threads(2)
     two = syncfree.sample(x, 0.8, seed=torch.arange(3), **config)
     assert torch.equal(one, two)
+
+
+def test_typical_p_on_a_near_uniform_row_keeps_the_tokens_nearest_the_mean():
+    """A huge temperature leaves logits that differ by less than the fixed-point resolution: the masses
+    tie, and typical-p keeps the ceil(typical_p n) tokens nearest E_p[y] = mean(y) (README "Warpers":
+    deviation |y - E_p[y]|). The center was once the max (a fuzzing find); typical_spread keeps the
+    gap terms in range. (float64 softmax cannot tell these probabilities apart, so the sorting
+    reference sees one tie group here; the mean is taken from y directly.)"""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 50, generator=g)
+    for temperature in (1e30, 1e20):
+        warped, _ = syncfree.warp(x, temperature, typical_p=0.31)
+        y = scaled_logits(x, torch.full((3,), temperature)).double()
+        nearest = (y - y.mean(1, keepdim=True)).abs().argsort(1)[:, :16]  # ceil(0.31 * 50)
+        want = torch.zeros_like(warped, dtype=torch.bool).scatter_(1, nearest, True)
+        assert torch.equal(warped > -float("inf"), want)

@@ -99,22 +99,40 @@ SF_HD uint64_t fixed_mass(float w, int shift) {
   return uint64_t(int64_t(w * bits_float(uint32_t(127 + shift) << 23)));
 }
 
+// typical-p's center E_p[y] = m - s sum(w (m - y) / s) / sum(w): the gap
+// terms are taken relative to the spread s of the tokens that can carry mass,
+// so that a row whose logits differ by less than the fixed-point resolution (a
+// huge temperature) keeps its center (it once fell on the max). s = m - the
+// lowest of min_y and the finite logits, at most 87 (a token further below m
+// has no mass: exp_nonpositive); (m - y) / s is then in [0, 1] for every token
+// with mass.
+SF_HD float typical_spread(float m, float min_y, float lowest) {
+  const float s = m - (min_y > lowest ? min_y : lowest);
+  return s < 87.0f ? s : 87.0f;
+}
+
+SF_HD float typical_center(float m, float spread, uint64_t gap, uint64_t total) {
+  return m - spread * (float(gap) / float(total));
+}
+
 // A token's terms in the sums row_keep takes (syncfree.distributed sums them
 // over shards): fixed_mass(e^(y - m)) and, for typical-p, fixed_mass(e^(y - m)
-// (m - y)); both 0 for a masked token.
+// (m - y) / spread); both 0 for a masked token.
 struct TokenMass {
   uint64_t mass, gap;
 };
 
-// Their float parts, e = e^(y - m) and e (m - y), as selects rather than
-// branches so that loops over them vectorise.
+// Their float parts, e = e^(y - m) and e (m - y) / spread, as selects rather
+// than branches so that loops over them vectorise.
 SF_HD float token_exp(float y, float m) { return y == -kInf ? 0.0f : exp_nonpositive(y - m); }
 // e = 0 covers y = -inf and tokens so far below m that m - y overflows (0 * inf is NaN).
-SF_HD float token_gap(float y, float m, float e) { return e > 0.0f ? e * (m - y) : 0.0f; }
+SF_HD float token_gap(float y, float m, float e, float spread) {
+  return e > 0.0f && spread > 0.0f ? e * ((m - y) / spread) : 0.0f;
+}
 
-SF_HD TokenMass token_mass(float y, float m, int shift) {
+SF_HD TokenMass token_mass(float y, float m, float spread, int shift) {
   const float e = token_exp(y, m);
-  return {fixed_mass(e, shift), fixed_mass(token_gap(y, m, e), shift)};
+  return {fixed_mass(e, shift), fixed_mass(token_gap(y, m, e, spread), shift)};
 }
 
 // syncfree.distributed's radix passes over a shard of scaled logits y: the
@@ -241,10 +259,11 @@ SF_HOST_INLINE bool select_top(const uint32_t* keys, const uint64_t* weights, in
 // warper chain (See Note [Exact warper thresholds]).
 SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w, SelectScratch& scratch) {
   RowKeep keep = keep_all();
-  float m = -kInf;
+  float m = -kInf, lowest = kInf;  // the largest and the smallest finite y
   for (int64_t i = 0; i < vocab; ++i) {
     if (y[i] == kInf) return keep;  // +inf wins: nothing to warp
     m = y[i] > m ? y[i] : m;
+    lowest = y[i] != -kInf && y[i] < lowest ? y[i] : lowest;
   }
   if (m == -kInf) return keep;  // degenerate row
   m = m + 0.0f;                 // +0 for a -0 max, as the CUDA kernel's order-key max gives
@@ -279,12 +298,13 @@ SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w,
   }
   if (w.min_p > 0.0f) raise_floor(keep, min_p_floor(m, w.min_p));
   if (w.typical_p < 1.0f) {
-    // E_p[y] = m - sum(w (m - y)) / sum(w); w (m - y) <= 1/e, so the same scale fits.
+    // E_p[y] (typical_center); each gap term is at most 1, so the same scale fits.
     const uint64_t total = masses();
+    const float spread = typical_spread(m, keep.min_y, lowest);
     uint64_t gap = 0;
     for (int64_t i = 0; i < vocab; ++i)
-      if (weights[i] > 0) gap += fixed_mass(token_gap(y[i], m, e[i]), shift);
-    const float center = m - float(gap) / float(total);
+      if (weights[i] > 0) gap += fixed_mass(token_gap(y[i], m, e[i], spread), shift);
+    const float center = typical_center(m, spread, gap, total);
     for (int64_t i = 0; i < vocab; ++i) keys[i] = deviation_key(y[i], center);
     if (select_top(keys, weights, vocab, mass_target(w.typical_p, total), scratch, &u)) {
       keep.center = center;

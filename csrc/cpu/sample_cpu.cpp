@@ -238,8 +238,8 @@ void for_each_row(int64_t rows, int64_t cols, F&& row_body) {
                    });
 }
 
-SF_HOST_INLINE void shard_masses_row(const float* y, float m, int64_t cols, int shift, uint64_t* mass,
-                                     uint64_t* gap) {
+SF_HOST_INLINE void shard_masses_row(const float* y, float m, float spread, int64_t cols, int shift,
+                                     uint64_t* mass, uint64_t* gap) {
   // token_mass in blocks, its float part in a loop of its own, which vectorises;
   // the float-to-integer conversions (scalar on AVX2) follow.
   constexpr int64_t kBlock = 256;
@@ -248,7 +248,7 @@ SF_HOST_INLINE void shard_masses_row(const float* y, float m, int64_t cols, int 
     const int64_t n = std::min(kBlock, cols - begin);
     for (int64_t i = 0; i < n; ++i) {
       e[i] = token_exp(y[begin + i], m);
-      g[i] = token_gap(y[begin + i], m, e[i]);
+      g[i] = token_gap(y[begin + i], m, e[i], spread);
     }
     for (int64_t i = 0; i < n; ++i) {
       mass[begin + i] = fixed_mass(e[i], shift);
@@ -258,22 +258,23 @@ SF_HOST_INLINE void shard_masses_row(const float* y, float m, int64_t cols, int 
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) void shard_masses_row_avx2(const float* y, float m, int64_t cols, int shift,
-                                                               uint64_t* mass, uint64_t* gap) {
-  shard_masses_row(y, m, cols, shift, mass, gap);
+__attribute__((target("avx2,fma"))) void shard_masses_row_avx2(const float* y, float m, float spread, int64_t cols,
+                                                               int shift, uint64_t* mass, uint64_t* gap) {
+  shard_masses_row(y, m, spread, cols, shift, mass, gap);
 }
 #endif
 
 }  // namespace
 
-void shard_masses_cpu(const float* y, const float* row_max, int64_t rows, int64_t cols, int shift, uint64_t* mass,
-                      uint64_t* gap) {
+void shard_masses_cpu(const float* y, const float* row_max, const float* row_spread, int64_t rows, int64_t cols,
+                      int shift, uint64_t* mass, uint64_t* gap) {
   for_each_row(rows, cols, [&](int64_t row) {
     const int64_t at = row * cols;
 #if defined(__x86_64__)
-    if (cpu_has_avx2_fma()) return shard_masses_row_avx2(y + at, row_max[row], cols, shift, mass + at, gap + at);
+    if (cpu_has_avx2_fma())
+      return shard_masses_row_avx2(y + at, row_max[row], row_spread[row], cols, shift, mass + at, gap + at);
 #endif
-    shard_masses_row(y + at, row_max[row], cols, shift, mass + at, gap + at);
+    shard_masses_row(y + at, row_max[row], row_spread[row], cols, shift, mass + at, gap + at);
   });
 }
 

@@ -140,10 +140,11 @@ __global__ void __launch_bounds__(kSelectThreads)
   const int64_t vocab = p.vocab;
   const auto y_of = [&](int64_t i) { return scaled_logit(float(x[i]), r.inv_temperature); };
 
-  float local_max = -kInf;
+  float local_max = -kInf, local_lowest = kInf;  // the largest and the smallest finite y
   for (int64_t i = t; i < vocab; i += kSelectThreads) {
     const float y = y_of(i);
     local_max = y > local_max ? y : local_max;
+    local_lowest = y != -kInf && y < local_lowest ? y : local_lowest;
   }
   const float m = block_max(local_max, sh);
   if (m == kInf || m == -kInf) {  // +inf wins, or a degenerate row: nothing to warp
@@ -176,17 +177,18 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
   if (w.min_p > 0.0f) raise_floor(keep, min_p_floor(m, w.min_p));
   if (w.typical_p < 1.0f) {
+    const float spread = typical_spread(m, keep.min_y, -block_max(-local_lowest, sh));
     uint64_t local_total = 0u, local_gap = 0u;
     for (int64_t i = t; i < vocab; i += kSelectThreads) {
       const float y = y_of(i);
       const float e = token_exp(y, m);  // one exp for both sums
       const uint64_t mass = y >= keep.min_y ? fixed_mass(e, shift) : 0u;  // = mass_of(y)
       local_total += mass;
-      if (mass > 0u) local_gap += fixed_mass(token_gap(y, m, e), shift);
+      if (mass > 0u) local_gap += fixed_mass(token_gap(y, m, e, spread), shift);
     }
     const uint64_t total = block_sum(local_total, sh);
     const uint64_t gap = block_sum(local_gap, sh);
-    const float center = m - float(gap) / float(total);
+    const float center = typical_center(m, spread, gap, total);
     const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
       const float y = y_of(i);
       *key = deviation_key(y, center);
@@ -230,11 +232,11 @@ void dispatch(c10::ScalarType dtype, F&& f) {
 }
 
 // syncfree.distributed's pieces of the selection (CPU twins in sample_cpu.cpp).
-__global__ void syncfree_shard_masses_kernel(const float* y, const float* row_max, int64_t rows, int64_t cols,
-                                             int shift, uint64_t* mass, uint64_t* gap) {
+__global__ void syncfree_shard_masses_kernel(const float* y, const float* row_max, const float* row_spread,
+                                             int64_t rows, int64_t cols, int shift, uint64_t* mass, uint64_t* gap) {
   const int64_t n = rows * cols;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const TokenMass t = token_mass(y[i], row_max[i / cols], shift);
+    const TokenMass t = token_mass(y[i], row_max[i / cols], row_spread[i / cols], shift);
     mass[i] = t.mass;
     gap[i] = t.gap;
   }
@@ -274,12 +276,12 @@ unsigned elementwise_blocks(int64_t n) { return unsigned(std::min<int64_t>(std::
 
 }  // namespace
 
-void shard_masses_cuda(const float* y, const float* row_max, int64_t rows, int64_t cols, int shift,
-                       uint64_t* mass, uint64_t* gap, c10::DeviceIndex device) {
+void shard_masses_cuda(const float* y, const float* row_max, const float* row_spread, int64_t rows, int64_t cols,
+                       int shift, uint64_t* mass, uint64_t* gap, c10::DeviceIndex device) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   launch_kernel<syncfree_shard_masses_kernel>(dim3(elementwise_blocks(rows * cols)), dim3(256), 0, stream, y, row_max,
-                                              rows, cols, shift, mass, gap);
+                                              row_spread, rows, cols, shift, mass, gap);
 }
 
 void radix_histogram_cuda(const float* y, const int64_t* weights, const float* centers, const int64_t* prefix,
