@@ -29,7 +29,19 @@ from reference import reference_keep, scaled_logits
 INF, NAN = float("inf"), float("nan")
 ARGUMENTS = ("logits", "probs", "temperature", "top_k", "top_p", "min_p", "typical_p", "seed", "offset",
              "generator", "out")
-TINY_T = 1e-30  # below: logit / T may overflow (README "Semantics"), reference checks skipped
+# The sorting reference judges rows with temperatures above TINY_T (below, logit / T may
+# overflow: README "Semantics") whose scaled logits spread over more than 1e-9 or not at all
+# (a narrower spread is below float64's resolution of the probabilities, while the float32
+# logits still differ: README "Warpers").
+TINY_T = 1e-30
+
+
+def judgeable(y):
+    finite = y[torch.isfinite(y)]
+    if finite.numel() == 0 or (y == INF).any():
+        return False
+    spread = (finite.max() - finite.min()).item()
+    return spread == 0 or spread > 1e-9
 
 
 def draw_row(data, v):
@@ -156,6 +168,21 @@ def check(op, x, kwargs, result):
     if op == "warp":
         warped, logprobs = result
         assert warped.shape == x.shape and logprobs.shape == x.shape
+        v = x.shape[-1]
+        x2, w2 = x.reshape(-1, v), warped.reshape(-1, v)
+        temps = kwargs.get("temperature", 1.0)
+        temps = temps.reshape(-1).tolist() if isinstance(temps, torch.Tensor) else [temps] * x2.shape[0]
+        warpers = clamp_warpers(kwargs, x2.shape[0], v)
+        for r in range(x2.shape[0]):
+            t = temps[r] if temps[r] == temps[r] else 0.0  # warp scales nothing for NaN, as for 0
+            y = scaled_logits(x2[r:r + 1], torch.tensor([t]))[0]
+            # The kept set against the sorting reference, on rows the reference can judge: finite
+            # after scaling, no +inf, and a temperature float64 can still tell apart (README "Warpers").
+            if not judgeable(y) or 0 < t < TINY_T or (x2[r] == INF).any():  # +inf: not warped
+                continue
+            keep, margin = reference_keep(y, **warpers[r])
+            if margin > 1e-6:
+                assert torch.equal(w2[r] > -INF, keep), f"row {r}: kept set differs from the sorting reference"
         return
     tokens, *rest = result if isinstance(result, tuple) else (result,)
     valid = rest[-1]
@@ -188,10 +215,11 @@ def check(op, x, kwargs, result):
     # The kept set: no warper-removed token chosen, and the sorting reference on finite rows.
     warpers = clamp_warpers(kwargs, rows, v)
     for r in range(rows):
-        if greedy[r] or not v2[r] or temps[r] < TINY_T or torch.isinf(raw[r]).any() and (raw[r] == INF).any():
+        # Rows the sorting reference can judge (judgeable): sampled, finite after scaling.
+        if greedy[r] or not v2[r] or temps[r] < TINY_T:
             continue
         y = scaled_logits(x2[r:r + 1], torch.tensor([temps[r]]))[0]
-        if not torch.isfinite(y[usable[r]]).all():
+        if not judgeable(y) or not torch.isfinite(y[usable[r]]).all():
             continue
         keep, margin = reference_keep(y, **warpers[r])
         if margin > 1e-6:
