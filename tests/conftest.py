@@ -6,6 +6,26 @@ import syncfree  # noqa: F401
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def warper_edge_rows():
+    """(logits [12, 3000], temperatures, per-row warper values): masked tokens, a +inf row, an
+    all-masked row, a constant row, a mostly-NaN row, greedy rows (warp still warps), top_p and
+    typical_p 0, top_k above the unmasked count. Shared by the CPU/CUDA parity tests."""
+    b, v = 12, 3000
+    x = (torch.randn(b, v, generator=torch.Generator().manual_seed(0)) * 3)
+    x[:, ::97] = -float("inf")
+    x[1, 5] = float("inf")
+    x[2] = -float("inf")
+    x[3] = 1.5
+    x[4, :2990] = float("nan")
+    temps = torch.full((b,), 0.9)
+    temps[5:7] = 0
+    config = dict(top_k=torch.tensor([0, 3, 5, 7, 20, 1, 50, 0, 0, 9000, 10, 100]),
+                  top_p=torch.tensor([0.0, 0.9, 0.9, 0.9, 0.95, 1.0, 0.5, 0.9, 1.0, 0.8, 0.7, 0.99]),
+                  min_p=torch.tensor([0.0, 0.1, 0.0, 0.2, 0.0, 0.0, 0.05, 0.0, 0.3, 0.0, 0.01, 0.0]),
+                  typical_p=torch.tensor([1.0, 0.9, 0.9, 0.0, 0.5, 0.9, 1.0, 0.0, 0.9, 0.9, 0.95, 0.8]))
+    return x, temps, config
+
+
 @pytest.fixture(autouse=True)
 def _restore_threads():
     threads = torch.get_num_threads()

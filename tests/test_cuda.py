@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import syncfree
-from conftest import requires_cuda
+from conftest import requires_cuda, warper_edge_rows
 
 pytestmark = [pytest.mark.cuda, requires_cuda]
 
@@ -321,19 +321,8 @@ def test_warp_edge_rows_cpu_and_cuda_identical():
     """Masked tokens, +inf rows, all-masked rows, constant rows, temperature 0 (warp still warps),
     per-row values with zeros (top_p/typical_p 0 keep the top/least-deviating tokens), top_k above the
     number of unmasked tokens, and an expanded (stride 0) input."""
-    b, v = 12, 3000
-    x = make(b, v, torch.float32)
-    x[:, ::97] = -float("inf")
-    x[1, 5] = float("inf")
-    x[2] = -float("inf")
-    x[3] = 1.5
-    x[4, :2990] = float("nan")
-    temps = torch.full((b,), 0.9)
-    temps[5:7] = 0
-    config = dict(top_k=torch.tensor([0, 3, 5, 7, 20, 1, 50, 0, 0, 9000, 10, 100]),
-                  top_p=torch.tensor([0.0, 0.9, 0.9, 0.9, 0.95, 1.0, 0.5, 0.9, 1.0, 0.8, 0.7, 0.99]),
-                  min_p=torch.tensor([0.0, 0.1, 0.0, 0.2, 0.0, 0.0, 0.05, 0.0, 0.3, 0.0, 0.01, 0.0]),
-                  typical_p=torch.tensor([1.0, 0.9, 0.9, 0.0, 0.5, 0.9, 1.0, 0.0, 0.9, 0.9, 0.95, 0.8]))
+    x, temps, config = warper_edge_rows()
+    b, v = x.shape
     cuda_config = {k: t.cuda() for k, t in config.items()}
     cpu_w, _ = syncfree.warp(x, temps, **config)
     gpu_w, _ = syncfree.warp(x.cuda(), temps.cuda(), **cuda_config)

@@ -13,6 +13,7 @@ import torch
 
 import cuda_on_cpu
 import syncfree
+from conftest import warper_edge_rows
 
 pytestmark = pytest.mark.emulated
 
@@ -285,19 +286,8 @@ def test_per_row_warpers_with_clamped_values(layer):
 def test_warper_edge_rows(layer):
     """Masked tokens, +inf rows, all-masked and constant rows, greedy rows (warp still warps), top_p and
     typical_p 0, top_k above the unmasked count, an expanded (stride 0) input."""
-    b, v = 12, 3000
-    x = make(b, v, torch.float32)
-    x[:, ::97] = -float("inf")
-    x[1, 5] = float("inf")
-    x[2] = -float("inf")
-    x[3] = 1.5
-    x[4, :2990] = float("nan")
-    temps = torch.full((b,), 0.9)
-    temps[5:7] = 0
-    config = dict(top_k=torch.tensor([0, 3, 5, 7, 20, 1, 50, 0, 0, 9000, 10, 100]),
-                  top_p=torch.tensor([0.0, 0.9, 0.9, 0.9, 0.95, 1.0, 0.5, 0.9, 1.0, 0.8, 0.7, 0.99]),
-                  min_p=torch.tensor([0.0, 0.1, 0.0, 0.2, 0.0, 0.0, 0.05, 0.0, 0.3, 0.0, 0.01, 0.0]),
-                  typical_p=torch.tensor([1.0, 0.9, 0.9, 0.0, 0.5, 0.9, 1.0, 0.0, 0.9, 0.9, 0.95, 0.8]))
+    x, temps, config = warper_edge_rows()
+    b, v = x.shape
     assert torch.equal(syncfree.warp(x, temps, **config)[0], emulated(syncfree.warp, x, temps, **config)[0])
     assert_same(syncfree.sample(x, temps, seed=torch.arange(b), return_valid=True, **config),
                 emulated(syncfree.sample, x, temps, seed=torch.arange(b), return_valid=True, **config))

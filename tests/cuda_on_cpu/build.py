@@ -50,7 +50,7 @@ def _sources(csrc):
     """(source, kind): kind "cuda" compiles as C++ through the layer; "layer" is the layer's own."""
     return ([(csrc / "ops.cpp", "cxx")] + [(p, "cxx") for p in sorted((csrc / "cpu").glob("*.cpp"))]
             + [(p, "cuda") for p in sorted((csrc / "cuda").glob("*.cu"))]
-            + [(LAYER / "runtime.cpp", "layer"), (LAYER / "module.cpp", "layer")])
+            + [(LAYER / f"{name}.cpp", "layer") for name in ("fibers", "blocks", "runtime", "module")])
 
 
 def _flags(variant, kind, csrc, defines, includes):

@@ -4,7 +4,7 @@
 //
 // Every CUDA thread of a block is a fiber on the calling OS thread. Fibers
 // switch only at barriers, warp intrinsics and (sometimes) atomics; which one
-// resumes is chosen by a seeded random number generator (runtime.cpp).
+// resumes is chosen by a seeded random number generator (blocks.cpp).
 #pragma once
 
 #include <cstddef>
@@ -28,7 +28,7 @@
 #define __launch_bounds__(...)
 // One instance per process, shared by the fibers of the running block, in a
 // section the runtime fills with garbage before each block (See Note [Shared
-// memory] in runtime.cpp). g++ ignores a section attribute on a static in a
+// memory] in blocks.cpp). g++ ignores a section attribute on a static in a
 // function template, so the variables are marked by an alignment nothing else
 // uses instead, and build.py moves their sections (-fdata-sections gives each
 // its own) into that one.
@@ -90,7 +90,7 @@ inline const ThreadView& view(const char* what) {
   return *current_view;
 }
 
-// Synchronisation points, in runtime.cpp.
+// Synchronisation points, in blocks.cpp.
 void syncthreads(const char* file, int line);
 enum class WarpOpKind : int { kSyncwarp, kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll };
 uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int width, const char* file, int line);

@@ -46,6 +46,12 @@ extern std::vector<LaunchRecord> launch_log;
 
 // Seeds the scheduler: block order, which thread resumes, garbage patterns.
 void begin_schedule(uint64_t seed);
+
+// Between blocks.cpp and runtime.cpp: runs every block of a grid now; fills
+// memory with the garbage patterns; whether a kernel is running.
+void run_grid(const char* name, dim3 grid, dim3 block, const std::function<void()>& body);
+void garbage_fill(void* p, size_t bytes);
+bool in_kernel();
 std::string normalize_kernel_name(std::string name);
 
 // While on, torch's CPU allocator fills every fresh tensor with garbage.
