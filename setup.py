@@ -50,7 +50,7 @@ def nvidia_wheel_includes():
 
 
 def extension():
-    sources = ["csrc/ops.cpp", "csrc/bindings.cpp", "csrc/cpu/sample_cpu.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/checks.cpp", "csrc/bindings.cpp", "csrc/cpu/sample_cpu.cpp"]
     # Same rounding as the GPU: no contraction, no fast math. See Note [Same bits on CPU and CUDA].
     # -fno-trapping-math changes no value; it lets gcc turn selects into vector blends.
     cxx = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-fopenmp",

@@ -1,0 +1,99 @@
+// Input checks of the ops (checks.h).
+#include "checks.h"
+
+#include <ATen/MemoryOverlap.h>
+
+#include <utility>
+
+#include "core/race.h"
+
+namespace syncfree {
+
+int64_t row_count(const Tensor& input) { return input.dim() == 2 ? input.size(0) : 1; }
+
+void check_input(const Tensor& input, const char* name) {
+  TORCH_CHECK_VALUE(input.dim() != 2 || input.size(0) <= int64_t(INT32_MAX), name, ": at most ", INT32_MAX,
+                    " rows, got ", input.dim() == 2 ? input.size(0) : 1);
+  const auto dtype = input.scalar_type();
+  const bool cpu_or_meta = input.device().is_cpu() || input.device().is_meta();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 ||
+                       (dtype == at::kDouble && cpu_or_meta),
+                   name, ": expected float32, float16 or bfloat16", cpu_or_meta ? " or float64" : "",
+                   ", got ", dtype);
+  TORCH_CHECK_VALUE(input.device().is_cpu() || input.device().is_cuda() || input.device().is_meta(), name,
+                    ": expected a CPU or CUDA tensor, got device ", input.device());
+  TORCH_CHECK_VALUE(input.dim() == 1 || input.dim() == 2, name, ": expected shape [V] or [B, V], got ",
+                    input.dim(), " dims ", input.sizes());
+  const int64_t vocab = input.size(-1);
+  TORCH_CHECK_VALUE(vocab >= 1, name, ": expected at least one token in the last dim (V >= 1), got V = 0");
+  TORCH_CHECK_VALUE(vocab <= int64_t(INT32_MAX) - 2 * kGroup, name, ": V = ", vocab, " is too large (max ",
+                    int64_t(INT32_MAX) - 2 * kGroup, ")");
+  TORCH_CHECK_VALUE(input.stride(-1) == 1 || vocab == 1, name,
+                    ": the last dim must be contiguous (stride 1), got stride ", input.stride(-1),
+                    "; call .contiguous() first");
+}
+
+// Whether two tensors may share memory: ATen's test, and where that is too
+// hard for it (a strided view), whether their byte spans in one storage meet.
+bool may_overlap(const Tensor& a, const Tensor& b) {
+  const at::MemOverlapStatus status = at::get_overlap_status(a, b);
+  if (status != at::MemOverlapStatus::TooHard) return status != at::MemOverlapStatus::No;
+  if (!a.storage().is_alias_of(b.storage())) return false;
+  const auto span = [](const Tensor& t) {
+    int64_t last = 0;  // offset of the last element, in elements (torch strides are >= 0)
+    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+    const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+    return std::pair<uintptr_t, uintptr_t>{begin, begin + uintptr_t((last + 1) * int64_t(t.element_size()))};
+  };
+  const auto [a0, a1] = span(a);
+  const auto [b0, b1] = span(b);
+  return a0 < b1 && b0 < a1;
+}
+
+// A per-row parameter tensor: one value per row, on the input's device.
+void check_row_tensor(const Tensor& t, const char* name, const Tensor& input, bool integral, bool any_dtype) {
+  TORCH_CHECK_VALUE(t.device() == input.device(), name, ": expected a tensor on ", input.device(),
+                    " (the device of the input), got ", t.device());
+  if (integral && !any_dtype) {
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, ": expected an int64 tensor, got ", t.scalar_type());
+  } else if (!any_dtype) {
+    TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, ": expected a floating-point tensor, got ",
+                     t.scalar_type());
+  }
+  const int64_t rows = row_count(input);
+  const bool ok = input.dim() == 2 ? (t.dim() == 1 && t.size(0) == rows) : (t.dim() <= 1 && t.numel() == 1);
+  TORCH_CHECK_VALUE(ok, name, ": expected one value per row, shape [", rows, "], got shape ", t.sizes());
+}
+
+void check_generator_device(const at::Generator& generator, const Tensor& input, const char* name) {
+  const auto gen_device = generator.device();
+  const bool same = gen_device.type() == input.device().type() &&
+                    (!gen_device.has_index() || !input.device().has_index() ||
+                     gen_device.index() == input.device().index());
+  TORCH_CHECK_VALUE(same || input.device().is_meta(), "generator: expected a generator on ", input.device(),
+                    " (the device of ", name, "), got one on ", gen_device);
+}
+
+void check_warpers(const WarperArgs& w, const Tensor& input) {
+  TORCH_CHECK_VALUE(w.temperature_value >= 0.0, "temperature: expected a number >= 0 (0 means greedy), got ",
+                    w.temperature_value);
+  TORCH_CHECK_VALUE(w.top_k_value >= 0, "top_k: expected an int >= 0 (0 keeps all tokens), got ", w.top_k_value);
+  TORCH_CHECK_VALUE(w.top_p_value > 0.0 && w.top_p_value <= 1.0, "top_p: expected a number in (0, 1], got ",
+                    w.top_p_value);
+  TORCH_CHECK_VALUE(w.min_p_value >= 0.0 && w.min_p_value <= 1.0, "min_p: expected a number in [0, 1], got ",
+                    w.min_p_value);
+  TORCH_CHECK_VALUE(w.typical_p_value > 0.0 && w.typical_p_value <= 1.0,
+                    "typical_p: expected a number in (0, 1], got ", w.typical_p_value);
+  if (w.temperature.has_value()) check_row_tensor(*w.temperature, "temperature", input, false);
+  if (w.top_k.has_value()) {
+    TORCH_CHECK_TYPE(!at::isFloatingType(w.top_k->scalar_type()) && !at::isComplexType(w.top_k->scalar_type()) &&
+                         w.top_k->scalar_type() != at::kBool,
+                     "top_k: expected an integer tensor, got ", w.top_k->scalar_type());
+    check_row_tensor(*w.top_k, "top_k", input, false, /*any_dtype=*/true);
+  }
+  if (w.top_p.has_value()) check_row_tensor(*w.top_p, "top_p", input, false);
+  if (w.min_p.has_value()) check_row_tensor(*w.min_p, "min_p", input, false);
+  if (w.typical_p.has_value()) check_row_tensor(*w.typical_p, "typical_p", input, false);
+}
+
+}  // namespace syncfree

@@ -1,0 +1,55 @@
+// Input checks of the ops (ops.cpp): each raises a ValueError/TypeError that
+// names the argument and says what was expected, before any kernel runs.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace syncfree {
+
+using at::Tensor;
+
+// Rows of a [V] or [B, V] input: 1 or B.
+int64_t row_count(const Tensor& input);
+
+// logits or probs: dtype, device, dims, V, last-dim stride.
+void check_input(const Tensor& input, const char* name);
+
+// Whether two tensors may share memory (for out=).
+bool may_overlap(const Tensor& a, const Tensor& b);
+
+// A per-row parameter tensor: one value per row, on the input's device;
+// int64 when integral, floating-point otherwise, any dtype with any_dtype.
+void check_row_tensor(const Tensor& t, const char* name, const Tensor& input, bool integral,
+                      bool any_dtype = false);
+
+void check_generator_device(const at::Generator& generator, const Tensor& input, const char* name);
+
+// The temperature and warper arguments as the ops receive them: for each,
+// a per-row tensor or a scalar.
+struct WarperArgs {
+  std::optional<Tensor> temperature;
+  double temperature_value;
+  std::optional<Tensor> top_k;
+  int64_t top_k_value;
+  std::optional<Tensor> top_p;
+  double top_p_value;
+  std::optional<Tensor> min_p;
+  double min_p_value;
+  std::optional<Tensor> typical_p;
+  double typical_p_value;
+
+  // Some row may have an active top-k/top-p/min-p/typical-p.
+  bool any(int64_t vocab) const {
+    return top_k.has_value() || top_p.has_value() || min_p.has_value() || typical_p.has_value() ||
+           (top_k_value > 0 && top_k_value < vocab) || top_p_value < 1.0 || min_p_value > 0.0 ||
+           typical_p_value < 1.0;
+  }
+};
+
+// Scalar ranges and per-row tensors of the temperature and the warpers.
+void check_warpers(const WarperArgs& w, const Tensor& input);
+
+}  // namespace syncfree
