@@ -74,7 +74,7 @@ def _mass_rule(order_value, p, fraction):
 
 
 def reference_keep(y, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0):
-    """The warper chain of SPEC §3 on one row of float32 scaled logits, by sorting in float64.
+    """The warper chain of the README's "Warpers" on one row of float32 scaled logits, by sorting in float64.
 
     Returns (keep mask, margin): margin is the smallest distance of a mass or
     ratio decision from its threshold (inf when only top-k acts)."""

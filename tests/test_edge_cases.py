@@ -1,4 +1,4 @@
-"""Edge cases of SPEC §3 and the errors of §5."""
+"""Edge cases of the README's "Semantics" and the argument errors of its "API"."""
 import math
 
 import pytest

@@ -34,7 +34,7 @@
 
 namespace syncfree {
 
-// One row's warper values after the clamps of SPEC §5 (values inside
+// One row's warper values after the clamps of README "Warpers" (values inside
 // per-row tensors cannot be checked without a sync).
 struct Warpers {
   int64_t top_k;    // 0: off
