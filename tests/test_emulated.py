@@ -322,6 +322,13 @@ def test_shard_kernels(layer, shape):
     assert torch.equal(partial_w[:, [0, 1, 4, 5]], partial_g[:, [0, 1, 4, 5]])  # best key, index, +inf
     torch.testing.assert_close(partial_g[:, 2:4].view(torch.float32), partial_w[:, 2:4].view(torch.float32),
                                atol=0, rtol=1e-5)  # the mass, summed in another order
+    assert torch.equal(partial_w[:, 6:], partial_g[:, 6:])  # no overflow argmax asked for
+    # A shard that a tiny temperature scales to -inf everywhere reports its raw argmax
+    # (Note [Logits past the temperature's range]).
+    negative = -torch.rand(b, width) * 4 - 1
+    args = (negative, 64, None, None, None, 1e-39, seeds, None, None, 0, None, None)
+    want, got = both("race_shard", *args)
+    assert torch.equal(want[0], got[0]) and torch.equal(got[0][:, 7], negative.argmax(-1).int())
     groups = torch.tensor([3, -1, 1000][:b]) % (width // 16)
     want, got = both("race_shard", x, 64, groups, None, None, 0.9, seeds, None, None, 0, None, None)
     assert torch.equal(want[1], got[1])

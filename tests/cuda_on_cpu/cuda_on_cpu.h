@@ -193,20 +193,13 @@ T atomic_add(T* p, T v) {
   }
 }
 
-template <typename T>
-T atomic_max(T* p, T v) {
+// atomicMax (kMax) or atomicMin: stores v where it beats the old value.
+template <bool kMax, typename T>
+T atomic_extreme(T* p, T v) {
   maybe_yield();
   T old = __atomic_load_n(p, __ATOMIC_RELAXED);
-  while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-  }
-  return old;
-}
-
-template <typename T>
-T atomic_min(T* p, T v) {
-  maybe_yield();
-  T old = __atomic_load_n(p, __ATOMIC_RELAXED);
-  while (v < old && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+  while ((kMax ? old < v : v < old) &&
+         !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
   }
   return old;
 }
@@ -220,17 +213,17 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
 }
 inline float atomicAdd(float* p, float v) { return cuda_on_cpu::atomic_add(p, v); }
 inline double atomicAdd(double* p, double v) { return cuda_on_cpu::atomic_add(p, v); }
-inline int atomicMax(int* p, int v) { return cuda_on_cpu::atomic_max(p, v); }
-inline unsigned atomicMax(unsigned* p, unsigned v) { return cuda_on_cpu::atomic_max(p, v); }
-inline long long atomicMax(long long* p, long long v) { return cuda_on_cpu::atomic_max(p, v); }
+inline int atomicMax(int* p, int v) { return cuda_on_cpu::atomic_extreme<true>(p, v); }
+inline unsigned atomicMax(unsigned* p, unsigned v) { return cuda_on_cpu::atomic_extreme<true>(p, v); }
+inline long long atomicMax(long long* p, long long v) { return cuda_on_cpu::atomic_extreme<true>(p, v); }
 inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
-  return cuda_on_cpu::atomic_max(p, v);
+  return cuda_on_cpu::atomic_extreme<true>(p, v);
 }
-inline int atomicMin(int* p, int v) { return cuda_on_cpu::atomic_min(p, v); }
-inline unsigned atomicMin(unsigned* p, unsigned v) { return cuda_on_cpu::atomic_min(p, v); }
-inline long long atomicMin(long long* p, long long v) { return cuda_on_cpu::atomic_min(p, v); }
+inline int atomicMin(int* p, int v) { return cuda_on_cpu::atomic_extreme<false>(p, v); }
+inline unsigned atomicMin(unsigned* p, unsigned v) { return cuda_on_cpu::atomic_extreme<false>(p, v); }
+inline long long atomicMin(long long* p, long long v) { return cuda_on_cpu::atomic_extreme<false>(p, v); }
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
-  return cuda_on_cpu::atomic_min(p, v);
+  return cuda_on_cpu::atomic_extreme<false>(p, v);
 }
 template <typename T>
 T atomicExch(T* p, T v) {

@@ -78,6 +78,13 @@ MUTANTS = [
            "  if (lane == 0) per_warp[warp] = a;",
            "tokens_logprobs_and_valid and 4x17 and float32", variant="tsan", expect="ThreadSanitizer: data race"),
     # The last row of a tensor, aligned, 1000 tokens: 8 read past the allocation.
+    Mutant("overflow-argmax-skips-tokens", "cuda/sample_cuda.cu",
+           "for (int64_t i = threadIdx.x % 32; i < vocab; i += 32) best",
+           "for (int64_t i = threadIdx.x % 32; i < vocab; i += 64) best",
+           "degenerate_and_infinite_rows or shard_kernels"),
+    Mutant("typical-spread-without-the-lowest-logit", "cuda/warp_cuda.cu",
+           "typical_spread(m, keep.min_y, -block_max(-local_lowest, sh))", "typical_spread(m, keep.min_y, m)",
+           "warpers_keep_the_same_sets or warper_edge_rows"),
     Mutant("vector-load-past-the-row-under-asan", "cuda/sample_cuda.cu",
            "if (kVec && g < full_groups)", "if (kVec && g <= full_groups)",
            "tokens_logprobs_and_valid and 3x1000 and float32", variant="asan", expect="heap-buffer-overflow",
