@@ -50,7 +50,8 @@ def nvidia_wheel_includes():
 
 
 def extension():
-    sources = ["csrc/ops.cpp", "csrc/checks.cpp", "csrc/bindings.cpp", "csrc/cpu/sample_cpu.cpp"]
+    # Relative paths (setuptools asks for them): every csrc/*.cpp and csrc/cpu/*.cpp, and with CUDA csrc/cuda/*.cu.
+    sources = sorted(glob.glob("csrc/*.cpp", root_dir=ROOT) + glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
     # Same rounding as the GPU: no contraction, no fast math. See Note [Same bits on CPU and CUDA].
     # -fno-trapping-math changes no value; it lets gcc turn selects into vector blends.
     cxx = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-fopenmp",
@@ -67,7 +68,7 @@ def extension():
     if os.environ.get("SYNCFREE_PTXAS_VERBOSE") == "1":
         nvcc.append("-Xptxas=-v")
     kwargs["include_dirs"] += nvidia_wheel_includes()
-    return CUDAExtension(sources=sources + ["csrc/cuda/sample_cuda.cu", "csrc/cuda/warp_cuda.cu"],
+    return CUDAExtension(sources=sources + sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT)),
                          extra_compile_args={"cxx": cxx + ["-DSYNCFREE_WITH_CUDA"], "nvcc": nvcc}, **kwargs)
 
 

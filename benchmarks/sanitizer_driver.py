@@ -4,16 +4,15 @@
     compute-sanitizer --tool memcheck --error-exitcode 1 python -P benchmarks/sanitizer_driver.py
     python benchmarks/sanitizer_driver.py --device cpu        # the same calls on the CPU: a dry run
 
-Kernels and the variants reached (csrc/cuda/sample_cuda.cu, csrc/cuda/warp_cuda.cu):
+Kernels and the variants reached (csrc/cuda/*.cu):
   syncfree_sample_kernel<T, kProbs, kVec>   float/half/bf16 logits and probs; 16-byte loads (aligned
                                             rows) and scalar loads (misaligned base, odd row stride);
                                             a row in one block and a B=1 row split over several blocks
                                             (ticket counters, then the graph's memset workspace);
   syncfree_warp_select_kernel<T>            each warper alone and all four, per-row values;
   syncfree_apply_keep_kernel<T>             syncfree.warp with and without warpers, scaled_logits;
-  syncfree_resolve_group_kernel<T, false>   race_shard with resolve_groups (float32, bfloat16);
-  syncfree_shard_masses_kernel, syncfree_radix_histogram_kernel (3 passes x 3 key kinds),
-  syncfree_min_p_floor_kernel, syncfree_generator_state_kernel.
+  syncfree_resolve_group_kernel<T, false>   the race on shards (syncfree.distributed's steps);
+  syncfree_shard_pass_kernel<T>, syncfree_shard_rows_kernel   every step of those calls (csrc/cuda/shard_cuda.cu).
 Noise from per-row seed/offset tensors, an int seed, the default generator and a user generator.
 
 Seeded results are compared with the CPU path (tokens and valid flags bit for bit, logprobs to
@@ -30,7 +29,6 @@ import time
 import torch
 
 import syncfree
-import syncfree.distributed as sd
 
 INF = float("inf")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -275,73 +273,23 @@ def section_graph(run, skip):
 
 
 def section_shards(run):
-    """The ops syncfree.distributed calls on each shard, called directly (no process group)."""
-    ops = torch.ops.syncfree
-    cases = (("4x3000 at 0", make_logits(4, 3000, torch.float32, seed=60, edge_rows=True), 0),
-             ("1x40001 bf16 at 4096", make_logits(1, SPLIT_V, torch.bfloat16, seed=61), 4096))
-    for label, x, base in cases:
-        b, length = x.shape
-        xd = run.on(x)
+    """syncfree.distributed's steps (the race on shards, the local passes, the per-row merges), ranks
+    simulated in one process (tests/ranks.py), against the same steps on the CPU."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+    from ranks import simulate
+    cases = (("4x3000 in 3 shards", make_logits(4, 3000, torch.float32, seed=60, edge_rows=True),
+              [(0, 1000), (1000, 1010), (1010, 3000)]),
+             ("1x40001 bf16 in 2 shards", make_logits(1, SPLIT_V, torch.bfloat16, seed=61), [(0, 4100), (4100, SPLIT_V)]))
+    for label, x, bounds in cases:
+        b = x.shape[0]
         temps = torch.tensor([0.8, 1.1, 0.0, 0.9])[:b] if b > 1 else torch.tensor([0.8])
-        seeds, offsets = torch.arange(b) + 3, torch.arange(b)
-        # scaled_logits (the apply kernel without warpers).
-        y = ops.scaled_logits(x, temps, 1.0)
-        run.equal(f"shard {label} scaled_logits", ops.scaled_logits(xd, run.on(temps), 1.0), y)
-        # Kept sets as _kept_sets would send them: a floor under the max, and typical-p's band.
-        m = y.max(1).values
-        active = torch.isfinite(m)
-        m_safe = torch.where(active, m, 0.0)
-        keeps = torch.stack([m_safe - 4.0, m_safe - 1.0, torch.full_like(m, 2.5)], 1)
-        keeps[~active] = torch.tensor([-INF, 0.0, INF])
-        # race_shard, partials: columns 0, 1 (best key, group) and 4, 5 (first +inf, count) are
-        # exact; 2, 3 (the row's float mass) may differ in the last bits with the summation order.
-        exact = [0, 1, 4, 5]
-        for kept in (None, keeps):
-            tag = "with keeps" if kept is not None else "no keeps"
-            got, _ = ops.race_shard(xd, base, None, run.on(kept), run.on(temps), 1.0, run.on(seeds), run.on(offsets),
-                                    None, 0, None, None)
-            want, _ = ops.race_shard(x, base, None, kept, temps, 1.0, seeds, offsets, None, 0, None, None)
-            run.equal(f"shard {label} race_shard partials {tag}", got[:, exact], want[:, exact])
-            # resolve_groups: the winning group (local) where it is sampled, -1 for a row owned elsewhere.
-            # (partials hold the shard's local group index for a sampled row).
-            groups = torch.where(temps > 0, want[:, 1].to(torch.int64), torch.full((b,), -1))
-            groups = torch.where((groups >= 0) & (groups * 16 < length), groups, -1)
-            if b > 1:
-                groups[-1] = -1
-            _, got_t = ops.race_shard(xd, base, run.on(groups), run.on(kept), run.on(temps), 1.0, run.on(seeds),
-                                      run.on(offsets), None, 0, None, None)
-            _, want_t = ops.race_shard(x, base, groups, kept, temps, 1.0, seeds, offsets, None, 0, None, None)
-            run.equal(f"shard {label} race_shard resolve_groups {tag}", got_t, want_t)
-        # The generator's draw handed over as rng_state (generator_state), as a shard call takes it.
-        for gen in (None, torch.Generator(device=run.device).manual_seed(9)):
-            state = ops.generator_state(xd, gen, base + length)
-            got, _ = ops.race_shard(xd, base, None, None, None, 0.9, None, None, None, 0, None, state)
-            want, _ = ops.race_shard(x, base, None, None, None, 0.9, None, None, None, 0, None, state.cpu())
-            run.equal(f"shard {label} race_shard rng_state ({'user' if gen else 'default'} generator)",
-                      got[:, exact], want[:, exact])
-        # The integer masses and the three radix passes (order keys, weighted, deviation keys).
-        y_active = torch.where(active[:, None], y, -INF)
-        bits = max(0, (base + length - 1).bit_length())
-        spread = torch.full_like(m_safe, 3.0)
-        mass, gap = ops.shard_masses(y_active, m_safe, spread, 62 - bits)
-        got_mass, got_gap = ops.shard_masses(run.on(y_active), run.on(m_safe), run.on(spread), 62 - bits)
-        run.equal(f"shard {label} shard_masses mass", got_mass, mass)
-        run.equal(f"shard {label} shard_masses gap", got_gap, gap)
-        min_p = torch.full((b,), 0.05)
-        run.equal(f"shard {label} min_p_floor", ops.min_p_floor(run.on(m_safe), run.on(min_p)),
-                  ops.min_p_floor(m_safe, min_p))
-        centers = m_safe - 1.0
-        order = sd._order_key(y)
-        d = y - centers[:, None]
-        deviation = ~sd._order_key(torch.where(d < 0, -d, d)) & 0xFFFFFFFF
-        for kind, weights, cs, keys in (("top-k", None, None, order), ("mass", mass, None, order),
-                                        ("typical", mass, centers, deviation)):
-            for done in (0, 11, 22):
-                column = min(17, length - 1)
-                prefix = keys[:, column] & ~((1 << (32 - done)) - 1) if done else torch.zeros(b, dtype=torch.int64)
-                got = ops.radix_histogram(run.on(y), run.on(weights), run.on(cs), run.on(prefix), done)
-                want = ops.radix_histogram(y, weights, cs, prefix, done)
-                run.equal(f"shard {label} radix_histogram {kind} done={done}", got, want)
+        for tag, config in (("race", {}), ("warpers", dict(top_k=30, top_p=0.9, min_p=0.02, typical_p=0.9))):
+            kwargs = dict(temperature=temps, seed=torch.arange(b) + 3, offset=torch.arange(b), **config)
+            want = simulate(x, bounds, **kwargs)
+            got = simulate(run.on(x), bounds, **run.kwargs_on(kwargs))
+            for rank, ((tokens, logprobs), (want_t, want_lp)) in enumerate(zip(got, want)):
+                run.equal(f"shards {label} {tag} rank {rank} tokens", tokens, want_t)
+                run.close(f"shards {label} {tag} rank {rank} logprobs", logprobs, want_lp)
 
 
 SECTIONS = {"sample": section_sample, "layouts": section_layouts, "sample_probs": section_sample_probs,

@@ -1,12 +1,16 @@
-// The Python module: build facts and host-side test hooks. The ops themselves
+// The Python module: build facts, syncfree.distributed's step list, and
+// host-side test hooks. The ops themselves
 // are reached through torch.ops.syncfree (ops.cpp).
 #include <ATen/core/PhiloxRNGEngine.h>
 #include <torch/python.h>
 
+#include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
-#include "core/race.h"
 #include "core/philox.h"
+#include "core/shard.h"
 
 namespace {
 
@@ -26,20 +30,25 @@ std::vector<uint32_t> aten_philox_words(uint64_t seed, uint64_t subsequence, uin
   return words;
 }
 
+std::vector<std::pair<int32_t, std::optional<std::string>>> shard_steps(int32_t flags) {
+  std::vector<std::pair<int32_t, std::optional<std::string>>> out;
+  for (const auto& s : syncfree::shard_steps(flags)) {
+    const char* names[] = {nullptr, "sum", "max", "gather"};
+    const char* name = names[int(s.collective)];
+    out.push_back({s.step, name ? std::optional<std::string>(name) : std::nullopt});
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "syncfree native extension";
-  m.attr("built_with_cuda") =
-#ifdef SYNCFREE_WITH_CUDA
-      true;
-#else
-      false;
-#endif
   m.attr("torch_version") = SYNCFREE_TORCH_VERSION;
   m.attr("group_size") = syncfree::kGroup;
-  m.def("is_greedy_temperature", [](double t) { return syncfree::is_greedy_temperature(float(t)); },
-        "whether the kernels treat this temperature as greedy (a float64 that rounds to 0 in float32 is 0)");
+  m.def("shard_steps", &shard_steps,
+        "syncfree.distributed's steps for a call's flags: (step, collective) pairs, collective one of "
+        "'sum', 'max', 'gather' or None (Note [Vocab-parallel steps])");
   m.def("stream_words", &stream_words, "words of syncfree's Philox stream (test hook)");
   m.def("aten_philox_words", &aten_philox_words, "words of at::Philox4_32 (test hook)");
 }

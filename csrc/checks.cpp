@@ -11,7 +11,7 @@ namespace syncfree {
 
 int64_t row_count(const Tensor& input) { return input.dim() == 2 ? input.size(0) : 1; }
 
-void check_input(const Tensor& input, const char* name) {
+void check_input(const Tensor& input, const char* name, bool shard) {
   TORCH_CHECK_VALUE(input.dim() != 2 || input.size(0) <= int64_t(INT32_MAX), name, ": at most ", INT32_MAX,
                     " rows, got ", input.dim() == 2 ? input.size(0) : 1);
   const auto dtype = input.scalar_type();
@@ -25,10 +25,9 @@ void check_input(const Tensor& input, const char* name) {
   TORCH_CHECK_VALUE(input.dim() == 1 || input.dim() == 2, name, ": expected shape [V] or [B, V], got ",
                     input.dim(), " dims ", input.sizes());
   const int64_t vocab = input.size(-1);
-  TORCH_CHECK_VALUE(vocab >= 1, name, ": expected at least one token in the last dim (V >= 1), got V = 0");
-  TORCH_CHECK_VALUE(vocab <= int64_t(INT32_MAX) - 2 * kGroup, name, ": V = ", vocab, " is too large (max ",
-                    int64_t(INT32_MAX) - 2 * kGroup, ")");
-  TORCH_CHECK_VALUE(input.stride(-1) == 1 || vocab == 1, name,
+  TORCH_CHECK_VALUE(vocab >= 1 || shard, name, ": expected at least one token in the last dim (V >= 1), got V = 0");
+  TORCH_CHECK_VALUE(vocab <= kMaxVocab, name, ": V = ", vocab, " is too large (max ", kMaxVocab, ")");
+  TORCH_CHECK_VALUE(input.stride(-1) == 1 || vocab <= 1, name,
                     ": the last dim must be contiguous (stride 1), got stride ", input.stride(-1),
                     "; call .contiguous() first");
 }
@@ -94,6 +93,46 @@ void check_warpers(const WarperArgs& w, const Tensor& input) {
   if (w.top_p.has_value()) check_row_tensor(*w.top_p, "top_p", input, false);
   if (w.min_p.has_value()) check_row_tensor(*w.min_p, "min_p", input, false);
   if (w.typical_p.has_value()) check_row_tensor(*w.typical_p, "typical_p", input, false);
+}
+
+void check_rng(const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
+               std::optional<int64_t> seed_value, int64_t offset_value, const std::optional<at::Generator>& generator,
+               const Tensor& input, const char* name) {
+  if (seed.has_value()) check_row_tensor(*seed, "seed", input, true);
+  if (offset.has_value()) {
+    check_row_tensor(*offset, "offset", input, true);
+    TORCH_CHECK_VALUE(seed.has_value(), "offset: a per-row offset tensor needs a per-row seed tensor");
+  }
+  TORCH_CHECK_VALUE(!(seed_value.has_value() && offset.has_value()),
+                    "offset: an int seed takes an int offset, not a tensor");
+  TORCH_CHECK_VALUE(!(seed.has_value() && offset_value != 0),
+                    "offset: a per-row seed tensor takes a per-row offset tensor, not an int");
+  TORCH_CHECK_VALUE(offset_value >= 0, "offset: expected an int >= 0, got ", offset_value);
+  TORCH_CHECK_VALUE(offset_value == 0 || seed_value.has_value() || seed.has_value(),
+                    "offset: an offset needs a seed");
+  if (generator.has_value()) {
+    TORCH_CHECK_VALUE(!seed.has_value() && !seed_value.has_value(),
+                      "generator: pass either a generator or a seed, not both");
+    check_generator_device(*generator, input, name);
+  }
+}
+
+void check_out(const Tensor& out, const Tensor& input, const std::vector<int64_t>& batch_shape,
+               const std::initializer_list<std::optional<Tensor>>& inputs) {
+  TORCH_CHECK_TYPE(out.scalar_type() == at::kLong, "out: expected an int64 tensor, got ", out.scalar_type());
+  TORCH_CHECK_VALUE(out.device() == input.device(), "out: expected a tensor on ", input.device(), ", got ",
+                    out.device());
+  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(batch_shape), "out: expected shape ",
+                    at::IntArrayRef(batch_shape), ", got ", out.sizes());
+  // As torch's own out= ops: an out that overlaps itself or an input would
+  // change the input while the kernels read it (Note [A winning group with no winner]).
+  if (input.device().is_meta()) return;
+  TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes,
+                    "out: overlaps itself (e.g. an expanded tensor); pass a tensor with distinct elements");
+  for (const auto& in : inputs) {
+    TORCH_CHECK_VALUE(!in.has_value() || !may_overlap(out, *in),
+                      "out: overlaps an input (logits, probs or a per-row tensor); pass a separate tensor");
+  }
 }
 
 }  // namespace syncfree

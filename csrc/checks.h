@@ -5,7 +5,9 @@
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
+#include <initializer_list>
 #include <optional>
+#include <vector>
 
 namespace syncfree {
 
@@ -14,8 +16,10 @@ using at::Tensor;
 // Rows of a [V] or [B, V] input: 1 or B.
 int64_t row_count(const Tensor& input);
 
-// logits or probs: dtype, device, dims, V, last-dim stride.
-void check_input(const Tensor& input, const char* name);
+// logits or probs: dtype, device, dims, V, last-dim stride. A shard
+// (syncfree.distributed) may hold no column: the layout check says so on
+// every rank.
+void check_input(const Tensor& input, const char* name, bool shard = false);
 
 // Whether two tensors may share memory (for out=).
 bool may_overlap(const Tensor& a, const Tensor& b);
@@ -51,5 +55,14 @@ struct WarperArgs {
 
 // Scalar ranges and per-row tensors of the temperature and the warpers.
 void check_warpers(const WarperArgs& w, const Tensor& input);
+
+// seed / offset / generator as the sampling ops take them (name: the input's).
+void check_rng(const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
+               std::optional<int64_t> seed_value, int64_t offset_value, const std::optional<at::Generator>& generator,
+               const Tensor& input, const char* name);
+
+// out= of a sampling op: int64, shaped like the batch, overlapping nothing it reads.
+void check_out(const Tensor& out, const Tensor& input, const std::vector<int64_t>& batch_shape,
+               const std::initializer_list<std::optional<Tensor>>& inputs);
 
 }  // namespace syncfree

@@ -386,12 +386,9 @@ def _distributed_rank(rank, world, port, batch, examples):
 
 
 def run_distributed(batch, examples):
-    import socket
     import torch.multiprocessing as mp
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.start_processes(_distributed_rank, args=(2, port, batch, examples), nprocs=2, start_method="spawn")
+    from ranks import free_port
+    mp.start_processes(_distributed_rank, args=(2, free_port(), batch, examples), nprocs=2, start_method="spawn")
     print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
 
 

@@ -3,10 +3,11 @@
 On CPU with Gloo (in CI); with a GPU, the same cases on CUDA tensors (Gloo between processes that
 share the GPU), and a single-rank NCCL group for the no-sync and graph-capture checks.
 """
+import ast
 import contextlib
+import inspect
 import re
 import os
-import socket
 import tempfile
 
 import pytest
@@ -17,14 +18,9 @@ import torch.multiprocessing as mp
 import syncfree
 import syncfree.distributed as sd
 from conftest import requires_cuda
+from ranks import free_port, simulate
 
 INF = float("inf")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cases():
@@ -126,12 +122,13 @@ def worker(rank, world, port, result_file, layout_seed, backend="gloo", device="
             # Rank r holds shard (r + layout_seed) % world: ranks need not hold shards in order.
             start, end = splits_for(vocab, world, layout_seed + vocab)[(rank + layout_seed) % world]
             local = logits[:, start:end].to(device)
-            tokens, logprobs = sd.sample(local, start, vocab, return_logprobs=True, **on_device(kwargs, device))
-            outcome[name] = (tokens.cpu(), logprobs.cpu())
-            # Past the layout check, the Python code never reads tensor data (no sync on CUDA).
-            spans = sd._shard_spans(local, start, vocab, 0, None)
-            real, sd._shard_spans = sd._shard_spans, lambda *args: spans
+            real, seen = sd._shard_spans, []
+            sd._shard_spans = lambda *args: seen.append(real(*args)) or seen[-1]  # the checked layout
             try:
+                tokens, logprobs = sd.sample(local, start, vocab, return_logprobs=True, **on_device(kwargs, device))
+                outcome[name] = (tokens.cpu(), logprobs.cpu())
+                # Past the layout check, the Python code never reads tensor data (no sync on CUDA).
+                sd._shard_spans = lambda *args: seen[-1]
                 with no_host_reads():
                     again = sd.sample(local, start, vocab, return_logprobs=True, **on_device(kwargs, device))
             finally:
@@ -333,11 +330,11 @@ def test_bad_arguments_without_a_group():
         sd.sample(torch.randn(10, 2).t(), 0, 10, seed=1)
 
 
-def test_generator_state_is_the_draw_of_a_sampling_call():
-    """generator_state draws what syncfree.sample draws (and advances the generator as it does)."""
+def test_the_generator_draw_is_the_draw_of_a_sampling_call():
+    """_shard_draw draws what syncfree.sample draws (and advances the generator as it does)."""
     x = torch.randn(3, 1000)
     g = torch.Generator().manual_seed(5)
-    state = torch.ops.syncfree.generator_state(x, g, 1000)
+    state = torch.ops.syncfree._shard_draw(x, g, 1000, 0)
     assert state[1] == 0
     assert torch.equal(syncfree.sample(x, seed=int(state[0])), syncfree.sample(x, generator=torch.Generator().manual_seed(5)))
     h = torch.Generator().manual_seed(5)
@@ -345,33 +342,46 @@ def test_generator_state_is_the_draw_of_a_sampling_call():
     assert torch.equal(g.get_state(), h.get_state())
 
 
-def _reference_histogram(keys, weights, prefix, done):
-    """One radix pass in plain torch (int64 keys holding uint32 values)."""
-    bits = min(11, 32 - done)
-    shift = 32 - done - bits
-    in_range = (keys >> (32 - done)) == (prefix[:, None] >> (32 - done)) if done else torch.ones_like(keys, dtype=torch.bool)
-    hist = torch.zeros(keys.shape[0], 1 << bits, dtype=torch.int64)
-    hist.scatter_add_(1, (keys >> shift) & ((1 << bits) - 1), torch.where(in_range & (weights > 0), weights, 0))
-    return hist
+def simulated_cases():
+    """(name, logits, bounds, kwargs): the process-group cases, and wider rows over more shards."""
+    out = []
+    for world, (name, logits, kwargs) in zip([2, 3, 4, 5] * 10, cases()):
+        if "generator" in kwargs:
+            kwargs = dict(kwargs, generator_seed=int(kwargs.pop("generator").split(":")[1]))
+            if name == "default generator":
+                continue  # the default generator is one per process: not for simulated ranks
+        out.append((name, logits, splits_for(logits.shape[-1], world, world), kwargs))
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randn(3, 40000, generator=g) * 4
+    per_row = dict(temperature=torch.tensor([0.9, 0.0, 1.4]), seed=torch.tensor([5, 6, 7]),
+                   top_k=torch.tensor([40, 3, 0]), top_p=torch.tensor([0.9, 1.0, 0.6]),
+                   min_p=torch.tensor([0.0, 0.2, 0.05]), typical_p=torch.tensor([0.95, 1.0, 0.5]))
+    out.append(("wide per-row warpers", wide.to(torch.bfloat16), splits_for(40000, 6, 1), per_row))
+    return out
 
 
-def test_radix_histogram_matches_a_torch_reference():
-    """The distributed selection's pass op, for each key kind (top-k / top-p order keys, typical-p
-    deviation keys) and pass, against the same pass written with torch ops."""
-    g = torch.Generator().manual_seed(11)
-    y = torch.randn(5, 3001, generator=g) * 4
-    y[:, ::7] = -INF
-    y[1, :40] = y[1, 40]  # ties
-    weights = torch.randint(0, 1000, y.shape, generator=g)
-    centers = torch.randn(5, generator=g)
-    order = sd._order_key(y)
-    d = y - centers[:, None]
-    deviation = ~sd._order_key(torch.where(d < 0, -d, d)) & 0xFFFFFFFF
-    for w, c, keys in ((None, None, order), (weights, None, order), (weights, centers, deviation)):
-        w_ref = (y != -INF).to(torch.int64) if w is None else w
-        for done in (0, 11, 22):
-            # A prefix taken from an actual key, so later passes have entries in range.
-            prefix = keys[:, 17] & ~((1 << (32 - done)) - 1) if done else torch.zeros(5, dtype=torch.int64)
-            got = torch.ops.syncfree.radix_histogram(y, w, c, prefix, done)
-            assert torch.equal(got, _reference_histogram(keys, w_ref, prefix, done)), (w is None, c is None, done)
-            assert got.sum() > 0
+@pytest.mark.parametrize("name,logits,bounds,kwargs", simulated_cases(), ids=[c[0] for c in simulated_cases()])
+def test_simulated_ranks_match_one_device(name, logits, bounds, kwargs):
+    """The steps of every rank in one process (collectives computed by the test): the same tokens
+    as syncfree.sample, the logprobs to float rounding."""
+    want, want_lp = single_device(logits, kwargs)
+    for tokens, logprobs in simulate(logits, bounds, **kwargs):
+        assert torch.equal(tokens, want), f"{tokens} vs {want}"
+        torch.testing.assert_close(logprobs, want_lp, atol=1e-4, rtol=1e-4)
+
+
+def single_device(logits, kwargs):
+    """syncfree.sample on the unsharded logits, with a fresh generator for a generator_seed."""
+    single = dict(kwargs)
+    if "generator_seed" in single:
+        single["generator"] = torch.Generator().manual_seed(single.pop("generator_seed"))
+    return syncfree.sample(logits, return_logprobs=True, **single)
+
+
+def test_distributed_holds_no_core_constant():
+    """syncfree.distributed takes every rule from the extension: its code holds no number but 0
+    and 1 (a group size, a digit width or a column layout would be a second copy)."""
+    tree = ast.parse(inspect.getsource(sd))
+    numbers = {node.value for node in ast.walk(tree)
+               if isinstance(node, ast.Constant) and type(node.value) in (int, float)}
+    assert numbers <= {0, 1}, numbers

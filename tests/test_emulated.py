@@ -14,6 +14,7 @@ import torch
 import cuda_on_cpu
 import syncfree
 from conftest import warper_edge_rows
+from ranks import simulate
 
 pytestmark = pytest.mark.emulated
 
@@ -304,56 +305,46 @@ def test_warper_edge_rows(layer):
 # syncfree.distributed's shard kernels
 
 
-def both(name, *args):
-    """(CPU op, emulated CUDA op) of torch.ops.syncfree.<name> on the same arguments."""
-    return getattr(torch.ops.syncfree, name)(*args), getattr(torch.ops.syncfree_emulated, name)(*args)
-
-
-@pytest.mark.parametrize("shape", cases([(3, 4096), (1, 131072)], [(1, 16400)]), ids=shape_id)
-def test_shard_kernels(layer, shape):
-    b, width = shape
-    x = make(b, width, torch.bfloat16)
+def shard_cases():
+    """(name, logits, shard bounds, kwargs) for syncfree.distributed's steps."""
+    x = make(3, 4096, torch.bfloat16)
     x[0, 7] = float("inf")
-    seeds = torch.arange(b) + 11
-    # race_shard: each row's merged race partial, then the token race inside a given group.
-    args = (x, 64, None, None, None, 0.9, seeds, None, None, 0, None, None)
-    want, got = both("race_shard", *args)
-    partial_w, partial_g = want[0], got[0]
-    assert torch.equal(partial_w[:, [0, 1, 4, 5]], partial_g[:, [0, 1, 4, 5]])  # best key, index, +inf
-    torch.testing.assert_close(partial_g[:, 2:4].view(torch.float32), partial_w[:, 2:4].view(torch.float32),
-                               atol=0, rtol=1e-5)  # the mass, summed in another order
-    assert torch.equal(partial_w[:, 6:], partial_g[:, 6:])  # no overflow argmax asked for
-    # A shard that a tiny temperature scales to -inf everywhere reports its raw argmax
-    # (Note [Logits past the temperature's range]).
-    negative = -torch.rand(b, width) * 4 - 1
-    args = (negative, 64, None, None, None, 1e-39, seeds, None, None, 0, None, None)
-    want, got = both("race_shard", *args)
-    assert torch.equal(want[0], got[0]) and torch.equal(got[0][:, 7], negative.argmax(-1).int())
-    groups = torch.tensor([3, -1, 1000][:b]) % (width // 16)
-    want, got = both("race_shard", x, 64, groups, None, None, 0.9, seeds, None, None, 0, None, None)
-    assert torch.equal(want[1], got[1])
-    masked = x.clone()
-    masked[:, 16:32] = -float("inf")  # group 1 has no unmasked token: Note [A winning group with no winner]
-    want, got = both("race_shard", masked, 64, torch.ones(b, dtype=torch.int64), None, None, 0.9, seeds, None, None, 0,
-                     None, None)
-    assert torch.equal(want[1], got[1]) and (got[1] == 0).all()
+    negative = -torch.rand(2, 1000, generator=torch.Generator().manual_seed(1)) * 4 - 1
+    per_row = dict(temperature=torch.tensor([0.9, 0.0, 1.4]), seed=torch.tensor([5, 6, 7]),
+                   top_k=torch.tensor([40, 3, 0]), top_p=torch.tensor([0.9, 1.0, 0.6]),
+                   min_p=torch.tensor([0.0, 0.2, 0.05]), typical_p=torch.tensor([0.95, 1.0, 0.5]))
+    # Shards narrower than a group, and a group split over three shards.
+    bounds = [(0, 1000), (1000, 1001), (1001, 1010), (1010, 4096)]
+    out = [("race", x, bounds, dict(temperature=0.9, seed=torch.arange(3) + 11)),
+           # Every shard scaled to -inf: the raw argmax (Note [Logits past the temperature's range]).
+           ("overflowing temperature", negative, [(0, 500), (500, 1000)], dict(temperature=1e-39, seed=2)),
+           ("per-row warpers", x, bounds, per_row),
+           ("generator", x, [(0, 2000), (2000, 4096)], dict(temperature=0.8, top_p=0.9, generator_seed=4))]
+    if not QUICK:  # one row split over blocks by the 132-SM plan, on each shard
+        wide = make(1, 131072, torch.float32)
+        out.append(("wide row", wide, [(0, 70001), (70001, 131072)], dict(seed=3, top_k=50, top_p=0.9, min_p=0.01)))
+    return out
+
+
+def single_device(logits, kwargs):
+    single = dict(kwargs)
+    if "generator_seed" in single:
+        single["generator"] = torch.Generator().manual_seed(single.pop("generator_seed"))
+    return syncfree.sample(logits, return_logprobs=True, **single)
+
+
+@pytest.mark.parametrize("case", shard_cases(), ids=[c[0] for c in shard_cases()])
+def test_shard_kernels(layer, case):
+    """syncfree.distributed's steps on the emulated kernels (the race on shards, the local passes,
+    the per-row merges) over simulated ranks: the tokens of emulated single-device sampling, and,
+    but for the generator's draw, the CPU path's shard steps."""
+    name, logits, bounds, kwargs = case
+    with cuda_on_cpu.emulating():
+        want = single_device(logits, kwargs)
+        got = simulate(logits, bounds, **kwargs)
+    for rank in got:
+        assert_same(want, rank, name)
+    if "generator_seed" not in kwargs:
+        for rank in simulate(logits, bounds, **kwargs):
+            assert_same(want, rank, name)
     assert tickets_are_zero(layer)
-    # The warper selection's pieces.
-    y = torch.ops.syncfree.scaled_logits(x, None, 0.8)
-    assert torch.equal(y, torch.ops.syncfree_emulated.scaled_logits(x, None, 0.8))
-    row_max = y.max(-1).values.clamp(max=3e38)
-    mass_w, mass_g = both("shard_masses", y, row_max, (row_max - y.min(-1).values).clamp(max=87.0), 40)
-    assert torch.equal(mass_w[0], mass_g[0]) and torch.equal(mass_w[1], mass_g[1])
-    centers = row_max - 1.5
-    for weights, center in ((None, None), (mass_w[0], None), (mass_w[0], centers)):
-        prefix = torch.zeros(b, dtype=torch.int64)
-        for done in (0, 11, 22):
-            hist_w, hist_g = both("radix_histogram", y, weights, center, prefix, done)
-            assert torch.equal(hist_w, hist_g)
-            prefix = prefix | (hist_w.argmax(-1) << (32 - done - (11 if done < 22 else 10)))
-    min_p = torch.rand(b)
-    assert torch.equal(*both("min_p_floor", row_max, min_p))
-    # generator_state: the draw a sampling call over 1000 tokens makes.
-    g = torch.Generator().manual_seed(21)
-    state = torch.ops.syncfree_emulated.generator_state(x, g, 1000)
-    assert state.tolist() == [21, 0] and layer.generator_state(g) == (21, 1000)

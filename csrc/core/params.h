@@ -7,6 +7,21 @@
 
 namespace syncfree {
 
+// What a shard call (Note [Vocab-parallel steps] in shard.h) adds to a sampling call.
+struct ShardCall {
+  // Global index of token 0, a multiple of kGroup (See Note [syncfree RNG
+  // counter layout]).
+  int64_t index_base;
+  // Set: seed and pos0 are read from memory on the input's device ([2]
+  // int64), one generator draw shared by every shard call.
+  const int64_t* rng_state;
+  // Set: each row's merged partial is written here instead of a token.
+  struct ShardPartial* partials_out;
+  // Set: only group resolve_groups[row] is raced, token by token, and the
+  // local token written (-1 for a row given -1).
+  const int64_t* resolve_groups;
+};
+
 struct SampleParams {
   const void* input;   // [rows, vocab] logits or probabilities, last dim contiguous
   int64_t row_stride;  // in elements; any value, 0 included
@@ -38,18 +53,8 @@ struct SampleParams {
   const int64_t* offsets;
   uint64_t seed;
   uint64_t pos0;
-  // When set: seed and pos0 read from memory on the input's device ([2]
-  // int64), as syncfree.distributed passes one generator draw to its shards.
-  const int64_t* rng_state;
-
-  // A shard of a wider row (syncfree.distributed): global index of token 0
-  // (See Note [syncfree RNG counter layout]). 0 for a whole row.
-  int64_t index_base;
-  // Shard calls: write each row's merged partial here instead of a token,
-  // or (resolve_groups set) race only group resolve_groups[row] token by
-  // token, writing the local token (-1 for a row given -1).
-  struct ShardPartial* partials_out;
-  const int64_t* resolve_groups;
+  // A call on a shard of a wider row (syncfree.distributed); zero for a whole row.
+  ShardCall shard;
 
   int64_t* tokens;  // [rows], stride tokens_stride
   int64_t tokens_stride;
@@ -81,7 +86,7 @@ SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   } else {
     r.stream = {p.seed, uint64_t(row), p.pos0};
   }
-  r.stream.base = uint64_t(p.index_base);
+  r.stream.base = uint64_t(p.shard.index_base);
   return r;
 }
 

@@ -32,6 +32,8 @@ namespace syncfree {
 
 constexpr int kGroup = 16;
 constexpr int32_t kNoIndex = 0x7FFFFFFF;
+// The largest vocabulary: token and group indices stay int32, with room for kNoIndex.
+constexpr int64_t kMaxVocab = int64_t(kNoIndex) - 2 * kGroup;
 
 // argmax with the lower-index tie rule: associative and commutative, so any
 // reduction order (threads, warps, blocks, CPU chunks) finds the same winner.

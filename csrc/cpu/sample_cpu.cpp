@@ -11,7 +11,7 @@
 #include <mutex>
 #include <vector>
 
-#include "../sample.h"
+#include "../device_api.h"
 
 namespace syncfree {
 namespace {
@@ -160,7 +160,7 @@ void resolve_rows(const SampleParams& p) {
   const T* input = static_cast<const T*>(p.input);
   at::parallel_for(0, p.rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t group = p.resolve_groups[row];
+      const int64_t group = p.shard.resolve_groups[row];
       // A group with no winner (Note [A winning group with no winner]) answers 0: in range.
       const int64_t token =
           group < 0 ? -1
@@ -173,7 +173,7 @@ void resolve_rows(const SampleParams& p) {
 
 template <typename T, bool kProbs>
 void sample_rows(const SampleParams& p) {
-  if (p.resolve_groups != nullptr) return resolve_rows<T, kProbs>(p);
+  if (p.shard.resolve_groups != nullptr) return resolve_rows<T, kProbs>(p);
   const int64_t threads = at::get_num_threads();
   const int64_t wanted = p.rows >= threads ? 1 : ceil_div(threads, p.rows);
   const RowSplit split = split_row(p.vocab, wanted, kCpuMinChunk);
@@ -200,10 +200,10 @@ void sample_rows(const SampleParams& p) {
       RacePartial acc = empty_partial();
       for (int32_t j = 0; j < split.splits; ++j)
         acc = merge_partials(acc, partials[size_t(row * split.splits + j)]);
-      if (p.partials_out != nullptr) {
+      if (p.shard.partials_out != nullptr) {
         const RowRace r = race_of(row);
         const bool overflow = !kProbs && degenerate(acc) && may_overflow(r);
-        p.partials_out[row] = {acc, overflow ? raw_argmax(input + row * p.row_stride, 0, p.vocab) : no_best()};
+        p.shard.partials_out[row] = {acc, overflow ? raw_argmax(input + row * p.row_stride, 0, p.vocab) : no_best()};
       } else {
         finish<T, kProbs>(p, row, race_of(row), input + row * p.row_stride, acc);
       }
@@ -228,73 +228,7 @@ void warp_rows_into(const SampleParams& p, float* out) {
   });
 }
 
-// syncfree.distributed's per-token loops, with fma in one instruction where
-// the CPU has it (identical results).
-template <typename F>
-void for_each_row(int64_t rows, int64_t cols, F&& row_body) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, kCpuMinChunk / std::max<int64_t>(cols, 1)),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t row = begin; row < end; ++row) row_body(row);
-                   });
-}
-
-SF_HOST_INLINE void shard_masses_row(const float* y, float m, float spread, int64_t cols, int shift,
-                                     uint64_t* mass, uint64_t* gap) {
-  // token_mass in blocks, its float part in a loop of its own, which vectorises;
-  // the float-to-integer conversions (scalar on AVX2) follow.
-  constexpr int64_t kBlock = 256;
-  float e[kBlock], g[kBlock];
-  for (int64_t begin = 0; begin < cols; begin += kBlock) {
-    const int64_t n = std::min(kBlock, cols - begin);
-    for (int64_t i = 0; i < n; ++i) {
-      e[i] = token_exp(y[begin + i], m);
-      g[i] = token_gap(y[begin + i], m, e[i], spread);
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      mass[begin + i] = fixed_mass(e[i], shift);
-      gap[begin + i] = fixed_mass(g[i], shift);
-    }
-  }
-}
-
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) void shard_masses_row_avx2(const float* y, float m, float spread, int64_t cols,
-                                                               int shift, uint64_t* mass, uint64_t* gap) {
-  shard_masses_row(y, m, spread, cols, shift, mass, gap);
-}
-#endif
-
 }  // namespace
-
-void shard_masses_cpu(const float* y, const float* row_max, const float* row_spread, int64_t rows, int64_t cols,
-                      int shift, uint64_t* mass, uint64_t* gap) {
-  for_each_row(rows, cols, [&](int64_t row) {
-    const int64_t at = row * cols;
-#if defined(__x86_64__)
-    if (cpu_has_avx2_fma())
-      return shard_masses_row_avx2(y + at, row_max[row], row_spread[row], cols, shift, mass + at, gap + at);
-#endif
-    shard_masses_row(y + at, row_max[row], row_spread[row], cols, shift, mass + at, gap + at);
-  });
-}
-
-void radix_histogram_cpu(const float* y, const int64_t* weights, const float* centers, const int64_t* prefix,
-                         int64_t rows, int64_t cols, int done, uint64_t* hist) {
-  for_each_row(rows, cols, [&](int64_t row) {
-    const SelectState s{uint32_t(prefix[row]), done, 0u};
-    const float* y_row = y + row * cols;
-    const int64_t* w_row = weights != nullptr ? weights + row * cols : nullptr;
-    uint64_t* h = hist + row * (int64_t(1) << digit_bits(done));
-    for (int64_t i = 0; i < cols; ++i) {
-      const ShardEntry e = shard_entry(y_row, w_row, centers, row, i);
-      if (e.weight > 0 && in_range(e.key, s)) h[key_digit(e.key, s)] += e.weight;
-    }
-  });
-}
-
-void min_p_floor_cpu(const float* row_max, const float* min_p, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = min_p_floor(row_max[i], min_p[i]);
-}
 
 void warp_cpu(const SampleParams& p, c10::ScalarType dtype, float* out) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_warp_cpu",
@@ -310,9 +244,9 @@ void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::G
     std::lock_guard<std::mutex> lock(gen->mutex_);
     p.seed = gen->random64();
     p.pos0 = 0;
-  } else if (p.rng_state != nullptr) {
-    p.seed = uint64_t(p.rng_state[0]);
-    p.pos0 = uint64_t(p.rng_state[1]);
+  } else if (p.shard.rng_state != nullptr) {
+    p.seed = uint64_t(p.shard.rng_state[0]);
+    p.pos0 = uint64_t(p.shard.rng_state[1]);
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_sample_cpu", [&] {
     if (p.probs) {

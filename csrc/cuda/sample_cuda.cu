@@ -23,7 +23,7 @@
 #include <utility>
 #include <vector>
 
-#include "../sample.h"
+#include "../device_api.h"
 #include "launch.h"
 #include "plans.h"
 
@@ -176,9 +176,9 @@ __device__ __forceinline__ void take_rng(SampleParams& p, const KernelArgs& a) {
     const auto seed_offset = at::cuda::philox::unpack(a.philox);
     p.seed = std::get<0>(seed_offset);
     p.pos0 = std::get<1>(seed_offset);
-  } else if (p.rng_state != nullptr) {
-    p.seed = uint64_t(p.rng_state[0]);
-    p.pos0 = uint64_t(p.rng_state[1]);
+  } else if (p.shard.rng_state != nullptr) {
+    p.seed = uint64_t(p.shard.rng_state[0]);
+    p.pos0 = uint64_t(p.shard.rng_state[1]);
   }
 }
 
@@ -222,11 +222,11 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
     acc = threadIdx.x < splits ? load_partial(a.partials + row * splits + threadIdx.x) : empty_partial();
     acc = block_merge(acc);
   }
-  if (p.partials_out != nullptr) {  // a shard: the row's partial is the answer
+  if (p.shard.partials_out != nullptr) {  // a shard: the row's partial is the answer
     if (threadIdx.x < 32) {
       acc = broadcast_lane0(acc);
       const Best overflow = !kProbs && degenerate(acc) && may_overflow(r) ? raw_argmax_warp(x, p.vocab) : no_best();
-      if (threadIdx.x == 0) p.partials_out[row] = {acc, overflow};
+      if (threadIdx.x == 0) p.shard.partials_out[row] = {acc, overflow};
     }
   } else if (threadIdx.x < 32) {
     finish_row_warp<T, kProbs>(p, row, r, x, acc);
@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(32 * kResolveRowsPerBlock) syncfree_resolve_gr
   if (row >= a.p.rows) return;  // whole warps leave together
   SampleParams p = a.p;
   take_rng(p, a);
-  const int64_t group = p.resolve_groups[row];
+  const int64_t group = p.shard.resolve_groups[row];
   int64_t token = -1;
   if (group >= 0) {  // a group with no winner answers 0 (Note [A winning group with no winner])
     float y;
@@ -304,7 +304,7 @@ struct NvtxRange {
 
 template <typename T>
 void launch(const KernelArgs& args, int64_t blocks, bool aligned, cudaStream_t stream) {
-  if (args.p.resolve_groups != nullptr) {
+  if (args.p.shard.resolve_groups != nullptr) {
     const dim3 grid(unsigned(ceil_div(args.p.rows, kResolveRowsPerBlock))), block(32 * kResolveRowsPerBlock);
     if (args.p.probs) {
       launch_kernel<syncfree_resolve_group_kernel<T, true>>(grid, block, 0, stream, args);
@@ -362,7 +362,7 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   }
 
   c10::DataPtr workspace;
-  if (plan.partial_rows > 0 && p.resolve_groups == nullptr) {
+  if (plan.partial_rows > 0 && p.shard.resolve_groups == nullptr) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
     const bool capturing = capture != cudaStreamCaptureStatusNone;

@@ -12,7 +12,7 @@
 
 #include <algorithm>
 
-#include "../sample.h"
+#include "../device_api.h"
 #include "launch.h"
 
 namespace syncfree {
@@ -231,74 +231,7 @@ void dispatch(c10::ScalarType dtype, F&& f) {
   }
 }
 
-// syncfree.distributed's pieces of the selection (CPU twins in sample_cpu.cpp).
-__global__ void syncfree_shard_masses_kernel(const float* y, const float* row_max, const float* row_spread,
-                                             int64_t rows, int64_t cols, int shift, uint64_t* mass, uint64_t* gap) {
-  const int64_t n = rows * cols;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const TokenMass t = token_mass(y[i], row_max[i / cols], row_spread[i / cols], shift);
-    mass[i] = t.mass;
-    gap[i] = t.gap;
-  }
-}
-
-__global__ void syncfree_min_p_floor_kernel(const float* row_max, const float* min_p, int64_t n, float* out) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = min_p_floor(row_max[i], min_p[i]);
-}
-
-// A chunk of a row per block: a shared histogram, then one global atomic per
-// non-empty bin. Integer sums: the same result in any order.
-constexpr int kHistogramThreads = 256;
-
-__global__ void __launch_bounds__(kHistogramThreads)
-    syncfree_radix_histogram_kernel(const float* y, const int64_t* weights, const float* centers,
-                                    const int64_t* prefix, int64_t cols, int done, unsigned long long* hist) {
-  __shared__ unsigned long long bins[kBins];
-  const int64_t row = blockIdx.x;
-  for (int b = threadIdx.x; b < kBins; b += kHistogramThreads) bins[b] = 0u;
-  __syncthreads();
-  const SelectState s{uint32_t(prefix[row]), done, 0u};
-  const float* y_row = y + row * cols;
-  const int64_t* w_row = weights != nullptr ? weights + row * cols : nullptr;
-  for (int64_t i = int64_t(blockIdx.y) * kHistogramThreads + threadIdx.x; i < cols;
-       i += int64_t(gridDim.y) * kHistogramThreads) {
-    const ShardEntry e = shard_entry(y_row, w_row, centers, row, i);
-    if (e.weight > 0u && in_range(e.key, s)) atomicAdd(&bins[key_digit(e.key, s)], e.weight);
-  }
-  __syncthreads();
-  const int used = 1 << digit_bits(done);  // the output's row length
-  for (int b = threadIdx.x; b < used; b += kHistogramThreads)
-    if (bins[b] != 0u) atomicAdd(hist + row * used + b, bins[b]);
-}
-
-unsigned elementwise_blocks(int64_t n) { return unsigned(std::min<int64_t>(std::max<int64_t>(ceil_div(n, 256), 1), 4096)); }
-
 }  // namespace
-
-void shard_masses_cuda(const float* y, const float* row_max, const float* row_spread, int64_t rows, int64_t cols,
-                       int shift, uint64_t* mass, uint64_t* gap, c10::DeviceIndex device) {
-  const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  launch_kernel<syncfree_shard_masses_kernel>(dim3(elementwise_blocks(rows * cols)), dim3(256), 0, stream, y, row_max,
-                                              row_spread, rows, cols, shift, mass, gap);
-}
-
-void radix_histogram_cuda(const float* y, const int64_t* weights, const float* centers, const int64_t* prefix,
-                          int64_t rows, int64_t cols, int done, uint64_t* hist, c10::DeviceIndex device) {
-  const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  // About 8 elements a thread, at most 64 chunks a row.
-  const dim3 grid(unsigned(rows), unsigned(std::min<int64_t>(ceil_div(cols, 8 * kHistogramThreads), 64)));
-  launch_kernel<syncfree_radix_histogram_kernel>(grid, dim3(kHistogramThreads), 0, stream, y, weights, centers, prefix,
-                                                 cols, done, reinterpret_cast<unsigned long long*>(hist));
-}
-
-void min_p_floor_cuda(const float* row_max, const float* min_p, int64_t n, float* out, c10::DeviceIndex device) {
-  const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  launch_kernel<syncfree_min_p_floor_kernel>(dim3(elementwise_blocks(n)), dim3(256), 0, stream, row_max, min_p, n, out);
-}
 
 void warp_select_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
                       bool greedy_rows_too) {

@@ -1,6 +1,6 @@
 """Builds the CPU execution layer: syncfree's real sources, compiled by g++, as one Python module.
 
-csrc/ops.cpp, csrc/checks.cpp and csrc/cpu/*.cpp as they are; csrc/cuda/*.cu as C++ with cuda_on_cpu.h
+csrc/*.cpp (the op files, not the Python bindings) and csrc/cpu/*.cpp as they are; csrc/cuda/*.cu as C++ with cuda_on_cpu.h
 force-included and the stand-in headers of include/ ahead of torch's; the layer's runtime
 and its Python face. Objects are cached by the content of their sources and project
 headers, so a mutant (a copy of csrc/ with one file changed) recompiles only what it
@@ -48,7 +48,7 @@ def _torch_flags():
 
 def _sources(csrc):
     """(source, kind): kind "cuda" compiles as C++ through the layer; "layer" is the layer's own."""
-    return ([(csrc / "ops.cpp", "cxx"), (csrc / "checks.cpp", "cxx")]
+    return ([(p, "cxx") for p in sorted(csrc.glob("*.cpp")) if p.name != "bindings.cpp"]
             + [(p, "cxx") for p in sorted((csrc / "cpu").glob("*.cpp"))]
             + [(p, "cuda") for p in sorted((csrc / "cuda").glob("*.cu"))]
             + [(LAYER / f"{name}.cpp", "layer") for name in ("fibers", "blocks", "runtime", "module")])

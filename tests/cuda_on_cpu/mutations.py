@@ -85,6 +85,10 @@ MUTANTS = [
     Mutant("typical-spread-without-the-lowest-logit", "cuda/warp_cuda.cu",
            "typical_spread(m, keep.min_y, -block_max(-local_lowest, sh))", "typical_spread(m, keep.min_y, m)",
            "warpers_keep_the_same_sets or warper_edge_rows"),
+    # A pass over a shard that skips part of the row: wrong histograms, wrong kept sets.
+    Mutant("shard-pass-skips-a-chunk", "cuda/shard_cuda.cu",
+           "i += int64_t(gridDim.y) * kPassThreads)", "i += int64_t(gridDim.y + 1) * kPassThreads)",
+           "shard_kernels"),
     Mutant("vector-load-past-the-row-under-asan", "cuda/sample_cuda.cu",
            "if (kVec && g < full_groups)", "if (kVec && g <= full_groups)",
            "tokens_logprobs_and_valid and 3x1000 and float32", variant="asan", expect="heap-buffer-overflow",

@@ -1,0 +1,98 @@
+// syncfree.distributed's steps on CUDA (Note [Vocab-parallel steps]): the
+// per-row parts of core/shard.h one thread per row, and the local passes with
+// a block per chunk of a row, a shared buffer and one global atomic per
+// non-empty column. Integer adds and maxima: the same result in any order.
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+
+#include "../device_api.h"
+#include "launch.h"
+
+namespace syncfree {
+namespace {
+
+constexpr int kRowsPerBlock = 128;
+constexpr int kPassThreads = 256;
+
+__global__ void __launch_bounds__(kRowsPerBlock) syncfree_shard_rows_kernel(ShardRowsCall c) {
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x;
+  if (row < c.rows) run_shard_row(c, row);
+}
+
+struct SharedSink {
+  unsigned long long* bins;
+  __device__ void add(int column, uint64_t w) { atomicAdd(bins + column, static_cast<unsigned long long>(w)); }
+  __device__ void max(int column, uint64_t v) { atomicMax(bins + column, static_cast<unsigned long long>(v)); }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kPassThreads) syncfree_shard_pass_kernel(ShardPassCall c) {
+  __shared__ unsigned long long bins[kBins];
+  const int64_t row = blockIdx.x;
+  const T* x = static_cast<const T*>(c.input) + row * c.row_stride;
+  const RowKeep keep = c.state.keeps[row];
+  const ShardRow& r = c.state.rows[row];
+  const int columns = shard_step_columns(c.step);
+  if (step_kind(c.step) == kStepTokenLogit) {
+    if (blockIdx.y == 0 && threadIdx.x == 0)
+      c.out[row] = uint64_t(token_logit_entry(r, x, c.first_column, c.columns));
+    return;
+  }
+  if (!shard_row_in(r, c.step)) return;  // the whole block: no barrier is skipped by some threads only
+  for (int b = threadIdx.x; b < columns; b += kPassThreads) bins[b] = 0u;
+  __syncthreads();
+  const float spread = row_spread(keep, r);
+  SharedSink sink{bins};
+  for (int64_t i = int64_t(blockIdx.y) * kPassThreads + threadIdx.x; i < c.columns;
+       i += int64_t(gridDim.y) * kPassThreads)
+    shard_token(keep, r, c.step, spread, scaled_logit(float(x[i]), r.inv_temperature), sink);
+  __syncthreads();
+  const bool is_max = step_kind(c.step) == kStepRowMax;
+  auto* out = reinterpret_cast<unsigned long long*>(c.out + row * columns);
+  for (int b = threadIdx.x; b < columns; b += kPassThreads) {
+    if (bins[b] == 0u) continue;
+    if (is_max) {
+      atomicMax(out + b, bins[b]);
+    } else {
+      atomicAdd(out + b, bins[b]);
+    }
+  }
+}
+
+}  // namespace
+
+void shard_rows_cuda(const ShardRowsCall& c, c10::DeviceIndex device) {
+  if (c.rows == 0) return;
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  launch_kernel<syncfree_shard_rows_kernel>(dim3(unsigned(ceil_div(c.rows, kRowsPerBlock))), dim3(kRowsPerBlock), 0,
+                                            stream, c);
+}
+
+void shard_pass_cuda(const ShardPassCall& c, c10::ScalarType dtype, c10::DeviceIndex device) {
+  if (c.rows == 0 || c.columns == 0) return;
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  // About 8 elements a thread, at most 64 chunks a row.
+  const unsigned chunks = step_kind(c.step) == kStepTokenLogit
+                              ? 1u
+                              : unsigned(std::min<int64_t>(ceil_div(c.columns, 8 * kPassThreads), 64));
+  const dim3 grid(unsigned(c.rows), chunks);
+  switch (dtype) {
+    case at::kFloat:
+      return launch_kernel<syncfree_shard_pass_kernel<float>>(grid, dim3(kPassThreads), 0, stream, c);
+    case at::kHalf:
+      return launch_kernel<syncfree_shard_pass_kernel<c10::Half>>(grid, dim3(kPassThreads), 0, stream, c);
+    case at::kBFloat16:
+      return launch_kernel<syncfree_shard_pass_kernel<c10::BFloat16>>(grid, dim3(kPassThreads), 0, stream, c);
+    default:
+      TORCH_CHECK(false, "syncfree: unsupported dtype ", dtype, " on CUDA");
+  }
+}
+
+}  // namespace syncfree

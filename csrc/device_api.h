@@ -1,0 +1,48 @@
+// The entry points of the CPU and CUDA implementations (cpu/, cuda/); the op
+// files (ops.cpp, shard_ops.cpp) run every check first.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <c10/core/ScalarType.h>
+
+#include <optional>
+
+#include "core/shard.h"
+
+namespace syncfree {
+
+// When from_generator is true, the implementation takes p.seed/p.pos0 from
+// the generator (or the device's default one) and advances it.
+void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::Generator>& generator,
+                bool from_generator);
+
+// Writes the warped logits of every row (removed tokens at -inf) into out,
+// a contiguous float [rows, vocab].
+void warp_cpu(const SampleParams& p, c10::ScalarType dtype, float* out);
+
+// syncfree.distributed's steps (Note [Vocab-parallel steps] in core/shard.h);
+// the CUDA twins below.
+void shard_rows_cpu(const ShardRowsCall& c);
+void shard_pass_cpu(const ShardPassCall& c, c10::ScalarType dtype);
+
+#ifdef SYNCFREE_WITH_CUDA
+// The warpers' kept set of every row into keeps (device memory, [rows]);
+// greedy rows get keep_all unless greedy_rows_too (syncfree.warp).
+void warp_select_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
+                      bool greedy_rows_too);
+// out[row, i] = the row's scaled logit i where kept, -inf elsewhere.
+void warp_apply_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
+                     float* out);
+void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
+                 const std::optional<at::Generator>& generator, bool from_generator);
+
+// syncfree.distributed on CUDA: out[0..1] = the (seed, position) a sampling
+// call over `vocab` tokens would draw from the generator, which advances as
+// for that call; and the steps.
+void generator_state_cuda(const std::optional<at::Generator>& generator, c10::DeviceIndex device, int64_t vocab,
+                          int64_t* out);
+void shard_rows_cuda(const ShardRowsCall& c, c10::DeviceIndex device);
+void shard_pass_cuda(const ShardPassCall& c, c10::ScalarType dtype, c10::DeviceIndex device);
+#endif
+
+}  // namespace syncfree

@@ -1,0 +1,100 @@
+// The op layer's shared pieces: device routing, per-row argument marshalling,
+// and the one sampling driver (run_sample) behind the public ops and the
+// shard ops (shard_ops.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/Generator.h>
+
+#include <optional>
+#include <vector>
+
+#include "checks.h"
+#include "device_api.h"
+
+namespace syncfree {
+
+using at::Tensor;
+
+// Note [CUDA kernels on the CPU]
+// ------------------------------
+// The CPU execution layer (tests/cuda_on_cpu) compiles the op files with
+// SYNCFREE_CUDA_ON_CPU: the ops are then registered as torch.ops.syncfree_emulated
+// and send CPU tensors down the CUDA path, whose kernels that build runs on the
+// host (device 0). Every routing decision goes through these two.
+#ifdef SYNCFREE_CUDA_ON_CPU
+inline bool on_cuda(const Tensor& t) { return t.device().is_cpu(); }
+inline c10::DeviceIndex cuda_index(const Tensor&) { return 0; }
+#define SYNCFREE_OPS syncfree_emulated
+#else
+inline bool on_cuda(const Tensor& t) { return t.device().is_cuda(); }
+inline c10::DeviceIndex cuda_index(const Tensor& t) { return t.device().index(); }
+#define SYNCFREE_OPS syncfree
+#endif
+// The indirection lets TORCH_LIBRARY see the namespace macro expanded.
+#define SYNCFREE_LIBRARY_FRAGMENT(ns, m) TORCH_LIBRARY_FRAGMENT(ns, m)
+#define SYNCFREE_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+// The CUDA kernels are registered in every build: a CPU-only build says what is missing.
+[[noreturn]] inline void fail_without_cuda(const c10::Device& device) {
+  TORCH_CHECK(false, "syncfree was built without CUDA; rebuild with a CUDA toolkit to run on ", device);
+}
+
+// Runs body() for a tensor that the CUDA path handles, else fails.
+#ifdef SYNCFREE_WITH_CUDA
+#define SYNCFREE_ON_CUDA(tensor, body) body
+#else
+#define SYNCFREE_ON_CUDA(tensor, body) fail_without_cuda((tensor).device())
+#endif
+
+// A per-row parameter tensor in the layout the kernels read ([rows],
+// contiguous, of `dtype`); conversions are device-side copies, never syncs.
+inline Tensor row_values(const std::optional<Tensor>& t, int64_t rows, at::ScalarType dtype) {
+  return t.has_value() ? t->to(dtype).contiguous().view({rows}) : Tensor();
+}
+
+template <typename T>
+const T* pointer_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// Tensors that must outlive the kernels' launch (the params point into them).
+struct RowTensors {
+  Tensor temperatures, top_ks, top_ps, min_ps, typical_ps;
+};
+
+// p's temperature and warper fields from w (p.vocab set first).
+void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, int64_t rows);
+
+struct Outputs {
+  Tensor tokens, logprobs, valid;
+};
+
+// One sampling call: every check, then the CPU or CUDA path. `shard` and
+// `keeps` are set by the shard ops only.
+Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
+                   const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
+                   std::optional<int64_t> seed_value, int64_t offset_value,
+                   const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid,
+                   const ShardCall& shard = ShardCall{}, const RowKeep* keeps = nullptr);
+
+// The temperature and warper arguments of an op schema, and the WarperArgs they make.
+#define SYNCFREE_WARPER_ARGS                                                                               \
+  "Tensor? temperature, float temperature_value, Tensor? top_k, int top_k_value, Tensor? top_p, "         \
+  "float top_p_value, Tensor? min_p, float min_p_value, Tensor? typical_p, float typical_p_value"
+#define SYNCFREE_WARPER_PARAMS                                                                             \
+  const std::optional<Tensor>&temperature, double temperature_value, const std::optional<Tensor>&top_k,  \
+      int64_t top_k_value, const std::optional<Tensor>&top_p, double top_p_value,                       \
+      const std::optional<Tensor>&min_p, double min_p_value, const std::optional<Tensor>&typical_p,       \
+      double typical_p_value
+#define SYNCFREE_WARPER_STRUCT                                                                       \
+  WarperArgs {                                                                                       \
+    temperature, temperature_value, top_k, top_k_value, top_p, top_p_value, min_p, min_p_value,      \
+        typical_p, typical_p_value                                                                   \
+  }
+#define SYNCFREE_RNG_ARGS "Tensor? seed, Tensor? offset, int? seed_value, int offset_value, Generator? generator"
+#define SYNCFREE_RNG_PARAMS                                                                          \
+  const std::optional<Tensor>&seed, const std::optional<Tensor>&offset, std::optional<int64_t> seed_value, \
+      int64_t offset_value, const std::optional<at::Generator>&generator
+
+}  // namespace syncfree

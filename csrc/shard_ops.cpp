@@ -1,0 +1,349 @@
+// The private ops of syncfree.distributed (Note [Vocab-parallel steps] in
+// core/shard.h). Python holds the collectives and the layout cache; these
+// ops take every decision in between:
+//   _shard_call    the checks of a call (before the first collective) and the
+//                  row each rank shares in the layout exchange;
+//   _shard_layout  the layout check over the gathered rows: each rank's span;
+//   _shard_draw    the generator draw shared by the shard calls;
+//   _shard_head, _shard_columns   the columns of the race groups a rank owns;
+//   _shard_begin, _shard_local, _shard_merge, _shard_finish   the steps.
+#include "ops.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/enum_tag.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+namespace syncfree {
+namespace {
+
+// The exchanged layout row: what every rank must agree on or tile with.
+enum LayoutColumn { kStart, kWidth, kRows, kVocab, kDtype, kFlags, kLayoutColumns };
+
+std::vector<int64_t> shard_call_op(const Tensor& x, int64_t vocab_start, int64_t vocab_size, SYNCFREE_WARPER_PARAMS,
+                                   SYNCFREE_RNG_PARAMS, bool return_logprobs) {
+  TORCH_CHECK_VALUE(x.dim() == 2, "local_logits: expected shape [L] or [B, L], got ", x.sizes());
+  check_input(x, "local_logits", /*shard=*/true);
+  const WarperArgs w = SYNCFREE_WARPER_STRUCT;
+  check_warpers(w, x);
+  check_rng(seed, offset, seed_value, offset_value, generator, x, "local_logits");
+  int32_t flags = 0;
+  const auto set = [&](bool on, int32_t flag) { flags |= on ? flag : 0; };
+  set(temperature.has_value(), kCallTemperatureTensor);
+  set(!temperature.has_value() && is_greedy_temperature(float(temperature_value)), kCallAllGreedy);
+  set(top_k.has_value() || (top_k_value > 0 && top_k_value < vocab_size), kCallTopK);
+  set(top_p.has_value() || top_p_value < 1.0, kCallTopP);
+  set(min_p.has_value() || min_p_value > 0.0, kCallMinP);
+  set(typical_p.has_value() || typical_p_value < 1.0, kCallTypicalP);
+  set(seed.has_value(), kCallSeedTensor);
+  set(seed.has_value() || seed_value.has_value(), kCallSeed);
+  set(return_logprobs, kCallLogprobs);
+  return {vocab_start, x.size(1), x.size(0), vocab_size, int64_t(x.scalar_type()), flags};
+}
+
+// table: every rank's _shard_call row, int64 [ranks, 6] on the CPU. Errors
+// come from the gathered values only, so every rank raises the same one.
+std::vector<int64_t> shard_layout_op(const Tensor& table) {
+  TORCH_CHECK_VALUE(table.dim() == 2 && table.size(1) == kLayoutColumns && table.scalar_type() == at::kLong &&
+                        table.device().is_cpu(),
+                    "table: expected a CPU int64 tensor [ranks, ", int(kLayoutColumns), "]");
+  const Tensor t = table.contiguous();
+  const int64_t ranks = t.size(0);
+  std::vector<std::vector<int64_t>> rows(static_cast<size_t>(ranks), std::vector<int64_t>(kLayoutColumns));
+  for (int64_t r = 0; r < ranks; ++r)
+    std::copy_n(t.data_ptr<int64_t>() + r * kLayoutColumns, int(kLayoutColumns), rows[size_t(r)].begin());
+  const auto values = [&](int column) {
+    std::set<int64_t> s;
+    for (const auto& row : rows) s.insert(row[size_t(column)]);
+    return s;
+  };
+  const auto list = [](const auto& items, auto&& show) {
+    std::ostringstream out;
+    out << "[";
+    bool first = true;
+    for (const auto& v : items) out << (first ? "" : ", ") << show(v), first = false;
+    return out.str() + "]";
+  };
+  const auto plain = [](int64_t v) { return v; };
+  if (values(kRows).size() != 1) {
+    std::vector<int64_t> batch;
+    for (const auto& row : rows) batch.push_back(row[kRows]);
+    std::sort(batch.begin(), batch.end());
+    TORCH_CHECK_VALUE(false, "local_logits: every rank must hold the same rows, got batch sizes ", list(batch, plain));
+  }
+  TORCH_CHECK_TYPE(values(kDtype).size() == 1, "local_logits: every rank must pass the same dtype, got ",
+                   list(values(kDtype), [](int64_t v) { return c10::toString(c10::ScalarType(v)); }));
+  TORCH_CHECK_VALUE(values(kFlags).size() == 1,
+                    "every rank must pass the same kinds of arguments (which of temperature, top_k, top_p, min_p, "
+                    "typical_p are tensors or non-identity numbers, seed or generator, return_logprobs)");
+  TORCH_CHECK_VALUE(values(kVocab).size() == 1, "vocab_size: ranks disagree: ", list(values(kVocab), plain));
+  const int64_t vocab = rows[0][kVocab];
+  TORCH_CHECK_VALUE(vocab >= 1 && vocab <= kMaxVocab, "vocab_size: expected an int in [1, ", kMaxVocab, "], got ",
+                    vocab);
+  std::vector<int64_t> empty;
+  for (int64_t r = 0; r < ranks; ++r)
+    if (rows[size_t(r)][kWidth] == 0) empty.push_back(r);
+  TORCH_CHECK_VALUE(empty.empty(), "local_logits: every rank must hold at least one column; ranks ",
+                    list(empty, plain), " hold none");
+  std::vector<std::vector<int64_t>> shards = rows;
+  std::sort(shards.begin(), shards.end());
+  int64_t end = 0;
+  for (const auto& s : shards) {
+    TORCH_CHECK_VALUE(s[kStart] == end, "vocab_start: the shards do not tile [0, ", vocab, "): columns ", end, "..",
+                      s[kStart], " are ", s[kStart] > end ? "missing" : "held twice");
+    end = s[kStart] + s[kWidth];
+  }
+  TORCH_CHECK_VALUE(end == vocab, "vocab_size: the shards cover [0, ", end, "), expected [0, ", vocab, ")");
+  std::vector<int64_t> spans;  // (start, width) per rank, in rank order
+  for (const auto& row : rows) {
+    spans.push_back(row[kStart]);
+    spans.push_back(row[kWidth]);
+  }
+  return spans;
+}
+
+// The generator draw of one sampling call over the whole vocabulary as an
+// int64 [2] (seed, position), advancing the generator as that call would; [0]
+// when the call draws nothing (a seed, or a scalar temperature 0).
+Tensor shard_draw_op(const Tensor& like, const std::optional<at::Generator>& generator, int64_t vocab,
+                     int64_t flags) {
+  if (generator.has_value()) check_generator_device(*generator, like, "local_logits");
+  const bool draws = !(flags & (kCallSeed | kCallAllGreedy));
+  Tensor out = at::empty({draws ? 2 : 0}, like.options().dtype(at::kLong));
+  if (!draws || like.device().is_meta()) return out;
+  if (on_cuda(like)) {
+    SYNCFREE_ON_CUDA(like, generator_state_cuda(generator, cuda_index(like), vocab, out.data_ptr<int64_t>()));
+    return out;
+  }
+  // The CPU generator is an mt19937: one 64-bit seed per call, position 0 (as sample_cpu draws).
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  out.data_ptr<int64_t>()[0] = int64_t(gen->random64());
+  out.data_ptr<int64_t>()[1] = 0;
+  return out;
+}
+
+// A rank's first kGroup columns ([B, kGroup], -inf past its width): what the
+// rank before it needs to complete its last group.
+Tensor shard_head_op(const Tensor& x) {
+  Tensor head = at::full({x.size(0), kGroup}, -kInf, x.options());
+  const int64_t n = std::min<int64_t>(kGroup, x.size(1));
+  if (n > 0) head.narrow(1, 0, n).copy_(x.narrow(1, 0, n));
+  return head;
+}
+
+// The columns of the groups this rank owns, [first group start, last owned
+// group end), completed with the following ranks' heads; and the global index
+// of its column 0.
+std::tuple<Tensor, int64_t> shard_columns_op(const Tensor& x, at::TensorList heads, int64_t vocab_start,
+                                             int64_t vocab_size, at::IntArrayRef spans) {
+  TORCH_CHECK_VALUE(spans.size() == 2 * heads.size(), "spans: expected (start, width) for each of the ",
+                    heads.size(), " ranks");
+  const int64_t first = ceil_div(vocab_start, kGroup) * kGroup;
+  const int64_t end = vocab_start + x.size(1);
+  if (first >= end) return {x.narrow(1, 0, 0), first};
+  const int64_t stop = std::min(vocab_size, ceil_div(end, kGroup) * kGroup);
+  std::vector<Tensor> pieces = {x.narrow(1, first - vocab_start, end - first)};
+  for (int64_t column = end; column < stop;) {  // fewer than kGroup columns, from the heads of their ranks
+    size_t owner = 0;
+    while (owner < heads.size() && !(spans[2 * owner] <= column && column < spans[2 * owner] + spans[2 * owner + 1]))
+      ++owner;
+    TORCH_CHECK_VALUE(owner < heads.size(), "spans: column ", column, " is on no rank");
+    const int64_t at = column - spans[2 * owner];  // < kGroup: inside that rank's head
+    const int64_t take = std::min({stop - column, spans[2 * owner + 1] - at, int64_t(kGroup) - at});
+    pieces.push_back(heads[owner].narrow(1, at, take));
+    column += take;
+  }
+  return {at::cat(pieces, 1), first};
+}
+
+ShardState state_of(const Tensor& state, int64_t rows) {
+  TORCH_CHECK_VALUE(state.scalar_type() == at::kByte && state.dim() == 1 && state.numel() == shard_state_bytes(rows),
+                    "state: expected the tensor of _shard_begin for ", rows, " rows");
+  return shard_state(state.data_ptr(), rows);
+}
+
+int64_t state_rows(const Tensor& state) {
+  int64_t rows = state.numel() / int64_t(sizeof(ShardRow) + sizeof(RowKeep));
+  while (rows > 0 && shard_state_bytes(rows) > state.numel()) --rows;
+  return rows;
+}
+
+void run_rows(const Tensor& like, const ShardRowsCall& c) {
+  if (c.rows == 0 || like.device().is_meta()) return;
+  if (on_cuda(like)) {
+    SYNCFREE_ON_CUDA(like, shard_rows_cuda(c, cuda_index(like)));
+  } else {
+    shard_rows_cpu(c);
+  }
+}
+
+Tensor shard_begin_op(const Tensor& x, int64_t vocab_size, SYNCFREE_WARPER_PARAMS) {
+  const WarperArgs w = SYNCFREE_WARPER_STRUCT;
+  check_warpers(w, x);
+  const int64_t rows = x.size(0);
+  Tensor state = at::empty({shard_state_bytes(rows)}, x.options().dtype(at::kByte));
+  if (x.device().is_meta()) return state;
+  ShardRowsCall c{};
+  c.kind = ShardRowsKind::kBegin;
+  c.rows = rows;
+  c.state = state_of(state, rows);
+  c.params.rows = rows;
+  c.params.vocab = vocab_size;
+  RowTensors keep_alive;
+  set_warpers(c.params, keep_alive, w, rows);
+  run_rows(x, c);
+  return state;
+}
+
+// A step's local part: the buffer its collective takes.
+Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_t vocab_start, const Tensor& ext,
+                      int64_t base, int64_t flags, const std::optional<Tensor>& temperature, double temperature_value,
+                      const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
+                      std::optional<int64_t> seed_value, int64_t offset_value, const Tensor& rng_state) {
+  const int64_t rows = x.size(0);
+  const auto s = int32_t(step);
+  Tensor out = at::zeros({rows, shard_step_columns(s)}, x.options().dtype(at::kLong));
+  if (rows == 0 || x.device().is_meta()) return out;
+  ShardRowsCall c{};
+  c.step = s;
+  c.rows = rows;
+  c.state = state_of(state, rows);
+  c.base = base;
+  c.columns = ext.size(1);
+  c.out = out.data_ptr<int64_t>();
+  const int32_t kind = step_kind(s);
+  if (kind == kStepRace || kind == kStepResolve) {
+    ShardCall shard{base, rng_state.numel() == 2 ? rng_state.data_ptr<int64_t>() : nullptr, nullptr, nullptr};
+    const bool warped = (flags & kCallWarpers) && !(flags & kCallAllGreedy);
+    const WarperArgs w{temperature, temperature_value, std::nullopt, 0, std::nullopt, 1.0, std::nullopt, 0.0,
+                       std::nullopt, 1.0};
+    const auto race = [&] {
+      run_sample(std::nullopt, ext, false, w, seed, offset, seed_value, offset_value, std::nullopt,
+                 /*return_logprobs=*/kind == kStepRace, false, shard, warped ? c.state.keeps : nullptr);
+    };
+    if (kind == kStepRace) {
+      Tensor partials = at::empty({rows * int64_t(sizeof(ShardPartial))}, x.options().dtype(at::kByte));
+      if (c.columns > 0) {  // a shard narrower than a group may own none: it races nothing
+        shard.partials_out = reinterpret_cast<ShardPartial*>(partials.data_ptr());
+        race();
+        c.partials = shard.partials_out;
+      }
+      c.kind = ShardRowsKind::kRaceCandidates;
+      run_rows(x, c);
+      return out;
+    }
+    if (c.columns == 0) return out.fill_(-1);
+    Tensor groups = at::empty({rows}, x.options().dtype(at::kLong));
+    c.kind = ShardRowsKind::kResolveGroups;
+    c.out = groups.data_ptr<int64_t>();
+    run_rows(x, c);
+    shard.resolve_groups = groups.data_ptr<int64_t>();
+    const Tensor local = run_sample(std::nullopt, ext, false, w, seed, offset, seed_value, offset_value, std::nullopt,
+                                    false, false, shard, warped ? c.state.keeps : nullptr)
+                             .tokens;
+    c.kind = ShardRowsKind::kResolveTokens;
+    c.in = local.data_ptr<int64_t>();
+    c.out = out.data_ptr<int64_t>();
+    run_rows(x, c);
+    return out;
+  }
+  if (kind == kStepMass) {
+    c.kind = ShardRowsKind::kMassEntries;
+    run_rows(x, c);
+    return out;
+  }
+  const Tensor& input = kind == kStepTokenLogit ? x : ext;
+  ShardPassCall pass{s, c.state, input.data_ptr(), rows, input.size(1), input.size(1) > 0 ? input.stride(0) : 0,
+                     vocab_start, reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>())};
+  if (shard_step_columns(s) > 0) {
+    if (on_cuda(x)) {
+      SYNCFREE_ON_CUDA(x, shard_pass_cuda(pass, input.scalar_type(), cuda_index(x)));
+    } else {
+      shard_pass_cpu(pass, input.scalar_type());
+    }
+  }
+  return shard_step_narrow(s) ? out.to(at::kInt) : out;
+}
+
+// Folds a step's collective result into the state (Note [Vocab-parallel steps]).
+void shard_merge_op(int64_t step, const Tensor& state, const Tensor& result) {
+  const int64_t rows = state_rows(state);
+  const Tensor v = result.to(at::kLong).contiguous();
+  const bool gathered = step_kind(int32_t(step)) == kStepMass;
+  TORCH_CHECK_VALUE(v.dim() == (gathered ? 3 : 2) && v.size(-2) == rows &&
+                        v.size(-1) == shard_step_columns(int32_t(step)),
+                    "result: expected the step's buffer", gathered ? ", gathered over the ranks" : "");
+  if (rows == 0 || state.device().is_meta()) return;
+  ShardRowsCall c{};
+  c.kind = ShardRowsKind::kMerge;
+  c.step = int32_t(step);
+  c.rows = rows;
+  c.state = state_of(state, rows);
+  c.in = v.data_ptr<int64_t>();
+  c.in_width = v.size(-1);
+  c.ranks = gathered ? v.size(0) : 1;
+  run_rows(state, c);
+}
+
+std::tuple<Tensor, Tensor> shard_finish_op(const Tensor& state, bool return_logprobs) {
+  const int64_t rows = state_rows(state);
+  Tensor tokens = at::empty({rows}, state.options().dtype(at::kLong));
+  Tensor logprobs = at::empty({return_logprobs ? rows : 0}, state.options().dtype(at::kFloat));
+  if (rows == 0 || state.device().is_meta()) return {tokens, logprobs};
+  ShardRowsCall c{};
+  c.kind = ShardRowsKind::kFinish;
+  c.rows = rows;
+  c.state = state_of(state, rows);
+  c.out = tokens.data_ptr<int64_t>();
+  c.logprobs = return_logprobs ? logprobs.data_ptr<float>() : nullptr;
+  run_rows(state, c);
+  return {tokens, logprobs};
+}
+
+}  // namespace
+
+SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
+  const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
+  m.def("_shard_call(Tensor local_logits, int vocab_start, int vocab_size, " SYNCFREE_WARPER_ARGS
+        ", " SYNCFREE_RNG_ARGS ", bool return_logprobs) -> int[]");
+  m.def("_shard_layout(Tensor table) -> int[]");
+  m.def("_shard_draw(Tensor like, Generator? generator, int vocab_size, int flags) -> Tensor", seeded);
+  m.def("_shard_head(Tensor local_logits) -> Tensor");
+  m.def("_shard_columns(Tensor local_logits, Tensor[] heads, int vocab_start, int vocab_size, int[] spans) -> "
+        "(Tensor, int)");
+  m.def("_shard_begin(Tensor local_logits, int vocab_size, " SYNCFREE_WARPER_ARGS ") -> Tensor");
+  m.def("_shard_local(int step, Tensor state, Tensor local_logits, int vocab_start, Tensor columns, int base, "
+        "int flags, Tensor? temperature, float temperature_value, Tensor? seed, Tensor? offset, int? seed_value, "
+        "int offset_value, Tensor rng_state) -> Tensor",
+        seeded);
+  m.def("_shard_merge(int step, Tensor(a!) state, Tensor result) -> ()");
+  m.def("_shard_finish(Tensor state, bool return_logprobs) -> (Tensor, Tensor)");
+}
+
+#define SYNCFREE_SHARD_IMPLS(key)                       \
+  SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, key, m) {         \
+    m.impl("_shard_call", &shard_call_op);              \
+    m.impl("_shard_draw", &shard_draw_op);              \
+    m.impl("_shard_head", &shard_head_op);              \
+    m.impl("_shard_columns", &shard_columns_op);        \
+    m.impl("_shard_begin", &shard_begin_op);            \
+    m.impl("_shard_local", &shard_local_op);            \
+    m.impl("_shard_merge", &shard_merge_op);            \
+    m.impl("_shard_finish", &shard_finish_op);          \
+  }
+SYNCFREE_SHARD_IMPLS(CPU)
+SYNCFREE_SHARD_IMPLS(CUDA)
+SYNCFREE_SHARD_IMPLS(Meta)
+SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CPU, m) { m.impl("_shard_layout", &shard_layout_op); }
+
+}  // namespace syncfree

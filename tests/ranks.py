@@ -1,0 +1,58 @@
+"""Ranks for syncfree.distributed's tests: a free port for real process groups, and simulated
+ranks in one process (every rank's steps run in lockstep, the collectives computed here), which
+run the shard ops on the CPU path or, inside cuda_on_cpu.emulating(), on the emulated CUDA kernels.
+"""
+import socket
+
+import torch
+
+import syncfree.distributed as sd
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _replies(kind, values):
+    """What each rank receives for its request: the layout check, or a collective's result."""
+    if kind == "layout":
+        return [torch.ops.syncfree._shard_layout(torch.tensor(values, dtype=torch.int64))] * len(values)
+    if kind == "gather":
+        return [torch.stack(values)] * len(values)
+    if kind == "sum":
+        return [torch.stack(values).sum(0).to(values[0].dtype)] * len(values)
+    if kind == "max":
+        return [torch.stack(values).amax(0)] * len(values)
+    assert kind is None, kind
+    return values
+
+
+def simulate(logits, bounds, generator_seed=None, return_logprobs=True, **kwargs):
+    """syncfree.distributed.sample over shards [start, end) of logits ([B, V]), one simulated rank
+    per shard; each rank's (tokens, logprobs). generator_seed: every rank gets a CPU generator
+    seeded with it (ranks must hold generators in one state)."""
+    vocab = logits.shape[-1]
+    ranks = []
+    for start, end in bounds:
+        generator = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
+        x, _, warpers, rng = sd._arguments(logits[:, start:end], start, vocab, kwargs.get("temperature", 1.0),
+                                           kwargs.get("top_k", 0), kwargs.get("top_p", 1.0), kwargs.get("min_p", 0.0),
+                                           kwargs.get("typical_p", 1.0), kwargs.get("seed"), kwargs.get("offset"),
+                                           generator)
+        ranks.append(sd._steps(x, start, vocab, warpers, rng, generator, return_logprobs))
+    requests = [next(r) for r in ranks]
+    while True:
+        kinds = {kind for kind, _ in requests}
+        assert len(kinds) == 1, f"ranks disagree on the next step: {kinds}"
+        replies = _replies(kinds.pop(), [value for _, value in requests])
+        results, requests = [], []
+        for rank, reply in zip(ranks, replies):
+            try:
+                requests.append(rank.send(reply))
+            except StopIteration as done:
+                results.append(done.value)
+        if results:
+            assert len(results) == len(ranks), "some ranks finished before the others"
+            return results
