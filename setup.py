@@ -49,13 +49,22 @@ def nvidia_wheel_includes():
     return sorted({d for d in dirs if os.path.isdir(d)})
 
 
+def build_flags():
+    """{"CXX": [...], "NVCC": [...]} from csrc/build_flags.txt, the flags every build shares."""
+    flags = {}
+    with open(os.path.join(ROOT, "csrc", "build_flags.txt")) as f:
+        for line in f:
+            if "=" in line and not line.startswith("#"):
+                name, value = line.split("=", 1)
+                flags[name.strip()] = value.split()
+    return flags
+
+
 def extension():
     # Relative paths (setuptools asks for them): every csrc/*.cpp and csrc/cpu/*.cpp, and with CUDA csrc/cuda/*.cu.
     sources = sorted(glob.glob("csrc/*.cpp", root_dir=ROOT) + glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
-    # Same rounding as the GPU: no contraction, no fast math. See Note [Same bits on CPU and CUDA].
-    # -fno-trapping-math changes no value; it lets gcc turn selects into vector blends.
-    cxx = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-fopenmp",
-           f'-DSYNCFREE_TORCH_VERSION="{torch.__version__}"']
+    flags = build_flags()  # same rounding as the GPU: See Note [Same bits on CPU and CUDA]
+    cxx = flags["CXX"] + ["-fopenmp", f'-DSYNCFREE_TORCH_VERSION="{torch.__version__}"']
     kwargs = dict(name="syncfree._C", include_dirs=[os.path.join(ROOT, "csrc")],
                   extra_link_args=["-fopenmp"])
     if not CUDA_HOME:
@@ -63,8 +72,7 @@ def extension():
             "no CUDA toolkit found (set CUDA_HOME to one)"
         print(f"syncfree: {why}; building the CPU-only extension", flush=True)
         return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
-    nvcc = ["-O3", "--fmad=false", "-lineinfo", "-DSYNCFREE_WITH_CUDA",
-            f'-DSYNCFREE_TORCH_VERSION="{torch.__version__}"']
+    nvcc = flags["NVCC"] + ["-DSYNCFREE_WITH_CUDA", f'-DSYNCFREE_TORCH_VERSION="{torch.__version__}"']
     if os.environ.get("SYNCFREE_PTXAS_VERBOSE") == "1":
         nvcc.append("-Xptxas=-v")
     kwargs["include_dirs"] += nvidia_wheel_includes()

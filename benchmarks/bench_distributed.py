@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,8 +43,10 @@ import torch.nn.functional as F
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
+sys.path.insert(0, os.path.join(BENCH_DIR, os.pardir, "tests"))
 import _timing as timing  # noqa: E402
 from _common import default_out, pyplot  # noqa: E402
+from ranks import free_port  # noqa: E402
 
 import syncfree  # noqa: E402
 import syncfree.distributed as sd  # noqa: E402
@@ -54,16 +55,10 @@ TEMPERATURE = 0.8
 WARPERS = dict(top_k=50, top_p=0.9, min_p=0.05, typical_p=0.95)  # the "all" rows
 PASS_BINS = (2048, 2048, 1024)  # radix histogram bins per pass (select.h: 11, 11, 10 bits)
 DTYPE = torch.float32
-GROUP = 16           # syncfree.distributed's race group (columns per group)
+GROUP = syncfree._C.group_size  # syncfree.distributed's race group (columns per group)
 INPUTS = 3           # distinct logits/seeds per shape, rotated through
 WARMUP = 2           # untimed calls of each method per configuration
 THREADS = 1          # torch threads per process
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def split_bounds(vocab, world, kind):
@@ -84,20 +79,21 @@ def syncfree_bytes(world, batch, elem=4, device="cpu", warpers=None):
     warpers = warpers or {}
     selections = sum(name in warpers for name in ("top_k", "top_p", "typical_p"))
     return {
-        # warpers: the row max (float32) all-reduced per row
-        "row_max": batch * 4 if warpers else 0,
+        # warpers: the row max and the lowest finite logit (order keys, int64 each) all-reduced per row
+        "row_max": batch * 16 if warpers else 0,
         # typical-p: mass and gap totals (int64 each); top-p's total is its first pass's sum
         "mass_totals": batch * 16 * ("typical_p" in warpers),
         # each selection: 3 radix passes of a [B, bins] histogram all-reduced: int32 counts for
         # top-k, int64 masses for top-p and typical-p
         "histograms": batch * sum(PASS_BINS) * (4 * ("top_k" in warpers) + 8 * (selections - ("top_k" in warpers))),
-        # _check_tiling: all_gather of int64 [vocab_start, width, rows, vocab_size] from every rank;
-        # on CUDA only on the first call for a layout and batch size
-        "tiling_info": world * 4 * 8 if device == "cpu" else 0,
-        # _extended_shard: all_gather of every rank's first 16 columns, [B, 16] in the logits dtype
+        # the layout check: all_gather of 6 int64 (vocab_start, width, rows, vocab_size, dtype, kind
+        # of call) from every rank; on CUDA only on the first call for a layout
+        "tiling_info": world * 6 * 8 if device == "cpu" else 0,
+        # the heads: all_gather of every rank's first GROUP columns, [B, GROUP] in the logits dtype
         "heads": world * batch * GROUP * elem,
-        # all_reduce MAX of the packed (order key << 31 | 2^31 - 1 - index) per row, int64 [B]
-        "best_packed": batch * 8,
+        # all_reduce MAX of the packed (order key << 31 | 2^31 - 1 - index) per row: the race's best
+        # candidate and the raw-argmax candidate of a row scaled to -inf, int64 [B, 2]
+        "best_packed": batch * 16,
         # all_reduce MAX of the token raced inside the winning group by its owner, int64 [B]
         "token": batch * 8,
     }
@@ -399,11 +395,11 @@ def main():
         "ag+sample / sf.dist.",
         "B/rank: bytes of collective results per rank per call (all_gather: gathered output incl. own part; "
         "all_reduce: the tensor).",
-        f"  sf.dist = world*32 tiling (CPU only: CUDA checks a layout once) + world*B*64 heads + B*16 all-reduces "
+        f"  sf.dist = world*48 layout (CPU only: CUDA checks a layout once) + world*B*64 heads + B*24 all-reduces "
         f"(e.g. world 2, B 1: {sum(example.values())} B);",
         "  ag = world*B*L_max*4 (= B*V*4 for even splits; the uneven split pads to the widest shard).",
         "uneven: rank r's share is proportional to r + 1, cut points off multiples of 16.",
-        f"warpers all: {WARPERS}; sf.dist adds all-reduces of B*4 row max + B*16 typical-p totals + radix histograms "
+        f"warpers all: {WARPERS}; sf.dist adds all-reduces of B*16 row max and lowest + B*16 typical-p totals + radix histograms "
         f"of 2048, 2048, 1024 bins per selection (int32 counts for top-k: B*20 KB; int64 masses for top-p and "
         f"typical-p: B*40 KB each).",
         f"collectives per call without warpers: sf.dist {4 if device == 'cpu' else 3} "

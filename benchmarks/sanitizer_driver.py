@@ -9,8 +9,8 @@ Kernels and the variants reached (csrc/cuda/*.cu):
                                             rows) and scalar loads (misaligned base, odd row stride);
                                             a row in one block and a B=1 row split over several blocks
                                             (ticket counters, then the graph's memset workspace);
-  syncfree_warp_select_kernel<T>            each warper alone and all four, per-row values;
-  syncfree_apply_keep_kernel<T>             syncfree.warp with and without warpers, scaled_logits;
+  syncfree_find_thresholds_kernel<T>            each warper alone and all four, per-row values;
+  syncfree_apply_thresholds_kernel<T>             syncfree.warp with and without warpers, scaled_logits;
   syncfree_resolve_group_kernel<T, false>   the race on shards (syncfree.distributed's steps);
   syncfree_shard_pass_kernel<T>, syncfree_shard_rows_kernel   every step of those calls (csrc/cuda/shard_cuda.cu).
 Noise from per-row seed/offset tensors, an int seed, the default generator and a user generator.

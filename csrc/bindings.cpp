@@ -1,6 +1,6 @@
 // The Python module: build facts, syncfree.distributed's step list, and
 // host-side test hooks. The ops themselves
-// are reached through torch.ops.syncfree (ops.cpp).
+// are reached through torch.ops.syncfree (ops.cpp, shard_ops.cpp).
 #include <ATen/core/PhiloxRNGEngine.h>
 #include <torch/python.h>
 

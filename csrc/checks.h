@@ -1,4 +1,4 @@
-// Input checks of the ops (ops.cpp): each raises a ValueError/TypeError that
+// Input checks of the ops (ops.cpp, shard_ops.cpp), the one copy of each: each raises a ValueError/TypeError that
 // names the argument and says what was expected, before any kernel runs.
 #pragma once
 

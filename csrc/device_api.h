@@ -18,7 +18,7 @@ void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::G
 
 // Writes the warped logits of every row (removed tokens at -inf) into out,
 // a contiguous float [rows, vocab].
-void warp_cpu(const SampleParams& p, c10::ScalarType dtype, float* out);
+void warped_logits_cpu(const SampleParams& p, c10::ScalarType dtype, float* out);
 
 // syncfree.distributed's steps (Note [Vocab-parallel steps] in core/shard.h);
 // the CUDA twins below.
@@ -28,10 +28,10 @@ void shard_pass_cpu(const ShardPassCall& c, c10::ScalarType dtype);
 #ifdef SYNCFREE_WITH_CUDA
 // The warpers' kept set of every row into keeps (device memory, [rows]);
 // greedy rows get keep_all unless greedy_rows_too (syncfree.warp).
-void warp_select_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
+void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
                       bool greedy_rows_too);
 // out[row, i] = the row's scaled logit i where kept, -inf elsewhere.
-void warp_apply_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
+void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
                      float* out);
 void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
                  const std::optional<at::Generator>& generator, bool from_generator);

@@ -122,7 +122,7 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
   RowTensors row_tensors;
   set_warpers(p, row_tensors, w, p.rows);
   if (!on_cuda(logits)) {
-    warp_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
+    warped_logits_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
   } else {
 #ifdef SYNCFREE_WITH_CUDA
     Tensor keeps;
@@ -130,9 +130,9 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
     if (p.warped) {
       keeps = at::empty({p.rows * int64_t(sizeof(RowKeep))}, logits.options().dtype(at::kByte));
       keep_ptr = reinterpret_cast<RowKeep*>(keeps.data_ptr());
-      warp_select_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, true);
+      find_thresholds_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, true);
     }
-    warp_apply_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, warped.data_ptr<float>());
+    apply_thresholds_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, warped.data_ptr<float>());
 #else
     fail_without_cuda(logits.device());
 #endif

@@ -163,7 +163,7 @@ std::tuple<Tensor, int64_t> shard_columns_op(const Tensor& x, at::TensorList hea
     pieces.push_back(heads[owner].narrow(1, at, take));
     column += take;
   }
-  return {at::cat(pieces, 1), first};
+  return {pieces.size() == 1 ? pieces[0] : at::cat(pieces, 1), first};
 }
 
 ShardState state_of(const Tensor& state, int64_t rows) {

@@ -2,7 +2,7 @@
 
 The wrappers only sort Python numbers from tensors and never read tensor
 values, so they run on meta tensors and trace under torch.compile. Every check
-of shapes, dtypes, devices and scalar ranges happens in C++ (csrc/ops.cpp)
+of shapes, dtypes, devices and scalar ranges happens in C++ (csrc/checks.cpp)
 before any kernel runs.
 """
 from typing import Optional, Union
@@ -27,7 +27,7 @@ def _number_or_tensor(value, name):
 
 
 def _warper_args(temperature, top_k, top_p, min_p, typical_p):
-    """The op's (tensor, value) pairs; ranges are checked in C++ (csrc/ops.cpp)."""
+    """The op's (tensor, value) pairs; ranges are checked in C++ (csrc/checks.cpp)."""
     args = []
     for name, value, identity in (("temperature", temperature, 1.0), ("top_k", top_k, 0), ("top_p", top_p, 1.0),
                                   ("min_p", min_p, 0.0), ("typical_p", typical_p, 1.0)):

@@ -212,7 +212,7 @@ def test_sharded_sampling_is_bit_identical(world, layout_seed):
 @requires_cuda
 @pytest.mark.parametrize("world,layout_seed", [(2, 0), (3, 1)])
 def test_cuda_shards_are_bit_identical(world, layout_seed):
-    """The CUDA kernels on shards (race_shard, shard_masses, min_p_floor, generator_state), ranks
+    """The CUDA kernels of the shard steps (csrc/cuda/shard_cuda.cu, the race on shards), ranks
     sharing one GPU through Gloo: equal to single-device CUDA sampling, hence to the CPU."""
     run_sharded(world, layout_seed, device="cuda")
 

@@ -5,6 +5,9 @@ import pytest
 import torch
 
 import syncfree
+import syncfree.distributed as sd
+
+import ranks
 
 INF, NAN = float("inf"), float("nan")
 
@@ -190,10 +193,19 @@ def test_a_winning_group_with_no_winner_answers_an_in_range_token():
     """Note [A winning group with no winner]: racing a group whose tokens are all masked (what a
     changed input can cause) gives token 0, never the internal 2^31 - 1."""
     x = torch.randn(4, 40)
-    x[:, :16] = -INF
-    _, tokens = torch.ops.syncfree.race_shard(x, 0, torch.tensor([0, 1, 0, 2]), None, None, 1.0, None, None, 3, 0,
-                                              None, None)
-    assert tokens[0] == 0 and tokens[2] == 0 and ((tokens >= 0) & (tokens < 40)).all()
+    # One rank of syncfree.distributed: its race picks groups, then the logits change before the
+    # token race inside them (a resolve step reading a group with no unmasked token).
+    steps = sd._steps(x, 0, 40, *sd._arguments(x, 0, 40, 1.0, 0, 1.0, 0.0, 1.0, 3, 0, None)[2:], None, True)
+    request = next(steps)
+    for _ in range(2):  # the layout and the heads: the race has run when it asks for its collective
+        request = steps.send(ranks._replies(request[0], [request[1]])[0])
+    x[:2] = -INF
+    with pytest.raises(StopIteration) as done:
+        while True:
+            request = steps.send(ranks._replies(request[0], [request[1]])[0])
+    tokens, logprobs = done.value.value
+    assert torch.equal(tokens[:2], torch.zeros(2, dtype=torch.int64)) and (logprobs[:2] == -INF).all()
+    assert torch.equal(tokens[2:], syncfree.sample(x, seed=3)[2:])
 
 
 def test_a_temperature_that_is_zero_in_float32_is_greedy():
@@ -247,9 +259,12 @@ def test_a_row_that_a_tiny_temperature_scales_to_minus_infinity_answers_its_argm
     assert tokens.tolist() == [want[0], want[1], 0, want[3], 10] and valid.tolist() == [True, True, False, True, True]
 
 
-def test_shard_masses_of_a_row_spanning_the_float_range_are_finite():
+def test_typical_p_over_shards_of_a_row_spanning_the_float_range():
     """e^(y - m) (m - y) once computed 0 * inf = NaN for a token 6e38 below the max, and converted it to an
-    integer (undefined behaviour)."""
-    y = torch.tensor([[3e38, -3e38, 0.0, -float("inf")]])
-    mass, gap = torch.ops.syncfree.shard_masses(y, torch.tensor([3e38]), torch.tensor([87.0]), 40)
-    assert mass.tolist() == [[2**40, 0, 0, 0]] and gap.tolist() == [[0, 0, 0, 0]]
+    integer (undefined behaviour): the distributed typical-p sums, over two simulated ranks, agree with
+    one device."""
+    x = torch.tensor([[3e38, -3e38, 0.0, -float("inf"), 3e38, 1.0] * 4])
+    for config in (dict(typical_p=0.5), dict(typical_p=0.9, top_p=0.9)):
+        want = syncfree.sample(x, seed=1, return_logprobs=True, **config)
+        for tokens, logprobs in ranks.simulate(x, [(0, 5), (5, 24)], seed=1, **config):
+            assert torch.equal(tokens, want[0]) and torch.equal(logprobs, want[1])

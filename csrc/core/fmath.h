@@ -11,7 +11,7 @@
 // is fused on one side only. Never build with --use_fast_math.
 #pragma once
 
-#include "hd.h"
+#include "host_device.h"
 
 namespace syncfree {
 

@@ -1,4 +1,4 @@
-// The plain description of one sampling call that ops.cpp hands to the CPU
+// The plain description of one sampling call that the op files hand to the CPU
 // and CUDA implementations (raw pointers, no torch types).
 #pragma once
 

@@ -1,7 +1,7 @@
 // Philox4x32-10 counter-based generator, identical on host and device.
 #pragma once
 
-#include "hd.h"
+#include "host_device.h"
 
 namespace syncfree {
 

@@ -121,7 +121,7 @@ struct RowRace {
 
 // Whether a temperature, as the kernels see it (float32), means greedy: NaN
 // or <= 0 (a float64 value that rounds to 0 included). The one definition;
-// ops.cpp and syncfree.distributed ask it too.
+// the op files ask it too.
 SF_HD bool is_greedy_temperature(float t) { return !(t > 0.0f); }
 
 // Temperature clamp for per-row values (README "Bad input"): greedy as above,

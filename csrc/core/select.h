@@ -196,29 +196,6 @@ SF_HD bool pick_bin(const uint64_t* hist, uint64_t target, SelectState& s) {
 
 namespace syncfree {
 
-// Radix selection from the top over a row held in memory (the CPU path and
-// the host tests): `entry(i, &key, &weight)` gives element i's key and
-// weight (weight 0: not a candidate). Finds the largest key u whose
-// inclusive cumulative weight from the top reaches target; false if the
-// total weight is below target.
-template <typename Entry>
-SF_HOST_INLINE bool select_from_top(int64_t n, uint64_t target, Entry&& entry, uint32_t* result) {
-  SelectState s{0u, 0, 0u};
-  uint64_t hist[kBins];
-  while (s.done < 32) {
-    for (int b = 0; b < kBins; ++b) hist[b] = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      uint32_t key;
-      uint64_t weight;
-      entry(i, &key, &weight);
-      if (weight > 0 && in_range(key, s)) hist[key_digit(key, s)] += weight;
-    }
-    if (!pick_bin(hist, target, s)) return false;
-  }
-  *result = s.prefix;
-  return true;
-}
-
 // Host scratch for row_keep, reused across the rows a CPU thread handles.
 struct SelectScratch {
   std::vector<float> exps;       // e^(y - m), 0 for masked
@@ -227,7 +204,9 @@ struct SelectScratch {
   std::vector<int32_t> candidates, next;
 };
 
-// Radix selection over arrays (host): like select_from_top, but each pass
+// Radix selection from the top over arrays (the CPU path): finds the largest
+// key u whose inclusive cumulative weight from the top reaches target (weight
+// 0: not a candidate); false if the total weight is below target. Each pass
 // after the first reads only the candidates left in the chosen bin.
 SF_HOST_INLINE bool select_top(const uint32_t* keys, const uint64_t* weights, int64_t n, uint64_t target,
                        SelectScratch& scratch, uint32_t* result) {

@@ -50,12 +50,6 @@ SF_HD RacePartial race_chunk_body(const SampleParams& p, const RowRace& r, const
   return acc;
 }
 
-template <typename T, bool kProbs>
-RacePartial race_chunk_baseline(const SampleParams& p, const RowRace& r, const T* row, const RowSplit& s,
-                                int32_t split) {
-  return race_chunk_body<T, kProbs>(p, r, row, s, split);
-}
-
 #if defined(__x86_64__)
 // The same code with FMA and AVX2: fma_f becomes one instruction instead of
 // a libm call, and the 16-wide group loops vectorise. Results are identical
@@ -96,7 +90,7 @@ RacePartial race_chunk(const SampleParams& p, const RowRace& r, const T* row, co
 #if defined(__x86_64__)
   if (cpu_has_avx2_fma()) return race_chunk_avx2<T, kProbs>(p, r, row, s, split);
 #endif
-  return race_chunk_baseline<T, kProbs>(p, r, row, s, split);
+  return race_chunk_body<T, kProbs>(p, r, row, s, split);
 }
 
 // The argmax of raw logits [begin, end) of a row (Note [Logits past the temperature's range]).
@@ -134,7 +128,7 @@ void finish(const SampleParams& p, int64_t row_index, const RowRace& r, const T*
 
 // The warpers' kept set of every row (keep_all for greedy and unwarped rows).
 template <typename T>
-std::vector<RowKeep> warp_rows(const SampleParams& p) {
+std::vector<RowKeep> row_thresholds(const SampleParams& p) {
   std::vector<RowKeep> keeps(size_t(p.rows), keep_all());
   const T* input = static_cast<const T*>(p.input);
   at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
@@ -181,7 +175,7 @@ void sample_rows(const SampleParams& p) {
   std::vector<RacePartial> partials(size_t(tasks), empty_partial());
   const T* input = static_cast<const T*>(p.input);
   const int64_t tasks_per_grain = std::max<int64_t>(1, kCpuMinChunk / (split.chunk + 1));
-  const std::vector<RowKeep> keeps = !kProbs && p.warped ? warp_rows<T>(p) : std::vector<RowKeep>();
+  const std::vector<RowKeep> keeps = !kProbs && p.warped ? row_thresholds<T>(p) : std::vector<RowKeep>();
   SampleParams warped = p;
   warped.keeps = keeps.empty() ? p.keeps : keeps.data();  // p.keeps: kept sets given by the caller
   const auto race_of = [&](int64_t row) { return row_race(warped, row); };
@@ -212,7 +206,7 @@ void sample_rows(const SampleParams& p) {
 }
 
 template <typename T>
-void warp_rows_into(const SampleParams& p, float* out) {
+void warped_rows_into(const SampleParams& p, float* out) {
   const T* input = static_cast<const T*>(p.input);
   at::parallel_for(0, p.rows, 1, [&](int64_t begin, int64_t end) {
     thread_local SelectScratch scratch;
@@ -230,9 +224,9 @@ void warp_rows_into(const SampleParams& p, float* out) {
 
 }  // namespace
 
-void warp_cpu(const SampleParams& p, c10::ScalarType dtype, float* out) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_warp_cpu",
-                                  [&] { warp_rows_into<scalar_t>(p, out); });
+void warped_logits_cpu(const SampleParams& p, c10::ScalarType dtype, float* out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_warped_logits_cpu",
+                                  [&] { warped_rows_into<scalar_t>(p, out); });
 }
 
 void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::Generator>& generator,

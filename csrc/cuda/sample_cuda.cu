@@ -357,7 +357,7 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   c10::DataPtr keeps;
   if (p.warped && !p.probs) {
     keeps = c10::cuda::CUDACachingAllocator::get()->allocate(size_t(p.rows) * sizeof(RowKeep));
-    warp_select_cuda(p, dtype, device, static_cast<RowKeep*>(keeps.get()), false);
+    find_thresholds_cuda(p, dtype, device, static_cast<RowKeep*>(keeps.get()), false);
     args.p.keeps = static_cast<const RowKeep*>(keeps.get());
   }
 

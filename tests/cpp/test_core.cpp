@@ -5,6 +5,7 @@
 //   cmake -S . -B build/cmake && cmake --build build/cmake -j2 && ctest --test-dir build/cmake --output-on-failure
 #include "core/select.h"
 #include "core/params.h"
+#include "core/shard.h"
 #include "cuda/plans.h"
 
 #include <algorithm>
@@ -626,13 +627,10 @@ void test_selection() {
       }
     }
     uint32_t key = 0;
-    const bool got = select_from_top(
-        n, target,
-        [&](int64_t i, uint32_t* k, uint64_t* weight) {
-          *k = order_key(y[size_t(i)]);
-          *weight = w[size_t(i)];
-        },
-        &key);
+    std::vector<uint32_t> keys(y.size());
+    for (size_t i = 0; i < y.size(); ++i) keys[i] = order_key(y[i]);
+    SelectScratch scratch;
+    const bool got = select_top(keys.data(), w.data(), n, target, scratch, &key);
     CHECK_MSG(got == found, "trial %d: found %d, expected %d", trial, int(got), int(found));
     if (got && found) CHECK_MSG(key_value(key) == expected, "trial %d: %g vs %g", trial, key_value(key), expected);
   }
@@ -669,6 +667,31 @@ void test_sample_plan() {
   CHECK(plan_sample(300, 128256, 132).split.splits == 1);
 }
 
+// syncfree.distributed's packed candidates: a max over ranks finds the best
+// key and, among equal keys, the lowest index; the step list follows the flags.
+void test_shard_protocol() {
+  const float keys[] = {-kInf, -2.5f, 0.0f, 1.0f, 1.0f, kInf};
+  const int64_t indices[] = {0, 7, 3, 9, 4, 12};
+  int64_t best = 0;
+  for (int i = 0; i < 6; ++i) {
+    const int64_t packed = pack_candidate(keys[i], indices[i]);
+    CHECK(packed > 0 && packed_index(packed) == indices[i] && packed_key(packed) == keys[i]);
+    best = packed > best ? packed : best;
+  }
+  CHECK(packed_key(best) == kInf && packed_index(best) == 12);
+  CHECK(pack_candidate(1.0f, 4) > pack_candidate(1.0f, 9) && pack_candidate(1.0f, 9) > pack_candidate(0.5f, 0));
+  CHECK(packed_index(pack_candidate(-kInf, kNoIndex)) == kNoIndex);
+  // No warper: the race, the resolve and, with logprobs, two more steps.
+  CHECK(shard_steps(0).size() == 2 && shard_steps(kCallLogprobs).size() == 4);
+  // Each selection takes kSelectPasses summed histograms; min-p none; typical-p its sums first.
+  const auto all = shard_steps(kCallWarpers);
+  CHECK(int(all.size()) == 1 + 3 * kSelectPasses + 1 + 1 + 2);
+  int bins = 0;
+  for (int pass = 0; pass < kSelectPasses; ++pass) bins += shard_step_columns(kStepTopK * kStepStride + pass);
+  CHECK(bins == (1 << kDigitBits) * (kSelectPasses - 1) + (1 << (32 - (kSelectPasses - 1) * kDigitBits)));
+  CHECK(shard_steps(kCallWarpers | kCallAllGreedy).size() == 2);  // greedy rows ignore the warpers
+}
+
 int main() {
   struct {
     const char* name;
@@ -684,6 +707,7 @@ int main() {
       {"merge equals sequential", test_merge_equals_sequential},
       {"selection", test_selection},
       {"sample launch plan", test_sample_plan},
+      {"shard protocol", test_shard_protocol},
   };
   for (const auto& t : tests) {
     const int failed_before = g_failed;

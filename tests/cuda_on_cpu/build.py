@@ -31,6 +31,14 @@ VARIANTS = {
 }
 
 
+def shared_flags(csrc, name):
+    """A line of csrc/build_flags.txt (the flags every build of syncfree shares), as a list."""
+    for line in (pathlib.Path(csrc) / "build_flags.txt").read_text().splitlines():
+        if line.startswith(f"{name} = "):
+            return line.split("=", 1)[1].split()
+    raise KeyError(f"{name} is not in build_flags.txt")
+
+
 def tool_env():
     """The environment for compilers and binutils: without a sanitizer runtime preloaded into them."""
     return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
@@ -55,8 +63,10 @@ def _sources(csrc):
 
 
 def _flags(variant, kind, csrc, defines, includes):
-    flags = ["-std=c++20", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing", "-ffp-contract=off",
-             "-fno-fast-math", "-fno-trapping-math", "-fopenmp", "-DSYNCFREE_WITH_CUDA", "-DSYNCFREE_CUDA_ON_CPU",
+    # The shared rounding flags, at the variant's own optimisation level (compile time, sanitizers).
+    rounding = [f for f in shared_flags(csrc, "CXX") if not f.startswith("-O")]
+    flags = ["-std=c++20", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing", *rounding,
+             "-fopenmp", "-DSYNCFREE_WITH_CUDA", "-DSYNCFREE_CUDA_ON_CPU",
              *defines, f"-I{csrc}", f"-I{LAYER / 'include'}", f"-I{LAYER}", *includes]
     variant_flags = VARIANTS[variant]
     if variant == "tsan" and kind == "layer":  # the runtime's own bookkeeping is not a data race

@@ -1,6 +1,6 @@
 // The Python face of the CPU execution layer: settings, the resource report,
 // the launch log, memory, graphs and generators. The ops themselves are
-// csrc/ops.cpp, registered as torch.ops.syncfree_emulated in this build.
+// the op files (csrc/*.cpp), registered as torch.ops.syncfree_emulated in this build.
 #include "runtime.h"
 
 #include <ATen/CPUGeneratorImpl.h>

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 
-from .build import CACHE, ROOT, tool_env
+from .build import CACHE, ROOT, shared_flags, tool_env
 
 ARCH = "sm_90"
 
@@ -30,7 +30,7 @@ def _nvcc_flags(csrc):
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
     wheel_includes = sorted({str(p) for site in sys.path if site
                              for p in pathlib.Path(site).glob("nvidia/*/include") if p.is_dir()})
-    return ([f"-arch={ARCH}", "-std=c++20", "-O3", "--fmad=false", "-DSYNCFREE_WITH_CUDA",
+    return ([f"-arch={ARCH}", "-std=c++20", *shared_flags(csrc, "NVCC"), "-DSYNCFREE_WITH_CUDA",
              f'-DSYNCFREE_TORCH_VERSION="{torch.__version__}"', f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
              *COMMON_NVCC_FLAGS, f"-I{csrc}"]
             + [f"-I{p}" for p in include_paths() + wheel_includes])

@@ -125,7 +125,7 @@ __device__ bool block_select(int64_t vocab, uint64_t target, Entry entry, Select
 
 template <typename T>
 __global__ void __launch_bounds__(kSelectThreads)
-    syncfree_warp_select_kernel(SampleParams p, RowKeep* keeps, bool greedy_rows_too) {
+    syncfree_find_thresholds_kernel(SampleParams p, RowKeep* keeps, bool greedy_rows_too) {
   __shared__ SelectShared sh;
   const int64_t row = blockIdx.x;
   const int t = threadIdx.x;
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kSelectThreads)
 
 // The warped logits of syncfree.warp: scaled, removed tokens at -inf.
 template <typename T>
-__global__ void syncfree_apply_keep_kernel(SampleParams p, const RowKeep* keeps, float* out) {
+__global__ void syncfree_apply_thresholds_kernel(SampleParams p, const RowKeep* keeps, float* out) {
   const int64_t row = blockIdx.x;  // rows on x: up to 2^31 - 1
   SampleParams with_keeps = p;
   with_keeps.keeps = keeps;
@@ -233,25 +233,25 @@ void dispatch(c10::ScalarType dtype, F&& f) {
 
 }  // namespace
 
-void warp_select_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
+void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
                       bool greedy_rows_too) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_kernel<syncfree_warp_select_kernel<T>>(dim3(unsigned(p.rows)), dim3(kSelectThreads), 0, stream, p, keeps,
+    launch_kernel<syncfree_find_thresholds_kernel<T>>(dim3(unsigned(p.rows)), dim3(kSelectThreads), 0, stream, p, keeps,
                                                   greedy_rows_too);
   });
 }
 
-void warp_apply_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
+void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
                      float* out) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   const dim3 grid(unsigned(p.rows), unsigned(std::min<int64_t>(ceil_div(p.vocab, 256), 1024)));
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_kernel<syncfree_apply_keep_kernel<T>>(grid, dim3(256), 0, stream, p, keeps, out);
+    launch_kernel<syncfree_apply_thresholds_kernel<T>>(grid, dim3(256), 0, stream, p, keeps, out);
   });
 }
 
