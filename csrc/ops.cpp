@@ -30,6 +30,7 @@ void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, i
   p.warped = w.any(p.vocab);
 }
 
+template <Backend B>
 Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
                    const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                    std::optional<int64_t> seed_value, int64_t offset_value,
@@ -50,7 +51,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   o.tokens = out.has_value() ? *out : at::empty(batch_shape, options.dtype(at::kLong));
   o.logprobs = at::empty(return_logprobs ? batch_shape : std::vector<int64_t>{0}, options.dtype(at::kFloat));
   o.valid = at::empty(return_valid ? batch_shape : std::vector<int64_t>{0}, options.dtype(at::kBool));
-  if (rows == 0 || input.device().is_meta()) return o;
+  if (B == Backend::kMeta || rows == 0) return o;
 
   const Tensor seeds = seed.has_value() ? seed->contiguous().view({rows}) : Tensor();
   const Tensor offsets = offset.has_value() ? offset->contiguous().view({rows}) : Tensor();
@@ -76,7 +77,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   // Greedy calls with a scalar temperature draw no noise and leave the generator alone.
   const bool all_greedy = !probs && !w.temperature.has_value() && is_greedy_temperature(float(w.temperature_value));
   const bool from_generator = !seed.has_value() && !seed_value.has_value() && !all_greedy && shard.rng_state == nullptr;
-  if (!on_cuda(input)) {
+  if constexpr (B == Backend::kCpu) {
     sample_cpu(p, input.scalar_type(), generator, from_generator);
   } else {
     SYNCFREE_ON_CUDA(input, sample_cuda(p, input.scalar_type(), cuda_index(input), generator, from_generator));
@@ -84,36 +85,49 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   return o;
 }
 
+#define SYNCFREE_INSTANTIATE(backend)                                                                              \
+  template Outputs run_sample<backend>(const std::optional<Tensor>&, const Tensor&, bool, const WarperArgs&,       \
+                                       const std::optional<Tensor>&, const std::optional<Tensor>&,                \
+                                       std::optional<int64_t>, int64_t, const std::optional<at::Generator>&, bool, \
+                                       bool, const ShardCall&, const RowKeep*);
+SYNCFREE_INSTANTIATE(Backend::kCpu)
+SYNCFREE_INSTANTIATE(Backend::kCuda)
+SYNCFREE_INSTANTIATE(Backend::kMeta)
+#undef SYNCFREE_INSTANTIATE
+
 namespace {
 
+template <Backend B>
 std::tuple<Tensor, Tensor, Tensor> sample_op(const Tensor& input, bool probs, SYNCFREE_WARPER_PARAMS,
                                              const std::optional<Tensor>& seed,
                                              const std::optional<Tensor>& offset,
                                              std::optional<int64_t> seed_value, int64_t offset_value,
                                              const std::optional<at::Generator>& generator,
                                              bool return_logprobs, bool return_valid) {
-  Outputs o = run_sample(std::nullopt, input, probs, SYNCFREE_WARPER_STRUCT, seed, offset, seed_value,
+  Outputs o = run_sample<B>(std::nullopt, input, probs, SYNCFREE_WARPER_STRUCT, seed, offset, seed_value,
                          offset_value, generator, return_logprobs, return_valid);
   return {o.tokens, o.logprobs, o.valid};
 }
 
+template <Backend B>
 std::tuple<Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool probs, SYNCFREE_WARPER_PARAMS,
                                           const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                                           std::optional<int64_t> seed_value, int64_t offset_value,
                                           const std::optional<at::Generator>& generator, bool return_logprobs,
                                           bool return_valid) {
-  Outputs o = run_sample(out, input, probs, SYNCFREE_WARPER_STRUCT, seed, offset, seed_value, offset_value,
+  Outputs o = run_sample<B>(out, input, probs, SYNCFREE_WARPER_STRUCT, seed, offset, seed_value, offset_value,
                          generator, return_logprobs, return_valid);
   return {o.logprobs, o.valid};
 }
 
 // The warped, temperature-scaled logits of every row in float32 (removed
 // tokens at -inf; temperature 0 scales nothing): race_value of each element.
+template <Backend B>
 Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
   check_input(logits, "logits");
   check_warpers(w, logits);
   Tensor warped = at::empty_like(logits, logits.options().dtype(at::kFloat), at::MemoryFormat::Contiguous);
-  if (logits.device().is_meta() || logits.numel() == 0) return warped;
+  if (B == Backend::kMeta || logits.numel() == 0) return warped;
   SampleParams p{};
   p.input = logits.data_ptr();
   p.row_stride = logits.dim() == 2 ? logits.stride(0) : 0;
@@ -121,7 +135,7 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
   p.vocab = logits.size(-1);
   RowTensors row_tensors;
   set_warpers(p, row_tensors, w, p.rows);
-  if (!on_cuda(logits)) {
+  if constexpr (B == Backend::kCpu) {
     warped_logits_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
   } else {
 #ifdef SYNCFREE_WITH_CUDA
@@ -141,13 +155,12 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
 }
 
 // syncfree.warp: the warped logits and their log_softmax.
+template <Backend B>
 std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS) {
-  const Tensor warped = warped_logits(logits, SYNCFREE_WARPER_STRUCT);
-  if (warped.device().is_meta() || warped.numel() == 0) return {warped, at::empty_like(warped)};
+  const Tensor warped = warped_logits<B>(logits, SYNCFREE_WARPER_STRUCT);
+  if (warped.numel() == 0) return {warped, at::empty_like(warped)};
   return {warped, at::log_softmax(warped, -1)};
 }
-
-}  // namespace
 
 #define SYNCFREE_SAMPLE_ARGS \
   "Tensor input, bool probs, " SYNCFREE_WARPER_ARGS ", " SYNCFREE_RNG_ARGS ", bool return_logprobs, bool return_valid"
@@ -159,16 +172,15 @@ SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ") -> (Tensor warped, Tensor logprobs)");
 }
 
-// Each op routes on its input's device itself (on_cuda), and on Meta only
-// checks and allocates: one implementation under every key.
-#define SYNCFREE_PUBLIC_IMPLS(key)                \
-  SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, key, m) {   \
-    m.impl("sample", &sample_op);                 \
-    m.impl("sample_into", &sample_into_op);       \
-    m.impl("warp", &warp_op);                     \
-  }
-SYNCFREE_PUBLIC_IMPLS(CPU)
-SYNCFREE_PUBLIC_IMPLS(CUDA)
-SYNCFREE_PUBLIC_IMPLS(Meta)
+template <Backend B>
+void register_public_ops(torch::Library& m) {
+  m.impl("sample", &sample_op<B>);
+  m.impl("sample_into", &sample_into_op<B>);
+  m.impl("warp", &warp_op<B>);
+}
+
+}  // namespace
+
+SYNCFREE_REGISTER_KERNELS(register_public_ops)
 
 }  // namespace syncfree

@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/Generator.h>
+#include <torch/library.h>
 
 #include <optional>
 #include <vector>
@@ -16,35 +17,45 @@ namespace syncfree {
 
 using at::Tensor;
 
+// Every op has one kernel per dispatch key, a template over the implementation
+// it runs: the CPU path, the CUDA kernels, or (Meta) only the checks and the
+// outputs' allocation.
+enum class Backend { kCpu, kCuda, kMeta };
+
 // Note [CUDA kernels on the CPU]
 // ------------------------------
 // The CPU execution layer (tests/cuda_on_cpu) compiles the op files with
-// SYNCFREE_CUDA_ON_CPU: the ops are then registered as torch.ops.syncfree_emulated
-// and send CPU tensors down the CUDA path, whose kernels that build runs on the
-// host (device 0). Every routing decision goes through these two.
+// SYNCFREE_CUDA_ON_CPU: the ops are then registered as torch.ops.syncfree_emulated,
+// with the CUDA implementation under the CPU key, and the kernels run on the
+// host (device 0).
 #ifdef SYNCFREE_CUDA_ON_CPU
-inline bool on_cuda(const Tensor& t) { return t.device().is_cpu(); }
+constexpr Backend kCpuKeyBackend = Backend::kCuda;
 inline c10::DeviceIndex cuda_index(const Tensor&) { return 0; }
 #define SYNCFREE_OPS syncfree_emulated
 #else
-inline bool on_cuda(const Tensor& t) { return t.device().is_cuda(); }
+constexpr Backend kCpuKeyBackend = Backend::kCpu;
 inline c10::DeviceIndex cuda_index(const Tensor& t) { return t.device().index(); }
 #define SYNCFREE_OPS syncfree
 #endif
 // The indirection lets TORCH_LIBRARY see the namespace macro expanded.
 #define SYNCFREE_LIBRARY_FRAGMENT(ns, m) TORCH_LIBRARY_FRAGMENT(ns, m)
 #define SYNCFREE_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+// Registers register_fn<backend>(m) under the CPU, CUDA and Meta keys.
+#define SYNCFREE_REGISTER_KERNELS(register_fn)                                                   \
+  SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CPU, m) { register_fn<::syncfree::kCpuKeyBackend>(m); }   \
+  SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CUDA, m) { register_fn<::syncfree::Backend::kCuda>(m); }  \
+  SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, Meta, m) { register_fn<::syncfree::Backend::kMeta>(m); }
 
 // The CUDA kernels are registered in every build: a CPU-only build says what is missing.
 [[noreturn]] inline void fail_without_cuda(const c10::Device& device) {
   TORCH_CHECK(false, "syncfree was built without CUDA; rebuild with a CUDA toolkit to run on ", device);
 }
 
-// Runs body() for a tensor that the CUDA path handles, else fails.
+// Runs a call into the CUDA implementation (device_api.h), or fails in a build without CUDA.
 #ifdef SYNCFREE_WITH_CUDA
-#define SYNCFREE_ON_CUDA(tensor, body) body
+#define SYNCFREE_ON_CUDA(tensor, call) call
 #else
-#define SYNCFREE_ON_CUDA(tensor, body) fail_without_cuda((tensor).device())
+#define SYNCFREE_ON_CUDA(tensor, call) fail_without_cuda((tensor).device())
 #endif
 
 // A per-row parameter tensor in the layout the kernels read ([rows],
@@ -70,8 +81,9 @@ struct Outputs {
   Tensor tokens, logprobs, valid;
 };
 
-// One sampling call: every check, then the CPU or CUDA path. `shard` and
-// `keeps` are set by the shard ops only.
+// One sampling call: every check, then backend B's implementation. `shard`
+// and `keeps` are set by the shard ops only.
+template <Backend B>
 Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
                    const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                    std::optional<int64_t> seed_value, int64_t offset_value,

@@ -114,13 +114,14 @@ std::vector<int64_t> shard_layout_op(const Tensor& table) {
 // The generator draw of one sampling call over the whole vocabulary as an
 // int64 [2] (seed, position), advancing the generator as that call would; [0]
 // when the call draws nothing (a seed, or a scalar temperature 0).
+template <Backend B>
 Tensor shard_draw_op(const Tensor& like, const std::optional<at::Generator>& generator, int64_t vocab,
                      int64_t flags) {
   if (generator.has_value()) check_generator_device(*generator, like, "local_logits");
   const bool draws = !(flags & (kCallSeed | kCallAllGreedy));
   Tensor out = at::empty({draws ? 2 : 0}, like.options().dtype(at::kLong));
-  if (!draws || like.device().is_meta()) return out;
-  if (on_cuda(like)) {
+  if (!draws || B == Backend::kMeta) return out;
+  if constexpr (B == Backend::kCuda) {
     SYNCFREE_ON_CUDA(like, generator_state_cuda(generator, cuda_index(like), vocab, out.data_ptr<int64_t>()));
     return out;
   }
@@ -178,21 +179,23 @@ int64_t state_rows(const Tensor& state) {
   return rows;
 }
 
+template <Backend B>
 void run_rows(const Tensor& like, const ShardRowsCall& c) {
-  if (c.rows == 0 || like.device().is_meta()) return;
-  if (on_cuda(like)) {
-    SYNCFREE_ON_CUDA(like, shard_rows_cuda(c, cuda_index(like)));
-  } else {
+  if (c.rows == 0) return;
+  if constexpr (B == Backend::kCpu) {
     shard_rows_cpu(c);
+  } else if constexpr (B == Backend::kCuda) {
+    SYNCFREE_ON_CUDA(like, shard_rows_cuda(c, cuda_index(like)));
   }
 }
 
+template <Backend B>
 Tensor shard_begin_op(const Tensor& x, int64_t vocab_size, SYNCFREE_WARPER_PARAMS) {
   const WarperArgs w = SYNCFREE_WARPER_STRUCT;
   check_warpers(w, x);
   const int64_t rows = x.size(0);
   Tensor state = at::empty({shard_state_bytes(rows)}, x.options().dtype(at::kByte));
-  if (x.device().is_meta()) return state;
+  if (B == Backend::kMeta) return state;
   ShardRowsCall c{};
   c.kind = ShardRowsKind::kBegin;
   c.rows = rows;
@@ -201,11 +204,12 @@ Tensor shard_begin_op(const Tensor& x, int64_t vocab_size, SYNCFREE_WARPER_PARAM
   c.params.vocab = vocab_size;
   RowTensors keep_alive;
   set_warpers(c.params, keep_alive, w, rows);
-  run_rows(x, c);
+  run_rows<B>(x, c);
   return state;
 }
 
 // A step's local part: the buffer its collective takes.
+template <Backend B>
 Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_t vocab_start, const Tensor& ext,
                       int64_t base, int64_t flags, const std::optional<Tensor>& temperature, double temperature_value,
                       const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
@@ -213,7 +217,7 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_
   const int64_t rows = x.size(0);
   const auto s = int32_t(step);
   Tensor out = at::zeros({rows, shard_step_columns(s)}, x.options().dtype(at::kLong));
-  if (rows == 0 || x.device().is_meta()) return out;
+  if (B == Backend::kMeta || rows == 0) return out;
   ShardRowsCall c{};
   c.step = s;
   c.rows = rows;
@@ -228,7 +232,7 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_
     const WarperArgs w{temperature, temperature_value, std::nullopt, 0, std::nullopt, 1.0, std::nullopt, 0.0,
                        std::nullopt, 1.0};
     const auto race = [&] {
-      run_sample(std::nullopt, ext, false, w, seed, offset, seed_value, offset_value, std::nullopt,
+      run_sample<B>(std::nullopt, ext, false, w, seed, offset, seed_value, offset_value, std::nullopt,
                  /*return_logprobs=*/kind == kStepRace, false, shard, warped ? c.state.keeps : nullptr);
     };
     if (kind == kStepRace) {
@@ -239,43 +243,44 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_
         c.partials = shard.partials_out;
       }
       c.kind = ShardRowsKind::kRaceCandidates;
-      run_rows(x, c);
+      run_rows<B>(x, c);
       return out;
     }
     if (c.columns == 0) return out.fill_(-1);
     Tensor groups = at::empty({rows}, x.options().dtype(at::kLong));
     c.kind = ShardRowsKind::kResolveGroups;
     c.out = groups.data_ptr<int64_t>();
-    run_rows(x, c);
+    run_rows<B>(x, c);
     shard.resolve_groups = groups.data_ptr<int64_t>();
-    const Tensor local = run_sample(std::nullopt, ext, false, w, seed, offset, seed_value, offset_value, std::nullopt,
+    const Tensor local = run_sample<B>(std::nullopt, ext, false, w, seed, offset, seed_value, offset_value, std::nullopt,
                                     false, false, shard, warped ? c.state.keeps : nullptr)
                              .tokens;
     c.kind = ShardRowsKind::kResolveTokens;
     c.in = local.data_ptr<int64_t>();
     c.out = out.data_ptr<int64_t>();
-    run_rows(x, c);
+    run_rows<B>(x, c);
     return out;
   }
   if (kind == kStepMass) {
     c.kind = ShardRowsKind::kMassEntries;
-    run_rows(x, c);
+    run_rows<B>(x, c);
     return out;
   }
   const Tensor& input = kind == kStepTokenLogit ? x : ext;
   ShardPassCall pass{s, c.state, input.data_ptr(), rows, input.size(1), input.size(1) > 0 ? input.stride(0) : 0,
                      vocab_start, reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>())};
   if (shard_step_columns(s) > 0) {
-    if (on_cuda(x)) {
-      SYNCFREE_ON_CUDA(x, shard_pass_cuda(pass, input.scalar_type(), cuda_index(x)));
-    } else {
+    if constexpr (B == Backend::kCpu) {
       shard_pass_cpu(pass, input.scalar_type());
+    } else {
+      SYNCFREE_ON_CUDA(x, shard_pass_cuda(pass, input.scalar_type(), cuda_index(x)));
     }
   }
   return shard_step_narrow(s) ? out.to(at::kInt) : out;
 }
 
 // Folds a step's collective result into the state (Note [Vocab-parallel steps]).
+template <Backend B>
 void shard_merge_op(int64_t step, const Tensor& state, const Tensor& result) {
   const int64_t rows = state_rows(state);
   const Tensor v = result.to(at::kLong).contiguous();
@@ -283,7 +288,7 @@ void shard_merge_op(int64_t step, const Tensor& state, const Tensor& result) {
   TORCH_CHECK_VALUE(v.dim() == (gathered ? 3 : 2) && v.size(-2) == rows &&
                         v.size(-1) == shard_step_columns(int32_t(step)),
                     "result: expected the step's buffer", gathered ? ", gathered over the ranks" : "");
-  if (rows == 0 || state.device().is_meta()) return;
+  if (B == Backend::kMeta || rows == 0) return;
   ShardRowsCall c{};
   c.kind = ShardRowsKind::kMerge;
   c.step = int32_t(step);
@@ -292,25 +297,24 @@ void shard_merge_op(int64_t step, const Tensor& state, const Tensor& result) {
   c.in = v.data_ptr<int64_t>();
   c.in_width = v.size(-1);
   c.ranks = gathered ? v.size(0) : 1;
-  run_rows(state, c);
+  run_rows<B>(state, c);
 }
 
+template <Backend B>
 std::tuple<Tensor, Tensor> shard_finish_op(const Tensor& state, bool return_logprobs) {
   const int64_t rows = state_rows(state);
   Tensor tokens = at::empty({rows}, state.options().dtype(at::kLong));
   Tensor logprobs = at::empty({return_logprobs ? rows : 0}, state.options().dtype(at::kFloat));
-  if (rows == 0 || state.device().is_meta()) return {tokens, logprobs};
+  if (B == Backend::kMeta || rows == 0) return {tokens, logprobs};
   ShardRowsCall c{};
   c.kind = ShardRowsKind::kFinish;
   c.rows = rows;
   c.state = state_of(state, rows);
   c.out = tokens.data_ptr<int64_t>();
   c.logprobs = return_logprobs ? logprobs.data_ptr<float>() : nullptr;
-  run_rows(state, c);
+  run_rows<B>(state, c);
   return {tokens, logprobs};
 }
-
-}  // namespace
 
 SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
@@ -330,20 +334,25 @@ SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   m.def("_shard_finish(Tensor state, bool return_logprobs) -> (Tensor, Tensor)");
 }
 
-#define SYNCFREE_SHARD_IMPLS(key)                       \
-  SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, key, m) {         \
-    m.impl("_shard_call", &shard_call_op);              \
-    m.impl("_shard_draw", &shard_draw_op);              \
-    m.impl("_shard_head", &shard_head_op);              \
-    m.impl("_shard_columns", &shard_columns_op);        \
-    m.impl("_shard_begin", &shard_begin_op);            \
-    m.impl("_shard_local", &shard_local_op);            \
-    m.impl("_shard_merge", &shard_merge_op);            \
-    m.impl("_shard_finish", &shard_finish_op);          \
-  }
-SYNCFREE_SHARD_IMPLS(CPU)
-SYNCFREE_SHARD_IMPLS(CUDA)
-SYNCFREE_SHARD_IMPLS(Meta)
+template <Backend B>
+void register_shard_ops(torch::Library& m) {
+  m.impl("_shard_draw", &shard_draw_op<B>);
+  m.impl("_shard_begin", &shard_begin_op<B>);
+  m.impl("_shard_local", &shard_local_op<B>);
+  m.impl("_shard_merge", &shard_merge_op<B>);
+  m.impl("_shard_finish", &shard_finish_op<B>);
+}
+
+}  // namespace
+
+SYNCFREE_REGISTER_KERNELS(register_shard_ops)
+// ATen calls only: one kernel for every device.
+SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CompositeExplicitAutograd, m) {
+  m.impl("_shard_call", &shard_call_op);
+  m.impl("_shard_head", &shard_head_op);
+  m.impl("_shard_columns", &shard_columns_op);
+}
+// Reads the gathered layout on the host.
 SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CPU, m) { m.impl("_shard_layout", &shard_layout_op); }
 
 }  // namespace syncfree
