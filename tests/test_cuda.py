@@ -1,4 +1,5 @@
-"""CUDA path: token identity with the CPU, no syncs, run-ahead, graph capture, streams and devices.
+"""CUDA path: token identity with the CPU (tests/parity.py, shared with the emulated tests), no syncs,
+run-ahead, graph capture, streams and devices.
 
 Skipped without a GPU. benchmarks/gpu_check.sh runs these (pytest -m cuda) on a GPU machine.
 """
@@ -7,58 +8,32 @@ import time
 import pytest
 import torch
 
+import parity
 import syncfree
-from conftest import requires_cuda, warper_edge_rows
+from conftest import requires_cuda
+from parity import make
 
 pytestmark = [pytest.mark.cuda, requires_cuda]
 
 SHAPES = [(1, 1), (1, 17), (3, 1000), (1, 128256), (2, 262144), (8, 32000), (64, 4099), (300, 151), (70_000, 5)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def make(b, v, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, v, generator=g) * 3).to(dtype)
+CUDA = parity.Target("cuda")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_cpu_and_cuda_give_identical_tokens(shape, dtype):
-    x = make(*shape, dtype)
-    x.view(-1)[:: 97] = -float("inf")
-    b = shape[0]
-    seeds = torch.randint(0, 2**62, (b,), generator=torch.Generator().manual_seed(1))
-    offsets = torch.arange(b)
-    temps = torch.rand(b, generator=torch.Generator().manual_seed(2)) * 2
-    temps[::5] = 0
-    for kwargs in (dict(seed=seeds, offset=offsets), dict(seed=123, offset=8), dict(seed=5, offset=3)):
-        cuda_kwargs = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-        cpu = syncfree.sample(x, 0.9, return_logprobs=True, return_valid=True, **kwargs)
-        gpu = syncfree.sample(x.cuda(), 0.9, return_logprobs=True, return_valid=True, **cuda_kwargs)
-        assert torch.equal(cpu[0], gpu[0].cpu())
-        assert torch.equal(cpu[2], gpu[2].cpu())
-        torch.testing.assert_close(cpu[1], gpu[1].cpu(), atol=1e-4, rtol=1e-4)
-        cpu_t = syncfree.sample(x, temps, **kwargs)
-        gpu_t = syncfree.sample(x.cuda(), temps.cuda(), **cuda_kwargs)
-        assert torch.equal(cpu_t, gpu_t.cpu())
-    w = x.float().exp()
-    assert torch.equal(syncfree.sample_probs(w, seed=9), syncfree.sample_probs(w.cuda(), seed=9).cpu())
+    parity.check_tokens(CUDA, shape, dtype)
 
 
-def test_unaligned_and_strided_rows_match_cpu():
-    # Views are taken on the GPU: .cuda() of a view would make it contiguous.
-    for dtype in (torch.bfloat16, torch.float32):
-        wide = make(16, 5003, dtype)
-        gpu = wide.cuda()
-        views = [lambda t: t[:, 1:4001], lambda t: t[::3, 2:], lambda t: t[0].expand(16, 5003),
-                 lambda t: t.view(-1)[1:1 + 15 * 5003].view(15, 5003)]  # base pointer off 16-byte alignment
-        for view in views:
-            assert torch.equal(syncfree.sample(view(wide), seed=4), syncfree.sample(view(gpu), seed=4).cpu())
-        # An offset view that is still 16-byte aligned (16-byte loads from a shifted base).
-        aligned = make(16, 5008, dtype)
-        step = 16 // aligned.element_size()
-        assert torch.equal(syncfree.sample(aligned[:, step:], seed=4),
-                           syncfree.sample(aligned.cuda()[:, step:], seed=4).cpu())
+@pytest.mark.parametrize("shape", [(4, 17), (3, 1000), (1, 128256)])
+def test_sample_probs_matches_the_cpu(shape):
+    parity.check_sample_probs(CUDA, shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unaligned_and_strided_rows_match_cpu(dtype):
+    parity.check_views(CUDA, dtype, [(3, 1000), (1, 16392), (2, 131064)])
 
 
 def test_split_rows_reuse_their_ticket_counters():
@@ -75,17 +50,9 @@ def test_split_rows_reuse_their_ticket_counters():
         assert torch.equal(got.cpu(), syncfree.sample(x, seed=9))
 
 
-def test_edge_cases_on_cuda():
-    for vocab in (300, 128256):  # one block a row, and rows split over blocks
-        x = torch.randn(4, vocab)
-        x[0] = -float("inf")
-        x[1] = float("nan")
-        x[2, [vocab - 10, vocab - 200]] = float("inf")  # late chunks
-        cpu = syncfree.sample(x, seed=1, return_valid=True, return_logprobs=True)
-        gpu = syncfree.sample(x.cuda(), seed=1, return_valid=True, return_logprobs=True)
-        assert gpu[0].tolist()[:3] == [0, 0, vocab - 200] and gpu[2].tolist() == [False, False, True, True]
-        assert torch.equal(cpu[0], gpu[0].cpu())
-        torch.testing.assert_close(cpu[1], gpu[1].cpu(), atol=1e-4, rtol=1e-4)
+@pytest.mark.parametrize("vocab", [300, 128256])  # one block a row, and rows split over blocks
+def test_edge_cases_on_cuda(vocab):
+    parity.check_degenerate_rows(CUDA, vocab)
     assert syncfree.sample(torch.randn(0, 5, device="cuda")).shape == (0,)
     assert syncfree.sample(torch.randn(9, device="cuda"), 0.0).shape == ()
 
@@ -261,43 +228,21 @@ def test_torch_compile_on_cuda():
     assert torch.equal(compiled(x, s), syncfree.sample(x, 0.7, seed=s))
 
 
-WARPER_CONFIGS = [dict(top_k=1), dict(top_k=50), dict(top_p=0.9), dict(min_p=0.05), dict(typical_p=0.9),
-                  dict(top_k=50, top_p=0.9, min_p=0.05), dict(top_k=1000, top_p=0.95, min_p=0.01, typical_p=0.9)]
+WARPER_CONFIGS = parity.WARPER_CONFIGS
 
 
-@pytest.mark.parametrize("config", WARPER_CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("config", WARPER_CONFIGS, ids=parity.config_id)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 128256), (8, 32000), (33, 4099), (4, 17)])
 def test_warpers_cpu_and_cuda_identical(shape, dtype, config):
-    """The same thresholds (exact integer masses) and so the same kept sets and tokens on both."""
-    x = make(*shape, dtype)
-    seeds = torch.arange(shape[0]) * 5
-    temps = torch.rand(shape[0], generator=torch.Generator().manual_seed(3)) + 0.4
-    cpu = syncfree.sample(x, temps, seed=seeds, return_logprobs=True, **config)
-    gpu = syncfree.sample(x.cuda(), temps.cuda(), seed=seeds.cuda(), return_logprobs=True, **config)
-    assert torch.equal(cpu[0], gpu[0].cpu())
-    torch.testing.assert_close(cpu[1], gpu[1].cpu(), atol=1e-4, rtol=1e-4)
-    cpu_w, cpu_lp = syncfree.warp(x, temps, **config)
-    gpu_w, gpu_lp = syncfree.warp(x.cuda(), temps.cuda(), **config)
-    assert torch.equal(cpu_w, gpu_w.cpu())
-    torch.testing.assert_close(cpu_lp, gpu_lp.cpu(), atol=1e-4, rtol=1e-4)
+    parity.check_warpers(CUDA, shape, dtype, config)
 
 
 def test_per_row_warpers_on_cuda():
-    b = 64
-    x = make(b, 5000, torch.bfloat16)
-    g = torch.Generator().manual_seed(4)
-    config = dict(top_k=torch.randint(0, 300, (b,), generator=g), top_p=torch.rand(b, generator=g),
-                  min_p=torch.rand(b, generator=g) * 0.1, typical_p=torch.rand(b, generator=g) + 0.3)
-    temps = torch.rand(b, generator=g) * 1.5
-    temps[::7] = 0
-    cpu = syncfree.sample(x, temps, seed=torch.arange(b), **config)
-    gpu = syncfree.sample(x.cuda(), temps.cuda(), seed=torch.arange(b).cuda(),
-                          **{k: v.cuda() for k, v in config.items()})
-    assert torch.equal(cpu, gpu.cpu())
+    parity.check_per_row_warpers(CUDA, 64)
 
 
-@pytest.mark.parametrize("config", WARPER_CONFIGS[1:], ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("config", WARPER_CONFIGS[1:], ids=parity.config_id)
 def test_warpers_no_sync_and_graph_capture(config):
     x = make(16, 32000, torch.bfloat16).cuda()
     out = torch.empty(16, dtype=torch.int64, device="cuda")
@@ -318,22 +263,7 @@ def test_warpers_no_sync_and_graph_capture(config):
 
 
 def test_warp_edge_rows_cpu_and_cuda_identical():
-    """Masked tokens, +inf rows, all-masked rows, constant rows, temperature 0 (warp still warps),
-    per-row values with zeros (top_p/typical_p 0 keep the top/least-deviating tokens), top_k above the
-    number of unmasked tokens, and an expanded (stride 0) input."""
-    x, temps, config = warper_edge_rows()
-    b, v = x.shape
-    cuda_config = {k: t.cuda() for k, t in config.items()}
-    cpu_w, _ = syncfree.warp(x, temps, **config)
-    gpu_w, _ = syncfree.warp(x.cuda(), temps.cuda(), **cuda_config)
-    assert torch.equal(cpu_w, gpu_w.cpu())
-    cpu = syncfree.sample(x, temps, seed=torch.arange(b), return_valid=True, **config)
-    gpu = syncfree.sample(x.cuda(), temps.cuda(), seed=torch.arange(b).cuda(), return_valid=True, **cuda_config)
-    assert torch.equal(cpu[0], gpu[0].cpu()) and torch.equal(cpu[1], gpu[1].cpu())
-    row = make(1, v, torch.bfloat16)[0]
-    expanded = row.expand(8, v)
-    assert torch.equal(syncfree.warp(expanded, 0.7, top_k=40, top_p=0.9)[0],
-                       syncfree.warp(expanded.cuda(), 0.7, top_k=40, top_p=0.9)[0].cpu())
+    parity.check_warper_edge_rows(CUDA)
 
 
 def test_warp_many_rows_on_cuda():

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import cuda_on_cpu
+import parity
 import syncfree
-from conftest import warper_edge_rows
+from parity import assert_same, make
 from ranks import simulate
 
 pytestmark = pytest.mark.emulated
@@ -51,15 +52,6 @@ def schedule(request, layer):
     yield
 
 
-def make(b, v, dtype, seed=0, pad=0):
-    """[b, v] logits; with pad, rows of a wider buffer whose padding holds huge logits, so a read
-    past a row's end changes the token."""
-    g = torch.Generator().manual_seed(seed)
-    wide = (torch.randn(b, v + pad, generator=g) * 3).to(dtype)
-    wide[:, v:] = 1e4
-    return wide[:, :v] if pad else wide
-
-
 def emulated(fn, *args, **kwargs):
     with cuda_on_cpu.emulating():
         return fn(*args, **kwargs)
@@ -74,15 +66,12 @@ def split_blocks(layer):
     return max((l["grid"][0] for l in layer.launches() if "syncfree_sample_kernel" in l["kernel"]), default=0)
 
 
-def assert_same(want, got, what=""):
-    """tokens and valid bit for bit, logprobs to float rounding."""
-    want = want if isinstance(want, tuple) else (want,)
-    got = got if isinstance(got, tuple) else (got,)
-    for w, g in zip(want, got):
-        if w.dtype == torch.float32:
-            torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4, msg=what)
-        else:
-            assert torch.equal(w, g), f"{what}\nCPU      {w.tolist()[:16]}\nemulated {g.tolist()[:16]}"
+@pytest.fixture
+def target(layer):
+    """The emulated kernels as a parity target; after every call the eager ticket counters must be 0."""
+    def after():
+        assert tickets_are_zero(layer), "an eager ticket counter was left non-zero"
+    return parity.Target("emulated", after)
 
 
 # ---------------------------------------------------------------------------
@@ -105,23 +94,10 @@ def test_the_plan_splits_large_rows_at_small_batch(layer):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", cases(SHAPES, QUICK_SHAPES), ids=shape_id)
-def test_tokens_logprobs_and_valid_match_the_cpu(layer, shape, dtype):
-    b, v = shape
-    x = make(b, v, dtype)
-    x.view(-1)[::97] = -float("inf")
-    seeds = torch.randint(0, 2**62, (b,), generator=torch.Generator().manual_seed(1))
-    temps = torch.rand(b, generator=torch.Generator().manual_seed(2)) * 2
-    temps[::3] = 0  # greedy rows
-    for kwargs in (dict(seed=seeds, offset=torch.arange(b)), dict(seed=123, offset=8)):
-        want = syncfree.sample(x, 0.9, return_logprobs=True, return_valid=True, **kwargs)
-        out = torch.full((b,), -7, dtype=torch.int64)  # a row never written stays -7
-        got = emulated(syncfree.sample, x, 0.9, return_logprobs=True, return_valid=True, out=out, **kwargs)
-        assert_same(want, got, f"{shape} {dtype} {kwargs}")
-        assert tickets_are_zero(layer)
-        assert_same(syncfree.sample(x, temps, **kwargs), emulated(syncfree.sample, x, temps, **kwargs))
-        assert tickets_are_zero(layer)
-    plan = layer.plan_sample(b, v, SM_COUNT)
-    assert split_blocks(layer) == plan["blocks"]
+def test_tokens_logprobs_and_valid_match_the_cpu(layer, target, shape, dtype):
+    layer.clear_launches()
+    parity.check_tokens(target, shape, dtype)
+    assert split_blocks(layer) == layer.plan_sample(*shape, SM_COUNT)["blocks"]
 
 
 def test_repeated_calls_under_other_schedules_agree(layer):
@@ -135,58 +111,18 @@ def test_repeated_calls_under_other_schedules_agree(layer):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_misaligned_strided_and_padded_rows(layer, dtype):
-    wide = make(12, 5003, dtype)
-    views = [lambda t: t[:, 1:4001], lambda t: t[::3, 2:], lambda t: t[0].expand(12, 5003),
-             lambda t: t.view(-1)[1:1 + 11 * 5003].view(11, 5003)]  # base off 16-byte alignment
-    for view in views:
-        assert_same(syncfree.sample(view(wide), seed=4), emulated(syncfree.sample, view(wide), seed=4))
-    aligned = make(12, 5008, dtype)
-    step = 16 // aligned.element_size()  # an offset view still 16-byte aligned
-    assert_same(syncfree.sample(aligned[:, step:], seed=4), emulated(syncfree.sample, aligned[:, step:], seed=4))
-    # Rows inside a wider buffer whose padding holds huge logits: 16-byte aligned rows whose
-    # length is no multiple of the group, so the last group must be read element by element.
-    for b, v in cases([(3, 1000), (1, 16392), (2, 131064)], [(3, 1000)]):
-        pad = 16 - v % 16 if v % 16 else 16
-        x = make(b, v, dtype, pad=pad)
-        assert_same(syncfree.sample(x, seed=3, return_valid=True), emulated(syncfree.sample, x, seed=3, return_valid=True))
+def test_misaligned_strided_and_padded_rows(target, dtype):
+    parity.check_views(target, dtype, cases([(3, 1000), (1, 16392), (2, 131064)], [(3, 1000)]))
 
 
 @pytest.mark.parametrize("vocab", cases([300, 128256], [128256]))
-def test_degenerate_and_infinite_rows(layer, vocab):
-    x = torch.randn(6, vocab)
-    x[0] = -float("inf")
-    x[1] = float("nan")
-    x[2, [vocab - 10, vocab - 200]] = float("inf")  # late chunks
-    x[3] = -float("inf")
-    x[3, vocab - 3] = 0.5  # one finite token among -inf
-    x[4, : vocab // 2] = float("nan")
-    for temperature in (1.0, 0.0):
-        want = syncfree.sample(x, temperature, seed=1, return_logprobs=True, return_valid=True)
-        assert_same(want, emulated(syncfree.sample, x, temperature, seed=1, return_logprobs=True, return_valid=True))
-        assert tickets_are_zero(layer)
-    # Every logit / T overflowing to -inf: the raw argmax, found by the finishing warp (split rows too).
-    negative = -torch.rand(3, vocab) * 4 - 1
-    negative[1, : vocab // 2] = -float("inf")
-    for temperature in (1e-39, torch.tensor([1e-39, 0.7, 1e-40])):
-        want = syncfree.sample(negative, temperature, seed=3, return_logprobs=True, return_valid=True)
-        assert_same(want, emulated(syncfree.sample, negative, temperature, seed=3, return_logprobs=True,
-                                   return_valid=True))
-        assert want[2].all()
-    probs = x.exp()
-    probs[5, ::2] = -1.0  # negative weights count as 0
-    want = syncfree.sample_probs(probs, seed=2, return_valid=True)
-    assert_same(want, emulated(syncfree.sample_probs, probs, seed=2, return_valid=True))
+def test_degenerate_and_infinite_rows(target, vocab):
+    parity.check_degenerate_rows(target, vocab)
 
 
 @pytest.mark.parametrize("shape", cases([(4, 17), (3, 1000), (1, 16400), (2, 131072)], [(1, 16400)]), ids=shape_id)
-def test_sample_probs(layer, shape):
-    w = make(*shape, torch.float32).exp()
-    w.view(-1)[::5] = 0
-    for kwargs in (dict(seed=9), dict(seed=torch.arange(shape[0]) * 7, offset=torch.arange(shape[0]))):
-        assert_same(syncfree.sample_probs(w, return_valid=True, **kwargs),
-                    emulated(syncfree.sample_probs, w, return_valid=True, **kwargs))
-        assert tickets_are_zero(layer)
+def test_sample_probs(target, shape):
+    parity.check_sample_probs(target, shape)
 
 
 # ---------------------------------------------------------------------------
@@ -247,58 +183,22 @@ def test_captured_calls_replay_with_fresh_noise(layer, shape):
 # ---------------------------------------------------------------------------
 # Warpers
 
-WARPER_CONFIGS = [dict(top_k=1), dict(top_k=50), dict(top_p=0.9), dict(min_p=0.05), dict(typical_p=0.9),
-                  dict(top_k=50, top_p=0.9, min_p=0.05), dict(top_k=1000, top_p=0.95, min_p=0.01, typical_p=0.9)]
 WARPER_SHAPES = [(1, 128256), (8, 32000), (33, 4099), (4, 17)]
 
 
-@pytest.mark.parametrize("config", cases(WARPER_CONFIGS, WARPER_CONFIGS[-1:]),
-                         ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("config", cases(parity.WARPER_CONFIGS, parity.WARPER_CONFIGS[-1:]), ids=parity.config_id)
 @pytest.mark.parametrize("dtype", cases(DTYPES, [torch.bfloat16]), ids=str)
 @pytest.mark.parametrize("shape", cases(WARPER_SHAPES, [(4, 17), (1, 128256)]), ids=shape_id)
-def test_warpers_keep_the_same_sets(layer, shape, dtype, config):
-    x = make(*shape, dtype)
-    seeds = torch.arange(shape[0]) * 5
-    temps = torch.rand(shape[0], generator=torch.Generator().manual_seed(3)) + 0.4
-    want = syncfree.sample(x, temps, seed=seeds, return_logprobs=True, **config)
-    assert_same(want, emulated(syncfree.sample, x, temps, seed=seeds, return_logprobs=True, **config))
-    want_w, want_lp = syncfree.warp(x, temps, **config)
-    got_w, got_lp = emulated(syncfree.warp, x, temps, **config)
-    assert torch.equal(want_w, got_w), "kept sets differ"
-    torch.testing.assert_close(got_lp, want_lp, atol=1e-4, rtol=1e-4)
-    assert tickets_are_zero(layer)
+def test_warpers_keep_the_same_sets(target, shape, dtype, config):
+    parity.check_warpers(target, shape, dtype, config)
 
 
-def test_per_row_warpers_with_clamped_values(layer):
-    b = cases(48, 8)
-    x = make(b, 5000, torch.bfloat16)
-    g = torch.Generator().manual_seed(4)
-    config = dict(top_k=torch.randint(-5, 6000, (b,), generator=g), top_p=torch.rand(b, generator=g) * 1.4 - 0.2,
-                  min_p=torch.rand(b, generator=g) * 0.3 - 0.05, typical_p=torch.rand(b, generator=g) * 1.4 - 0.1)
-    config["top_p"][::5] = float("nan")
-    temps = torch.rand(b, generator=g) * 1.5
-    temps[::7] = 0
-    seeds = torch.arange(b)
-    assert_same(syncfree.sample(x, temps, seed=seeds, return_logprobs=True, return_valid=True, **config),
-                emulated(syncfree.sample, x, temps, seed=seeds, return_logprobs=True, return_valid=True, **config))
-    assert torch.equal(syncfree.warp(x, temps, **config)[0], emulated(syncfree.warp, x, temps, **config)[0])
+def test_per_row_warpers_with_clamped_values(target):
+    parity.check_per_row_warpers(target, cases(48, 8))
 
 
-def test_warper_edge_rows(layer):
-    """Masked tokens, +inf rows, all-masked and constant rows, greedy rows (warp still warps), top_p and
-    typical_p 0, top_k above the unmasked count, an expanded (stride 0) input."""
-    x, temps, config = warper_edge_rows()
-    b, v = x.shape
-    assert torch.equal(syncfree.warp(x, temps, **config)[0], emulated(syncfree.warp, x, temps, **config)[0])
-    assert_same(syncfree.sample(x, temps, seed=torch.arange(b), return_valid=True, **config),
-                emulated(syncfree.sample, x, temps, seed=torch.arange(b), return_valid=True, **config))
-    expanded = make(1, v, torch.bfloat16)[0].expand(8, v)
-    assert torch.equal(syncfree.warp(expanded, 0.7, top_k=40, top_p=0.9)[0],
-                       emulated(syncfree.warp, expanded, 0.7, top_k=40, top_p=0.9)[0])
-    ties = torch.zeros(2, 600)  # ties at every threshold
-    ties[:, ::3] = 1.0
-    for config in (dict(top_k=5), dict(top_p=0.5), dict(typical_p=0.3), dict(min_p=0.5)):
-        assert torch.equal(syncfree.warp(ties, **config)[0], emulated(syncfree.warp, ties, **config)[0])
+def test_warper_edge_rows(target):
+    parity.check_warper_edge_rows(target)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+"""The CUDA kernels against the CPU path, written once for both places they run: a GPU
+(test_cuda.py) and the CPU execution layer (test_emulated.py, in CI). Tokens and valid flags
+bit for bit, logprobs to float rounding, kept sets (syncfree.warp) bit for bit.
+"""
+import torch
+
+import cuda_on_cpu
+import syncfree
+from conftest import warper_edge_rows
+
+WARPER_CONFIGS = [dict(top_k=1), dict(top_k=50), dict(top_p=0.9), dict(min_p=0.05), dict(typical_p=0.9),
+                  dict(top_k=50, top_p=0.9, min_p=0.05), dict(top_k=1000, top_p=0.95, min_p=0.01, typical_p=0.9)]
+
+
+def config_id(config):
+    return "-".join(f"{k}{v}" for k, v in config.items())
+
+
+def make(b, v, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, v, generator=g) * 3).to(dtype)
+
+
+class Target:
+    """Where the CUDA kernels run: "cuda" (a GPU) or "emulated" (on the CPU, tests/cuda_on_cpu).
+    after: called after every call on the target (the emulated tests check the layer's state)."""
+
+    def __init__(self, name, after=None):
+        self.name = name
+        self.after = after
+
+    def to(self, value):
+        if self.name == "cuda" and isinstance(value, torch.Tensor):
+            return value.cuda()
+        return value
+
+    def call(self, fn, *args, **kwargs):
+        """fn on the target's copies of the arguments; tensors of the result back on the CPU."""
+        args = [self.to(a) for a in args]
+        kwargs = {k: self.to(v) for k, v in kwargs.items()}
+        if self.name == "emulated":
+            with cuda_on_cpu.emulating():
+                result = fn(*args, **kwargs)
+        else:
+            result = fn(*args, **kwargs)
+        if self.after is not None:
+            self.after()
+        return tuple(r.cpu() for r in result) if isinstance(result, tuple) else result.cpu()
+
+
+def assert_same(want, got, what=""):
+    """tokens and valid bit for bit, logprobs to float rounding."""
+    want = want if isinstance(want, tuple) else (want,)
+    got = got if isinstance(got, tuple) else (got,)
+    for w, g in zip(want, got):
+        if w.dtype == torch.float32:
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4, msg=what)
+        else:
+            assert torch.equal(w, g), f"{what}\nCPU    {w.tolist()[:16]}\ntarget {g.tolist()[:16]}"
+
+
+def check_tokens(target, shape, dtype):
+    """Per-row and int seeds, scalar and per-row temperatures with greedy rows, into an out tensor."""
+    b, v = shape
+    x = make(b, v, dtype)
+    x.view(-1)[::97] = -float("inf")
+    seeds = torch.randint(0, 2**62, (b,), generator=torch.Generator().manual_seed(1))
+    temps = torch.rand(b, generator=torch.Generator().manual_seed(2)) * 2
+    temps[::3] = 0  # greedy rows
+    for kwargs in (dict(seed=seeds, offset=torch.arange(b)), dict(seed=123, offset=8)):
+        want = syncfree.sample(x, 0.9, return_logprobs=True, return_valid=True, **kwargs)
+        out = torch.full((b,), -7, dtype=torch.int64)  # a row never written stays -7
+        got = target.call(syncfree.sample, x, 0.9, return_logprobs=True, return_valid=True, out=out, **kwargs)
+        assert_same(want, got, f"{shape} {dtype} {kwargs}")
+        assert_same(syncfree.sample(x, temps, **kwargs), target.call(syncfree.sample, x, temps, **kwargs))
+
+
+def check_views(target, dtype, padded_shapes):
+    """Misaligned, strided, stride-0 and offset-aligned rows (views taken on the target: a copy of a
+    view would be contiguous), and rows of a wider buffer whose padding holds huge logits."""
+    wide = make(12, 5003, dtype)
+    on_target = target.to(wide)
+    views = [lambda t: t[:, 1:4001], lambda t: t[::3, 2:], lambda t: t[0].expand(12, 5003),
+             lambda t: t.view(-1)[1:1 + 11 * 5003].view(11, 5003)]  # base off 16-byte alignment
+    for view in views:
+        assert_same(syncfree.sample(view(wide), seed=4), target.call(syncfree.sample, view(on_target), seed=4))
+    aligned = make(12, 5008, dtype)
+    step = 16 // aligned.element_size()  # an offset view still 16-byte aligned
+    assert_same(syncfree.sample(aligned[:, step:], seed=4),
+                target.call(syncfree.sample, target.to(aligned)[:, step:], seed=4))
+    # 16-byte aligned rows whose length is no multiple of the group: the last group is read
+    # element by element.
+    for b, v in padded_shapes:
+        pad = 16 - v % 16 if v % 16 else 16
+        buffer = make(b, v + pad, dtype)
+        buffer[:, v:] = 1e4
+        x, padded = buffer[:, :v], target.to(buffer)[:, :v]
+        assert_same(syncfree.sample(x, seed=3, return_valid=True),
+                    target.call(syncfree.sample, padded, seed=3, return_valid=True))
+
+
+def check_degenerate_rows(target, vocab):
+    """All-masked, NaN, +inf (late chunks), one finite token, half-NaN rows; rows that a tiny
+    temperature scales to -inf everywhere; negative weights."""
+    x = torch.randn(6, vocab, generator=torch.Generator().manual_seed(0))
+    x[0] = -float("inf")
+    x[1] = float("nan")
+    x[2, [vocab - 10, vocab - 200]] = float("inf")  # late chunks
+    x[3] = -float("inf")
+    x[3, vocab - 3] = 0.5  # one finite token among -inf
+    x[4, : vocab // 2] = float("nan")
+    for temperature in (1.0, 0.0):
+        want = syncfree.sample(x, temperature, seed=1, return_logprobs=True, return_valid=True)
+        assert want[0][:3].tolist() == [0, 0, vocab - 200] and want[2][:4].tolist() == [False, False, True, True]
+        assert_same(want, target.call(syncfree.sample, x, temperature, seed=1, return_logprobs=True,
+                                      return_valid=True))
+    # Every logit / T overflowing to -inf: the raw argmax (split rows too).
+    negative = -torch.rand(3, vocab, generator=torch.Generator().manual_seed(1)) * 4 - 1
+    negative[1, : vocab // 2] = -float("inf")
+    for temperature in (1e-39, torch.tensor([1e-39, 0.7, 1e-40])):
+        want = syncfree.sample(negative, temperature, seed=3, return_logprobs=True, return_valid=True)
+        assert_same(want, target.call(syncfree.sample, negative, temperature, seed=3, return_logprobs=True,
+                                      return_valid=True))
+        assert want[2].all()
+    probs = x.exp()
+    probs[5, ::2] = -1.0  # negative weights count as 0
+    assert_same(syncfree.sample_probs(probs, seed=2, return_valid=True),
+                target.call(syncfree.sample_probs, probs, seed=2, return_valid=True))
+
+
+def check_sample_probs(target, shape):
+    w = make(*shape, torch.float32).exp()
+    w.view(-1)[::5] = 0
+    for kwargs in (dict(seed=9), dict(seed=torch.arange(shape[0]) * 7, offset=torch.arange(shape[0]))):
+        assert_same(syncfree.sample_probs(w, return_valid=True, **kwargs),
+                    target.call(syncfree.sample_probs, w, return_valid=True, **kwargs))
+
+
+def check_warpers(target, shape, dtype, config):
+    """The same thresholds (exact integer masses), so the same kept sets and tokens."""
+    x = make(*shape, dtype)
+    seeds = torch.arange(shape[0]) * 5
+    temps = torch.rand(shape[0], generator=torch.Generator().manual_seed(3)) + 0.4
+    want = syncfree.sample(x, temps, seed=seeds, return_logprobs=True, **config)
+    assert_same(want, target.call(syncfree.sample, x, temps, seed=seeds, return_logprobs=True, **config))
+    want_w, want_lp = syncfree.warp(x, temps, **config)
+    got_w, got_lp = target.call(syncfree.warp, x, temps, **config)
+    assert torch.equal(want_w, got_w), "kept sets differ"
+    torch.testing.assert_close(got_lp, want_lp, atol=1e-4, rtol=1e-4)
+
+
+def check_per_row_warpers(target, rows):
+    """Per-row values, clamped where out of range (README "Bad input"), NaN included."""
+    x = make(rows, 5000, torch.bfloat16)
+    g = torch.Generator().manual_seed(4)
+    config = dict(top_k=torch.randint(-5, 6000, (rows,), generator=g),
+                  top_p=torch.rand(rows, generator=g) * 1.4 - 0.2,
+                  min_p=torch.rand(rows, generator=g) * 0.3 - 0.05,
+                  typical_p=torch.rand(rows, generator=g) * 1.4 - 0.1)
+    config["top_p"][::5] = float("nan")
+    temps = torch.rand(rows, generator=g) * 1.5
+    temps[::7] = 0
+    seeds = torch.arange(rows)
+    assert_same(syncfree.sample(x, temps, seed=seeds, return_logprobs=True, return_valid=True, **config),
+                target.call(syncfree.sample, x, temps, seed=seeds, return_logprobs=True, return_valid=True, **config))
+    assert torch.equal(syncfree.warp(x, temps, **config)[0], target.call(syncfree.warp, x, temps, **config)[0])
+
+
+def check_warper_edge_rows(target):
+    """Masked tokens, +inf rows, all-masked and constant rows, greedy rows (warp still warps), top_p and
+    typical_p 0, top_k above the unmasked count, an expanded (stride 0) input, ties at every threshold."""
+    x, temps, config = warper_edge_rows()
+    b, v = x.shape
+    assert torch.equal(syncfree.warp(x, temps, **config)[0], target.call(syncfree.warp, x, temps, **config)[0])
+    assert_same(syncfree.sample(x, temps, seed=torch.arange(b), return_valid=True, **config),
+                target.call(syncfree.sample, x, temps, seed=torch.arange(b), return_valid=True, **config))
+    row = make(1, v, torch.bfloat16)[0]
+    expanded = row.expand(8, v)
+    assert torch.equal(syncfree.warp(expanded, 0.7, top_k=40, top_p=0.9)[0],
+                       target.call(syncfree.warp, target.to(row).expand(8, v), 0.7, top_k=40, top_p=0.9)[0])
+    ties = torch.zeros(2, 600)  # ties at every threshold
+    ties[:, ::3] = 1.0
+    for config in (dict(top_k=5), dict(top_p=0.5), dict(typical_p=0.3), dict(min_p=0.5)):
+        assert torch.equal(syncfree.warp(ties, **config)[0], target.call(syncfree.warp, ties, **config)[0])
