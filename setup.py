@@ -13,19 +13,8 @@ import sys
 
 from setuptools import setup
 
-
-def find_cuda_home():
-    """The real toolkit, not the folder of an `nvcc` wrapper script on PATH."""
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    for home in candidates:
-        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")) and os.path.isfile(
-            os.path.join(home, "include", "cuda_runtime.h")
-        ):
-            return home
-    return None
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools"))
+from build_env import build_flags, find_cuda_home, nvidia_wheel_includes  # noqa: E402
 
 
 CUDA_HOME = None if os.environ.get("SYNCFREE_FORCE_CPU") == "1" else find_cuda_home()
@@ -39,25 +28,6 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-
-def nvidia_wheel_includes():
-    """Headers that torch's nvidia-* wheels carry (curand, nvtx, ...) but the toolkit here lacks."""
-    dirs = []
-    for site in sys.path:
-        dirs += glob.glob(os.path.join(site, "nvidia", "*", "include"))
-    return sorted({d for d in dirs if os.path.isdir(d)})
-
-
-def build_flags():
-    """{"CXX": [...], "NVCC": [...]} from csrc/build_flags.txt, the flags every build shares."""
-    flags = {}
-    with open(os.path.join(ROOT, "csrc", "build_flags.txt")) as f:
-        for line in f:
-            if "=" in line and not line.startswith("#"):
-                name, value = line.split("=", 1)
-                flags[name.strip()] = value.split()
-    return flags
 
 
 def extension():
@@ -80,29 +50,13 @@ def extension():
                          extra_compile_args={"cxx": cxx + ["-DSYNCFREE_WITH_CUDA"], "nvcc": nvcc}, **kwargs)
 
 
-class Build(BuildExtension):
-    """Records the torch this build is for, so that importing against another one explains itself."""
-
-    def run(self):
-        super().run()
-        info = (f"TORCH_VERSION = {torch.__version__!r}\n"
-                f"CUDA_VERSION = {torch.version.cuda if CUDA_HOME else None!r}\n")
-        targets = [os.path.join(self.build_lib, "syncfree")]
-        if self.inplace:
-            targets.append(os.path.join(ROOT, "syncfree"))
-        for folder in targets:
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, "_build_info.py"), "w") as f:
-                f.write(info)
-
-
 setup(
     name="syncfree",
     version="0.1.0",
     description="Sync-free LLM token sampling for PyTorch (exponential race, CPU and CUDA)",
     packages=["syncfree"],
     ext_modules=[extension()],
-    cmdclass={"build_ext": Build.with_options(use_ninja=shutil.which("ninja") is not None)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
     python_requires=">=3.10",
     # numpy: torch warns at import ("Failed to initialize NumPy") where it is missing.
     install_requires=["torch>=2.11", "numpy"],

@@ -10,13 +10,6 @@ _REBUILD = ("rebuild syncfree against the torch you have: "
 
 
 def _load():
-    try:
-        from . import _build_info
-    except ImportError:
-        _build_info = None
-    if _build_info is not None and _build_info.TORCH_VERSION != torch.__version__:
-        raise ImportError(f"syncfree was built for torch {_build_info.TORCH_VERSION} but torch "
-                          f"{torch.__version__} is installed; {_REBUILD}")
     here = os.path.dirname(os.path.abspath(__file__))
     if not glob.glob(os.path.join(here, "_C*" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))):
         raise ImportError(f"syncfree's native extension is not built in {here} (the source tree?): install it with "

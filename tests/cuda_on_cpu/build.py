@@ -20,6 +20,8 @@ import sysconfig
 
 LAYER = pathlib.Path(__file__).resolve().parent
 ROOT = LAYER.parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from build_env import build_flags  # noqa: E402
 CACHE = ROOT / "build" / "cuda_on_cpu"
 MODULE = "_cuda_on_cpu"
 
@@ -33,10 +35,7 @@ VARIANTS = {
 
 def shared_flags(csrc, name):
     """A line of csrc/build_flags.txt (the flags every build of syncfree shares), as a list."""
-    for line in (pathlib.Path(csrc) / "build_flags.txt").read_text().splitlines():
-        if line.startswith(f"{name} = "):
-            return line.split("=", 1)[1].split()
-    raise KeyError(f"{name} is not in build_flags.txt")
+    return build_flags(str(csrc))[name]
 
 
 def tool_env():

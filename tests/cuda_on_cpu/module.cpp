@@ -4,9 +4,11 @@
 #include "runtime.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/PhiloxRNGEngine.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <torch/python.h>
 
+#include "core/philox.h"
 #include "cuda/plans.h"
 
 namespace py = pybind11;
@@ -77,6 +79,20 @@ PYBIND11_MODULE(_cuda_on_cpu, m) {
     return std::make_tuple(g->seed, g->offset);
   }, py::arg("generator") = py::none(), "(seed, offset) of the CUDA generator a torch.Generator stands for");
   m.def("forget_generators", &forget_generators);
+  // n words of syncfree's Philox stream from position pos (Note [syncfree RNG counter layout]),
+  // and of ATen's Philox4_32 (which matches curand_init(seed, subsequence, 4 * block)).
+  m.def("stream_words", [](uint64_t seed, uint64_t subsequence, uint64_t pos, int64_t n) {
+    const syncfree::RowStream s{seed, subsequence, pos};
+    std::vector<uint32_t> words;
+    for (int64_t i = 0; i < n; ++i) words.push_back(syncfree::token_word(s, i));
+    return words;
+  });
+  m.def("aten_philox_words", [](uint64_t seed, uint64_t subsequence, uint64_t block, int64_t n) {
+    at::Philox4_32 engine(seed, subsequence, block);
+    std::vector<uint32_t> words;
+    for (int64_t i = 0; i < n; ++i) words.push_back(engine());
+    return words;
+  });
   m.def("plan_sample", [](int64_t rows, int64_t vocab, int sm_count) {
     const syncfree::SamplePlan plan = syncfree::plan_sample(rows, vocab, sm_count);
     return py::dict(py::arg("splits") = plan.split.splits, py::arg("chunk") = plan.split.chunk,

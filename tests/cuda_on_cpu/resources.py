@@ -11,25 +11,17 @@ import pathlib
 import re
 import shutil
 import subprocess
-import sys
 
 from .build import CACHE, ROOT, shared_flags, tool_env
+from build_env import find_cuda_home, nvidia_wheel_includes  # tools/, on sys.path through .build
 
 ARCH = "sm_90"
-
-
-def _cuda_home():
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
-            return pathlib.Path(home)
-    return None
 
 
 def _nvcc_flags(csrc):
     import torch
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
-    wheel_includes = sorted({str(p) for site in sys.path if site
-                             for p in pathlib.Path(site).glob("nvidia/*/include") if p.is_dir()})
+    wheel_includes = nvidia_wheel_includes()
     return ([f"-arch={ARCH}", "-std=c++20", *shared_flags(csrc, "NVCC"), "-DSYNCFREE_WITH_CUDA",
              f'-DSYNCFREE_TORCH_VERSION="{torch.__version__}"', f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
              *COMMON_NVCC_FLAGS, f"-I{csrc}"]
@@ -86,9 +78,10 @@ def parse_ptxas(log):
 
 def report(csrc=None, verbose=False):
     """{kernel name: (registers, static shared bytes, max threads)}, or None without nvcc."""
-    home = _cuda_home()
+    home = find_cuda_home()
     if home is None or shutil.which("c++filt") is None:
         return None
+    home = pathlib.Path(home)
     csrc = pathlib.Path(csrc or ROOT / "csrc").resolve()
     flags = _nvcc_flags(csrc)
     cache = CACHE / "ptx"
