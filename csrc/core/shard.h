@@ -25,6 +25,7 @@
 
 #include "params.h"
 
+#include <type_traits>
 #include <vector>
 
 namespace syncfree {
@@ -141,6 +142,9 @@ struct ShardRow {
   float logprob;
 };
 
+static_assert(sizeof(ShardRow) % 8 == 0 && std::is_trivially_copyable_v<ShardRow>,
+              "ShardRows sit 8-byte aligned in a byte tensor and are copied as plain bytes");
+
 // Where the state of `rows` rows lives in one buffer: the kept sets first (as
 // the race reads them, RowKeep[rows]), then the ShardRows, 8-byte aligned.
 SF_HD int64_t shard_rows_offset(int64_t rows) { return (rows * int64_t(sizeof(RowKeep)) + 15) / 16 * 16; }
@@ -216,16 +220,19 @@ SF_HD void shard_token(const RowKeep& keep, const ShardRow& r, int32_t step, flo
   }
   // The chain's earlier warpers set the floor (min-p's is raised after top-p's passes).
   if (!(y >= keep.min_y)) return;
-  const float e = token_exp(y, r.m);
-  const uint64_t w = fixed_mass(e, r.shift);
-  if (w == 0u) return;
   if (kind == kStepTypicalSums) {
+    const float e = token_exp(y, r.m);
+    const uint64_t w = fixed_mass(e, r.shift);
+    if (w == 0u) return;
     sink.add(0, w);
     sink.add(1, fixed_mass(token_gap(y, r.m, e, spread), r.shift));
     return;
   }
+  // The key first: after the first pass only the chosen bin's tokens need their mass (an exp).
   const uint32_t key = kind == kStepTopP ? order_key(y) : deviation_key(y, r.center);
-  if (in_range(key, s)) sink.add(key_digit(key, s), w);
+  if (!in_range(key, s)) return;
+  const uint64_t w = fixed_mass(token_exp(y, r.m), r.shift);
+  if (w > 0u) sink.add(key_digit(key, s), w);
 }
 
 // A radix pass's merge: pick the bin from the summed histogram; after the
