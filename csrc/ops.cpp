@@ -168,6 +168,8 @@ std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS)
 SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
   m.def("sample(" SYNCFREE_SAMPLE_ARGS ") -> (Tensor tokens, Tensor logprobs, Tensor valid)", seeded);
+  // Not a sample.out overload: that would return `out` (Tensor(a!)), and torch.compile cannot
+  // functionalize a custom op whose output aliases an input.
   m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_ARGS ") -> (Tensor logprobs, Tensor valid)", seeded);
   m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ") -> (Tensor warped, Tensor logprobs)");
 }
