@@ -198,6 +198,7 @@ namespace syncfree {
 
 // Host scratch for row_keep, reused across the rows a CPU thread handles.
 struct SelectScratch {
+  std::vector<float> values;     // the values above top-k's floor
   std::vector<float> exps;       // e^(y - m), 0 for masked
   std::vector<uint32_t> keys;    // order keys of the current selection
   std::vector<uint64_t> weights; // weights of the current selection
@@ -235,7 +236,11 @@ SF_HOST_INLINE bool select_top(const uint32_t* keys, const uint64_t* weights, in
 }
 
 // The kept set of one row of scaled logits y (masked at -inf) under the
-// warper chain (See Note [Exact warper thresholds]).
+// warper chain (See Note [Exact warper thresholds]). Once top-k has set its
+// floor, only the values above it can carry weight: they are compacted, and
+// the later warpers (their exps included) read those, not the row. The
+// thresholds depend only on the values and on integer sums, whose order does
+// not matter, so they are those of the whole row.
 SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w, SelectScratch& scratch) {
   RowKeep keep = keep_all();
   float m = -kInf, lowest = kInf;  // the largest and the smallest finite y
@@ -247,33 +252,53 @@ SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w,
   if (m == -kInf) return keep;  // degenerate row
   m = m + 0.0f;                 // +0 for a -0 max, as the CUDA kernel's order-key max gives
   const int shift = mass_shift(vocab);
-  const size_t n = size_t(vocab);
-  scratch.exps.resize(n);
-  scratch.keys.resize(n);
-  scratch.weights.resize(n);
+  const float* v = y;  // the values that can still be kept
+  int64_t n = vocab;
+  uint32_t* keys = nullptr;
+  uint64_t* weights = nullptr;
+  const auto arrays = [&] {
+    scratch.keys.resize(size_t(n));
+    scratch.weights.resize(size_t(n));
+    keys = scratch.keys.data();
+    weights = scratch.weights.data();
+  };
+  uint32_t u;
+  if (w.top_k > 0) {
+    arrays();
+    for (int64_t i = 0; i < n; ++i) {
+      keys[i] = order_key(v[i]);
+      weights[i] = v[i] != -kInf ? 1u : 0u;
+    }
+    if (select_top(keys, weights, n, uint64_t(w.top_k), scratch, &u)) {
+      keep.min_y = key_value(u);
+      scratch.values.clear();
+      for (int64_t i = 0; i < n; ++i)
+        if (v[i] >= keep.min_y) scratch.values.push_back(v[i]);
+      v = scratch.values.data();
+      n = int64_t(scratch.values.size());
+    }
+  }
+  if (w.top_p >= 1.0f && w.typical_p >= 1.0f) {  // no mass-based warper
+    if (w.min_p > 0.0f) raise_floor(keep, min_p_floor(m, w.min_p));
+    return keep;
+  }
+  scratch.exps.resize(size_t(n));
   float* e = scratch.exps.data();
-  uint32_t* keys = scratch.keys.data();
-  uint64_t* weights = scratch.weights.data();
-  for (int64_t i = 0; i < vocab; ++i) keys[i] = order_key(y[i]);
-  if (w.top_p < 1.0f || w.typical_p < 1.0f)  // the mass-based warpers
-    for (int64_t i = 0; i < vocab; ++i) e[i] = token_exp(y[i], m);
-  // Fixed-point masses of the tokens kept so far (y >= min_y).
+  for (int64_t i = 0; i < n; ++i) e[i] = token_exp(v[i], m);
+  arrays();
+  // Fixed-point masses of the values kept so far (v >= min_y).
   const auto masses = [&] {
     uint64_t total = 0;
-    for (int64_t i = 0; i < vocab; ++i) {
-      weights[i] = y[i] >= keep.min_y ? fixed_mass(e[i], shift) : 0u;
+    for (int64_t i = 0; i < n; ++i) {
+      weights[i] = v[i] >= keep.min_y ? fixed_mass(e[i], shift) : 0u;
       total += weights[i];
     }
     return total;
   };
-  uint32_t u;
-  if (w.top_k > 0) {
-    for (int64_t i = 0; i < vocab; ++i) weights[i] = y[i] != -kInf ? 1u : 0u;
-    if (select_top(keys, weights, vocab, uint64_t(w.top_k), scratch, &u)) keep.min_y = key_value(u);
-  }
   if (w.top_p < 1.0f) {
+    for (int64_t i = 0; i < n; ++i) keys[i] = order_key(v[i]);
     const uint64_t total = masses();
-    if (select_top(keys, weights, vocab, mass_target(w.top_p, total), scratch, &u)) raise_floor(keep, key_value(u));
+    if (select_top(keys, weights, n, mass_target(w.top_p, total), scratch, &u)) raise_floor(keep, key_value(u));
   }
   if (w.min_p > 0.0f) raise_floor(keep, min_p_floor(m, w.min_p));
   if (w.typical_p < 1.0f) {
@@ -281,11 +306,11 @@ SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w,
     const uint64_t total = masses();
     const float spread = typical_spread(m, keep.min_y, lowest);
     uint64_t gap = 0;
-    for (int64_t i = 0; i < vocab; ++i)
-      if (weights[i] > 0) gap += fixed_mass(token_gap(y[i], m, e[i], spread), shift);
+    for (int64_t i = 0; i < n; ++i)
+      if (weights[i] > 0) gap += fixed_mass(token_gap(v[i], m, e[i], spread), shift);
     const float center = typical_center(m, spread, gap, total);
-    for (int64_t i = 0; i < vocab; ++i) keys[i] = deviation_key(y[i], center);
-    if (select_top(keys, weights, vocab, mass_target(w.typical_p, total), scratch, &u)) {
+    for (int64_t i = 0; i < n; ++i) keys[i] = deviation_key(v[i], center);
+    if (select_top(keys, weights, n, mass_target(w.typical_p, total), scratch, &u)) {
       keep.center = center;
       keep.max_dev = key_value(~u);
     }
