@@ -30,6 +30,7 @@
 
 #include "race.h"
 
+#include <initializer_list>
 #include <vector>
 
 namespace syncfree {
@@ -202,33 +203,45 @@ struct SelectScratch {
   std::vector<float> exps;       // e^(y - m), 0 for masked
   std::vector<uint32_t> keys;    // order keys of the current selection
   std::vector<uint64_t> weights; // weights of the current selection
-  std::vector<int32_t> candidates, next;
+  std::vector<int32_t> candidates, next, above;
 };
 
 // Radix selection from the top over arrays (the CPU path): finds the largest
 // key u whose inclusive cumulative weight from the top reaches target (weight
 // 0: not a candidate); false if the total weight is below target. Each pass
-// after the first reads only the candidates left in the chosen bin.
+// after the first reads only the candidates left in the chosen bin. On
+// success the weighted elements with key >= u are scratch.above (key > u)
+// and scratch.candidates (key == u).
 SF_HOST_INLINE bool select_top(const uint32_t* keys, const uint64_t* weights, int64_t n, uint64_t target,
-                       SelectScratch& scratch, uint32_t* result) {
+                               SelectScratch& scratch, uint32_t* result) {
   SelectState s{0u, 0, 0u};
   uint64_t hist[kBins];
   auto& candidates = scratch.candidates;
   auto& next = scratch.next;
+  auto& above = scratch.above;
+  above.clear();
+  // After a pass: the candidates left in the chosen bin, and those above it (kept whatever follows).
+  const auto split = [&](int32_t i) {
+    if (in_range(keys[i], s)) {
+      next.push_back(i);
+    } else if ((keys[i] >> (32 - s.done)) > (s.prefix >> (32 - s.done))) {
+      above.push_back(i);
+    }
+  };
   // First pass over the whole row, without an index list.
   for (int b = 0; b < kBins; ++b) hist[b] = 0;
   for (int64_t i = 0; i < n; ++i) hist[key_digit(keys[i], s)] += weights[i];
   if (!pick_bin(hist, target, s)) return false;
-  candidates.clear();
+  next.clear();
   for (int64_t i = 0; i < n; ++i)
-    if (weights[i] > 0 && in_range(keys[i], s)) candidates.push_back(int32_t(i));
+    if (weights[i] > 0) split(int32_t(i));
+  candidates.swap(next);
   while (s.done < 32) {
     for (int b = 0; b < kBins; ++b) hist[b] = 0;
     for (const int32_t i : candidates) hist[key_digit(keys[i], s)] += weights[i];
     if (!pick_bin(hist, target, s)) return false;
     next.clear();
-    for (const int32_t i : candidates)
-      if (in_range(keys[i], s)) next.push_back(i);
+    for (const int32_t i : candidates) split(i);
     candidates.swap(next);
   }
   *result = s.prefix;
@@ -271,9 +284,10 @@ SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w,
     }
     if (select_top(keys, weights, n, uint64_t(w.top_k), scratch, &u)) {
       keep.min_y = key_value(u);
+      // The values the later warpers read: top-k's kept set, as select_top leaves it.
       scratch.values.clear();
-      for (int64_t i = 0; i < n; ++i)
-        if (v[i] >= keep.min_y) scratch.values.push_back(v[i]);
+      for (const auto* list : {&scratch.above, &scratch.candidates})
+        for (const int32_t i : *list) scratch.values.push_back(v[i]);
       v = scratch.values.data();
       n = int64_t(scratch.values.size());
     }

@@ -633,6 +633,15 @@ void test_selection() {
     const bool got = select_top(keys.data(), w.data(), n, target, scratch, &key);
     CHECK_MSG(got == found, "trial %d: found %d, expected %d", trial, int(got), int(found));
     if (got && found) CHECK_MSG(key_value(key) == expected, "trial %d: %g vs %g", trial, key_value(key), expected);
+    if (got) {  // the kept set it leaves: every weighted element with key >= u, once
+      std::vector<int32_t> kept(scratch.above);
+      kept.insert(kept.end(), scratch.candidates.begin(), scratch.candidates.end());
+      std::sort(kept.begin(), kept.end());
+      std::vector<int32_t> want;
+      for (int i = 0; i < n; ++i)
+        if (w[size_t(i)] > 0 && keys[size_t(i)] >= key) want.push_back(i);
+      CHECK_MSG(kept == want, "trial %d: %zu kept, expected %zu", trial, kept.size(), want.size());
+    }
   }
   // mass_target is ceil(p * total); fixed_mass truncates w * 2^S.
   CHECK(mass_target(0.5f, 10) == 5 && mass_target(0.25f, 10) == 3 && mass_target(0.0f, 10) == 0);
