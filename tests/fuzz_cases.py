@@ -392,11 +392,62 @@ def run_distributed(batch, examples):
     print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
 
 
+def run_simulated(batch, examples):
+    """syncfree.distributed over 1 to 6 simulated ranks in one process (tests/ranks.py): any cut of
+    the vocabulary, shards in any order, every argument kind; each rank's tokens must equal one
+    device's and its logprobs agree to float rounding."""
+    from ranks import simulate
+
+    @seed(batch)
+    @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def fuzz(data):
+        b, v = data.draw(st.integers(1, 4)), data.draw(st.sampled_from([1, 3, 17, 40, 333, 1000, 4099]))
+        dtype = data.draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+        full = torch.stack([draw_row(data, v) for _ in range(b)]).to(dtype)
+        ranks = data.draw(st.integers(1, min(6, v)))
+        cuts = sorted(data.draw(st.sets(st.integers(1, v - 1), min_size=ranks - 1, max_size=ranks - 1))) if v > 1 else []
+        bounds = list(zip([0] + cuts, cuts + [v]))
+        bounds = data.draw(st.permutations(bounds))  # ranks hold their shards in any order
+        kwargs = {}
+        t = data.draw(st.sampled_from([0.0, 1e-46, 1e-39, 0.7, 1.0, 50.0, "tensor"]))
+        kwargs["temperature"] = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.3, 1e-39, NAN, INF]),
+                                                                 min_size=b, max_size=b))) if t == "tensor" else t
+        for name, values in (("top_k", [0, 1, 2, 50, 10**6]), ("top_p", [1.0, 0.8, 0.3]), ("min_p", [0.0, 0.1, 1.0]),
+                             ("typical_p", [1.0, 0.7, 0.2])):
+            if data.draw(st.booleans()):
+                kwargs[name] = data.draw(st.sampled_from(values))
+            elif data.draw(st.booleans()):  # per-row values, out-of-range ones clamped (README "Bad input")
+                row_values = st.sampled_from(values + ([-3] if name == "top_k" else [NAN, -0.5, 1.5]))
+                tensor = torch.tensor(data.draw(st.lists(row_values, min_size=b, max_size=b)))
+                kwargs[name] = tensor if name == "top_k" else tensor.float()
+        rng = data.draw(st.sampled_from(["int", "tensor", "generator"]))
+        if rng == "int":
+            kwargs.update(seed=data.draw(st.integers(0, 2**40)), offset=data.draw(st.integers(0, 99)))
+        elif rng == "tensor":
+            kwargs.update(seed=torch.arange(b) * 3 + data.draw(st.integers(0, 99)), offset=torch.arange(b))
+        else:
+            kwargs["generator_seed"] = data.draw(st.integers(0, 2**40))
+        print(f"case: simulated {dtype}{(b, v)} shards {bounds} {kwargs}", flush=True)
+        single = dict(kwargs)
+        if rng == "generator":
+            single["generator"] = torch.Generator().manual_seed(single.pop("generator_seed"))
+        want, want_lp = syncfree.sample(full, return_logprobs=True, **single)
+        for rank, (tokens, logprobs) in enumerate(simulate(full, bounds, **kwargs)):
+            assert torch.equal(tokens, want), f"rank {rank}: {tokens.tolist()} against one device's {want.tolist()}"
+            torch.testing.assert_close(logprobs, want_lp, atol=1e-4, rtol=1e-4)
+
+    fuzz()
+    print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
+
+
 if __name__ == "__main__":
     batch_arg, examples_arg = int(sys.argv[1]), int(sys.argv[2])
     if "--choosers" in sys.argv:
         run_choosers(batch_arg, examples_arg)
     elif "--distributed" in sys.argv:
         run_distributed(batch_arg, examples_arg)
+    elif "--simulated" in sys.argv:
+        run_simulated(batch_arg, examples_arg)
     else:
         run(batch_arg, examples_arg, "--emulated" in sys.argv)

@@ -2,9 +2,9 @@
 
 Each batch runs in a subprocess with a timeout, so a crash or a hang is reported with the
 case that caused it. SYNCFREE_FUZZ_EXAMPLES (default 200) sets the cases per CPU batch; the
-emulated CUDA batches and the two-rank Gloo batch run a quarter of that, the chooser batch
-half. CI's budget: 1200 CPU cases, 100 emulated, 100 chooser and 50 two-rank ones, about a
-minute on 2 cores.
+emulated CUDA batches and the two-rank Gloo batch run a quarter of that, the chooser batch and
+the simulated-ranks batch (syncfree.distributed over 1 to 6 ranks in one process) half. CI's
+budget: 1200 CPU cases, 100 emulated, 100 chooser, 100 simulated-ranks and 50 two-rank ones.
 """
 import os
 import pathlib
@@ -55,6 +55,10 @@ def test_fuzz_the_choosers():
 
 def test_fuzz_two_gloo_ranks():
     run_batch(300, max(EXAMPLES // 4, 1), "distributed", timeout=600)
+
+
+def test_fuzz_simulated_ranks():
+    run_batch(400, max(EXAMPLES // 2, 1), "simulated", timeout=600)
 
 
 def test_the_invariants_catch_bad_results():
