@@ -167,16 +167,11 @@ std::tuple<Tensor, int64_t> shard_columns_op(const Tensor& x, at::TensorList hea
   return {pieces.size() == 1 ? pieces[0] : at::cat(pieces, 1), first};
 }
 
-ShardState state_of(const Tensor& state, int64_t rows) {
-  TORCH_CHECK_VALUE(state.scalar_type() == at::kByte && state.dim() == 1 && state.numel() == shard_state_bytes(rows),
-                    "state: expected the tensor of _shard_begin for ", rows, " rows");
-  return shard_state(state.data_ptr(), rows);
-}
-
-int64_t state_rows(const Tensor& state) {
-  int64_t rows = state.numel() / int64_t(sizeof(ShardRow) + sizeof(RowKeep));
-  while (rows > 0 && shard_state_bytes(rows) > state.numel()) --rows;
-  return rows;
+// The rows of a _shard_begin state tensor, checked.
+ShardState state_of(const Tensor& state) {
+  TORCH_CHECK_VALUE(state.scalar_type() == at::kByte && state.dim() == 2 && state.size(1) == kShardStateRowBytes,
+                    "state: expected the tensor of _shard_begin");
+  return shard_state(state.data_ptr(), state.size(0));
 }
 
 template <Backend B>
@@ -194,12 +189,12 @@ Tensor shard_begin_op(const Tensor& x, int64_t vocab_size, SYNCFREE_WARPER_PARAM
   const WarperArgs w = SYNCFREE_WARPER_STRUCT;
   check_warpers(w, x);
   const int64_t rows = x.size(0);
-  Tensor state = at::empty({shard_state_bytes(rows)}, x.options().dtype(at::kByte));
+  Tensor state = at::empty({rows, kShardStateRowBytes}, x.options().dtype(at::kByte));
   if (B == Backend::kMeta) return state;
   ShardRowsCall c{};
   c.kind = ShardRowsKind::kBegin;
   c.rows = rows;
-  c.state = state_of(state, rows);
+  c.state = state_of(state);
   c.params.rows = rows;
   c.params.vocab = vocab_size;
   RowTensors keep_alive;
@@ -215,13 +210,14 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_
                       const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                       std::optional<int64_t> seed_value, int64_t offset_value, const Tensor& rng_state) {
   const int64_t rows = x.size(0);
+  TORCH_CHECK_VALUE(state.dim() == 2 && state.size(0) == rows, "state: expected one row per row of local_logits");
   const auto s = int32_t(step);
   Tensor out = at::zeros({rows, shard_step_columns(s)}, x.options().dtype(at::kLong));
   if (B == Backend::kMeta || rows == 0) return out;
   ShardRowsCall c{};
   c.step = s;
   c.rows = rows;
-  c.state = state_of(state, rows);
+  c.state = state_of(state);
   c.base = base;
   c.columns = ext.size(1);
   c.out = out.data_ptr<int64_t>();
@@ -282,7 +278,7 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_
 // Folds a step's collective result into the state (Note [Vocab-parallel steps]).
 template <Backend B>
 void shard_merge_op(int64_t step, const Tensor& state, const Tensor& result) {
-  const int64_t rows = state_rows(state);
+  const int64_t rows = state.size(0);
   const Tensor v = result.to(at::kLong).contiguous();
   const bool gathered = step_kind(int32_t(step)) == kStepMass;
   TORCH_CHECK_VALUE(v.dim() == (gathered ? 3 : 2) && v.size(-2) == rows &&
@@ -293,7 +289,7 @@ void shard_merge_op(int64_t step, const Tensor& state, const Tensor& result) {
   c.kind = ShardRowsKind::kMerge;
   c.step = int32_t(step);
   c.rows = rows;
-  c.state = state_of(state, rows);
+  c.state = state_of(state);
   c.in = v.data_ptr<int64_t>();
   c.in_width = v.size(-1);
   c.ranks = gathered ? v.size(0) : 1;
@@ -302,14 +298,14 @@ void shard_merge_op(int64_t step, const Tensor& state, const Tensor& result) {
 
 template <Backend B>
 std::tuple<Tensor, Tensor> shard_finish_op(const Tensor& state, bool return_logprobs) {
-  const int64_t rows = state_rows(state);
+  const int64_t rows = state.size(0);
   Tensor tokens = at::empty({rows}, state.options().dtype(at::kLong));
   Tensor logprobs = at::empty({return_logprobs ? rows : 0}, state.options().dtype(at::kFloat));
   if (B == Backend::kMeta || rows == 0) return {tokens, logprobs};
   ShardRowsCall c{};
   c.kind = ShardRowsKind::kFinish;
   c.rows = rows;
-  c.state = state_of(state, rows);
+  c.state = state_of(state);
   c.out = tokens.data_ptr<int64_t>();
   c.logprobs = return_logprobs ? logprobs.data_ptr<float>() : nullptr;
   run_rows<B>(state, c);

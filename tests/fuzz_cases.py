@@ -396,7 +396,7 @@ def run_simulated(batch, examples):
     """syncfree.distributed over 1 to 6 simulated ranks in one process (tests/ranks.py): any cut of
     the vocabulary, shards in any order, every argument kind; each rank's tokens must equal one
     device's and its logprobs agree to float rounding."""
-    from ranks import simulate
+    from ranks import one_device, simulate
 
     @seed(batch)
     @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
@@ -429,10 +429,7 @@ def run_simulated(batch, examples):
         else:
             kwargs["generator_seed"] = data.draw(st.integers(0, 2**40))
         print(f"case: simulated {dtype}{(b, v)} shards {bounds} {kwargs}", flush=True)
-        single = dict(kwargs)
-        if rng == "generator":
-            single["generator"] = torch.Generator().manual_seed(single.pop("generator_seed"))
-        want, want_lp = syncfree.sample(full, return_logprobs=True, **single)
+        want, want_lp = one_device(full, kwargs)
         for rank, (tokens, logprobs) in enumerate(simulate(full, bounds, **kwargs)):
             assert torch.equal(tokens, want), f"rank {rank}: {tokens.tolist()} against one device's {want.tolist()}"
             torch.testing.assert_close(logprobs, want_lp, atol=1e-4, rtol=1e-4)

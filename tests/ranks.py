@@ -6,6 +6,7 @@ import socket
 
 import torch
 
+import syncfree
 import syncfree.distributed as sd
 
 
@@ -13,6 +14,15 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def one_device(logits, kwargs):
+    """syncfree.sample (tokens, logprobs) on the unsharded logits with simulate()'s kwargs: a
+    generator_seed becomes a fresh CPU generator seeded with it, as every simulated rank gets."""
+    single = dict(kwargs)
+    if "generator_seed" in single:
+        single["generator"] = torch.Generator().manual_seed(single.pop("generator_seed"))
+    return syncfree.sample(logits, return_logprobs=True, **single)
 
 
 def _replies(kind, values):

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 import syncfree
 import syncfree.distributed as sd
 from conftest import requires_cuda
-from ranks import free_port, simulate
+from ranks import free_port, one_device, simulate
 
 INF = float("inf")
 
@@ -364,18 +364,10 @@ def simulated_cases():
 def test_simulated_ranks_match_one_device(name, logits, bounds, kwargs):
     """The steps of every rank in one process (collectives computed by the test): the same tokens
     as syncfree.sample, the logprobs to float rounding."""
-    want, want_lp = single_device(logits, kwargs)
+    want, want_lp = one_device(logits, kwargs)
     for tokens, logprobs in simulate(logits, bounds, **kwargs):
         assert torch.equal(tokens, want), f"{tokens} vs {want}"
         torch.testing.assert_close(logprobs, want_lp, atol=1e-4, rtol=1e-4)
-
-
-def single_device(logits, kwargs):
-    """syncfree.sample on the unsharded logits, with a fresh generator for a generator_seed."""
-    single = dict(kwargs)
-    if "generator_seed" in single:
-        single["generator"] = torch.Generator().manual_seed(single.pop("generator_seed"))
-    return syncfree.sample(logits, return_logprobs=True, **single)
 
 
 def test_distributed_holds_no_core_constant():

@@ -15,7 +15,7 @@ import cuda_on_cpu
 import parity
 import syncfree
 from parity import assert_same, make
-from ranks import simulate
+from ranks import one_device, simulate
 
 pytestmark = pytest.mark.emulated
 
@@ -226,13 +226,6 @@ def shard_cases():
     return out
 
 
-def single_device(logits, kwargs):
-    single = dict(kwargs)
-    if "generator_seed" in single:
-        single["generator"] = torch.Generator().manual_seed(single.pop("generator_seed"))
-    return syncfree.sample(logits, return_logprobs=True, **single)
-
-
 @pytest.mark.parametrize("case", shard_cases(), ids=[c[0] for c in shard_cases()])
 def test_shard_kernels(layer, case):
     """syncfree.distributed's steps on the emulated kernels (the race on shards, the local passes,
@@ -240,7 +233,7 @@ def test_shard_kernels(layer, case):
     but for the generator's draw, the CPU path's shard steps."""
     name, logits, bounds, kwargs = case
     with cuda_on_cpu.emulating():
-        want = single_device(logits, kwargs)
+        want = one_device(logits, kwargs)
         got = simulate(logits, bounds, **kwargs)
     for rank in got:
         assert_same(want, rank, name)

@@ -145,10 +145,12 @@ struct ShardRow {
 static_assert(sizeof(ShardRow) % 8 == 0 && std::is_trivially_copyable_v<ShardRow>,
               "ShardRows sit 8-byte aligned in a byte tensor and are copied as plain bytes");
 
-// Where the state of `rows` rows lives in one buffer: the kept sets first (as
-// the race reads them, RowKeep[rows]), then the ShardRows, 8-byte aligned.
+// A call's state is a byte tensor [rows, kShardStateRowBytes]: the kept sets
+// first (as the race reads them, RowKeep[rows]), then the ShardRows, 16-byte
+// aligned. Each row's bytes leave room for its RowKeep and the alignment.
 SF_HD int64_t shard_rows_offset(int64_t rows) { return (rows * int64_t(sizeof(RowKeep)) + 15) / 16 * 16; }
-SF_HD int64_t shard_state_bytes(int64_t rows) { return shard_rows_offset(rows) + rows * int64_t(sizeof(ShardRow)); }
+constexpr int64_t kShardStateRowBytes = int64_t(sizeof(ShardRow)) + 16;
+static_assert(sizeof(RowKeep) <= 16, "rows * 16 bytes hold the kept sets and their alignment");
 
 struct ShardState {
   RowKeep* keeps;

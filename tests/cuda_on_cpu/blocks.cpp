@@ -50,9 +50,7 @@ struct Thread {
   uint64_t result = 0;
   void* sp = nullptr;
   Stack stack;
-#if defined(CUDA_ON_CPU_TSAN)
-  void* tsan_fiber = nullptr;
-#endif
+  void* tsan_fiber = nullptr;  // used under ThreadSanitizer
 };
 
 // A warp intrinsic some lanes have reached.
@@ -89,12 +87,11 @@ struct Block {
   std::string error;
   const std::function<void()>* body = nullptr;
   void* scheduler_sp = nullptr;
-#if defined(__SANITIZE_ADDRESS__)
+  // The scheduler's stack (told to AddressSanitizer) and fiber (to ThreadSanitizer).
   const void* scheduler_stack = nullptr;
   size_t scheduler_stack_size = 0;
-#endif
-#if defined(CUDA_ON_CPU_TSAN)
   void* scheduler_fiber = nullptr;
+#if defined(CUDA_ON_CPU_TSAN)
   int sync_token = 0;  // barrier happens-before
 #endif
 };
@@ -147,33 +144,31 @@ std::string where(const Block& b, const Thread& t) {
   return s.str();
 }
 
-void switch_into(Block& b, Thread& t) {
+// One fiber switch, told to the sanitizers: save the current stack pointer in
+// *save and resume `to`, whose stack is [stack, stack + size) and whose TSan
+// fiber is `fiber`. A fiber leaving for good tells ASan it keeps no fake stack.
+void switch_fiber(void** save, void* to, [[maybe_unused]] const void* stack, [[maybe_unused]] size_t size,
+                  [[maybe_unused]] void* fiber, [[maybe_unused]] bool for_good) {
 #if defined(__SANITIZE_ADDRESS__)
   void* fake = nullptr;
-  __sanitizer_start_switch_fiber(&fake, t.stack.base, t.stack.size);
+  __sanitizer_start_switch_fiber(for_good ? nullptr : &fake, stack, size);
 #endif
 #if defined(CUDA_ON_CPU_TSAN)
-  __tsan_switch_to_fiber(t.tsan_fiber, __tsan_switch_to_fiber_no_sync);
+  __tsan_switch_to_fiber(fiber, __tsan_switch_to_fiber_no_sync);
 #endif
-  cuda_on_cpu_switch(&b.scheduler_sp, t.sp);
+  cuda_on_cpu_switch(save, to);
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
 }
 
+void switch_into(Block& b, Thread& t) {
+  switch_fiber(&b.scheduler_sp, t.sp, t.stack.base, t.stack.size, t.tsan_fiber, false);
+}
+
 // Back to the scheduler; returns when the scheduler picks this thread again.
 void switch_out(Block& b, Thread& t, bool for_good) {
-#if defined(__SANITIZE_ADDRESS__)
-  void* fake = nullptr;
-  __sanitizer_start_switch_fiber(for_good ? nullptr : &fake, b.scheduler_stack, b.scheduler_stack_size);
-#endif
-#if defined(CUDA_ON_CPU_TSAN)
-  __tsan_switch_to_fiber(b.scheduler_fiber, __tsan_switch_to_fiber_no_sync);
-#endif
-  cuda_on_cpu_switch(&t.sp, b.scheduler_sp);
-#if defined(__SANITIZE_ADDRESS__)
-  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
-#endif
+  switch_fiber(&t.sp, b.scheduler_sp, b.scheduler_stack, b.scheduler_stack_size, b.scheduler_fiber, for_good);
 }
 
 [[noreturn]] void fail_in_kernel(const std::string& message) {
