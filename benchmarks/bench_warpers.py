@@ -21,6 +21,10 @@ parameters for all rows) it times, side by side in one run:
              (the softmax is not timed, which flatters it). FlashInfer has no kernel for
              typical-p or for min-p combined with top-k/top-p: 'n/a' there.
 A method that raises (say NotImplementedError) is reported as 'n/a' with its error.
+Next to each syncfree time it prints the CUDA plan's napkin model for the same logits
+(syncfree._C.select_napkin, Note [Selection passes on CUDA]): full reads of the row (the
+worst row of the batch), kernel launches, and how many rows' candidates fit the buffer,
+with the bytes those reads move ('MB read'); on the CPU the SM count of an H100 (132).
 Prints a fixed-width summary and writes table_warpers_<device>.txt (the summary plus
 one line per method), results_warpers_<device>.json and (with matplotlib, unless
 --no-plot) warpers_<device>.png into the output directory; --replot redraws the PNG
@@ -165,6 +169,23 @@ def cpu_seconds_of_others():
     return time.monotonic(), busy - (mine.user + mine.system)
 
 
+# --- the napkin model -----------------------------------------------------------------------
+
+NAPKIN_SMS = 132  # the CUDA plan's SM count when the run is on the CPU (an H100 SXM)
+
+
+def napkin(logits, cfg, sm_count):
+    """The CUDA selection plan for these logits: worst row's full reads, launches, rows that fit."""
+    if syncfree is None:
+        return {}
+    y = logits.float().cpu() / TEMPERATURE
+    rows = [syncfree._C.select_napkin(y[b], cfg["top_k"], cfg["top_p"], cfg["min_p"], cfg["typical_p"],
+                                      rows=y.shape[0], sm_count=sm_count) for b in range(y.shape[0])]
+    reads = max(r["full_reads"] for r in rows)
+    return dict(reads=reads, launches=rows[0]["launches"], fits=sum(r["fits"] for r in rows),
+                mb_read=reads * logits.numel() * logits.element_size() / 1e6)
+
+
 # --- tables ---------------------------------------------------------------------------------
 
 def long_table(results):
@@ -181,8 +202,11 @@ def long_table(results):
 def summary_table(results, peers):
     """One line per shape and configuration: syncfree's time, x temp, then peers as x syncfree."""
     lines = [f"{'dtype':<9}{'B':>5}{'V':>8}  {'config':<10}{'temp us':>9}{'sf us':>10}{'x temp':>8}"
+             f"{'reads':>6}{'launch':>7}{'fit':>6}{'MB read':>9}"
              + "".join(f"{p:>11}" for p in peers),
-             "  (x temp: syncfree with the warpers / syncfree temperature-only; peer columns:"
+             "  (x temp: syncfree with the warpers / syncfree temperature-only; reads, launch, fit,"
+             " MB read: the CUDA plan's napkin model (full reads of the worst row, kernel launches,"
+             " rows whose candidates fit the buffer, bytes of those reads); peer columns:"
              " peer time / syncfree time, or the peer's time where syncfree is n/a;"
              " '!' = synced; '-' = not run)"]
     rows, temp = {}, {}
@@ -195,8 +219,11 @@ def summary_table(results, peers):
     for (dtype, batch, vocab, config), row in rows.items():
         sf = row.get(REFERENCE, {})
         t = temp.get((dtype, batch, vocab), {})
+        fits = f"{sf['fits']}/{batch}" if "fits" in sf else "-"
         line = (f"{dtype:<9}{batch:>5}{vocab:>8}  {config:<10}{fmt(t.get('us'), '.1f', 9)}"
-                f"{fmt(sf.get('us'), '.1f', 10)}{fmt(sf.get('vs_temp'), '.2f', 8)}")
+                f"{fmt(sf.get('us'), '.1f', 10)}{fmt(sf.get('vs_temp'), '.2f', 8)}"
+                f"{fmt(sf.get('reads'), 'd', 6)}{fmt(sf.get('launches'), 'd', 7)}{fits:>6}"
+                f"{fmt(sf.get('mb_read'), '.1f', 9)}")
         line += "".join(f"{ratio_cell(row.get(p), 'vs_syncfree'):>11}" for p in peers)
         lines.append(line)
     return lines
@@ -318,6 +345,7 @@ def main():
     needs = {"scaled", "probs"} if device == "cuda" and flashinfer is not None else set()
 
     meta = timing.run_meta(device, TEMPERATURE, syncfree, SYNCFREE_MISSING, flashinfer)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else NAPKIN_SMS
     if device == "cpu":
         others_start = cpu_seconds_of_others()
     print("configurations: " + "  ".join(
@@ -344,6 +372,7 @@ def main():
                         config_rows.append(dict(base, config=config, method=m.name, us=us,
                                                 synced=synced, error=error))
                     sf_us = next((r["us"] for r in config_rows if r["method"] == REFERENCE), None)
+                    config_rows[0].update(napkin(cases[0].logits, cfg, sms))
                     for r in config_rows:
                         r["vs_temp"] = r["us"] / temp_us if (r["us"] and temp_us) else None
                         r["vs_syncfree"] = r["us"] / sf_us if (r["us"] and sf_us) else None

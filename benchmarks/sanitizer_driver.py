@@ -9,7 +9,11 @@ Kernels and the variants reached (csrc/cuda/*.cu):
                                             rows) and scalar loads (misaligned base, odd row stride);
                                             a row in one block and a B=1 row split over several blocks
                                             (ticket counters, then the graph's memset workspace);
-  syncfree_find_thresholds_kernel<T>            each warper alone and all four, per-row values;
+  syncfree_select_pass_kernel<T>            the warpers' scan, mass and compaction passes (split rows:
+                                            global histograms and tickets; candidates that fit and
+                                            candidates that overflow the buffer);
+  syncfree_find_thresholds_kernel<T>        each warper alone and all four, per-row values, the race
+                                            over compacted candidates and the full-row fallback;
   syncfree_apply_thresholds_kernel<T>             syncfree.warp with and without warpers, scaled_logits;
   syncfree_resolve_group_kernel<T, false>   the race on shards (syncfree.distributed's steps);
   syncfree_shard_pass_kernel<T>, syncfree_shard_rows_kernel   every step of those calls (csrc/cuda/shard_cuda.cu).
@@ -204,6 +208,11 @@ def section_warpers(run):
         run.sample_vs_cpu(f"warpers {name} {b}x{v} per-row values", run.on(x), x, temps, seed=3, **per_row)
         run.in_range(f"warpers {name} {b}x{v} default generator",
                      syncfree.sample(run.on(x), 0.8, **WARPERS["all"]), v)
+        # Near-flat rows: ~13000 tokens on each of three values, more candidates than the buffer holds.
+        flat = (torch.randint(0, 3, (2, SPLIT_V), generator=g) * 0.25).to(dtype)
+        for label in ("top_k", "top_p", "all"):
+            run.sample_vs_cpu(f"warpers {name} 2x{SPLIT_V} flat {label}", run.on(flat), flat, 1.0,
+                              seed=torch.arange(2), **WARPERS[label])
 
 
 def section_warp(run):

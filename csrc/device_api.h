@@ -26,10 +26,16 @@ void shard_rows_cpu(const ShardRowsCall& c);
 void shard_pass_cpu(const ShardPassCall& c, c10::ScalarType dtype);
 
 #ifdef SYNCFREE_WITH_CUDA
+struct RngArgs;  // cuda/block_race.cuh
+
 // The warpers' kept set of every row into keeps (device memory, [rows]);
-// greedy rows get keep_all unless greedy_rows_too (syncfree.warp).
+// greedy rows get keep_all unless greedy_rows_too (syncfree.warp). With
+// raced (a sampling call, [rows]), rows whose kept set the selection has
+// compacted are also sampled there, with the call's noise (rng), and get
+// raced[row] = 1; the sampling kernel skips them (Note [Selection passes on
+// CUDA] in cuda/warpers_cuda.cu).
 void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
-                      bool greedy_rows_too);
+                          bool greedy_rows_too, const RngArgs* rng = nullptr, unsigned char* raced = nullptr);
 // out[row, i] = the row's scaled logit i where kept, -inf elsewhere.
 void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
                      float* out);

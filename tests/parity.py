@@ -143,6 +143,8 @@ def check_warpers(target, shape, dtype, config):
     temps = torch.rand(shape[0], generator=torch.Generator().manual_seed(3)) + 0.4
     want = syncfree.sample(x, temps, seed=seeds, return_logprobs=True, **config)
     assert_same(want, target.call(syncfree.sample, x, temps, seed=seeds, return_logprobs=True, **config))
+    assert_same(syncfree.sample(x, temps, seed=seeds, return_valid=True, **config),
+                target.call(syncfree.sample, x, temps, seed=seeds, return_valid=True, **config))
     want_w, want_lp = syncfree.warp(x, temps, **config)
     got_w, got_lp = target.call(syncfree.warp, x, temps, **config)
     assert torch.equal(want_w, got_w), "kept sets differ"
@@ -164,6 +166,28 @@ def check_per_row_warpers(target, rows):
     assert_same(syncfree.sample(x, temps, seed=seeds, return_logprobs=True, return_valid=True, **config),
                 target.call(syncfree.sample, x, temps, seed=seeds, return_logprobs=True, return_valid=True, **config))
     assert torch.equal(syncfree.warp(x, temps, **config)[0], target.call(syncfree.warp, x, temps, **config)[0])
+
+
+def check_warper_candidates(target):
+    """Rows whose candidates (the tokens from the first selection's bin up) overflow the CUDA
+    candidate buffer (4096 entries at small batches; a near-flat row puts all 20000 tokens in one
+    bin) next to rows whose candidates fit (a few peaked tokens): the overflowing rows take the
+    full-row passes and the sampling kernel's race, the others the compacted ones. Returns the
+    rows and temperatures (the emulated test checks which rows fit)."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randint(0, 3, (6, 20000), generator=g) * 0.25  # ~6700 ties on each of three values
+    x[1::2] += (torch.rand(3, 20000, generator=g) < 0.005) * 8.0  # peaked rows: ~100 tokens far above
+    x[4, :100] = -float("inf")
+    temps = torch.tensor([1.0, 0.7, 1.3, 1.0, 0.9, 2.0])
+    seeds = torch.arange(6) * 11
+    for config in (dict(top_k=50), dict(top_p=0.9), dict(top_k=5000, top_p=0.5, min_p=0.1),
+                   dict(top_p=0.95, typical_p=0.8), dict(top_k=torch.tensor([10, 30, 0, 7000, 50, 2]),
+                                                         top_p=torch.tensor([0.9, 1.0, 0.3, 0.99, 1.0, 0.5]))):
+        for extra in (dict(return_logprobs=True, return_valid=True), dict()):
+            assert_same(syncfree.sample(x, temps, seed=seeds, **extra, **config),
+                        target.call(syncfree.sample, x, temps, seed=seeds, **extra, **config), str(config))
+        assert torch.equal(syncfree.warp(x, temps, **config)[0], target.call(syncfree.warp, x, temps, **config)[0])
+    return x, temps
 
 
 def check_warper_edge_rows(target):

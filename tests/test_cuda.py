@@ -262,6 +262,10 @@ def test_warpers_no_sync_and_graph_capture(config):
         assert torch.equal(out, syncfree.sample(x, 0.8, seed=seeds, offset=offsets, **config))
 
 
+def test_warper_candidates_fitting_and_overflowing_on_cuda():
+    parity.check_warper_candidates(CUDA)
+
+
 def test_warp_edge_rows_cpu_and_cuda_identical():
     parity.check_warper_edge_rows(CUDA)
 

@@ -197,6 +197,14 @@ def test_per_row_warpers_with_clamped_values(target):
     parity.check_per_row_warpers(target, cases(48, 8))
 
 
+def test_warper_candidates_fitting_and_overflowing(target):
+    x, temps = parity.check_warper_candidates(target)
+    # Both paths ran: the napkin model (the kernels' decisions on the host) says which rows fit.
+    fits = [syncfree._C.select_napkin(x[r] / temps[r], 50, 1.0, 0.0, 1.0, rows=6, sm_count=SM_COUNT)["fits"]
+            for r in range(6)]
+    assert fits == [False, True] * 3
+
+
 def test_warper_edge_rows(target):
     parity.check_warper_edge_rows(target)
 

@@ -22,7 +22,7 @@ def test_a_planted_bug_is_caught(mutant):
 
 @pytest.mark.parametrize("variant, selection", [
     ("asan", None),  # every quick case
-    ("tsan", "tokens_logprobs_and_valid or warper_edge_rows or shard_kernels"),
+    ("tsan", "tokens_logprobs_and_valid or warper_edge_rows or warper_candidates or shard_kernels"),
 ])
 def test_the_emulated_kernels_under_sanitizers(variant, selection, monkeypatch):
     monkeypatch.setenv("SYNCFREE_EMULATION_QUICK", "1")

@@ -193,17 +193,66 @@ SF_HD bool pick_bin(const uint64_t* hist, uint64_t target, SelectState& s) {
   return false;
 }
 
+// Note [Selection passes]
+// -----------------------
+// Both paths find a row's thresholds in the same steps (the CUDA kernels of
+// warpers_cuda.cu, Note [Selection passes on CUDA]; the CPU's row_keep below):
+//   1. a pass for the row max and lowest finite value and, with top-k, the
+//      histogram of the first key digit (counts), and top-k's pick of it;
+//   2. top-p without top-k (or with a top-k that keeps everything): a pass
+//      for the exact masses against the max, their total and top-p's first
+//      digit (the masses need the max, hence a pass of its own);
+//   3. the candidates: every unmasked token whose key is in the chosen bin or
+//      above, copied out (is_candidate);
+//   4. the whole chain over the candidates, as over the row.
+// The candidates are an upper set of the key order that holds every token
+// the first selection can keep, and every later warper only counts tokens at
+// or above the floor, so the thresholds are those of the chain over the row
+// (top-p takes the row total of step 2 when it made the first pick). A lower
+// first bin only adds candidates. Without top-k and top-p (min-p, typical-p
+// alone) step 4 reads the row.
+enum SelectMode : int {
+  kSelectSkip = 0,  // no warper (or a greedy row): every token kept, nothing read
+  kSelectKeepAll,   // +inf or no unmasked token: nothing to warp
+  kSelectTopPHist,  // step 2 bins the row for top-p's first digit
+  kSelectCompact,   // a first digit is fixed: the tokens from its bin up are the candidates
+  kSelectFullRow,   // step 4 runs the warpers over the row itself
+};
+
+// The mode after step 1 for a row with warpers w and a finite maximum: a
+// top-k pick that finds fewer unmasked tokens than k keeps them all (as
+// select_top does) and the row goes on as if top-k were off.
+SF_HD SelectMode mode_after_scan(const Warpers& w, bool top_k_picked) {
+  if (w.top_k > 0 && top_k_picked) return kSelectCompact;
+  return w.top_p < 1.0f ? kSelectTopPHist : kSelectFullRow;
+}
+
+// The least float whose order key is >= k: -inf when every key from -inf's
+// up is, a NaN (which no y reaches) when none up to +inf's is. A float compare
+// against it replaces a key compare over a whole row.
+SF_HD float key_floor(uint32_t k) {
+  if (k >= 0x80000000u) return bits_float(k & 0x7FFFFFFFu);  // non-negative floats (-0 >= +0 too)
+  const uint32_t b = ~k;  // negative floats: key ~bits >= k iff bits <= ~k
+  return b >= 0xFF800000u ? -kInf : bits_float(b);
+}
+
+// Step 3's test: an unmasked token whose key is in the first selection's
+// chosen bin or above, floor = key_floor(the prefix after its first digit).
+SF_HD bool is_candidate(float y, float floor) { return y != -kInf && y >= floor; }
+
 }  // namespace syncfree
 
 namespace syncfree {
 
 // Host scratch for row_keep, reused across the rows a CPU thread handles.
 struct SelectScratch {
+  std::vector<float> candidates_y;  // the candidates (Note [Selection passes])
   std::vector<float> values;     // the values above top-k's floor
   std::vector<float> exps;       // e^(y - m), 0 for masked
   std::vector<uint32_t> keys;    // order keys of the current selection
   std::vector<uint64_t> weights; // weights of the current selection
   std::vector<int32_t> candidates, next, above;
+  std::vector<uint64_t> lanes;  // first_digit_histogram's interleaved copies
 };
 
 // Radix selection from the top over arrays (the CPU path): finds the largest
@@ -248,25 +297,119 @@ SF_HOST_INLINE bool select_top(const uint32_t* keys, const uint64_t* weights, in
   return true;
 }
 
-// The kept set of one row of scaled logits y (masked at -inf) under the
-// warper chain (See Note [Exact warper thresholds]). Once top-k has set its
-// floor, only the values above it can carry weight: they are compacted, and
-// the later warpers (their exps included) read those, not the row. The
-// thresholds depend only on the values and on integer sums, whose order does
-// not matter, so they are those of the whole row.
-SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w, SelectScratch& scratch) {
-  RowKeep keep = keep_all();
-  float m = -kInf, lowest = kInf;  // the largest and the smallest finite y
+// Steps 1 and 2 on the host, over a row of scaled logits y.
+struct FirstSelection {
+  SelectMode mode;
+  float m, lowest;     // the row max (+0 for -0) and lowest finite value
+  SelectState first;   // after the first digit's pick (kSelectCompact)
+  uint64_t top_p_total;  // step 2's row total when top-p made the pick, else 0
+};
+
+// The first digit's histogram over y[0, n) into hist: weights 1 per unmasked
+// token, or (masses) fixed_mass(e^(y - m)); returns their total. Logits crowd
+// into few bins, so one counter per bin would chain every increment on the
+// one before; kHistLanes interleaved copies keep that many independent.
+// (No lambda here: a lambda's body would miss the AVX2+FMA target of the
+// function it is inlined into, and with it the fused exp.)
+constexpr int kHistLanes = 4;
+constexpr int kHistBlock = 64;
+
+SF_HOST_INLINE uint64_t first_digit_histogram(const float* y, int64_t n, bool masses, float m, int shift,
+                                              std::vector<uint64_t>& lanes, uint64_t* hist) {
+  lanes.assign(size_t(kHistLanes) * kBins, 0u);
+  const SelectState start{0u, 0, 0u};
+  uint64_t total = 0;
+  int32_t digits[kHistBlock];
+  float e[kHistBlock];
+  for (int64_t first = 0; first < n; first += kHistBlock) {
+    const int count = n - first < kHistBlock ? int(n - first) : kHistBlock;
+    const float* v = y + first;
+    for (int j = 0; j < count; ++j) digits[j] = key_digit(order_key(v[j]), start);
+    if (masses) {
+      SF_SIMD
+      for (int j = 0; j < count; ++j) e[j] = token_exp(v[j], m);
+    }
+    for (int j = 0; j < count; ++j) {
+      const uint64_t w = masses ? fixed_mass(e[j], shift) : (v[j] != -kInf ? 1u : 0u);
+      lanes[size_t(j % kHistLanes) * kBins + size_t(digits[j])] += w;
+      total += w;
+    }
+  }
+  for (int b = 0; b < kBins; ++b) {
+    uint64_t sum = 0;
+    for (int l = 0; l < kHistLanes; ++l) sum += lanes[size_t(l) * kBins + size_t(b)];
+    hist[b] = sum;
+  }
+  return total;
+}
+
+SF_HOST_INLINE FirstSelection first_selection(const float* y, int64_t vocab, const Warpers& w,
+                                              SelectScratch& scratch) {
+  const SelectState start{0u, 0, 0u};
+  FirstSelection f{kSelectSkip, -kInf, kInf, start, 0u};
+  if (!any_warper(w)) return f;
+  f.mode = kSelectKeepAll;
+  float m = -kInf, lowest = kInf;  // y is never NaN: the reductions vectorise exactly
+#pragma omp simd reduction(max : m) reduction(min : lowest)
   for (int64_t i = 0; i < vocab; ++i) {
-    if (y[i] == kInf) return keep;  // +inf wins: nothing to warp
     m = y[i] > m ? y[i] : m;
     lowest = y[i] != -kInf && y[i] < lowest ? y[i] : lowest;
   }
-  if (m == -kInf) return keep;  // degenerate row
-  m = m + 0.0f;                 // +0 for a -0 max, as the CUDA kernel's order-key max gives
+  if (m == kInf || m == -kInf) return f;  // +inf wins (nothing to warp), or a degenerate row
+  f.m = m + 0.0f;            // +0 for a -0 max, as the CUDA kernels' order-key max gives
+  f.lowest = lowest;
+  uint64_t hist[kBins];
+  bool picked = false;
+  if (w.top_k > 0) {
+    first_digit_histogram(y, vocab, false, 0.0f, 0, scratch.lanes, hist);
+    SelectState s = start;  // pick_bin moves s.above even when it fails
+    picked = pick_bin(hist, uint64_t(w.top_k), s);
+    if (picked) f.first = s;
+  }
+  f.mode = mode_after_scan(w, picked);
+  if (f.mode == kSelectTopPHist) {
+    const uint64_t total = first_digit_histogram(y, vocab, true, f.m, mass_shift(vocab), scratch.lanes, hist);
+    SelectState s = start;
+    const bool top_p_picked = pick_bin(hist, mass_target(w.top_p, total), s);
+    f.mode = top_p_picked ? kSelectCompact : kSelectFullRow;
+    if (top_p_picked) {
+      f.first = s;
+      f.top_p_total = total;
+    }
+  }
+  return f;
+}
+
+// The kept set of one row of scaled logits y (masked at -inf) under the
+// warper chain (See Note [Exact warper thresholds]), in the steps of Note
+// [Selection passes]. Once top-k has set its floor, only the values above it
+// can carry weight: they are compacted again for the later warpers.
+SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, Warpers w, SelectScratch& scratch) {
+  RowKeep keep = keep_all();
+  const FirstSelection f = first_selection(y, vocab, w, scratch);
+  if (f.mode == kSelectSkip || f.mode == kSelectKeepAll) return keep;
+  const float m = f.m;
   const int shift = mass_shift(vocab);
   const float* v = y;  // the values that can still be kept
   int64_t n = vocab;
+  if (f.mode == kSelectCompact) {
+    scratch.candidates_y.clear();
+    const float floor = key_floor(f.first.prefix);
+    for (int64_t first = 0; first < vocab; first += kHistBlock) {
+      // Candidates are few: a vector test skips the blocks without one.
+      const int64_t count = vocab - first < kHistBlock ? vocab - first : kHistBlock;
+      const float* b = y + first;
+      int any = 0;
+#pragma omp simd reduction(| : any)
+      for (int64_t j = 0; j < count; ++j) any |= is_candidate(b[j], floor) ? 1 : 0;
+      if (any == 0) continue;
+      for (int64_t j = 0; j < count; ++j)
+        if (is_candidate(b[j], floor)) scratch.candidates_y.push_back(b[j]);
+    }
+    v = scratch.candidates_y.data();
+    n = int64_t(scratch.candidates_y.size());
+  }
+  if (f.top_p_total != 0) w.top_k = 0;  // top-k keeps everything (first_selection)
   uint32_t* keys = nullptr;
   uint64_t* weights = nullptr;
   const auto arrays = [&] {
@@ -311,14 +454,15 @@ SF_HOST_INLINE RowKeep row_keep(const float* y, int64_t vocab, const Warpers& w,
   };
   if (w.top_p < 1.0f) {
     for (int64_t i = 0; i < n; ++i) keys[i] = order_key(v[i]);
-    const uint64_t total = masses();
+    uint64_t total = masses();
+    if (f.top_p_total != 0) total = f.top_p_total;  // the row's, not the candidates'
     if (select_top(keys, weights, n, mass_target(w.top_p, total), scratch, &u)) raise_floor(keep, key_value(u));
   }
   if (w.min_p > 0.0f) raise_floor(keep, min_p_floor(m, w.min_p));
   if (w.typical_p < 1.0f) {
     // E_p[y] (typical_center); each gap term is at most 1, so the same scale fits.
     const uint64_t total = masses();
-    const float spread = typical_spread(m, keep.min_y, lowest);
+    const float spread = typical_spread(m, keep.min_y, f.lowest);
     uint64_t gap = 0;
     for (int64_t i = 0; i < n; ++i)
       if (weights[i] > 0) gap += fixed_mass(token_gap(v[i], m, e[i], spread), shift);

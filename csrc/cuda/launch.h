@@ -8,6 +8,9 @@
 
 namespace syncfree {
 
+// The device's SM count, cached (sample_cuda.cu); the launch plans take it.
+int sm_count(c10::DeviceIndex device);
+
 template <auto kKernel, typename... Args>
 void launch_kernel(dim3 grid, dim3 block, size_t dynamic_shared, cudaStream_t stream, const Args&... args) {
 #if defined(__CUDACC__)

@@ -4,6 +4,7 @@
 // configuration under test is the one the GPU runs. No CUDA types here.
 #pragma once
 
+#include "../core/select.h"
 #include "../core/tiling.h"
 
 namespace syncfree {
@@ -32,6 +33,83 @@ inline SamplePlan plan_sample(int64_t rows, int64_t vocab, int sm_count) {
   plan.blocks = rows * plan.split.splits;
   plan.partial_rows = plan.split.splits > 1 ? plan.blocks : 0;
   return plan;
+}
+
+// The warpers' selection (warpers_cuda.cu, Note [Selection passes on CUDA]):
+// the scan, mass and compaction kernels cut a row into chunks like the
+// sampling kernel (one block of kSelectThreads per chunk; each block's
+// histogram is added into the row's global one, so any number of chunks);
+// the finishing kernel takes one block per row.
+constexpr int kSelectThreads = 512;
+constexpr int kSelectBlocksPerSm = 2;
+constexpr int64_t kSelectMinChunk = int64_t(kSelectThreads) * kGroup;
+constexpr int kSelectMaxSplits = 1024;
+// The candidate buffer of a row: kCandidateCap entries, fewer at large
+// batches so that the buffers of a call stay within kCandidateBudget entries
+// (8 bytes each), never fewer than kCandidateFloor nor more than the vocabulary.
+constexpr int64_t kCandidateCap = 4096;
+constexpr int64_t kCandidateFloor = 256;
+constexpr int64_t kCandidateBudget = int64_t(1) << 22;
+
+struct SelectPlan {
+  RowSplit split;
+  int64_t blocks;      // rows * split.splits, on the grid's x
+  int64_t candidates;  // buffer entries per row
+};
+
+inline SelectPlan plan_select(int64_t rows, int64_t vocab, int sm_count) {
+  const int64_t r = rows < 1 ? 1 : rows;
+  const int64_t fill = ceil_div(int64_t(sm_count) * kSelectBlocksPerSm, r);
+  SelectPlan plan;
+  plan.split = split_row(vocab, fill < kSelectMaxSplits ? fill : kSelectMaxSplits, kSelectMinChunk);
+  plan.blocks = rows * plan.split.splits;
+  const int64_t share = kCandidateBudget / r;
+  plan.candidates = share > kCandidateCap ? kCandidateCap : (share < kCandidateFloor ? kCandidateFloor : share);
+  if (plan.candidates > vocab) plan.candidates = vocab < 1 ? 1 : vocab;  // a row never has more
+  return plan;
+}
+
+// What the scan, mass and compaction kernels decide for one row of scaled
+// logits y, on the host (for the napkin model and its tests): the mode after
+// them and the number of candidates (0 unless kSelectCompact).
+struct SelectCandidates {
+  SelectMode mode;
+  int64_t count;
+};
+
+inline SelectCandidates select_candidates(const float* y, int64_t vocab, const Warpers& w) {
+  SelectScratch scratch;
+  const FirstSelection f = first_selection(y, vocab, w, scratch);
+  int64_t count = 0;
+  if (f.mode == kSelectCompact)
+    for (int64_t i = 0; i < vocab; ++i) count += is_candidate(y[i], key_floor(f.first.prefix)) ? 1 : 0;
+  return {f.mode, count};
+}
+
+// The napkin model of a warped row (bench_warpers.py prints it): full reads
+// of the row and kernel launches, for a row whose candidates fit the buffer
+// or not. The launches are the same for every row of a call: the state
+// memset, scan, mass, compaction, finishing and sampling kernels.
+struct SelectNapkin {
+  int full_reads;
+  int launches;
+};
+
+inline SelectNapkin napkin_select(const Warpers& w, bool fits) {
+  constexpr int kLaunches = 6;
+  if (!any_warper(w)) return {1, 1};  // the sampling kernel alone
+  const SelectMode mode = mode_after_scan(w, true);
+  int reads = 1;                                        // scan
+  if (mode == kSelectTopPHist) reads += 1;              // mass
+  if (mode != kSelectFullRow) reads += 1;               // compaction
+  if (mode != kSelectFullRow && fits) return {reads, kLaunches};  // the rest reads the candidates
+  // The finishing kernel over the row: 3 radix passes per selection, one sum
+  // pass before top-p (unless the mass kernel took it) and before
+  // typical-p; then the sampling kernel's read.
+  if (w.top_k > 0) reads += 3;
+  if (w.top_p < 1.0f) reads += (mode == kSelectTopPHist ? 0 : 1) + 3;
+  if (w.typical_p < 1.0f) reads += 1 + 3;
+  return {reads + 1, kLaunches};
 }
 
 }  // namespace syncfree

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../device_api.h"
+#include "block_race.cuh"
 #include "launch.h"
 #include "plans.h"
 
@@ -31,69 +32,15 @@ namespace syncfree {
 namespace {
 
 constexpr int kThreads = kSampleThreads;  // plans.h
-constexpr int kWarps = kThreads / 32;
 
 struct KernelArgs {
   SampleParams p;
   RowSplit split;
   RacePartial* partials;  // [rows, splits] when split.splits > 1
   unsigned* tickets;      // [rows], zero at launch (Note [Ticket counters])
-  at::PhiloxCudaState philox;
-  bool from_generator;
+  RngArgs rng;
+  const unsigned char* raced;  // [rows] or null: rows the selection kernel already answered
 };
-
-// ---------------------------------------------------------------------------
-// Loads
-
-// Group g of a row through 16-byte loads; the caller guarantees a full group
-// and a 16-byte aligned row.
-template <typename T>
-__device__ __forceinline__ void load_group_vec(const T* row, int64_t g, bool probs, const RowRace& r,
-                                               float (&v)[kGroup]) {
-  constexpr int kPerLoad = 16 / sizeof(T);
-  const uint4* src = reinterpret_cast<const uint4*>(row + g * kGroup);
-#pragma unroll
-  for (int j = 0; j < kGroup / kPerLoad; ++j) {
-    const uint4 raw = __ldg(src + j);
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int k = 0; k < kPerLoad; ++k) {
-      v[j * kPerLoad + k] = race_value(float(e[k]), probs, r);
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Reductions. Assumptions: blockDim.x == kThreads; every thread calls.
-
-__device__ __forceinline__ RacePartial shfl_down(const RacePartial& a, int delta) {
-  RacePartial b;
-  b.best.key = __shfl_down_sync(0xffffffffu, a.best.key, delta);
-  b.best.index = __shfl_down_sync(0xffffffffu, a.best.index, delta);
-  b.mass.max = __shfl_down_sync(0xffffffffu, a.mass.max, delta);
-  b.mass.sum = __shfl_down_sync(0xffffffffu, a.mass.sum, delta);
-  b.infs.first = __shfl_down_sync(0xffffffffu, a.infs.first, delta);
-  b.infs.count = __shfl_down_sync(0xffffffffu, a.infs.count, delta);
-  return b;
-}
-
-__device__ __forceinline__ RacePartial warp_merge(RacePartial a) {
-#pragma unroll
-  for (int delta = 16; delta > 0; delta >>= 1) a = merge_partials(a, shfl_down(a, delta));
-  return a;  // complete in lane 0
-}
-
-// The block's merged partial, complete in thread 0.
-__device__ RacePartial block_merge(RacePartial a) {
-  __shared__ RacePartial per_warp[kWarps];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  a = warp_merge(a);
-  if (lane == 0) per_warp[warp] = a;
-  __syncthreads();
-  if (warp == 0) a = warp_merge(lane < kWarps ? per_warp[lane] : empty_partial());
-  __syncthreads();  // per_warp may be reused by the next call
-  return a;
-}
 
 // Partials written by other blocks: read through L2 (never a stale L1 line).
 __device__ __forceinline__ RacePartial load_partial(const RacePartial* src) {
@@ -107,88 +54,14 @@ __device__ __forceinline__ RacePartial load_partial(const RacePartial* src) {
   return p;
 }
 
-__device__ __forceinline__ RacePartial broadcast_lane0(const RacePartial& a) {
-  RacePartial b;
-  b.best.key = __shfl_sync(0xffffffffu, a.best.key, 0);
-  b.best.index = __shfl_sync(0xffffffffu, a.best.index, 0);
-  b.mass.max = __shfl_sync(0xffffffffu, a.mass.max, 0);
-  b.mass.sum = __shfl_sync(0xffffffffu, a.mass.sum, 0);
-  b.infs.first = __shfl_sync(0xffffffffu, a.infs.first, 0);
-  b.infs.count = __shfl_sync(0xffffffffu, a.infs.count, 0);
-  return b;
-}
-
-// ---------------------------------------------------------------------------
-// Kernel
-
-// The best of the warp's candidates, in every lane.
-__device__ __forceinline__ Best warp_best(Best b) {
-#pragma unroll
-  for (int delta = 16; delta > 0; delta >>= 1) {
-    const Best other{__shfl_xor_sync(0xffffffffu, b.key, delta), __shfl_xor_sync(0xffffffffu, b.index, delta)};
-    b = better_of(b, other);
-  }
-  return b;
-}
-
-// The argmax of a row's raw logits by one warp (Note [Logits past the
-// temperature's range]); every lane returns it.
-template <typename T>
-__device__ Best raw_argmax_warp(const T* x, int64_t vocab) {
-  Best best = no_best();
-  for (int64_t i = threadIdx.x % 32; i < vocab; i += 32) best = better_of(best, raw_entry(float(x[i]), int32_t(i)));
-  return warp_best(best);
-}
-
-// The race inside group `group` of a row, one token per lane of a warp;
-// every lane returns the winner, and *y its scaled value.
-template <typename T, bool kProbs>
-__device__ Best race_group_warp(const SampleParams& p, const RowRace& r, const T* x, int64_t group, float* y) {
-  const int lane = threadIdx.x % 32;
-  const int64_t first = group * kGroup;
-  const bool mine = lane < group_size(p.vocab, group);
-  const float v = mine ? load_value(x, first + lane, kProbs, r) : masked_value(kProbs);
-  const Best winner = warp_best(mine ? token_entry<kProbs>(v, int32_t(first + lane), r) : no_best());
-  *y = __shfl_sync(0xffffffffu, v, int(winner.index - first) & 31);
-  return winner;
-}
-
-// Warp 0 turns the row's merged partial (in lane 0) into the token: when
-// sampling, lanes race the winning group's tokens one each.
-template <typename T, bool kProbs>
-__device__ void finish_row_warp(const SampleParams& p, int64_t row, const RowRace& r, const T* x,
-                                RacePartial acc) {
-  acc = broadcast_lane0(acc);
-  RowResult res = finish_row(acc, r, kProbs);
-  if (!kProbs && degenerate(acc) && may_overflow(r)) res = overflow_result(raw_argmax_warp(x, p.vocab));
-  if (res.needs_resolve) {
-    float y;
-    res = resolved(res, race_group_warp<T, kProbs>(p, r, x, res.token, &y).index);
-    if (r.want_mass && res.valid) res.logprob = chosen_logprob(y, acc.mass);
-  }
-  if (threadIdx.x == 0) store_result(p, row, res.token, res.logprob, res.valid);
-}
-
-// The call's seed and position: the generator's (graph-safe: read from device
-// memory when captured), a draw handed over in memory, or the params' own.
-__device__ __forceinline__ void take_rng(SampleParams& p, const KernelArgs& a) {
-  if (a.from_generator) {
-    const auto seed_offset = at::cuda::philox::unpack(a.philox);
-    p.seed = std::get<0>(seed_offset);
-    p.pos0 = std::get<1>(seed_offset);
-  } else if (p.shard.rng_state != nullptr) {
-    p.seed = uint64_t(p.shard.rng_state[0]);
-    p.pos0 = uint64_t(p.shard.rng_state[1]);
-  }
-}
-
 template <typename T, bool kProbs, bool kVec>
 __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a) {
   const int32_t splits = a.split.splits;
   const int64_t row = blockIdx.x / splits;
   const int32_t split = blockIdx.x % splits;
+  if (a.raced != nullptr && a.raced[row]) return;  // every block of the row leaves: no ticket taken
   SampleParams p = a.p;
-  take_rng(p, a);
+  take_rng(p, a.rng);
   const RowRace r = row_race(p, row);
   const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
 
@@ -205,7 +78,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
     }
     visit_group<kProbs>(acc, v, int32_t(g * kGroup), r);
   }
-  acc = block_merge(acc);
+  acc = block_merge<kThreads>(acc);
 
   if (splits > 1) {
     // The last block of the row to arrive merges every chunk's partial.
@@ -220,7 +93,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
     if (threadIdx.x == 0) a.tickets[row] = 0;  // ready for the next call (Note [Ticket counters])
     __threadfence();
     acc = threadIdx.x < splits ? load_partial(a.partials + row * splits + threadIdx.x) : empty_partial();
-    acc = block_merge(acc);
+    acc = block_merge<kThreads>(acc);
   }
   if (p.shard.partials_out != nullptr) {  // a shard: the row's partial is the answer
     if (threadIdx.x < 32) {
@@ -243,7 +116,7 @@ __global__ void __launch_bounds__(32 * kResolveRowsPerBlock) syncfree_resolve_gr
   const int64_t row = int64_t(blockIdx.x) * kResolveRowsPerBlock + threadIdx.x / 32;
   if (row >= a.p.rows) return;  // whole warps leave together
   SampleParams p = a.p;
-  take_rng(p, a);
+  take_rng(p, a.rng);
   const int64_t group = p.shard.resolve_groups[row];
   int64_t token = -1;
   if (group >= 0) {  // a group with no winner answers 0 (Note [A winning group with no winner])
@@ -259,14 +132,6 @@ __global__ void __launch_bounds__(32 * kResolveRowsPerBlock) syncfree_resolve_gr
 // ---------------------------------------------------------------------------
 // Launcher
 
-int sm_count(c10::DeviceIndex device) {
-  static std::mutex mutex;
-  static std::vector<int> counts(size_t(c10::cuda::device_count()), 0);
-  std::lock_guard<std::mutex> lock(mutex);
-  int& count = counts.at(size_t(device));
-  if (count == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
 
 // Note [Ticket counters]
 // ----------------------
@@ -331,6 +196,15 @@ void launch(const KernelArgs& args, int64_t blocks, bool aligned, cudaStream_t s
 
 }  // namespace
 
+int sm_count(c10::DeviceIndex device) {
+  static std::mutex mutex;
+  static std::vector<int> counts(size_t(c10::cuda::device_count()), 0);
+  std::lock_guard<std::mutex> lock(mutex);
+  int& count = counts.at(size_t(device));
+  if (count == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
 void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
                  const std::optional<at::Generator>& generator, bool from_generator) {
   NvtxRange range(p.probs ? "syncfree::sample_probs" : "syncfree::sample");
@@ -339,7 +213,7 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
 
   KernelArgs args{};
   args.p = p;
-  args.from_generator = from_generator;
+  args.rng.from_generator = from_generator;
   const SamplePlan plan = plan_sample(p.rows, p.vocab, sm_count(device));
   args.split = plan.split;
   TORCH_CHECK(plan.blocks <= int64_t(INT32_MAX), "syncfree: batch of ", p.rows, " rows is too large for one launch");
@@ -349,16 +223,22 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
     auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
         generator, at::cuda::detail::getDefaultCUDAGenerator(device));
     std::lock_guard<std::mutex> lock(gen->mutex_);
-    args.philox = gen->philox_cuda_state(uint64_t(ceil_div(p.vocab, 4) * 4));
+    args.rng.philox = gen->philox_cuda_state(uint64_t(ceil_div(p.vocab, 4) * 4));
   }
 
   // Warpers: a selection kernel writes each row's kept set first (Note
   // [Exact warper thresholds]); identity warpers keep the single launch.
+  // Rows whose kept set was compacted are sampled there too (raced).
   c10::DataPtr keeps;
   if (p.warped && !p.probs) {
-    keeps = c10::cuda::CUDACachingAllocator::get()->allocate(size_t(p.rows) * sizeof(RowKeep));
-    find_thresholds_cuda(p, dtype, device, static_cast<RowKeep*>(keeps.get()), false);
+    const size_t keep_bytes = size_t(p.rows) * sizeof(RowKeep);
+    keeps = c10::cuda::CUDACachingAllocator::get()->allocate(keep_bytes + size_t(p.rows));
+    auto* raced = static_cast<unsigned char*>(keeps.get()) + keep_bytes;
+    const bool plain = p.shard.partials_out == nullptr && p.shard.resolve_groups == nullptr;
+    find_thresholds_cuda(p, dtype, device, static_cast<RowKeep*>(keeps.get()), false, &args.rng,
+                         plain ? raced : nullptr);
     args.p.keeps = static_cast<const RowKeep*>(keeps.get());
+    args.raced = plain ? raced : nullptr;
   }
 
   c10::DataPtr workspace;

@@ -1,9 +1,31 @@
-// The CUDA warpers: one block per row finds the row's kept set (RowKeep) by
-// the radix selections of Note [Exact warper thresholds]; the sampling kernel
-// (sample_cuda.cu) then races over the kept tokens. Histograms live in shared
-// memory with 64-bit integer atomics, so the thresholds are exactly those the
-// CPU path finds, whatever order the atomics land in.
+// The CUDA warpers: each row's kept set (RowKeep) by the radix selections of
+// Note [Exact warper thresholds], spread over many blocks per row, reading the
+// row as few times as the warpers allow.
+//
+// Note [Selection passes on CUDA]
+// -------------------------------
+// The steps of Note [Selection passes] (core/select.h), as a state memset and
+// four launches, the same for every row; what a row does in each is its mode
+// (SelectMode), kept in its SelectRow.
+//   1. scan    (rows x chunks): row max, lowest finite value, and with top-k
+//              the first digit's histogram, each block's added into the row's;
+//              the row's last block (a ticket) picks top-k's first digit.
+//   2. mass    (rows x chunks), kSelectTopPHist rows: fixed-point masses,
+//              their total and histogram; the last block picks top-p's digit.
+//   3. compact (rows x chunks), kSelectCompact rows: the candidates go to the
+//              row's buffer (warp-aggregated atomics; their order is irrelevant).
+//   4. finish  (one block per row): the chain over the candidates when they
+//              fit the buffer (else over the row, a bounded number of passes),
+//              resuming the first selection after its first digit; then, for
+//              a sampling call, the race over the kept tokens.
+// The race in step 4 visits each group holding a kept token once (its lowest
+// kept token finds it) with the sampling kernel's group code and noise, so
+// the token is that of a race over the whole row; the sampling kernel then
+// skips the row. Its logprob comes from a fixed-point sum over the kept
+// tokens, exact in any order, so it does not depend on the candidates' order.
+// Rows whose candidates overflow the buffer are raced by the sampling kernel.
 #include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -13,174 +35,230 @@
 #include <algorithm>
 
 #include "../device_api.h"
+#include "block_race.cuh"
+#include "block_select.cuh"
 #include "launch.h"
+#include "plans.h"
 
 namespace syncfree {
-namespace {
 
-constexpr int kSelectThreads = 512;
-constexpr int kBinsPerThread = kBins / kSelectThreads;
-static_assert(kBins % kSelectThreads == 0, "bins split evenly over threads");
-
-struct SelectShared {
-  unsigned long long hist[kBins];
-  unsigned long long suffix[kSelectThreads];  // per-thread bin sums, then their suffix sums
-  unsigned long long sum;
-  unsigned long long new_above;
-  unsigned max_key;
-  int chosen;
+// A compacted token: its scaled logit and index.
+struct Candidate {
+  float y;
+  int32_t index;
 };
 
-// ---------------------------------------------------------------------------
-// Block primitives. Assumptions: blockDim.x == kSelectThreads; every thread calls.
+// What the kernels of one call know about a row; zero at the call's start.
+struct SelectRow {
+  unsigned max_key;     // order key of the row max (atomicMax)
+  unsigned low_key;     // ~order key of the lowest finite value (atomicMax); 0: none
+  unsigned tickets[2];  // scan and mass: blocks done
+  int mode;             // SelectMode
+  unsigned candidates;  // tokens compacted (may exceed the buffer)
+  SelectState first;    // after the first digit's pick
+  unsigned long long total;  // the mass kernel's row total (top-p without top-k)
+};
 
-// Max of v over the block, through its order key (an unsigned atomicMax).
-__device__ float block_max(float v, SelectShared& sh) {
-  if (threadIdx.x == 0) sh.max_key = 0u;
-  __syncthreads();
-  atomicMax(&sh.max_key, order_key(v));
-  __syncthreads();
-  const float m = key_value(sh.max_key);
-  __syncthreads();
-  return m;
+namespace {
+
+enum SelectPhase : int { kPhaseScan, kPhaseMass, kPhaseCompact };
+
+struct SelectArgs {
+  SampleParams p;
+  SelectPlan plan;
+  bool aligned;               // 16-byte loads for full groups
+  bool greedy_rows_too;       // syncfree.warp warps greedy rows too
+  SelectRow* rows;            // [rows]
+  unsigned long long* hists;  // [rows, kBins] when rows are split, else null
+  Candidate* candidates;      // [rows, plan.candidates]
+  RowKeep* keeps;             // [rows], written by the finishing kernel
+  RngArgs rng;
+  unsigned char* raced;       // [rows] or null (keeps only): 1 where step 4 sampled the row
+};
+
+// Whether row `row` has a selection to make, and how it is raced.
+__device__ bool row_selects(const SampleParams& p, int64_t row, bool greedy_rows_too, RowRace* r, Warpers* w) {
+  *r = row_race(p, row);
+  *w = row_warpers(p, row);
+  return (greedy_rows_too || !r->greedy) && any_warper(*w);
 }
 
-// Sum of v over the block; integer, so exact in any order.
-__device__ uint64_t block_sum(uint64_t v, SelectShared& sh) {
-  if (threadIdx.x == 0) sh.sum = 0u;
-  __syncthreads();
-  if (v != 0u) atomicAdd(&sh.sum, static_cast<unsigned long long>(v));
-  __syncthreads();
-  const uint64_t total = sh.sum;
-  __syncthreads();
-  return total;
-}
-
-// Radix selection from the top over the row, the block-parallel twin of
-// select_top (select.h): entry(i, &key, &weight) for i in [0, vocab).
-// Each pass: a shared histogram of the next digit, then the bin that
-// pick_bin would choose (the highest non-empty bin whose cumulative weight
-// from the top reaches target), found by a suffix scan over the threads.
-template <typename Entry>
-__device__ bool block_select(int64_t vocab, uint64_t target, Entry entry, SelectShared& sh, uint32_t* result) {
-  SelectState s{0u, 0, 0u};
-  const int t = threadIdx.x;
-  while (s.done < 32) {
-    for (int b = t; b < kBins; b += kSelectThreads) sh.hist[b] = 0u;
-    if (t == 0) sh.chosen = -1;
-    __syncthreads();
-    for (int64_t i = t; i < vocab; i += kSelectThreads) {
-      uint32_t key;
-      uint64_t weight;
-      entry(i, &key, &weight);
-      if (weight > 0u && in_range(key, s)) atomicAdd(&sh.hist[key_digit(key, s)], weight);
-    }
-    __syncthreads();
-    // Thread t owns bins [t * kBinsPerThread, (t + 1) * kBinsPerThread);
-    // suffix[t] becomes the weight of all bins above them.
-    uint64_t own = 0u;
+// Calls f(y, index) for every token of the block's chunk (scaled logits,
+// -inf past the row's end), in whole-block rounds so that every thread of a
+// warp calls f equally often (f may use warp intrinsics).
+template <typename T, typename F>
+__device__ void for_each_chunk_value(const SelectArgs& a, int64_t row, int32_t split, const RowRace& r, F f) {
+  const T* x = static_cast<const T*>(a.p.input) + row * a.p.row_stride;
+  const ChunkGroups cg = chunk_groups(a.plan.split, split);
+  const int64_t full_groups = a.p.vocab / kGroup;
+  float v[kGroup];
+  for (int64_t base = 0; base < cg.groups; base += kSelectThreads) {
+    const int64_t q = base + threadIdx.x;
+    const int64_t g = cg.first_group + q;
+    if (q >= cg.groups) {
 #pragma unroll
-    for (int j = 0; j < kBinsPerThread; ++j) own += sh.hist[t * kBinsPerThread + j];
-    sh.suffix[t] = own;
-    __syncthreads();
-    for (int offset = 1; offset < kSelectThreads; offset *= 2) {
-      const uint64_t add = t + offset < kSelectThreads ? sh.suffix[t + offset] : 0u;
-      __syncthreads();
-      sh.suffix[t] += add;
-      __syncthreads();
+      for (int k = 0; k < kGroup; ++k) v[k] = -kInf;
+    } else if (a.aligned && g < full_groups) {
+      load_group_vec(x, g, false, r, v);
+    } else {
+      load_group_scalar(x, a.p.vocab, g, false, r, v);
     }
-    // This thread's candidate: its highest bin that pick_bin's walk would stop at.
-    uint64_t above = s.above + (sh.suffix[t] - own);
-    int my_bin = -1;
-    uint64_t my_above = 0u;
-    for (int j = kBinsPerThread - 1; j >= 0; --j) {
-      const int bin = t * kBinsPerThread + j;
-      const uint64_t h = sh.hist[bin];
-      if (h > 0u && above + h >= target) {
-        my_bin = bin;
-        my_above = above;
-        break;
-      }
-      above += h;
-    }
-    // The walk stops at the highest candidate over all threads.
-    if (my_bin >= 0) atomicMax(&sh.chosen, my_bin);
-    __syncthreads();
-    const int chosen = sh.chosen;
-    if (chosen >= 0 && my_bin == chosen) sh.new_above = my_above;  // one owner per bin
-    __syncthreads();
-    if (chosen < 0) return false;  // uniform: every thread read the same value
-    const int bits = digit_bits(s.done);
-    s.prefix |= uint32_t(chosen) << (32 - s.done - bits);
-    s.done += bits;
-    s.above = sh.new_above;
-    __syncthreads();  // everyone has read chosen/new_above before the next pass resets them
+#pragma unroll
+    for (int k = 0; k < kGroup; ++k) f(v[k], g * kGroup + k);
   }
-  *result = s.prefix;
-  return true;
 }
 
-// ---------------------------------------------------------------------------
-// Kernel: the kept set of one row, the twin of row_keep (select.h).
+// The first digit of a key (a selection's first pass).
+__device__ __forceinline__ int first_digit(uint32_t key) { return key_digit(key, SelectState{0u, 0, 0u}); }
 
+// Steps 1-3 of Note [Selection passes on CUDA], by phase.
 template <typename T>
-__global__ void __launch_bounds__(kSelectThreads)
-    syncfree_find_thresholds_kernel(SampleParams p, RowKeep* keeps, bool greedy_rows_too) {
+__global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(SelectArgs a, int phase) {
   __shared__ SelectShared sh;
-  const int64_t row = blockIdx.x;
+  __shared__ bool last;
+  const int32_t splits = a.plan.split.splits;
+  const int64_t row = blockIdx.x / splits;
+  const int32_t split = blockIdx.x % splits;
   const int t = threadIdx.x;
-  const RowRace r = row_race(p, row);
-  const Warpers w = row_warpers(p, row);
-  RowKeep keep = keep_all();
-  if ((r.greedy && !greedy_rows_too) || !any_warper(w)) {
-    if (t == 0) keeps[row] = keep;
-    return;
-  }
-  const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
-  const int64_t vocab = p.vocab;
-  const auto y_of = [&](int64_t i) { return scaled_logit(float(x[i]), r.inv_temperature); };
+  RowRace r;
+  Warpers w;
+  if (!row_selects(a.p, row, a.greedy_rows_too, &r, &w)) return;
+  SelectRow& state = a.rows[row];
+  unsigned long long* hist = a.hists != nullptr ? a.hists + row * kBins : nullptr;
 
-  float local_max = -kInf, local_lowest = kInf;  // the largest and the smallest finite y
-  for (int64_t i = t; i < vocab; i += kSelectThreads) {
-    const float y = y_of(i);
-    local_max = y > local_max ? y : local_max;
-    local_lowest = y != -kInf && y < local_lowest ? y : local_lowest;
-  }
-  const float m = block_max(local_max, sh);
-  if (m == kInf || m == -kInf) {  // +inf wins, or a degenerate row: nothing to warp
-    if (t == 0) keeps[row] = keep;
+  if (phase == kPhaseCompact) {
+    if (state.mode != kSelectCompact) return;
+    const float floor = key_floor(state.first.prefix);
+    const int64_t cap = a.plan.candidates;
+    Candidate* out = a.candidates + row * cap;
+    const unsigned lane = threadIdx.x % 32;
+    for_each_chunk_value<T>(a, row, split, r, [&](float y, int64_t i) {
+      const bool mine = is_candidate(y, floor);
+      const unsigned ballot = __ballot_sync(0xffffffffu, mine);
+      if (ballot == 0u) return;
+      unsigned base = 0u;
+      if (lane == 0) base = atomicAdd(&state.candidates, unsigned(__popc(ballot)));
+      base = __shfl_sync(0xffffffffu, base, 0);
+      const int64_t slot = int64_t(base) + __popc(ballot & ((1u << lane) - 1u));
+      if (mine && slot < cap) out[slot] = {y, int32_t(i)};
+    });
     return;
   }
-  const int shift = mass_shift(vocab);
+
+  clear_hist(sh);
+  __syncthreads();
+  uint64_t local_total = 0u;
+  float m = 0.0f;
+  int shift = 0;
+  if (phase == kPhaseScan) {
+    float hi = -kInf, lo = kInf;
+    const bool count = w.top_k > 0;
+    for_each_chunk_value<T>(a, row, split, r, [&](float y, int64_t) {
+      hi = y > hi ? y : hi;
+      lo = y != -kInf && y < lo ? y : lo;
+      if (count && y != -kInf) atomicAdd(&sh.hist[first_digit(order_key(y))], 1ull);
+    });
+    hi = block_max(hi, sh);
+    lo = -block_max(-lo, sh);
+    if (t == 0) {
+      atomicMax(&state.max_key, order_key(hi));
+      if (lo != kInf) atomicMax(&state.low_key, ~order_key(lo));
+    }
+  } else {  // kPhaseMass
+    if (state.mode != kSelectTopPHist) return;
+    m = key_value(state.max_key);
+    shift = mass_shift(a.p.vocab);
+    for_each_chunk_value<T>(a, row, split, r, [&](float y, int64_t) {
+      const uint64_t mass = fixed_mass(token_exp(y, m), shift);
+      if (mass > 0u) atomicAdd(&sh.hist[first_digit(order_key(y))], static_cast<unsigned long long>(mass));
+      local_total += mass;
+    });
+    const uint64_t total = block_sum(local_total, sh);
+    if (t == 0 && total > 0u) atomicAdd(&state.total, static_cast<unsigned long long>(total));
+  }
+
+  // The row's last block to finish holds the whole histogram and picks the first digit.
+  __syncthreads();
+  if (splits > 1) {
+    for (int b = t; b < kBins; b += kSelectThreads)
+      if (sh.hist[b] != 0u) atomicAdd(hist + b, sh.hist[b]);
+    __threadfence();
+    __syncthreads();
+    if (t == 0) last = atomicAdd(&state.tickets[phase], 1u) == unsigned(splits - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int b = t; b < kBins; b += kSelectThreads) sh.hist[b] = __ldcg(hist + b);
+  } else {
+    __threadfence();
+  }
+  __syncthreads();
+  m = key_value(__ldcg(&state.max_key));
+  SelectState s{0u, 0, 0u};
+  int mode;
+  if (phase == kPhaseScan) {
+    if (m == kInf || m == -kInf) {
+      mode = kSelectKeepAll;  // +inf wins, or a degenerate row: nothing to warp
+    } else {
+      mode = mode_after_scan(w, w.top_k > 0 && block_pick(uint64_t(w.top_k), sh, s));
+      if (mode == kSelectTopPHist && hist != nullptr && w.top_k > 0)  // the mass kernel's histogram starts at 0
+        for (int b = t; b < kBins; b += kSelectThreads) hist[b] = 0u;
+    }
+  } else {
+    const uint64_t total = __ldcg(&state.total);
+    mode = block_pick(mass_target(w.top_p, total), sh, s) ? kSelectCompact : kSelectFullRow;
+  }
+  if (t == 0) {
+    state.mode = mode;
+    state.first = s;
+  }
+}
+
+// Step 4's warper chain over n values, value(j) the j-th; the block-parallel
+// twin of row_keep (select.h). The first selection (top-k, or top-p after the
+// mass kernel) resumes after the first digit the row state holds; top-p takes
+// the mass kernel's row total, and top-k is then known to keep everything.
+template <typename Value>
+__device__ RowKeep warper_chain(int64_t n, Value value, Warpers w, const SelectRow& state, float m, int shift,
+                                SelectShared& sh) {
+  const SelectState fresh{0u, 0, 0u};
+  const bool top_p_first = state.total != 0u;  // the mass kernel ran
+  if (top_p_first) w.top_k = 0;
+  RowKeep keep = keep_all();
+  const int t = threadIdx.x;
   const auto mass_of = [&](float y) {
     return y >= keep.min_y ? fixed_mass(token_exp(y, m), shift) : uint64_t(0);
   };
   uint32_t u;
   if (w.top_k > 0) {
     const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
-      const float y = y_of(i);
+      const float y = value(i);
       *key = order_key(y);
       *weight = y != -kInf ? 1u : 0u;
     };
-    if (block_select(vocab, uint64_t(w.top_k), entry, sh, &u)) keep.min_y = key_value(u);
+    if (block_select(n, uint64_t(w.top_k), entry, sh, &u, state.first)) keep.min_y = key_value(u);
   }
   if (w.top_p < 1.0f) {
-    uint64_t local = 0u;
-    for (int64_t i = t; i < vocab; i += kSelectThreads) local += mass_of(y_of(i));
-    const uint64_t total = block_sum(local, sh);
+    uint64_t total = state.total;
+    if (!top_p_first) {
+      uint64_t local = 0u;
+      for (int64_t i = t; i < n; i += kSelectThreads) local += mass_of(value(i));
+      total = block_sum(local, sh);
+    }
     const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
-      const float y = y_of(i);
+      const float y = value(i);
       *key = order_key(y);
       *weight = mass_of(y);
     };
-    if (block_select(vocab, mass_target(w.top_p, total), entry, sh, &u)) raise_floor(keep, key_value(u));
+    if (block_select(n, mass_target(w.top_p, total), entry, sh, &u, top_p_first ? state.first : fresh))
+      raise_floor(keep, key_value(u));
   }
   if (w.min_p > 0.0f) raise_floor(keep, min_p_floor(m, w.min_p));
   if (w.typical_p < 1.0f) {
-    const float spread = typical_spread(m, keep.min_y, -block_max(-local_lowest, sh));
+    const float spread = typical_spread(m, keep.min_y, key_value(~state.low_key));
     uint64_t local_total = 0u, local_gap = 0u;
-    for (int64_t i = t; i < vocab; i += kSelectThreads) {
-      const float y = y_of(i);
+    for (int64_t i = t; i < n; i += kSelectThreads) {
+      const float y = value(i);
       const float e = token_exp(y, m);  // one exp for both sums
       const uint64_t mass = y >= keep.min_y ? fixed_mass(e, shift) : 0u;  // = mass_of(y)
       local_total += mass;
@@ -190,16 +268,100 @@ __global__ void __launch_bounds__(kSelectThreads)
     const uint64_t gap = block_sum(local_gap, sh);
     const float center = typical_center(m, spread, gap, total);
     const auto entry = [&](int64_t i, uint32_t* key, uint64_t* weight) {
-      const float y = y_of(i);
+      const float y = value(i);
       *key = deviation_key(y, center);
       *weight = mass_of(y);
     };
-    if (block_select(vocab, mass_target(w.typical_p, total), entry, sh, &u)) {
+    if (block_select(n, mass_target(w.typical_p, total), entry, sh, &u)) {
       keep.center = center;
       keep.max_dev = key_value(~u);
     }
   }
-  if (t == 0) keeps[row] = keep;
+  return keep;
+}
+
+// Step 4's race over the kept candidates (Note [Selection passes on CUDA]):
+// writes the row's token, logprob and valid flag.
+template <typename T>
+__device__ void race_candidates(const SampleParams& p, int64_t row, RowRace r, const RowKeep& keep,
+                                const Candidate* c, int64_t n, int shift, SelectShared& sh) {
+  const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
+  const bool want_mass = r.want_mass;
+  r.warped = true;
+  r.keep = keep;
+  r.want_mass = false;  // the logprob comes from the fixed-point sum below
+  RacePartial acc = empty_partial();
+  float top = -kInf;  // the largest kept value
+  float v[kGroup];
+  for (int64_t j = threadIdx.x; j < n; j += kSelectThreads) {
+    const Candidate cand = c[j];
+    if (apply_keep(cand.y, keep) == -kInf) continue;
+    top = cand.y > top ? cand.y : top;
+    const int64_t first = cand.index / kGroup * kGroup;
+    bool lowest_kept = true;  // this group's lowest kept token visits it
+    for (int64_t i = first; i < cand.index && lowest_kept; ++i)
+      lowest_kept = race_value(float(x[i]), false, r) == -kInf;
+    if (!lowest_kept) continue;
+    load_group_scalar(x, p.vocab, first / kGroup, false, r, v);
+    visit_group<false>(acc, v, int32_t(first), r);
+  }
+  acc = block_merge<kSelectThreads>(acc);
+  const float m = block_max(top, sh);
+  uint64_t local = 0u;
+  if (want_mass)
+    for (int64_t j = threadIdx.x; j < n; j += kSelectThreads)
+      if (apply_keep(c[j].y, keep) != -kInf) local += fixed_mass(token_exp(c[j].y, m), shift);
+  const uint64_t mass = want_mass ? block_sum(local, sh) : 0u;
+  if (threadIdx.x >= 32) return;
+  acc = broadcast_lane0(acc);
+  RowResult res = finish_row(acc, r, false);
+  if (res.needs_resolve) {
+    float y;
+    res = resolved(res, race_group_warp<T, false>(p, r, x, res.token, &y).index);
+    const float sum = float(mass) * bits_float(uint32_t(127 - shift) << 23);  // mass / 2^shift
+    if (want_mass && res.valid) res.logprob = chosen_logprob(y, {m, sum});
+  }
+  if (threadIdx.x == 0) store_result(p, row, res.token, res.logprob, res.valid);
+}
+
+// Step 4: one block per row.
+template <typename T>
+__global__ void __launch_bounds__(kSelectThreads) syncfree_find_thresholds_kernel(SelectArgs a) {
+  __shared__ SelectShared sh;
+  const int64_t row = blockIdx.x;
+  const int t = threadIdx.x;
+  SampleParams p = a.p;
+  take_rng(p, a.rng);
+  RowRace r;
+  Warpers w;
+  const bool selects = row_selects(p, row, a.greedy_rows_too, &r, &w);
+  const SelectRow& state = a.rows[row];
+  const int mode = selects ? state.mode : kSelectSkip;
+  if (mode == kSelectSkip || mode == kSelectKeepAll) {
+    if (t == 0) {
+      a.keeps[row] = keep_all();
+      if (a.raced != nullptr) a.raced[row] = 0;
+    }
+    return;
+  }
+  const float m = key_value(state.max_key);
+  const int shift = mass_shift(p.vocab);
+  const int64_t cap = a.plan.candidates;
+  const bool fits = mode == kSelectCompact && int64_t(state.candidates) <= cap;
+  const Candidate* c = a.candidates + row * cap;
+  RowKeep keep;
+  if (fits) {
+    keep = warper_chain(int64_t(state.candidates), [&](int64_t j) { return c[j].y; }, w, state, m, shift, sh);
+  } else {
+    const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
+    const float inv_t = r.inv_temperature;
+    keep = warper_chain(p.vocab, [&](int64_t i) { return scaled_logit(float(x[i]), inv_t); }, w, state, m, shift, sh);
+  }
+  if (t == 0) a.keeps[row] = keep;
+  if (a.raced == nullptr) return;
+  const bool race = fits && !r.greedy;
+  if (race) race_candidates<T>(p, row, r, keep, c, int64_t(state.candidates), shift, sh);
+  if (t == 0) a.raced[row] = race ? 1 : 0;
 }
 
 // The warped logits of syncfree.warp: scaled, removed tokens at -inf.
@@ -234,18 +396,42 @@ void dispatch(c10::ScalarType dtype, F&& f) {
 }  // namespace
 
 void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
-                      bool greedy_rows_too) {
+                          bool greedy_rows_too, const RngArgs* rng, unsigned char* raced) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  SelectArgs a{};
+  a.p = p;
+  a.plan = plan_select(p.rows, p.vocab, sm_count(device));
+  TORCH_CHECK(a.plan.blocks <= int64_t(INT32_MAX), "syncfree: batch of ", p.rows, " rows is too large for one launch");
+  const size_t elem = dtype == at::kFloat ? 4 : 2;
+  a.aligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0 && (p.row_stride * elem) % 16 == 0;
+  a.greedy_rows_too = greedy_rows_too;
+  a.keeps = keeps;
+  if (rng != nullptr) a.rng = *rng;
+  a.raced = raced;
+  // One block of workspace: the row states and (split rows) histograms, zeroed
+  // by one memset (a graph node when captured), then the candidate buffers.
+  const size_t state_bytes = size_t(p.rows) * sizeof(SelectRow);
+  const size_t hist_bytes = a.plan.split.splits > 1 ? size_t(p.rows) * kBins * sizeof(unsigned long long) : 0;
+  const size_t candidate_bytes = size_t(p.rows) * size_t(a.plan.candidates) * sizeof(Candidate);
+  c10::DataPtr workspace =
+      c10::cuda::CUDACachingAllocator::get()->allocate(hist_bytes + state_bytes + candidate_bytes);
+  char* base = static_cast<char*>(workspace.get());
+  a.hists = hist_bytes > 0 ? reinterpret_cast<unsigned long long*>(base) : nullptr;
+  a.rows = reinterpret_cast<SelectRow*>(base + hist_bytes);
+  a.candidates = reinterpret_cast<Candidate*>(base + hist_bytes + state_bytes);
+  C10_CUDA_CHECK(cudaMemsetAsync(base, 0, hist_bytes + state_bytes, stream));
   dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_kernel<syncfree_find_thresholds_kernel<T>>(dim3(unsigned(p.rows)), dim3(kSelectThreads), 0, stream, p, keeps,
-                                                  greedy_rows_too);
+    const dim3 grid(unsigned(a.plan.blocks)), block(kSelectThreads);
+    for (const int phase : {kPhaseScan, kPhaseMass, kPhaseCompact})
+      launch_kernel<syncfree_select_pass_kernel<T>>(grid, block, 0, stream, a, phase);
+    launch_kernel<syncfree_find_thresholds_kernel<T>>(dim3(unsigned(p.rows)), block, 0, stream, a);
   });
 }
 
-void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
-                     float* out) {
+void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device,
+                           const RowKeep* keeps, float* out) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   const dim3 grid(unsigned(p.rows), unsigned(std::min<int64_t>(ceil_div(p.vocab, 256), 1024)));

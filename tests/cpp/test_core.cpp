@@ -587,6 +587,27 @@ void test_merge_equals_sequential() {
 // ---------------------------------------------------------------------------
 // Warper selection (select.h): order keys and radix selection against sorting.
 
+// key_floor: a float compare against it is the key compare, for every float
+// but NaN (which scaled logits never are) and every key, bin floors included.
+void test_key_floor() {
+  std::mt19937 rng(7);
+  std::vector<uint32_t> keys = {0u, 1u, 0x007FFFFFu, 0x00800000u, 0x7FFFFFFFu, 0x80000000u, 0x80000001u,
+                                0xFF800000u, 0xFF800001u, 0xFFE00000u, 0xFFFFFFFFu};
+  for (uint32_t bin = 0; bin < uint32_t(kBins); ++bin) keys.push_back(bin << 21);
+  for (int i = 0; i < 2000; ++i) keys.push_back(uint32_t(rng()));
+  std::vector<float> ys = {-kInf, kInf, -0.0f, 0.0f, 1e-45f, -1e-45f, 3.4e38f, -3.4e38f};
+  for (int i = 0; i < 2000; ++i) {
+    const float y = bits_float(uint32_t(rng()));
+    if (y == y) ys.push_back(y);
+  }
+  for (const uint32_t k : keys) {
+    for (const float y : ys) {
+      // order_key sees -0 as +0; key_floor compares with float semantics, where they are equal.
+      CHECK((order_key(y) >= k) == (y >= key_floor(k)));
+    }
+  }
+}
+
 void test_selection() {
   std::mt19937 rng(99);
   // order_key orders floats as floats; -0 and +0 are one key; key_value inverts it.
@@ -676,6 +697,36 @@ void test_sample_plan() {
   CHECK(plan_sample(300, 128256, 132).split.splits == 1);
 }
 
+// The warpers' selection plan (csrc/cuda/plans.h): chunks cover the row, the
+// candidate buffers stay within their budget, and the napkin model meets the
+// bar: top-k + top-p + min-p read the row at most twice when the candidates fit.
+void test_select_plan() {
+  const int64_t vocabs[] = {1, 17, 8192, 32000, 128256, 262144, 1 << 24};
+  const int64_t batches[] = {1, 3, 64, 256, 4096, 70000};
+  for (const int64_t vocab : vocabs) {
+    for (const int64_t rows : batches) {
+      const SelectPlan plan = plan_select(rows, vocab, 132);
+      const RowSplit& s = plan.split;
+      CHECK(s.splits >= 1 && s.splits <= kSelectMaxSplits && s.chunk % kGroup == 0);
+      CHECK(int64_t(s.splits) * s.chunk >= vocab && int64_t(s.splits - 1) * s.chunk < vocab);
+      CHECK(plan.blocks == rows * s.splits);
+      CHECK(plan.candidates >= 1 && plan.candidates <= std::max<int64_t>(vocab, 1));
+      CHECK(plan.candidates <= kCandidateCap);
+      CHECK(plan.candidates == std::min<int64_t>(vocab, kCandidateFloor) ||
+            rows * plan.candidates <= kCandidateBudget);
+    }
+  }
+  CHECK(plan_select(1, 128256, 132).split.splits == 16);  // B = 1: a block per 8192 tokens
+  CHECK(plan_select(1, 128256, 132).candidates == kCandidateCap);
+  const Warpers all = clamp_warpers(50, 0.9f, 0.05f, 1.0f, 128256);
+  CHECK(napkin_select(all, true).full_reads == 2);
+  CHECK(napkin_select(all, false).full_reads > 2);
+  CHECK(napkin_select(clamp_warpers(0, 0.9f, 0.0f, 1.0f, 128256), true).full_reads == 3);  // top-p needs the max first
+  CHECK(napkin_select(clamp_warpers(0, 1.0f, 0.0f, 1.0f, 128256), true).full_reads == 1);  // no warper
+  CHECK(mode_after_scan(all, false) == kSelectTopPHist);
+  CHECK(mode_after_scan(clamp_warpers(0, 1.0f, 0.0f, 0.9f, 100), false) == kSelectFullRow);
+}
+
 // syncfree.distributed's packed candidates: a max over ranks finds the best
 // key and, among equal keys, the lowest index; the step list follows the flags.
 void test_shard_protocol() {
@@ -714,8 +765,10 @@ int main() {
       {"tie rule", test_tie_rule},
       {"tiling", test_tiling},
       {"merge equals sequential", test_merge_equals_sequential},
+      {"key_floor", test_key_floor},
       {"selection", test_selection},
       {"sample launch plan", test_sample_plan},
+      {"select launch plan and napkin model", test_select_plan},
       {"shard protocol", test_shard_protocol},
   };
   for (const auto& t : tests) {

@@ -1,0 +1,145 @@
+// The race's block and warp pieces, shared by the sampling kernel
+// (sample_cuda.cu) and the selection kernel that races the rows whose kept set
+// it has compacted (warpers_cuda.cu). Device code only; include after the
+// ATen/c10 CUDA headers.
+#pragma once
+
+#include <ATen/cuda/PhiloxUtils.cuh>
+
+#include "../device_api.h"
+
+namespace syncfree {
+
+// ---------------------------------------------------------------------------
+// Loads
+
+// Group g of a row through 16-byte loads; the caller guarantees a full group
+// and a 16-byte aligned row.
+template <typename T>
+__device__ __forceinline__ void load_group_vec(const T* row, int64_t g, bool probs, const RowRace& r,
+                                               float (&v)[kGroup]) {
+  constexpr int kPerLoad = 16 / sizeof(T);
+  const uint4* src = reinterpret_cast<const uint4*>(row + g * kGroup);
+#pragma unroll
+  for (int j = 0; j < kGroup / kPerLoad; ++j) {
+    const uint4 raw = __ldg(src + j);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < kPerLoad; ++k) {
+      v[j * kPerLoad + k] = race_value(float(e[k]), probs, r);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Reductions. Assumptions: blockDim.x == kBlockThreads; every thread calls.
+
+__device__ __forceinline__ RacePartial shfl_down(const RacePartial& a, int delta) {
+  RacePartial b;
+  b.best.key = __shfl_down_sync(0xffffffffu, a.best.key, delta);
+  b.best.index = __shfl_down_sync(0xffffffffu, a.best.index, delta);
+  b.mass.max = __shfl_down_sync(0xffffffffu, a.mass.max, delta);
+  b.mass.sum = __shfl_down_sync(0xffffffffu, a.mass.sum, delta);
+  b.infs.first = __shfl_down_sync(0xffffffffu, a.infs.first, delta);
+  b.infs.count = __shfl_down_sync(0xffffffffu, a.infs.count, delta);
+  return b;
+}
+
+__device__ __forceinline__ RacePartial warp_merge(RacePartial a) {
+#pragma unroll
+  for (int delta = 16; delta > 0; delta >>= 1) a = merge_partials(a, shfl_down(a, delta));
+  return a;  // complete in lane 0
+}
+
+// The block's merged partial, complete in thread 0.
+template <int kBlockThreads>
+__device__ RacePartial block_merge(RacePartial a) {
+  constexpr int kWarps = kBlockThreads / 32;
+  __shared__ RacePartial per_warp[kWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  a = warp_merge(a);
+  if (lane == 0) per_warp[warp] = a;
+  __syncthreads();
+  if (warp == 0) a = warp_merge(lane < kWarps ? per_warp[lane] : empty_partial());
+  __syncthreads();  // per_warp may be reused by the next call
+  return a;
+}
+
+__device__ __forceinline__ RacePartial broadcast_lane0(const RacePartial& a) {
+  RacePartial b;
+  b.best.key = __shfl_sync(0xffffffffu, a.best.key, 0);
+  b.best.index = __shfl_sync(0xffffffffu, a.best.index, 0);
+  b.mass.max = __shfl_sync(0xffffffffu, a.mass.max, 0);
+  b.mass.sum = __shfl_sync(0xffffffffu, a.mass.sum, 0);
+  b.infs.first = __shfl_sync(0xffffffffu, a.infs.first, 0);
+  b.infs.count = __shfl_sync(0xffffffffu, a.infs.count, 0);
+  return b;
+}
+
+// The best of the warp's candidates, in every lane.
+__device__ __forceinline__ Best warp_best(Best b) {
+#pragma unroll
+  for (int delta = 16; delta > 0; delta >>= 1) {
+    const Best other{__shfl_xor_sync(0xffffffffu, b.key, delta), __shfl_xor_sync(0xffffffffu, b.index, delta)};
+    b = better_of(b, other);
+  }
+  return b;
+}
+
+// The argmax of a row's raw logits by one warp (Note [Logits past the
+// temperature's range]); every lane returns it.
+template <typename T>
+__device__ Best raw_argmax_warp(const T* x, int64_t vocab) {
+  Best best = no_best();
+  for (int64_t i = threadIdx.x % 32; i < vocab; i += 32) best = better_of(best, raw_entry(float(x[i]), int32_t(i)));
+  return warp_best(best);
+}
+
+// The race inside group `group` of a row, one token per lane of a warp;
+// every lane returns the winner, and *y its scaled value.
+template <typename T, bool kProbs>
+__device__ Best race_group_warp(const SampleParams& p, const RowRace& r, const T* x, int64_t group, float* y) {
+  const int lane = threadIdx.x % 32;
+  const int64_t first = group * kGroup;
+  const bool mine = lane < group_size(p.vocab, group);
+  const float v = mine ? load_value(x, first + lane, kProbs, r) : masked_value(kProbs);
+  const Best winner = warp_best(mine ? token_entry<kProbs>(v, int32_t(first + lane), r) : no_best());
+  *y = __shfl_sync(0xffffffffu, v, int(winner.index - first) & 31);
+  return winner;
+}
+
+// Warp 0 turns the row's merged partial (in lane 0) into the token: when
+// sampling, lanes race the winning group's tokens one each.
+template <typename T, bool kProbs>
+__device__ void finish_row_warp(const SampleParams& p, int64_t row, const RowRace& r, const T* x,
+                                RacePartial acc) {
+  acc = broadcast_lane0(acc);
+  RowResult res = finish_row(acc, r, kProbs);
+  if (!kProbs && degenerate(acc) && may_overflow(r)) res = overflow_result(raw_argmax_warp(x, p.vocab));
+  if (res.needs_resolve) {
+    float y;
+    res = resolved(res, race_group_warp<T, kProbs>(p, r, x, res.token, &y).index);
+    if (r.want_mass && res.valid) res.logprob = chosen_logprob(y, acc.mass);
+  }
+  if (threadIdx.x == 0) store_result(p, row, res.token, res.logprob, res.valid);
+}
+
+// The call's seed and position: the generator's (graph-safe: read from device
+// memory when captured), a draw handed over in memory, or the params' own.
+struct RngArgs {
+  at::PhiloxCudaState philox;
+  bool from_generator;
+};
+
+__device__ __forceinline__ void take_rng(SampleParams& p, const RngArgs& a) {
+  if (a.from_generator) {
+    const auto seed_offset = at::cuda::philox::unpack(a.philox);
+    p.seed = std::get<0>(seed_offset);
+    p.pos0 = std::get<1>(seed_offset);
+  } else if (p.shard.rng_state != nullptr) {
+    p.seed = uint64_t(p.shard.rng_state[0]);
+    p.pos0 = uint64_t(p.shard.rng_state[1]);
+  }
+}
+
+}  // namespace syncfree
