@@ -135,4 +135,37 @@ void check_out(const Tensor& out, const Tensor& input, const std::vector<int64_t
   }
 }
 
+void check_verify(const Tensor& target, const Tensor& draft_ids, const std::optional<Tensor>& draft_probs) {
+  TORCH_CHECK_VALUE(target.dim() == 3, "target_logits: expected shape [B, n + 1, V], got ", target.dim(), " dims ",
+                    target.sizes());
+  const int64_t rows = target.size(0), n = target.size(1) - 1, vocab = target.size(2);
+  TORCH_CHECK_VALUE(n >= 1, "target_logits: expected n + 1 >= 2 positions (at least one drafted token), got n + 1 = ",
+                    n + 1);
+  TORCH_CHECK_VALUE(rows * (n + 1) <= int64_t(INT32_MAX), "target_logits: at most ", INT32_MAX,
+                    " positions in all, got ", rows * (n + 1));
+  check_input(target.select(1, 0), "target_logits");
+  TORCH_CHECK_TYPE(draft_ids.scalar_type() == at::kLong, "draft_ids: expected an int64 tensor, got ",
+                   draft_ids.scalar_type());
+  TORCH_CHECK_VALUE(draft_ids.device() == target.device(), "draft_ids: expected a tensor on ", target.device(),
+                    " (the device of target_logits), got ", draft_ids.device());
+  TORCH_CHECK_VALUE(draft_ids.dim() == 2 && draft_ids.size(0) == rows && draft_ids.size(1) == n,
+                    "draft_ids: expected shape [B, n] = [", rows, ", ", n, "] (target_logits is [B, n + 1, V]), got ",
+                    draft_ids.sizes());
+  if (draft_probs.has_value()) {
+    const Tensor& q = *draft_probs;
+    TORCH_CHECK_TYPE(q.scalar_type() == at::kFloat, "draft_probs: expected a float32 tensor, got ", q.scalar_type());
+    TORCH_CHECK_VALUE(q.device() == target.device(), "draft_probs: expected a tensor on ", target.device(),
+                      " (the device of target_logits), got ", q.device());
+    TORCH_CHECK_VALUE(q.dim() == 3 && q.size(0) == rows && q.size(1) == n && q.size(2) == vocab,
+                      "draft_probs: expected shape [B, n, V] = [", rows, ", ", n, ", ", vocab, "], got ", q.sizes());
+    TORCH_CHECK_VALUE(q.stride(2) == 1 || vocab <= 1, "draft_probs: the last dim must be contiguous (stride 1), got "
+                      "stride ", q.stride(2), "; call .contiguous() first");
+  }
+  if (draft_ids.device().is_cpu() && draft_ids.numel() > 0) {
+    const int64_t low = draft_ids.min().item<int64_t>(), high = draft_ids.max().item<int64_t>();
+    TORCH_CHECK_VALUE(low >= 0 && high < vocab, "draft_ids: expected ids in [0, V) = [0, ", vocab, "), got ",
+                      low < 0 ? low : high);
+  }
+}
+
 }  // namespace syncfree

@@ -65,4 +65,10 @@ void check_rng(const std::optional<Tensor>& seed, const std::optional<Tensor>& o
 void check_out(const Tensor& out, const Tensor& input, const std::vector<int64_t>& batch_shape,
                const std::initializer_list<std::optional<Tensor>>& inputs);
 
+// syncfree.verify_draft's tensors: target_logits [B, n + 1, V] (n >= 1; each
+// position as check_input checks a sampling input), draft_ids [B, n] int64,
+// draft_probs [B, n, V] float32 or None; on the CPU also the draft ids' values
+// (in [0, V); on CUDA that would need a sync: README "Speculative decoding").
+void check_verify(const Tensor& target_logits, const Tensor& draft_ids, const std::optional<Tensor>& draft_probs);
+
 }  // namespace syncfree

@@ -8,12 +8,31 @@
 #include <optional>
 
 #include "core/shard.h"
+#include "core/verify.h"
 
 namespace syncfree {
 
 // When from_generator is true, the implementation takes p.seed/p.pos0 from
 // the generator (or the device's default one) and advances it.
 void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::Generator>& generator,
+                bool from_generator);
+
+// One whole row's race on the calling thread over values v as the race sees
+// them (scaled logits with removed tokens at -inf, or clean weights): the
+// token, valid, and for a greedy r with want_mass its logprob. The same token
+// as syncfree.sample's over the same values (syncfree.verify_draft's stops).
+RowResult race_values_cpu(const float* v, int64_t vocab, bool probs, RowRace r);
+
+#if defined(__x86_64__)
+// Whether the CPU path takes its AVX2+FMA variants (SYNCFREE_CPU_BASELINE=1: never).
+bool cpu_has_avx2_fma();
+#endif
+
+// The warpers' kept set of one row of scaled logits (row_keep with the AVX2+FMA variant).
+RowKeep row_keep_cpu(const float* y, int64_t vocab, const Warpers& w, SelectScratch& scratch);
+
+// syncfree.verify_draft (Note [Verifying a draft] in core/verify.h).
+void verify_cpu(const VerifyParams& v, c10::ScalarType dtype, const std::optional<at::Generator>& generator,
                 bool from_generator);
 
 // Writes the warped logits of every row (removed tokens at -inf) into out,
@@ -40,6 +59,8 @@ void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::Dev
 void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
                      float* out);
 void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
+                 const std::optional<at::Generator>& generator, bool from_generator);
+void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex device,
                  const std::optional<at::Generator>& generator, bool from_generator);
 
 // syncfree.distributed on CUDA: out[0..1] = the (seed, position) a sampling

@@ -5,8 +5,8 @@ See README.md for the API, the semantics and the RNG contract.
 from ._native import _C
 from .chain import StaticWarper, WarperChain
 from .choosers import HeterogeneousNextTokenChooser, NextTokenChooser
-from .sampling import sample, sample_probs, warp
+from .sampling import sample, sample_probs, verify_draft, warp
 
-__all__ = ["sample", "sample_probs", "warp", "WarperChain", "StaticWarper", "NextTokenChooser",
+__all__ = ["sample", "sample_probs", "verify_draft", "warp", "WarperChain", "StaticWarper", "NextTokenChooser",
            "HeterogeneousNextTokenChooser"]
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .sampling import sample
+from .sampling import sample, verify_draft
 
 _GREEDY_WARNING = ("temperature 0 with do_sample=True means greedy decoding; the other warpers are ignored "
                    "(pass do_sample=False to say so)")
@@ -75,6 +75,18 @@ class HeterogeneousNextTokenChooser:
                                seed=self.seeds, offset=self.steps, return_logprobs=True)
         self.steps += 1  # in place, on the device: no sync, graph-safe
         return ids, logprobs
+
+    def verify(self, target_logits: torch.Tensor, draft_ids: torch.Tensor, draft_probs: Optional[torch.Tensor] = None):
+        """A speculative step: syncfree.verify_draft with each request's parameters and seed.
+        target_logits [B, n + 1, V], draft_ids [B, n], draft_probs [B, n, V] or None ->
+        (tokens [B, n + 1]: accepted, one more, then -1; num_accepted [B]; logprobs [B, n + 1]).
+        Position j of a request draws at its step + j, and its step advances by the tokens
+        emitted, num_accepted + 1 (on the device: no sync, graph-safe)."""
+        tokens, accepted, logprobs = verify_draft(target_logits, draft_ids, draft_probs, self.temperature,
+                                                  self.top_k, self.top_p, self.min_p, self.typical_p,
+                                                  seed=self.seeds, offset=self.steps, return_logprobs=True)
+        self.steps += accepted + 1
+        return tokens, accepted, logprobs
 
     def filter(self, indices):
         """Keeps the requests at `indices`, in that order: a list of ints in [-B, B), or a 1-D integer

@@ -134,3 +134,40 @@ def warp(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0, t
     """
     _check_tensor(logits, "logits")
     return torch.ops.syncfree.warp(logits, *_warper_args(temperature, top_k, top_p, min_p, typical_p))
+
+
+def verify_draft(target_logits: torch.Tensor, draft_ids: torch.Tensor, draft_probs: Optional[torch.Tensor] = None,
+                 temperature: Union[Number, torch.Tensor] = 1.0, top_k: Union[int, torch.Tensor] = 0,
+                 top_p: Union[Number, torch.Tensor] = 1.0, min_p: Union[Number, torch.Tensor] = 0.0,
+                 typical_p: Union[Number, torch.Tensor] = 1.0, *, generator: Optional[torch.Generator] = None,
+                 seed: Union[None, int, torch.Tensor] = None, offset: Union[None, int, torch.Tensor] = None,
+                 return_logprobs: bool = False, return_valid: bool = False, out: Optional[torch.Tensor] = None):
+    """Speculative decoding's verification of a draft, without a sync (README "Speculative decoding").
+
+    target_logits [B, n + 1, V]: the target's logits at the n drafted positions and one more;
+    draft_ids [B, n] int64; draft_probs [B, n, V] float32 (the drafter's own, warped
+    probabilities) or None for a drafter that proposes tokens without a distribution (one-hot).
+    Temperature and warpers (numbers or [B] tensors) apply to every position of a row, as in
+    `sample`. Draft token j is accepted with probability min(1, p_j / q_j); at the first
+    rejection a token from normalize(max(0, p_j - q_j)) ends the row, and if all n are accepted
+    a bonus token from p_n does. Returns (tokens [B, n + 1] int64: the accepted tokens, the
+    last token, then -1; num_accepted [B] int64)[, logprobs [B, n + 1] float32 of the emitted
+    tokens under the warped target, -inf past them][, valid [B]: False where a position had no
+    unmasked logit (the row stops there with token 0)]. Noise as in `sample`: position j of a
+    row with per-row seed/offset tensors draws as offset[b] + j. `out`: a preallocated
+    [B, n + 1] int64 tensor for the tokens.
+    """
+    if not isinstance(target_logits, torch.Tensor):
+        raise TypeError(f"target_logits: expected a tensor [B, n + 1, V], got {type(target_logits).__name__}")
+    if not isinstance(draft_ids, torch.Tensor):
+        raise TypeError(f"draft_ids: expected an int64 tensor [B, n], got {type(draft_ids).__name__}")
+    if draft_probs is not None and not isinstance(draft_probs, torch.Tensor):
+        raise TypeError(f"draft_probs: expected a float32 tensor [B, n, V] or None, got {type(draft_probs).__name__}")
+    args = (target_logits, draft_ids, draft_probs, *_warper_args(temperature, top_k, top_p, min_p, typical_p),
+            *_rng_args(seed, offset, generator), generator, return_logprobs, return_valid)
+    if out is None:
+        tokens, accepted, logprobs, valid = torch.ops.syncfree.verify_draft(*args)
+    else:
+        accepted, logprobs, valid = torch.ops.syncfree.verify_draft_into(out, *args)
+        tokens = out
+    return (tokens, accepted) + ((logprobs,) if return_logprobs else ()) + ((valid,) if return_valid else ())

@@ -438,6 +438,101 @@ def run_simulated(batch, examples):
     print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
 
 
+def run_verify(batch, examples, emulated):
+    """syncfree.verify_draft: random targets (every row kind of draw_row), drafts, draft
+    probabilities with NaN, negative and zero entries, warpers and seeds. Invariants: errors name
+    their argument; accepted tokens are the drafts; the stop token is in [0, V), kept by the
+    warped target at its position (0 with valid False for a degenerate one), the argmax on
+    greedy rows; -1 after it; a seeded call repeats itself; with --emulated, the CPU's result."""
+    import cuda_on_cpu
+    if emulated:
+        cuda_on_cpu.load()
+
+    @seed(batch)
+    @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def fuzz(data):
+        b, n = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+        v = data.draw(st.sampled_from([1, 2, 17, 40, 333, 4099, 20000]))
+        dtype = data.draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+        target = torch.stack([torch.stack([draw_row(data, v) for _ in range(n + 1)]) for _ in range(b)]).to(dtype)
+        g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+        ids = torch.randint(0, v, (b, n), generator=g)
+        take_argmax = data.draw(st.booleans())
+        if take_argmax:  # drafts a greedy target would accept
+            ids = target[:, :n].float().nan_to_num(nan=-INF).argmax(-1)
+        q = None
+        if data.draw(st.booleans()):
+            q = torch.softmax(torch.randn(b, n, v, generator=g) * data.draw(st.sampled_from([0.1, 3.0])), -1)
+            kind = data.draw(st.sampled_from(["plain", "nan", "negative", "zeros"]))
+            if kind != "plain":
+                q[torch.rand(b, n, v, generator=g) < 0.3] = {"nan": NAN, "negative": -1.0, "zeros": 0.0}[kind]
+        kwargs = {}
+        t = data.draw(st.sampled_from([0.0, 1e-39, 0.7, 1.0, 50.0, "tensor"]))
+        kwargs["temperature"] = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.3, 1e-39, NAN, INF]),
+                                                                 min_size=b, max_size=b))) if t == "tensor" else t
+        for name, values in (("top_k", [0, 1, 5, 10**6]), ("top_p", [1.0, 0.8]), ("min_p", [0.0, 0.1]),
+                             ("typical_p", [1.0, 0.7])):
+            if data.draw(st.booleans()):
+                kwargs[name] = data.draw(st.sampled_from(values))
+        rng = data.draw(st.sampled_from(["int", "tensor"]))
+        if rng == "int":
+            kwargs.update(seed=data.draw(st.integers(0, 2**40)), offset=data.draw(st.integers(0, 99)))
+        else:
+            kwargs.update(seed=torch.arange(b) * 7 + data.draw(st.integers(0, 99)), offset=torch.arange(b))
+        bad = data.draw(st.sampled_from([None] * 6 + ["draft_ids", "top_p", "draft_probs"]))
+        if bad == "draft_ids":
+            ids = ids + v
+        elif bad == "top_p":
+            kwargs["top_p"] = 0.0
+        elif bad == "draft_probs":
+            q = torch.rand(b, n, v + 1, generator=g)
+        print(f"case: verify {dtype}{(b, n, v)} q={q is not None} argmax={take_argmax} {kwargs} bad={bad}", flush=True)
+        def call(*args, **kw):
+            with cuda_on_cpu.emulating() if emulated else contextlib.nullcontext():
+                return syncfree.verify_draft(*args, **kw)
+
+        try:
+            tokens, accepted, logprobs, valid = call(target, ids, q, return_logprobs=True, return_valid=True, **kwargs)
+        except (ValueError, TypeError) as e:
+            assert bad is not None and f"{bad}:" in str(e), str(e)
+            return
+        assert bad is None, f"{bad} was accepted"
+        again = call(target, ids, q, return_logprobs=True, return_valid=True, **kwargs)
+        assert torch.equal(again[0], tokens) and torch.equal(again[1], accepted), "a seeded call did not repeat"
+        if emulated:
+            want = syncfree.verify_draft(target, ids, q, return_logprobs=True, return_valid=True, **kwargs)
+            for w, got in zip(want, (tokens, accepted, logprobs, valid)):
+                if w.dtype == torch.float32:
+                    torch.testing.assert_close(got, w, atol=1e-4, rtol=1e-4)
+                else:
+                    assert torch.equal(got, w), f"emulated CUDA {got.tolist()} against the CPU's {w.tolist()}"
+        temps = kwargs["temperature"]
+        temps = temps if isinstance(temps, torch.Tensor) else torch.full((b,), float(temps))
+        warpers = {k: kwargs[k] for k in ("top_k", "top_p", "min_p", "typical_p") if k in kwargs}
+        for row in range(b):
+            k = accepted[row].item()
+            assert 0 <= k <= n and torch.equal(tokens[row, :k], ids[row, :k]), (tokens[row], ids[row])
+            assert (tokens[row, k + 1:] == -1).all()
+            token = tokens[row, k].item()
+            assert 0 <= token < v, f"id {token} outside [0, {v})"
+            if not valid[row]:
+                assert token == 0
+                continue
+            raw = target[row, k].double()
+            assert not torch.isnan(raw[token]) and raw[token] != -INF, f"a masked token {token} was emitted"
+            t_row = temps[row].item()
+            if not t_row > 0:  # greedy: the argmax of the raw logits
+                assert raw.nan_to_num(nan=-INF)[token] == raw.nan_to_num(nan=-INF).max()
+                continue
+            warped = syncfree.warp(target[row, k][None], t_row, **warpers)[0][0]
+            if (warped > -INF).any():  # (else every logit / T overflowed: the raw argmax)
+                assert warped[token] > -INF, f"token {token} was removed by the warpers"
+
+    fuzz()
+    print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
+
+
 if __name__ == "__main__":
     batch_arg, examples_arg = int(sys.argv[1]), int(sys.argv[2])
     if "--choosers" in sys.argv:
@@ -446,5 +541,7 @@ if __name__ == "__main__":
         run_distributed(batch_arg, examples_arg)
     elif "--simulated" in sys.argv:
         run_simulated(batch_arg, examples_arg)
+    elif "--verify" in sys.argv:
+        run_verify(batch_arg, examples_arg, "--emulated" in sys.argv)
     else:
         run(batch_arg, examples_arg, "--emulated" in sys.argv)

@@ -206,3 +206,33 @@ def check_warper_edge_rows(target):
     ties[:, ::3] = 1.0
     for config in (dict(top_k=5), dict(top_p=0.5), dict(typical_p=0.3), dict(min_p=0.5)):
         assert torch.equal(syncfree.warp(ties, **config)[0], target.call(syncfree.warp, ties, **config)[0])
+
+
+def check_verify(target, rows=12, n=3, vocab=3000):
+    """syncfree.verify_draft: every stop (rejection with and without draft_probs, a residual with no
+    mass, the bonus), greedy rows, warpers per row, a +inf position, a degenerate one, a split-size
+    vocabulary, an int seed and per-row seeds; tokens, counts and valid bit for bit."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(rows, n + 1, vocab, generator=g) * 3
+    x[::3] *= 4  # peaked rows: drafts of their argmax mostly accepted, bonus tokens
+    q = torch.softmax(torch.randn(rows, n, vocab, generator=g) * 3, -1)
+    temps = torch.rand(rows, generator=g) + 0.5
+    if rows >= 8:
+        x[4, min(1, n)] = -float("inf")  # a degenerate position
+        x[5, min(2, n), 17] = float("inf")
+        q[6] = torch.softmax(x[6, :n] / 0.9, -1)  # q close to p: residuals with little or no mass
+        temps[7] = 0.0  # greedy
+    ids = torch.multinomial(q.view(-1, vocab), 1, generator=g).view(rows, n)
+    ids[::3] = x[::3, :n].argmax(-1)
+    config = dict(top_k=torch.randint(0, 80, (rows,), generator=g), top_p=torch.rand(rows, generator=g) * 0.5 + 0.5,
+                  min_p=0.01)
+    seeds = torch.randint(0, 2**62, (rows,), generator=g)
+    for draft_probs in (q, None):
+        for kwargs in (dict(seed=seeds, offset=torch.arange(rows)), dict(seed=77)):
+            for warpers in ({}, config):
+                want = syncfree.verify_draft(x, ids, draft_probs, temps, return_logprobs=True, return_valid=True,
+                                             **kwargs, **warpers)
+                got = target.call(syncfree.verify_draft, x, ids, draft_probs, temps, return_logprobs=True,
+                                  return_valid=True, **kwargs, **warpers)
+                assert_same(want, got, f"verify_draft {'q' if draft_probs is not None else 'one-hot'} {kwargs.keys()}")
+    return want

@@ -58,6 +58,27 @@ def test_seeds_reproduce_across_batch_compositions():
         assert ids[1] == ids_alone[0]
 
 
+def test_chooser_verifies_drafts_with_each_requests_parameters():
+    """verify: syncfree.verify_draft with the requests' values and seeds at their steps; the steps
+    advance by the tokens emitted, so the next call continues each request's stream."""
+    g = torch.Generator().manual_seed(9)
+    target = torch.randn(3, 4, 400, generator=g) * 3
+    drafts = target[:, :3].argmax(-1)
+    params = dict(temperature=[0.8, 0.0, 1.1], top_k=[20, 0, 0], top_p=[0.9, 1.0, 1.0], typical_p=[1.0, 1.0, 1.0],
+                  do_sample=[True, False, True], seeds=[5, 6, 7])
+    chooser = syncfree.HeterogeneousNextTokenChooser(**params)
+    tokens, accepted, logprobs = chooser.verify(target, drafts)
+    want = syncfree.verify_draft(target, drafts, None, torch.tensor([0.8, 0.0, 1.1]), torch.tensor([20, 0, 0]),
+                                 torch.tensor([0.9, 1.0, 1.0]), seed=torch.tensor([5, 6, 7]),
+                                 offset=torch.zeros(3, dtype=torch.int64), return_logprobs=True)
+    assert torch.equal(tokens, want[0]) and torch.equal(accepted, want[1])
+    assert torch.equal(chooser.steps, accepted + 1)
+    assert accepted[1] == 3 and torch.equal(tokens[1], target[1].argmax(-1))  # greedy: the argmax prefix
+    alone = syncfree.HeterogeneousNextTokenChooser(temperature=[1.1], top_k=[0], top_p=[1.0], typical_p=[1.0],
+                                                   seeds=[7])
+    assert torch.equal(alone.verify(target[2:], drafts[2:])[0][0], tokens[2])
+
+
 def test_filter_and_concatenate_keep_each_requests_stream():
     x = logits(b=3, v=5000)
     make = lambda seeds: syncfree.HeterogeneousNextTokenChooser(

@@ -273,3 +273,8 @@ def test_warp_edge_rows_cpu_and_cuda_identical():
 def test_warp_many_rows_on_cuda():
     x = make(70_000, 20, torch.float32)
     assert torch.equal(syncfree.warp(x, 1.0, top_k=3)[0], syncfree.warp(x.cuda(), 1.0, top_k=3)[0].cpu())
+
+
+def test_verify_draft_cpu_and_cuda_identical():
+    parity.check_verify(CUDA)
+    parity.check_verify(CUDA, rows=1, n=1, vocab=20000)

@@ -249,3 +249,14 @@ def test_shard_kernels(layer, case):
         for rank in simulate(logits, bounds, **kwargs):
             assert_same(want, rank, name)
     assert tickets_are_zero(layer)
+
+
+# ---------------------------------------------------------------------------
+# Speculative decoding
+
+def test_verify_draft_matches_the_cpu(target):
+    parity.check_verify(target)
+
+
+def test_verify_draft_single_row_and_one_draft(target):
+    parity.check_verify(target, rows=1, n=1, vocab=20000)

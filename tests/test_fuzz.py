@@ -4,7 +4,8 @@ Each batch runs in a subprocess with a timeout, so a crash or a hang is reported
 case that caused it. SYNCFREE_FUZZ_EXAMPLES (default 200) sets the cases per CPU batch; the
 emulated CUDA batches and the two-rank Gloo batch run a quarter of that, the chooser batch and
 the simulated-ranks batch (syncfree.distributed over 1 to 6 ranks in one process) half. CI's
-budget: 1200 CPU cases, 100 emulated, 100 chooser, 100 simulated-ranks and 50 two-rank ones.
+budget: 1200 CPU cases, 100 emulated, 100 chooser, 100 simulated-ranks and 50 two-rank ones;
+verify_draft gets 100 CPU cases and 25 emulated ones.
 """
 import os
 import pathlib
@@ -21,7 +22,8 @@ EXAMPLES = int(os.environ.get("SYNCFREE_FUZZ_EXAMPLES", "200"))
 
 
 def run_batch(batch, examples, mode, timeout):
-    args = [sys.executable, str(HERE / "fuzz_cases.py"), str(batch), str(examples)] + ([f"--{mode}"] if mode else [])
+    args = [sys.executable, str(HERE / "fuzz_cases.py"), str(batch), str(examples)] + \
+        [f"--{m}" for m in (mode.split() if mode else [])]
     try:
         result = subprocess.run(args, cwd=HERE, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
@@ -59,6 +61,15 @@ def test_fuzz_two_gloo_ranks():
 
 def test_fuzz_simulated_ranks():
     run_batch(400, max(EXAMPLES // 2, 1), "simulated", timeout=600)
+
+
+def test_fuzz_verify_draft():
+    run_batch(500, max(EXAMPLES // 2, 1), "verify", timeout=600)
+
+
+@pytest.mark.emulated
+def test_fuzz_verify_draft_on_the_emulated_cuda_path():
+    run_batch(600, max(EXAMPLES // 8, 1), "verify --emulated", timeout=900)
 
 
 def test_the_invariants_catch_bad_results():

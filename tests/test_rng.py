@@ -95,7 +95,9 @@ def test_portable_and_avx2_paths_give_the_same_tokens():
     code = ("import torch, syncfree; x = torch.randn(64, 20011, generator=torch.Generator().manual_seed(0)); "
             "print(syncfree.sample(x, 0.9, seed=3).tolist(), syncfree.sample_probs(x.exp(), seed=4).tolist(), "
             "syncfree.sample(x, 0.9, top_k=500, top_p=0.9, min_p=0.01, typical_p=0.9, seed=5).tolist(), "
-            "syncfree.warp(x, 0.9, top_p=0.8)[0].tolist())")
+            "syncfree.warp(x, 0.9, top_p=0.8)[0].tolist(), "
+            "[t.tolist() for t in syncfree.verify_draft(x.view(16, 4, -1), x.view(16, 4, -1)[:, :3].argmax(-1), "
+            "torch.softmax(x.view(16, 4, -1)[:, :3], -1), 0.9, top_k=50, seed=torch.arange(16), return_logprobs=True)])")
     outputs = []
     for baseline in (False, True):
         env = dict(os.environ)

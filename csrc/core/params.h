@@ -28,6 +28,10 @@ struct SampleParams {
   int64_t rows;
   int64_t vocab;
   bool probs;  // input holds non-negative weights, not logits
+  // Rows per parameter row: row r takes the temperature, warpers, seed and
+  // offset of row r / positions, its offset plus r % positions (the positions
+  // of syncfree.verify_draft; 1 otherwise). See param_row.
+  int64_t positions = 1;
 
   const float* temperatures;  // [rows] or null
   float temperature;          // used when temperatures is null
@@ -70,8 +74,14 @@ struct ShardPartial {
   Best overflow;
 };
 
+// The row whose parameters row `row` takes, and its position among that
+// row's positions (SampleParams::positions).
+SF_HD int64_t param_row(const SampleParams& p, int64_t row) { return p.positions > 1 ? row / p.positions : row; }
+SF_HD int64_t position_of(const SampleParams& p, int64_t row) { return p.positions > 1 ? row % p.positions : 0; }
+
 SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   RowRace r;
+  const int64_t pr = param_row(p, row);
   r.want_mass = p.logprobs != nullptr && !p.probs;
   r.warped = p.keeps != nullptr;
   r.keep = p.keeps != nullptr ? p.keeps[row] : keep_all();
@@ -79,10 +89,12 @@ SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
     r.greedy = false;
     r.inv_temperature = 1.0f;
   } else {
-    set_temperature(r, p.temperatures != nullptr ? p.temperatures[row] : p.temperature);
+    set_temperature(r, p.temperatures != nullptr ? p.temperatures[pr] : p.temperature);
   }
   if (p.seeds != nullptr) {
-    r.stream = {uint64_t(p.seeds[row]), p.offsets != nullptr ? uint64_t(p.offsets[row]) : 0u, 0u};
+    // Position j of a per-row seed draws as offset[row] + j (Note [Verifying a draft]).
+    const uint64_t offset = p.offsets != nullptr ? uint64_t(p.offsets[pr]) : 0u;
+    r.stream = {uint64_t(p.seeds[pr]), offset + uint64_t(position_of(p, row)), 0u};
   } else {
     r.stream = {p.seed, uint64_t(row), p.pos0};
   }
@@ -92,9 +104,10 @@ SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
 
 // Row `row`'s warper values, clamped.
 SF_HD Warpers row_warpers(const SampleParams& p, int64_t row) {
-  return clamp_warpers(p.top_ks != nullptr ? p.top_ks[row] : p.top_k, p.top_ps != nullptr ? p.top_ps[row] : p.top_p,
-                       p.min_ps != nullptr ? p.min_ps[row] : p.min_p,
-                       p.typical_ps != nullptr ? p.typical_ps[row] : p.typical_p, p.vocab);
+  const int64_t pr = param_row(p, row);
+  return clamp_warpers(p.top_ks != nullptr ? p.top_ks[pr] : p.top_k, p.top_ps != nullptr ? p.top_ps[pr] : p.top_p,
+                       p.min_ps != nullptr ? p.min_ps[pr] : p.min_p,
+                       p.typical_ps != nullptr ? p.typical_ps[pr] : p.typical_p, p.vocab);
 }
 
 // Converts one input value as the race sees it: a scaled logit with the

@@ -61,6 +61,10 @@ __attribute__((target("avx2,fma"))) RacePartial race_chunk_avx2(const SamplePara
   return race_chunk_body<T, kProbs>(p, r, row, s, split);
 }
 
+#endif
+}  // namespace
+
+#if defined(__x86_64__)
 // SYNCFREE_CPU_BASELINE=1 forces the portable path (tests compare the two).
 bool cpu_has_avx2_fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -68,6 +72,8 @@ bool cpu_has_avx2_fma() {
   return has;
 }
 #endif
+
+namespace {
 
 // row_keep likewise, with fma in one instruction.
 #if defined(__x86_64__)
@@ -77,12 +83,16 @@ __attribute__((target("avx2,fma"))) RowKeep row_keep_avx2(const float* y, int64_
 }
 #endif
 
+}  // namespace
+
 RowKeep row_keep_cpu(const float* y, int64_t vocab, const Warpers& w, SelectScratch& scratch) {
 #if defined(__x86_64__)
   if (cpu_has_avx2_fma()) return row_keep_avx2(y, vocab, w, scratch);
 #endif
   return row_keep(y, vocab, w, scratch);
 }
+
+namespace {
 
 template <typename T, bool kProbs>
 RacePartial race_chunk(const SampleParams& p, const RowRace& r, const T* row, const RowSplit& s,
@@ -223,6 +233,22 @@ void warped_rows_into(const SampleParams& p, float* out) {
 }
 
 }  // namespace
+
+RowResult race_values_cpu(const float* v, int64_t vocab, bool probs, RowRace r) {
+  SampleParams p{};
+  p.vocab = vocab;
+  p.probs = probs;
+  r.inv_temperature = 1.0f;  // v is already scaled (and warped)
+  r.warped = false;
+  const RowSplit whole = split_row(vocab, 1, vocab);
+  const RacePartial acc = probs ? race_chunk<float, true>(p, r, v, whole, 0) : race_chunk<float, false>(p, r, v, whole, 0);
+  RowResult res = finish_row(acc, r, probs);
+  if (res.needs_resolve) {
+    const Best winner = probs ? race_in_group<float, true>(p, r, v, res.token) : race_in_group<float, false>(p, r, v, res.token);
+    res = resolved(res, winner.index);
+  }
+  return res;
+}
 
 void warped_logits_cpu(const SampleParams& p, c10::ScalarType dtype, float* out) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_warped_logits_cpu",

@@ -114,6 +114,13 @@ MUTANTS = [
     Mutant("shard-pass-skips-a-chunk", "cuda/shard_cuda.cu",
            "i += int64_t(gridDim.y) * kPassThreads)", "i += int64_t(gridDim.y + 1) * kPassThreads)",
            "shard_kernels"),
+    # syncfree.verify_draft's kernels.
+    Mutant("verify-stop-ignores-rejections", "cuda/verify_cuda.cu",
+           "while (j < v.n && laws[j].accepted) ++j;", "while (j < v.n) ++j;",
+           "verify_draft"),
+    Mutant("verify-residual-keeps-the-draft", "cuda/verify_cuda.cu",
+           "return i == masked ? -kInf : y;", "return y;",
+           "verify_draft"),
     Mutant("vector-load-past-the-row-under-asan", "cuda/sample_cuda.cu",
            "if (kVec && g < full_groups)", "if (kVec && g <= full_groups)",
            "tokens_logprobs_and_valid and 3x1000 and float32", variant="asan", expect="heap-buffer-overflow",

@@ -1,0 +1,124 @@
+// syncfree.verify_draft (verify_draft, verify_draft_into): speculative
+// decoding's verification of a draft against the target's logits (Note
+// [Verifying a draft] in core/verify.h). Every check (checks.h) runs first.
+#include <ATen/core/enum_tag.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace syncfree {
+namespace {
+
+struct VerifyOutputs {
+  Tensor tokens, num_accepted, logprobs, valid;
+};
+
+template <Backend B>
+VerifyOutputs run_verify(const std::optional<Tensor>& out, const Tensor& target, const Tensor& draft_ids,
+                         const std::optional<Tensor>& draft_probs, const WarperArgs& w, SYNCFREE_RNG_PARAMS,
+                         bool return_logprobs, bool return_valid) {
+  check_verify(target, draft_ids, draft_probs);
+  const int64_t rows = target.size(0), positions = target.size(1), vocab = target.size(2);
+  const Tensor first = target.select(1, 0);  // [B, V]: the per-row arguments' shape
+  check_warpers(w, first);
+  check_rng(seed, offset, seed_value, offset_value, generator, first, "target_logits");
+  if (out.has_value())
+    check_out(*out, first, {rows, positions},
+              {target, draft_ids, draft_probs, seed, offset, w.temperature, w.top_k, w.top_p, w.min_p, w.typical_p});
+
+  const auto options = target.options();
+  VerifyOutputs o;
+  // Written in place only when contiguous; else through a fresh tensor, copied on the device.
+  const bool direct = out.has_value() && out->is_contiguous();
+  o.tokens = direct ? *out : at::empty({rows, positions}, options.dtype(at::kLong));
+  o.num_accepted = at::empty({rows}, options.dtype(at::kLong));
+  o.logprobs = at::empty(return_logprobs ? std::vector<int64_t>{rows, positions} : std::vector<int64_t>{0},
+                         options.dtype(at::kFloat));
+  o.valid = at::empty({return_valid ? rows : 0}, options.dtype(at::kBool));
+  if (B == Backend::kMeta || rows == 0) return o;
+
+  const Tensor flat = target.reshape({rows * positions, vocab});  // a view unless the strides forbid it
+  const Tensor ids = draft_ids.contiguous();
+  const Tensor q = draft_probs.has_value() ? draft_probs->reshape({rows * (positions - 1), vocab}) : Tensor();
+  const Tensor seeds = seed.has_value() ? seed->contiguous().view({rows}) : Tensor();
+  const Tensor offsets = offset.has_value() ? offset->contiguous().view({rows}) : Tensor();
+  SampleParams p{};
+  p.input = flat.data_ptr();
+  p.row_stride = flat.stride(0);
+  p.rows = rows * positions;
+  p.vocab = vocab;
+  p.positions = positions;
+  RowTensors row_tensors;
+  set_warpers(p, row_tensors, w, rows);
+  p.seeds = pointer_or_null<int64_t>(seeds);
+  p.offsets = pointer_or_null<int64_t>(offsets);
+  p.seed = uint64_t(seed_value.value_or(0));
+  p.pos0 = uint64_t(offset_value);
+  VerifyParams v{};
+  v.target = p;
+  v.n = positions - 1;
+  v.draft_ids = ids.data_ptr<int64_t>();
+  v.draft_ids_stride = ids.stride(0);
+  v.draft_probs = q.defined() ? q.data_ptr<float>() : nullptr;
+  v.draft_probs_stride = q.defined() ? q.stride(0) : 0;
+  v.tokens = o.tokens.data_ptr<int64_t>();
+  v.num_accepted = o.num_accepted.data_ptr<int64_t>();
+  v.logprobs = return_logprobs ? o.logprobs.data_ptr<float>() : nullptr;
+  v.valid = return_valid ? o.valid.data_ptr<bool>() : nullptr;
+
+  const bool all_greedy = !w.temperature.has_value() && is_greedy_temperature(float(w.temperature_value));
+  const bool from_generator = !seed.has_value() && !seed_value.has_value() && !all_greedy;
+  if constexpr (B == Backend::kCpu) {
+    verify_cpu(v, target.scalar_type(), generator, from_generator);
+  } else {
+    SYNCFREE_ON_CUDA(target, verify_cuda(v, target.scalar_type(), cuda_index(target), generator, from_generator));
+  }
+  if (out.has_value() && !direct) out->copy_(o.tokens);
+  return o;
+}
+
+template <Backend B>
+std::tuple<Tensor, Tensor, Tensor, Tensor> verify_op(const Tensor& target, const Tensor& draft_ids,
+                                                     const std::optional<Tensor>& draft_probs, SYNCFREE_WARPER_PARAMS,
+                                                     SYNCFREE_RNG_PARAMS, bool return_logprobs, bool return_valid) {
+  VerifyOutputs o = run_verify<B>(std::nullopt, target, draft_ids, draft_probs, SYNCFREE_WARPER_STRUCT, seed, offset,
+                                  seed_value, offset_value, generator, return_logprobs, return_valid);
+  return {o.tokens, o.num_accepted, o.logprobs, o.valid};
+}
+
+template <Backend B>
+std::tuple<Tensor, Tensor, Tensor> verify_into_op(Tensor& out, const Tensor& target, const Tensor& draft_ids,
+                                                  const std::optional<Tensor>& draft_probs, SYNCFREE_WARPER_PARAMS,
+                                                  SYNCFREE_RNG_PARAMS, bool return_logprobs, bool return_valid) {
+  VerifyOutputs o = run_verify<B>(out, target, draft_ids, draft_probs, SYNCFREE_WARPER_STRUCT, seed, offset,
+                                  seed_value, offset_value, generator, return_logprobs, return_valid);
+  return {o.num_accepted, o.logprobs, o.valid};
+}
+
+#define SYNCFREE_VERIFY_ARGS                                                                              \
+  "Tensor target_logits, Tensor draft_ids, Tensor? draft_probs, " SYNCFREE_WARPER_ARGS ", " SYNCFREE_RNG_ARGS \
+  ", bool return_logprobs, bool return_valid"
+
+SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
+  const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
+  m.def("verify_draft(" SYNCFREE_VERIFY_ARGS
+        ") -> (Tensor tokens, Tensor num_accepted, Tensor logprobs, Tensor valid)",
+        seeded);
+  // As sample_into: `out` is written, not returned (torch.compile and aliasing outputs).
+  m.def("verify_draft_into(Tensor(a!) out, " SYNCFREE_VERIFY_ARGS
+        ") -> (Tensor num_accepted, Tensor logprobs, Tensor valid)",
+        seeded);
+}
+
+template <Backend B>
+void register_verify_ops(torch::Library& m) {
+  m.impl("verify_draft", &verify_op<B>);
+  m.impl("verify_draft_into", &verify_into_op<B>);
+}
+
+}  // namespace
+
+SYNCFREE_REGISTER_KERNELS(register_verify_ops)
+
+}  // namespace syncfree
