@@ -99,7 +99,7 @@ def main():
                 mb = (b * (n + 1) * V * 4 + b * n * V * 4) / 1e6
                 row = dict(device=device, B=b, n=n, warpers="k50+p0.9" if warped else "none", us=us_sf,
                            ref_us=us_ref, sample_us=us_sample, x_ref=us_ref / us_sf if us_ref else None,
-                           x_sample=us_sf / us_sample, mb=mb, reads=reads, launches=8 if warped else 2,
+                           x_sample=us_sf / us_sample, mb=mb, reads=reads, launches=7 if warped else 2,
                            accepted=accepted.mean().item())
                 rows.append(row)
                 print(f"  B={b} n={n} {row['warpers']}: syncfree {us_sf:.1f} us  ref {fmt(us_ref, '.1f', 0)}  "
@@ -111,7 +111,7 @@ def main():
               f"{'x sample':>9}{'MB':>8}{'reads':>7}{'launch':>7}{'accepted':>9}",
               "  (x ref: torch.ref / syncfree; x sample: syncfree / syncfree.sample over the [B (n + 1), V] "
               "logits; reads: full reads of the [B, n + 1, V] target per call, mean over rows; launch: "
-              "CUDA launches; accepted: mean drafts accepted)"]
+              "CUDA launches and memsets; accepted: mean drafts accepted)"]
     lines = [f"{r['warpers']:<10}{r['B']:>4}{r['n']:>3}{r['us']:>10.1f}{fmt(r['ref_us'], '.1f', 11)}"
              f"{fmt(r['x_ref'], '.2f', 8)}{r['sample_us']:>11.1f}{r['x_sample']:>9.2f}{r['mb']:>8.1f}"
              f"{r['reads']:>7.2f}{r['launches']:>7}{r['accepted']:>9.2f}" for r in rows]

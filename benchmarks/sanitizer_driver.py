@@ -16,7 +16,8 @@ Kernels and the variants reached (csrc/cuda/*.cu):
                                             over compacted candidates and the full-row fallback;
   syncfree_apply_thresholds_kernel<T>             syncfree.warp with and without warpers, scaled_logits;
   syncfree_resolve_group_kernel<T, false>   the race on shards (syncfree.distributed's steps);
-  syncfree_shard_pass_kernel<T>, syncfree_shard_rows_kernel   every step of those calls (csrc/cuda/shard_cuda.cu).
+  syncfree_shard_pass_kernel<T>, syncfree_shard_rows_kernel   every step of those calls (csrc/cuda/shard_cuda.cu);
+  syncfree_verify_positions_kernel<T>, syncfree_verify_finish_kernel<T>   syncfree.verify_draft.
 Noise from per-row seed/offset tensors, an int seed, the default generator and a user generator.
 
 Seeded results are compared with the CPU path (tokens and valid flags bit for bit, logprobs to
@@ -301,8 +302,31 @@ def section_shards(run):
                 run.close(f"shards {label} {tag} rank {rank} logprobs", logprobs, want_lp)
 
 
+def section_verify(run):
+    """syncfree.verify_draft: the selection over every position, the positions and finish kernels;
+    drafts with and without probabilities, greedy and warped rows, a degenerate position."""
+    for dtype in DTYPES:
+        name = str(dtype).replace("torch.", "")
+        g = torch.Generator().manual_seed(70)
+        b, n, v = 4, 3, 3000
+        x = (torch.randn(b, n + 1, v, generator=g) * 3).to(dtype)
+        x[1, 2] = -float("inf")
+        q = torch.softmax(torch.randn(b, n, v, generator=g) * 3, -1)
+        ids = torch.multinomial(q.view(-1, v), 1, generator=g).view(b, n)
+        ids[0] = x[0, :n].float().argmax(-1)
+        temps = torch.tensor([0.8, 1.0, 0.0, 1.2])
+        for label, draft_probs, config in (("q", q, {}), ("one-hot", None, {}),
+                                           ("q warped", q, dict(top_k=40, top_p=0.9, min_p=0.02))):
+            kwargs = dict(seed=torch.arange(b), offset=torch.arange(b), return_logprobs=True, return_valid=True, **config)
+            want = syncfree.verify_draft(x, ids, draft_probs, temps, **kwargs)
+            got = syncfree.verify_draft(run.on(x), run.on(ids), run.on(draft_probs), run.on(temps), **run.kwargs_on(kwargs))
+            for part, w, r in zip(("tokens", "accepted", "logprobs", "valid"), want, got):
+                (run.close if part == "logprobs" else run.equal)(f"verify {name} {label} {part}", r, w)
+
+
 SECTIONS = {"sample": section_sample, "layouts": section_layouts, "sample_probs": section_sample_probs,
-            "warpers": section_warpers, "warp": section_warp, "graph": section_graph, "shards": section_shards}
+            "warpers": section_warpers, "warp": section_warp, "graph": section_graph, "shards": section_shards,
+            "verify": section_verify}
 
 
 def main(argv=None):

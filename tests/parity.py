@@ -168,7 +168,11 @@ def check_per_row_warpers(target, rows):
     assert torch.equal(syncfree.warp(x, temps, **config)[0], target.call(syncfree.warp, x, temps, **config)[0])
 
 
-def check_warper_candidates(target):
+CANDIDATE_CONFIGS = [dict(top_k=50), dict(top_p=0.9), dict(top_k=5000, top_p=0.5, min_p=0.1),
+                     dict(top_p=0.95, typical_p=0.8), dict(top_k=[10, 30, 0, 7000, 50, 2], top_p=[0.9, 1.0, 0.3, 0.99, 1.0, 0.5])]
+
+
+def check_warper_candidates(target, configs=CANDIDATE_CONFIGS):
     """Rows whose candidates (the tokens from the first selection's bin up) overflow the CUDA
     candidate buffer (4096 entries at small batches; a near-flat row puts all 20000 tokens in one
     bin) next to rows whose candidates fit (a few peaked tokens): the overflowing rows take the
@@ -180,9 +184,8 @@ def check_warper_candidates(target):
     x[4, :100] = -float("inf")
     temps = torch.tensor([1.0, 0.7, 1.3, 1.0, 0.9, 2.0])
     seeds = torch.arange(6) * 11
-    for config in (dict(top_k=50), dict(top_p=0.9), dict(top_k=5000, top_p=0.5, min_p=0.1),
-                   dict(top_p=0.95, typical_p=0.8), dict(top_k=torch.tensor([10, 30, 0, 7000, 50, 2]),
-                                                         top_p=torch.tensor([0.9, 1.0, 0.3, 0.99, 1.0, 0.5]))):
+    for config in configs:
+        config = {k: torch.tensor(v) if isinstance(v, list) else v for k, v in config.items()}
         for extra in (dict(return_logprobs=True, return_valid=True), dict()):
             assert_same(syncfree.sample(x, temps, seed=seeds, **extra, **config),
                         target.call(syncfree.sample, x, temps, seed=seeds, **extra, **config), str(config))
