@@ -30,6 +30,17 @@ void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, i
   p.warped = w.any(p.vocab);
 }
 
+void set_rng(SampleParams& p, RowTensors& keep_alive, const std::optional<Tensor>& seed,
+             const std::optional<Tensor>& offset, std::optional<int64_t> seed_value, int64_t offset_value,
+             int64_t rows) {
+  keep_alive.seeds = seed.has_value() ? seed->contiguous().view({rows}) : Tensor();
+  keep_alive.offsets = offset.has_value() ? offset->contiguous().view({rows}) : Tensor();
+  p.seeds = pointer_or_null<int64_t>(keep_alive.seeds);
+  p.offsets = pointer_or_null<int64_t>(keep_alive.offsets);
+  p.seed = uint64_t(seed_value.value_or(0));
+  p.pos0 = uint64_t(offset_value);
+}
+
 template <Backend B>
 Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
                    const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
@@ -53,8 +64,6 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   o.valid = at::empty(return_valid ? batch_shape : std::vector<int64_t>{0}, options.dtype(at::kBool));
   if (B == Backend::kMeta || rows == 0) return o;
 
-  const Tensor seeds = seed.has_value() ? seed->contiguous().view({rows}) : Tensor();
-  const Tensor offsets = offset.has_value() ? offset->contiguous().view({rows}) : Tensor();
   SampleParams p{};
   p.input = input.data_ptr();
   p.row_stride = input.dim() == 2 ? input.stride(0) : 0;
@@ -63,10 +72,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   p.probs = probs;
   RowTensors row_tensors;
   set_warpers(p, row_tensors, w, rows);
-  p.seeds = pointer_or_null<int64_t>(seeds);
-  p.offsets = pointer_or_null<int64_t>(offsets);
-  p.seed = uint64_t(seed_value.value_or(0));
-  p.pos0 = uint64_t(offset_value);
+  set_rng(p, row_tensors, seed, offset, seed_value, offset_value, rows);
   p.shard = shard;
   p.keeps = keeps;
   p.tokens = o.tokens.data_ptr<int64_t>();

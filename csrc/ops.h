@@ -71,11 +71,16 @@ const T* pointer_or_null(const Tensor& t) {
 
 // Tensors that must outlive the kernels' launch (the params point into them).
 struct RowTensors {
-  Tensor temperatures, top_ks, top_ps, min_ps, typical_ps;
+  Tensor temperatures, top_ks, top_ps, min_ps, typical_ps, seeds, offsets;
 };
 
 // p's temperature and warper fields from w (p.vocab set first).
 void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, int64_t rows);
+
+// p's noise fields from the rng arguments (checked by check_rng).
+void set_rng(SampleParams& p, RowTensors& keep_alive, const std::optional<Tensor>& seed,
+             const std::optional<Tensor>& offset, std::optional<int64_t> seed_value, int64_t offset_value,
+             int64_t rows);
 
 struct Outputs {
   Tensor tokens, logprobs, valid;

@@ -41,8 +41,6 @@ VerifyOutputs run_verify(const std::optional<Tensor>& out, const Tensor& target,
   const Tensor flat = target.reshape({rows * positions, vocab});  // a view unless the strides forbid it
   const Tensor ids = draft_ids.contiguous();
   const Tensor q = draft_probs.has_value() ? draft_probs->reshape({rows * (positions - 1), vocab}) : Tensor();
-  const Tensor seeds = seed.has_value() ? seed->contiguous().view({rows}) : Tensor();
-  const Tensor offsets = offset.has_value() ? offset->contiguous().view({rows}) : Tensor();
   SampleParams p{};
   p.input = flat.data_ptr();
   p.row_stride = flat.stride(0);
@@ -51,10 +49,7 @@ VerifyOutputs run_verify(const std::optional<Tensor>& out, const Tensor& target,
   p.positions = positions;
   RowTensors row_tensors;
   set_warpers(p, row_tensors, w, rows);
-  p.seeds = pointer_or_null<int64_t>(seeds);
-  p.offsets = pointer_or_null<int64_t>(offsets);
-  p.seed = uint64_t(seed_value.value_or(0));
-  p.pos0 = uint64_t(offset_value);
+  set_rng(p, row_tensors, seed, offset, seed_value, offset_value, rows);
   VerifyParams v{};
   v.target = p;
   v.n = positions - 1;
