@@ -278,3 +278,25 @@ def test_warp_many_rows_on_cuda():
 def test_verify_draft_cpu_and_cuda_identical():
     parity.check_verify(CUDA)
     parity.check_verify(CUDA, rows=1, n=1, vocab=20000)
+
+
+def test_verify_draft_no_sync_and_graph_capture():
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(8, 4, 32000, generator=g) * 3).cuda()
+    ids = x[:, :3].argmax(-1)
+    q = torch.softmax(x[:, :3], -1)
+    seeds = torch.arange(8, device="cuda")
+    offsets = torch.zeros(8, dtype=torch.int64, device="cuda")
+    out = torch.empty(8, 4, dtype=torch.int64, device="cuda")
+    syncfree.verify_draft(x, ids, q, 0.8, top_k=50, seed=seeds, offset=offsets, out=out)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        syncfree.verify_draft(x, ids, q, 0.8, top_k=50, top_p=0.9, out=out)
+        syncfree.verify_draft(x, ids, None, 0.0, out=out)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    graph = capture(lambda: syncfree.verify_draft(x, ids, q, 0.8, top_k=50, seed=seeds, offset=offsets, out=out))
+    for step in range(3):
+        offsets.fill_(step)
+        graph.replay()
+        assert torch.equal(out, syncfree.verify_draft(x, ids, q, 0.8, top_k=50, seed=seeds, offset=offsets)[0])

@@ -263,3 +263,32 @@ def test_verify_draft_matches_the_cpu(target):
 
 def test_verify_draft_single_row_and_one_draft(target):
     parity.check_verify(target, rows=1, n=1, vocab=20000)
+
+
+def test_verify_draft_captured_replays_with_fresh_noise(layer):
+    """A captured verify_draft with warpers (the selection's memset and launches included) replays
+    with the per-row offsets and the generator's position of each replay."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 20000, generator=g) * 3
+    ids = x[:, :2].argmax(-1)
+    q = torch.softmax(x[:, :2], -1)
+    seeds, offsets = torch.tensor([4, 9]), torch.zeros(2, dtype=torch.int64)
+    out = torch.full((2, 3), -7, dtype=torch.int64)
+    graph = layer.Graph()
+    with cuda_on_cpu.capture(graph):
+        accepted = emulated(syncfree.verify_draft, x, ids, q, 0.9, top_k=40, top_p=0.9, seed=seeds, offset=offsets,
+                            out=out)[1]
+    assert out.eq(-7).all(), "a captured launch ran during the capture"
+    for replay in range(3):
+        offsets.fill_(replay * 3)
+        graph.replay()
+        want = syncfree.verify_draft(x, ids, q, 0.9, top_k=40, top_p=0.9, seed=seeds, offset=offsets)
+        assert torch.equal(out, want[0]) and torch.equal(accepted, want[1])
+    step = (20000 + 3) // 4 * 4
+    gen = torch.Generator().manual_seed(6)
+    graph = layer.Graph()
+    with cuda_on_cpu.capture(graph):
+        emulated(syncfree.verify_draft, x, ids, None, 0.9, generator=gen, out=out)
+    for replay in range(2):
+        graph.replay()
+        assert torch.equal(out, syncfree.verify_draft(x, ids, None, 0.9, seed=6, offset=replay * step)[0])
