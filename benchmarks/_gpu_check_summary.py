@@ -157,8 +157,9 @@ def blocks(text):
 def bench_lines(bench_dir, out_dir):
     lines, merged = [], {}
     # bench_sample's table: header, every method, per-shape summary, B=1 against an empty kernel;
-    # bench_warpers': header, per-shape summary, per-configuration summary, every method.
-    for key, stem, picks in (("sample", "", (0, 2, 3)), ("warpers", "warpers_", (1, 2))):
+    # bench_warpers': header, per-shape summary, per-configuration summary, every method;
+    # bench_verify's: header, the table, the bar's verdict.
+    for key, stem, picks in (("sample", "", (0, 2, 3)), ("warpers", "warpers_", (1, 2)), ("verify", "verify_", (1, 2))):
         device = next((d for d in ("cuda", "cpu") if bench_dir and
                        os.path.exists(os.path.join(bench_dir, f"table_{stem}{d}.txt"))), "cuda")
         table = read(os.path.join(bench_dir, f"table_{stem}{device}.txt")) if bench_dir else None

@@ -14,7 +14,8 @@
 #   bench, bench-warpers
 #                  bench_sample.py (temperature only) and bench_warpers.py (top-k + top-p +
 #                  min-p) at B 1 and 64, V 128256, float32 and bfloat16, against torch.multinomial,
-#                  the exponential trick and the sort-based chain; copy bandwidth -> bench.log, bench.json
+#                  the exponential trick and the sort-based chain; copy bandwidth; then
+#                  bench_verify.py's quick grid (speculative decoding)    -> bench.log, bench.json
 #   demo           examples/generate.py --device cuda                        -> demo.log
 #   pytest-rest    the rest of the suite (pytest -m "not cuda and not emulated"), in the time left
 #   summary        each step's rc and seconds, ptxas registers/spills per kernel, pytest's last
@@ -156,8 +157,11 @@ if [ "${RC[build]}" = 0 ]; then
     # --- 4. benchmarks ----------------------------------------------------------------------
     run_step bench 75 "$F_BENCH" $((F_WARPERS + F_DEMO)) "$OUT/bench.log" \
         "$PYTHON" -P benchmarks/bench_sample.py "${BENCH_GRID[@]}" --methods "syncfree,sf.seed,multinomial,exp.eager"
-    run_step bench-warpers 45 "$F_WARPERS" "$F_DEMO" "$OUT/bench.log" \
-        "$PYTHON" -P benchmarks/bench_warpers.py "${BENCH_GRID[@]}" --configs all
+    # bench_warpers' 'all' configuration, then bench_verify's quick grid (B 1 and 8, n 1 and 5).
+    run_step bench-warpers 60 "$F_WARPERS" "$F_DEMO" "$OUT/bench.log" \
+        bash -c '"$0" -P benchmarks/bench_warpers.py "${@:2}" --configs all &&
+                 "$0" -P benchmarks/bench_verify.py --device "$1" --quick --batches 1,8 --out "${@: -1}"' \
+        "$PYTHON" "$DEV" "${BENCH_GRID[@]}"
     # --- 5. the decode demo -----------------------------------------------------------------
     run_step demo 45 "$F_DEMO" 0 "$OUT/demo.log" "$PYTHON" -P examples/generate.py "${DEMO_ARGS[@]}"
     # --- the rest of the suite, with what is left -------------------------------------------
