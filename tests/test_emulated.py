@@ -287,8 +287,9 @@ def test_verify_draft_captured_replays_with_fresh_noise(layer):
     step = (20000 + 3) // 4 * 4
     gen = torch.Generator().manual_seed(6)
     graph = layer.Graph()
-    with cuda_on_cpu.capture(graph):
-        emulated(syncfree.verify_draft, x, ids, None, 0.9, generator=gen, out=out)
+    with cuda_on_cpu.capture(graph):  # the outputs the replays write stay alive, as with CUDA graphs
+        kept = emulated(syncfree.verify_draft, x, ids, None, 0.9, generator=gen, out=out)
     for replay in range(2):
         graph.replay()
-        assert torch.equal(out, syncfree.verify_draft(x, ids, None, 0.9, seed=6, offset=replay * step)[0])
+        want = syncfree.verify_draft(x, ids, None, 0.9, seed=6, offset=replay * step)
+        assert torch.equal(out, want[0]) and torch.equal(kept[1], want[1])
