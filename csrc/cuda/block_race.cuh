@@ -95,17 +95,25 @@ __device__ Best raw_argmax_warp(const T* x, int64_t vocab) {
   return warp_best(best);
 }
 
-// The race inside group `group` of a row, one token per lane of a warp;
-// every lane returns the winner, and *y its scaled value.
-template <typename T, bool kProbs>
-__device__ Best race_group_warp(const SampleParams& p, const RowRace& r, const T* x, int64_t group, float* y) {
+// The race inside group `group` of a row of `vocab` tokens whose race
+// values are value(i), one token per lane of a warp; every lane returns the
+// winner, and *y its value.
+template <bool kProbs, typename Value>
+__device__ Best race_group_values_warp(int64_t vocab, const RowRace& r, int64_t group, Value value, float* y) {
   const int lane = threadIdx.x % 32;
   const int64_t first = group * kGroup;
-  const bool mine = lane < group_size(p.vocab, group);
-  const float v = mine ? load_value(x, first + lane, kProbs, r) : masked_value(kProbs);
+  const bool mine = lane < group_size(vocab, group);
+  const float v = mine ? value(first + lane) : masked_value(kProbs);
   const Best winner = warp_best(mine ? token_entry<kProbs>(v, int32_t(first + lane), r) : no_best());
   *y = __shfl_sync(0xffffffffu, v, int(winner.index - first) & 31);
   return winner;
+}
+
+// The same over a row of the input.
+template <typename T, bool kProbs>
+__device__ Best race_group_warp(const SampleParams& p, const RowRace& r, const T* x, int64_t group, float* y) {
+  return race_group_values_warp<kProbs>(p.vocab, r, group, [&](int64_t i) { return load_value(x, i, kProbs, r); },
+                                        y);
 }
 
 // Warp 0 turns the row's merged partial (in lane 0) into the token: when

@@ -260,19 +260,7 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
 
   const size_t elem = dtype == at::kFloat ? 4 : 2;
   const bool aligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0 && (p.row_stride * elem) % 16 == 0;
-  switch (dtype) {
-    case at::kFloat:
-      launch<float>(args, plan.blocks, aligned, stream);
-      break;
-    case at::kHalf:
-      launch<c10::Half>(args, plan.blocks, aligned, stream);
-      break;
-    case at::kBFloat16:
-      launch<c10::BFloat16>(args, plan.blocks, aligned, stream);
-      break;
-    default:
-      TORCH_CHECK(false, "syncfree: unsupported dtype ", dtype, " on CUDA");
-  }
+  dispatch_dtype(dtype, [&](auto tag) { launch<decltype(tag)>(args, plan.blocks, aligned, stream); });
 }
 
 // syncfree.distributed draws from a CUDA generator once per call and hands

@@ -83,16 +83,9 @@ void shard_pass_cuda(const ShardPassCall& c, c10::ScalarType dtype, c10::DeviceI
                               ? 1u
                               : unsigned(std::min<int64_t>(ceil_div(c.columns, 8 * kPassThreads), 64));
   const dim3 grid(unsigned(c.rows), chunks);
-  switch (dtype) {
-    case at::kFloat:
-      return launch_kernel<syncfree_shard_pass_kernel<float>>(grid, dim3(kPassThreads), 0, stream, c);
-    case at::kHalf:
-      return launch_kernel<syncfree_shard_pass_kernel<c10::Half>>(grid, dim3(kPassThreads), 0, stream, c);
-    case at::kBFloat16:
-      return launch_kernel<syncfree_shard_pass_kernel<c10::BFloat16>>(grid, dim3(kPassThreads), 0, stream, c);
-    default:
-      TORCH_CHECK(false, "syncfree: unsupported dtype ", dtype, " on CUDA");
-  }
+  dispatch_dtype(dtype, [&](auto tag) {
+    launch_kernel<syncfree_shard_pass_kernel<decltype(tag)>>(grid, dim3(kPassThreads), 0, stream, c);
+  });
 }
 
 }  // namespace syncfree

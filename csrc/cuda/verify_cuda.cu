@@ -153,14 +153,10 @@ __device__ RowResult race_position(const T* x, int64_t vocab, const RowRace& r, 
   acc = broadcast_lane0(acc);
   RowResult res = finish_row(acc, plain, probs);
   if (res.needs_resolve) {  // the winning group's tokens, one per lane
-    const int lane = threadIdx.x % 32;
-    const int64_t first = res.token * kGroup;
-    const bool mine = lane < group_size(vocab, res.token);
-    const float w = mine ? value(first + lane) : masked_value(probs);
-    const Best entry = !mine ? no_best()
-                       : probs ? token_entry<true>(w, int32_t(first + lane), plain)
-                               : token_entry<false>(w, int32_t(first + lane), plain);
-    res = resolved(res, warp_best(entry).index);
+    float y;
+    const Best winner = probs ? race_group_values_warp<true>(vocab, plain, res.token, value, &y)
+                              : race_group_values_warp<false>(vocab, plain, res.token, value, &y);
+    res = resolved(res, winner.index);
   }
   return res;
 }
@@ -259,19 +255,7 @@ void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex 
     launch_kernel<syncfree_verify_positions_kernel<T>>(dim3(unsigned(rows)), dim3(kThreads), 0, stream, a);
     launch_kernel<syncfree_verify_finish_kernel<T>>(dim3(unsigned(batch)), dim3(kThreads), 0, stream, a);
   };
-  switch (dtype) {
-    case at::kFloat:
-      run(float{});
-      break;
-    case at::kHalf:
-      run(c10::Half{});
-      break;
-    case at::kBFloat16:
-      run(c10::BFloat16{});
-      break;
-    default:
-      TORCH_CHECK(false, "syncfree: unsupported dtype ", dtype, " on CUDA");
-  }
+  dispatch_dtype(dtype, run);
 }
 
 }  // namespace syncfree

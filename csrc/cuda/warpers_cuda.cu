@@ -376,23 +376,6 @@ __global__ void syncfree_apply_thresholds_kernel(SampleParams p, const RowKeep* 
     out[row * p.vocab + i] = race_value(float(x[i]), false, r);
 }
 
-template <typename F>
-void dispatch(c10::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::kFloat:
-      f(float{});
-      break;
-    case at::kHalf:
-      f(c10::Half{});
-      break;
-    case at::kBFloat16:
-      f(c10::BFloat16{});
-      break;
-    default:
-      TORCH_CHECK(false, "syncfree: unsupported dtype ", dtype, " on CUDA");
-  }
-}
-
 }  // namespace
 
 void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
@@ -421,7 +404,7 @@ void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::Dev
   a.rows = reinterpret_cast<SelectRow*>(base + hist_bytes);
   a.candidates = reinterpret_cast<Candidate*>(base + hist_bytes + state_bytes);
   C10_CUDA_CHECK(cudaMemsetAsync(base, 0, hist_bytes + state_bytes, stream));
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(unsigned(a.plan.blocks)), block(kSelectThreads);
     for (const int phase : {kPhaseScan, kPhaseMass, kPhaseCompact})
@@ -435,7 +418,7 @@ void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::De
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   const dim3 grid(unsigned(p.rows), unsigned(std::min<int64_t>(ceil_div(p.vocab, 256), 1024)));
-  dispatch(dtype, [&](auto tag) {
+  dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     launch_kernel<syncfree_apply_thresholds_kernel<T>>(grid, dim3(256), 0, stream, p, keeps, out);
   });
