@@ -3,6 +3,8 @@
 
 #include <ATen/MemoryOverlap.h>
 
+#include <cmath>
+#include <string>
 #include <utility>
 
 #include "core/race.h"
@@ -93,6 +95,76 @@ void check_warpers(const WarperArgs& w, const Tensor& input) {
   if (w.top_p.has_value()) check_row_tensor(*w.top_p, "top_p", input, false);
   if (w.min_p.has_value()) check_row_tensor(*w.min_p, "min_p", input, false);
   if (w.typical_p.has_value()) check_row_tensor(*w.typical_p, "typical_p", input, false);
+}
+
+namespace {
+
+// A [B, n] (or [n] for a [V] input) tensor of a row's ids or values.
+void check_row_list(const Tensor& t, const char* name, const Tensor& input, bool ids) {
+  TORCH_CHECK_VALUE(t.device() == input.device(), name, ": expected a tensor on ", input.device(),
+                    " (the device of the input), got ", t.device());
+  if (ids) {
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, ": expected an int64 tensor, got ", t.scalar_type());
+  } else {
+    TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, ": expected a floating-point tensor, got ",
+                     t.scalar_type());
+  }
+  const bool ok = input.dim() == 2 ? t.dim() == 2 && t.size(0) == input.size(0) : t.dim() == 1;
+  TORCH_CHECK_VALUE(ok, name, ": expected shape ", input.dim() == 2 ? "[B, n] with B = " : "[n]",
+                    input.dim() == 2 ? std::to_string(input.size(0)) : std::string(), ", got ", t.sizes());
+  if (ids && t.device().is_cpu() && t.numel() > 0) {
+    const int64_t low = t.min().item<int64_t>(), high = t.max().item<int64_t>();
+    TORCH_CHECK_VALUE(low >= -1 && high < input.size(-1), name, ": expected ids in [0, V) = [0, ", input.size(-1),
+                      ") or -1 (padding), got ", low < -1 ? low : high);
+  }
+}
+
+}  // namespace
+
+void check_processing(const ProcessArgs& a, const Tensor& input, bool probs) {
+  TORCH_CHECK_VALUE(!probs || (!a.any() && !a.repetition_penalty.has_value() && !a.frequency_penalty.has_value() &&
+                               !a.presence_penalty.has_value() && a.top_logprobs == 0 && !a.raw_logprobs),
+                    "probs: penalties, bias, allowed_mask and logprobs apply to logits only");
+  TORCH_CHECK_VALUE(a.repetition_penalty_value > 0.0 && a.repetition_penalty_value < INFINITY,
+                    "repetition_penalty: expected a finite number > 0 (1 is off), got ", a.repetition_penalty_value);
+  TORCH_CHECK_VALUE(std::isfinite(a.frequency_penalty_value),
+                    "frequency_penalty: expected a finite number (0 is off), got ", a.frequency_penalty_value);
+  TORCH_CHECK_VALUE(std::isfinite(a.presence_penalty_value),
+                    "presence_penalty: expected a finite number (0 is off), got ", a.presence_penalty_value);
+  if (a.repetition_penalty.has_value()) check_row_tensor(*a.repetition_penalty, "repetition_penalty", input, false);
+  if (a.frequency_penalty.has_value()) check_row_tensor(*a.frequency_penalty, "frequency_penalty", input, false);
+  if (a.presence_penalty.has_value()) check_row_tensor(*a.presence_penalty, "presence_penalty", input, false);
+  if (a.output_tokens.has_value()) check_row_list(*a.output_tokens, "output_tokens", input, true);
+  if (a.prompt_tokens.has_value()) check_row_list(*a.prompt_tokens, "prompt_tokens", input, true);
+  TORCH_CHECK_VALUE(a.bias_tokens.has_value() == a.bias_values.has_value(),
+                    a.bias_tokens.has_value() ? "bias_values" : "bias_tokens",
+                    ": logit_bias needs both bias_tokens and bias_values");
+  if (a.bias_tokens.has_value()) {
+    check_row_list(*a.bias_tokens, "bias_tokens", input, true);
+    check_row_list(*a.bias_values, "bias_values", input, false);
+    TORCH_CHECK_VALUE(a.bias_values->sizes() == a.bias_tokens->sizes(), "bias_values: expected the shape of "
+                      "bias_tokens ", a.bias_tokens->sizes(), ", got ", a.bias_values->sizes());
+  }
+  const int64_t entries = (a.output_tokens.has_value() ? a.output_tokens->size(-1) : 0) +
+                          (a.prompt_tokens.has_value() ? a.prompt_tokens->size(-1) : 0) +
+                          (a.bias_tokens.has_value() ? a.bias_tokens->size(-1) : 0);
+  TORCH_CHECK_VALUE(entries <= (int64_t(1) << 24), "output_tokens: at most 2^24 history and bias ids a row, got ",
+                    entries);
+  if (a.allowed_mask.has_value()) {
+    const Tensor& m = *a.allowed_mask;
+    const int64_t words = (input.size(-1) + 31) / 32;
+    TORCH_CHECK_VALUE(m.device() == input.device(), "allowed_mask: expected a tensor on ", input.device(),
+                      " (the device of the input), got ", m.device());
+    TORCH_CHECK_TYPE(m.scalar_type() == at::kInt, "allowed_mask: expected an int32 bitmask (xgrammar's layout), got ",
+                     m.scalar_type());
+    const bool ok = input.dim() == 2 ? m.dim() == 2 && m.size(0) == input.size(0) && m.size(1) == words
+                                     : m.dim() == 1 && m.size(0) == words;
+    TORCH_CHECK_VALUE(ok, "allowed_mask: expected shape ", input.dim() == 2 ? "[B, ceil(V / 32)] = [" : "[ceil(V / 32)] = [",
+                      input.dim() == 2 ? std::to_string(input.size(0)) + ", " : std::string(), words, "], got ",
+                      m.sizes());
+  }
+  TORCH_CHECK_VALUE(a.top_logprobs >= 0 && a.top_logprobs <= 20 && a.top_logprobs <= input.size(-1),
+                    "return_top_logprobs: expected an int in [0, min(20, V)], got ", a.top_logprobs);
 }
 
 void check_rng(const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,

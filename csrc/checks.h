@@ -56,6 +56,32 @@ struct WarperArgs {
 // Scalar ranges and per-row tensors of the temperature and the warpers.
 void check_warpers(const WarperArgs& w, const Tensor& input);
 
+// The processing arguments of syncfree.sample and syncfree.warp (README
+// "Processing"): penalties as per-row tensors or scalars, the sparse history
+// and bias, the allowed mask, and the logprob stage's options.
+struct ProcessArgs {
+  std::optional<Tensor> repetition_penalty;
+  double repetition_penalty_value = 1.0;
+  std::optional<Tensor> frequency_penalty;
+  double frequency_penalty_value = 0.0;
+  std::optional<Tensor> presence_penalty;
+  double presence_penalty_value = 0.0;
+  std::optional<Tensor> output_tokens, prompt_tokens, bias_tokens, bias_values, allowed_mask;
+  int64_t top_logprobs = 0;
+  bool raw_logprobs = false;
+
+  // Some argument may change a logit.
+  bool any() const {
+    return output_tokens.has_value() || prompt_tokens.has_value() || bias_tokens.has_value() ||
+           allowed_mask.has_value();
+  }
+};
+
+// Every processing argument (probs: sample_probs, which takes none). On the
+// CPU also the ids' values: in [-1, V) (-1 pads); CUDA ignores ids outside
+// [0, V), which it cannot check without a sync.
+void check_processing(const ProcessArgs& a, const Tensor& input, bool probs);
+
 // seed / offset / generator as the sampling ops take them (name: the input's).
 void check_rng(const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                std::optional<int64_t> seed_value, int64_t offset_value, const std::optional<at::Generator>& generator,

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <ATen/core/Generator.h>
+#include <c10/core/Allocator.h>
 #include <c10/core/ScalarType.h>
 
 #include <optional>
+#include <vector>
 
 #include "core/shard.h"
 #include "core/verify.h"
@@ -37,7 +39,15 @@ void verify_cpu(const VerifyParams& v, c10::ScalarType dtype, const std::optiona
 
 // Writes the warped logits of every row (removed tokens at -inf) into out,
 // a contiguous float [rows, vocab].
-void warped_logits_cpu(const SampleParams& p, c10::ScalarType dtype, float* out);
+void warped_logits_cpu(SampleParams p, c10::ScalarType dtype, float* out);
+
+// The host's exception tables of Note [Processing in the pass] (core/adjust.h),
+// pointed to by p.proc; nothing when p has no history or bias.
+struct ExceptionTables {
+  std::vector<ExceptionSlot> slots;
+  std::vector<uint32_t> groups;
+};
+void build_exceptions_cpu(SampleParams& p, ExceptionTables& tables);
 
 // syncfree.distributed's steps (Note [Vocab-parallel steps] in core/shard.h);
 // the CUDA twins below.
@@ -58,6 +68,12 @@ void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::Dev
 // out[row, i] = the row's scaled logit i where kept, -inf elsewhere.
 void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
                      float* out);
+// Builds p.proc's exception tables on the device (a memset and one kernel) when
+// p has history or bias; the returned memory must outlive the call's kernels.
+c10::DataPtr build_exceptions_cuda(SampleParams& p, c10::DeviceIndex device);
+// The logprob stage (Note [Logprob stage on CUDA] in cuda/process_cuda.cu)
+// after the sampling kernels, which wrote p.norms.
+void logprob_stage_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device);
 void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
                  const std::optional<at::Generator>& generator, bool from_generator);
 void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex device,

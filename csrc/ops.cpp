@@ -41,27 +41,68 @@ void set_rng(SampleParams& p, RowTensors& keep_alive, const std::optional<Tensor
   p.pos0 = uint64_t(offset_value);
 }
 
+void set_processing(SampleParams& p, RowTensors& keep_alive, const ProcessArgs& a, int64_t rows) {
+  keep_alive.repetitions = row_values(a.repetition_penalty, rows, at::kFloat);
+  keep_alive.frequencies = row_values(a.frequency_penalty, rows, at::kFloat);
+  keep_alive.presences = row_values(a.presence_penalty, rows, at::kFloat);
+  const auto list = [](const std::optional<Tensor>& t, at::ScalarType dtype) {
+    return t.has_value() ? t->to(dtype).contiguous() : Tensor();
+  };
+  keep_alive.output_tokens = list(a.output_tokens, at::kLong);
+  keep_alive.prompt_tokens = list(a.prompt_tokens, at::kLong);
+  keep_alive.bias_tokens = list(a.bias_tokens, at::kLong);
+  keep_alive.bias_values = list(a.bias_values, at::kFloat);
+  keep_alive.allowed = list(a.allowed_mask, at::kInt);
+  Processing& q = p.proc;
+  q = Processing{};
+  q.allowed = pointer_or_null<int32_t>(keep_alive.allowed);
+  q.mask_words = (p.vocab + 31) / 32;
+  q.repetitions = pointer_or_null<float>(keep_alive.repetitions);
+  q.repetition = float(a.repetition_penalty_value);
+  q.frequencies = pointer_or_null<float>(keep_alive.frequencies);
+  q.frequency = float(a.frequency_penalty_value);
+  q.presences = pointer_or_null<float>(keep_alive.presences);
+  q.presence = float(a.presence_penalty_value);
+  // An empty list ([B, 0]) holds no entry: left out like a missing one.
+  const auto ids = [](const Tensor& t, int64_t* len) -> const int64_t* {
+    *len = t.defined() ? t.size(-1) : 0;
+    return *len > 0 ? t.data_ptr<int64_t>() : nullptr;
+  };
+  q.output_tokens = ids(keep_alive.output_tokens, &q.output_len);
+  q.prompt_tokens = ids(keep_alive.prompt_tokens, &q.prompt_len);
+  q.bias_tokens = ids(keep_alive.bias_tokens, &q.bias_len);
+  q.bias_values = q.bias_tokens != nullptr ? keep_alive.bias_values.data_ptr<float>() : nullptr;
+}
+
 template <Backend B>
 Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
                    const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                    std::optional<int64_t> seed_value, int64_t offset_value,
                    const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid,
-                   const ShardCall& shard, const RowKeep* keeps) {
+                   const ShardCall& shard, const RowKeep* keeps, const ProcessArgs& process) {
   const char* name = probs ? "probs" : "logits";
   check_input(input, name);
   const int64_t rows = row_count(input);
   const std::vector<int64_t> batch_shape =
       input.dim() == 2 ? std::vector<int64_t>{rows} : std::vector<int64_t>{};
   check_warpers(w, input);
+  check_processing(process, input, probs);
   check_rng(seed, offset, seed_value, offset_value, generator, input, name);
   if (out.has_value())
-    check_out(*out, input, batch_shape, {input, seed, offset, w.temperature, w.top_k, w.top_p, w.min_p, w.typical_p});
+    check_out(*out, input, batch_shape,
+              {input, seed, offset, w.temperature, w.top_k, w.top_p, w.min_p, w.typical_p, process.repetition_penalty,
+               process.frequency_penalty, process.presence_penalty, process.output_tokens, process.prompt_tokens,
+               process.bias_tokens, process.bias_values, process.allowed_mask});
 
   const auto options = input.options();
   Outputs o;
   o.tokens = out.has_value() ? *out : at::empty(batch_shape, options.dtype(at::kLong));
   o.logprobs = at::empty(return_logprobs ? batch_shape : std::vector<int64_t>{0}, options.dtype(at::kFloat));
   o.valid = at::empty(return_valid ? batch_shape : std::vector<int64_t>{0}, options.dtype(at::kBool));
+  std::vector<int64_t> top_shape = batch_shape;
+  top_shape.push_back(process.top_logprobs);
+  o.top_ids = at::empty(top_shape, options.dtype(at::kLong));
+  o.top_logprobs = at::empty(top_shape, options.dtype(at::kFloat));
   if (B == Backend::kMeta || rows == 0) return o;
 
   SampleParams p{};
@@ -73,6 +114,11 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   RowTensors row_tensors;
   set_warpers(p, row_tensors, w, rows);
   set_rng(p, row_tensors, seed, offset, seed_value, offset_value, rows);
+  set_processing(p, row_tensors, process, rows);
+  p.top_n = int(process.top_logprobs);
+  p.raw_logprobs = process.raw_logprobs;
+  p.top_ids = p.top_n > 0 ? o.top_ids.data_ptr<int64_t>() : nullptr;
+  p.top_logprobs = p.top_n > 0 ? o.top_logprobs.data_ptr<float>() : nullptr;
   p.shard = shard;
   p.keeps = keeps;
   p.tokens = o.tokens.data_ptr<int64_t>();
@@ -95,7 +141,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   template Outputs run_sample<backend>(const std::optional<Tensor>&, const Tensor&, bool, const WarperArgs&,       \
                                        const std::optional<Tensor>&, const std::optional<Tensor>&,                \
                                        std::optional<int64_t>, int64_t, const std::optional<at::Generator>&, bool, \
-                                       bool, const ShardCall&, const RowKeep*);
+                                       bool, const ShardCall&, const RowKeep*, const ProcessArgs&);
 SYNCFREE_INSTANTIATE(Backend::kCpu)
 SYNCFREE_INSTANTIATE(Backend::kCuda)
 SYNCFREE_INSTANTIATE(Backend::kMeta)
@@ -104,34 +150,36 @@ SYNCFREE_INSTANTIATE(Backend::kMeta)
 namespace {
 
 template <Backend B>
-std::tuple<Tensor, Tensor, Tensor> sample_op(const Tensor& input, bool probs, SYNCFREE_WARPER_PARAMS,
-                                             const std::optional<Tensor>& seed,
-                                             const std::optional<Tensor>& offset,
-                                             std::optional<int64_t> seed_value, int64_t offset_value,
-                                             const std::optional<at::Generator>& generator,
-                                             bool return_logprobs, bool return_valid) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sample_op(
+    const Tensor& input, bool probs, SYNCFREE_WARPER_PARAMS, SYNCFREE_PROCESS_PARAMS, const std::optional<Tensor>& seed,
+    const std::optional<Tensor>& offset, std::optional<int64_t> seed_value, int64_t offset_value,
+    const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid, int64_t top_logprobs,
+    bool raw_logprobs) {
   Outputs o = run_sample<B>(std::nullopt, input, probs, SYNCFREE_WARPER_STRUCT, seed, offset, seed_value,
-                         offset_value, generator, return_logprobs, return_valid);
-  return {o.tokens, o.logprobs, o.valid};
+                            offset_value, generator, return_logprobs, return_valid, ShardCall{}, nullptr,
+                            SYNCFREE_PROCESS_STRUCT(top_logprobs, raw_logprobs));
+  return {o.tokens, o.logprobs, o.valid, o.top_ids, o.top_logprobs};
 }
 
 template <Backend B>
-std::tuple<Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool probs, SYNCFREE_WARPER_PARAMS,
-                                          const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
-                                          std::optional<int64_t> seed_value, int64_t offset_value,
-                                          const std::optional<at::Generator>& generator, bool return_logprobs,
-                                          bool return_valid) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> sample_into_op(
+    Tensor& out, const Tensor& input, bool probs, SYNCFREE_WARPER_PARAMS, SYNCFREE_PROCESS_PARAMS,
+    const std::optional<Tensor>& seed, const std::optional<Tensor>& offset, std::optional<int64_t> seed_value,
+    int64_t offset_value, const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid,
+    int64_t top_logprobs, bool raw_logprobs) {
   Outputs o = run_sample<B>(out, input, probs, SYNCFREE_WARPER_STRUCT, seed, offset, seed_value, offset_value,
-                         generator, return_logprobs, return_valid);
-  return {o.logprobs, o.valid};
+                            generator, return_logprobs, return_valid, ShardCall{}, nullptr,
+                            SYNCFREE_PROCESS_STRUCT(top_logprobs, raw_logprobs));
+  return {o.logprobs, o.valid, o.top_ids, o.top_logprobs};
 }
 
 // The warped, temperature-scaled logits of every row in float32 (removed
 // tokens at -inf; temperature 0 scales nothing): race_value of each element.
 template <Backend B>
-Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
+Tensor warped_logits(const Tensor& logits, const WarperArgs& w, const ProcessArgs& process) {
   check_input(logits, "logits");
   check_warpers(w, logits);
+  check_processing(process, logits, false);
   Tensor warped = at::empty_like(logits, logits.options().dtype(at::kFloat), at::MemoryFormat::Contiguous);
   if (B == Backend::kMeta || logits.numel() == 0) return warped;
   SampleParams p{};
@@ -141,10 +189,12 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
   p.vocab = logits.size(-1);
   RowTensors row_tensors;
   set_warpers(p, row_tensors, w, p.rows);
+  set_processing(p, row_tensors, process, p.rows);
   if constexpr (B == Backend::kCpu) {
     warped_logits_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
   } else {
 #ifdef SYNCFREE_WITH_CUDA
+    const c10::DataPtr tables = build_exceptions_cuda(p, cuda_index(logits));
     Tensor keeps;
     RowKeep* keep_ptr = nullptr;  // no warper: every token kept, no selection kernel
     if (p.warped) {
@@ -162,22 +212,25 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w) {
 
 // syncfree.warp: the warped logits and their log_softmax.
 template <Backend B>
-std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS) {
-  const Tensor warped = warped_logits<B>(logits, SYNCFREE_WARPER_STRUCT);
+std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS, SYNCFREE_PROCESS_PARAMS) {
+  const Tensor warped = warped_logits<B>(logits, SYNCFREE_WARPER_STRUCT, SYNCFREE_PROCESS_STRUCT(0, false));
   if (warped.numel() == 0) return {warped, at::empty_like(warped)};
   return {warped, at::log_softmax(warped, -1)};
 }
 
-#define SYNCFREE_SAMPLE_ARGS \
-  "Tensor input, bool probs, " SYNCFREE_WARPER_ARGS ", " SYNCFREE_RNG_ARGS ", bool return_logprobs, bool return_valid"
+#define SYNCFREE_SAMPLE_ARGS                                                                                 \
+  "Tensor input, bool probs, " SYNCFREE_WARPER_ARGS ", " SYNCFREE_PROCESS_ARGS ", " SYNCFREE_RNG_ARGS        \
+  ", bool return_logprobs, bool return_valid, int top_logprobs, bool raw_logprobs"
 
 SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
-  m.def("sample(" SYNCFREE_SAMPLE_ARGS ") -> (Tensor tokens, Tensor logprobs, Tensor valid)", seeded);
+  m.def("sample(" SYNCFREE_SAMPLE_ARGS
+        ") -> (Tensor tokens, Tensor logprobs, Tensor valid, Tensor top_ids, Tensor top_logprobs)", seeded);
   // Not a sample.out overload: that would return `out` (Tensor(a!)), and torch.compile cannot
   // functionalize a custom op whose output aliases an input.
-  m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_ARGS ") -> (Tensor logprobs, Tensor valid)", seeded);
-  m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ") -> (Tensor warped, Tensor logprobs)");
+  m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_ARGS
+        ") -> (Tensor logprobs, Tensor valid, Tensor top_ids, Tensor top_logprobs)", seeded);
+  m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ", " SYNCFREE_PROCESS_ARGS ") -> (Tensor warped, Tensor logprobs)");
 }
 
 template <Backend B>

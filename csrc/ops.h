@@ -72,7 +72,12 @@ const T* pointer_or_null(const Tensor& t) {
 // Tensors that must outlive the kernels' launch (the params point into them).
 struct RowTensors {
   Tensor temperatures, top_ks, top_ps, min_ps, typical_ps, seeds, offsets;
+  Tensor repetitions, frequencies, presences, output_tokens, prompt_tokens, bias_tokens, bias_values, allowed;
 };
+
+// p.proc's argument fields from a (checked by check_processing); the tables
+// are built by the implementation.
+void set_processing(SampleParams& p, RowTensors& keep_alive, const ProcessArgs& a, int64_t rows);
 
 // p's temperature and warper fields from w (p.vocab set first).
 void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, int64_t rows);
@@ -83,7 +88,7 @@ void set_rng(SampleParams& p, RowTensors& keep_alive, const std::optional<Tensor
              int64_t rows);
 
 struct Outputs {
-  Tensor tokens, logprobs, valid;
+  Tensor tokens, logprobs, valid, top_ids, top_logprobs;
 };
 
 // One sampling call: every check, then backend B's implementation. `shard`
@@ -93,7 +98,8 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
                    const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
                    std::optional<int64_t> seed_value, int64_t offset_value,
                    const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid,
-                   const ShardCall& shard = ShardCall{}, const RowKeep* keeps = nullptr);
+                   const ShardCall& shard = ShardCall{}, const RowKeep* keeps = nullptr,
+                   const ProcessArgs& process = ProcessArgs{});
 
 // The temperature and warper arguments of an op schema, and the WarperArgs they make.
 #define SYNCFREE_WARPER_ARGS                                                                               \
@@ -108,6 +114,23 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   WarperArgs {                                                                                       \
     temperature, temperature_value, top_k, top_k_value, top_p, top_p_value, min_p, min_p_value,      \
         typical_p, typical_p_value                                                                   \
+  }
+// The processing arguments (ProcessArgs) of an op schema, without the logprob stage's.
+#define SYNCFREE_PROCESS_ARGS                                                                              \
+  "Tensor? repetition_penalty, float repetition_penalty_value, Tensor? frequency_penalty, "                \
+  "float frequency_penalty_value, Tensor? presence_penalty, float presence_penalty_value, "               \
+  "Tensor? output_tokens, Tensor? prompt_tokens, Tensor? bias_tokens, Tensor? bias_values, Tensor? allowed_mask"
+#define SYNCFREE_PROCESS_PARAMS                                                                                  \
+  const std::optional<Tensor>&repetition_penalty, double repetition_penalty_value,                              \
+      const std::optional<Tensor>&frequency_penalty, double frequency_penalty_value,                            \
+      const std::optional<Tensor>&presence_penalty, double presence_penalty_value,                              \
+      const std::optional<Tensor>&output_tokens, const std::optional<Tensor>&prompt_tokens,                    \
+      const std::optional<Tensor>&bias_tokens, const std::optional<Tensor>&bias_values,                        \
+      const std::optional<Tensor>&allowed_mask
+#define SYNCFREE_PROCESS_STRUCT(top, raw)                                                                     \
+  ProcessArgs {                                                                                               \
+    repetition_penalty, repetition_penalty_value, frequency_penalty, frequency_penalty_value, presence_penalty, \
+        presence_penalty_value, output_tokens, prompt_tokens, bias_tokens, bias_values, allowed_mask, top, raw  \
   }
 #define SYNCFREE_RNG_ARGS "Tensor? seed, Tensor? offset, int? seed_value, int offset_value, Generator? generator"
 #define SYNCFREE_RNG_PARAMS                                                                          \

@@ -42,6 +42,30 @@ def _warper_args(temperature, top_k, top_p, min_p, typical_p):
     return args
 
 
+def _process_args(repetition_penalty, frequency_penalty, presence_penalty, output_tokens, prompt_tokens,
+                  bias_tokens, bias_values, allowed_mask):
+    """The op's processing arguments; every check is in C++ (csrc/checks.cpp)."""
+    args = []
+    for name, value in (("repetition_penalty", repetition_penalty), ("frequency_penalty", frequency_penalty),
+                        ("presence_penalty", presence_penalty)):
+        tensor, number = _number_or_tensor(value, name)
+        args += [tensor, float(1.0 if name == "repetition_penalty" else 0.0) if number is None else float(number)]
+    for name, value in (("output_tokens", output_tokens), ("prompt_tokens", prompt_tokens),
+                        ("bias_tokens", bias_tokens), ("bias_values", bias_values), ("allowed_mask", allowed_mask)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}: expected a tensor or None, got {type(value).__name__}")
+        args.append(value)
+    return args
+
+
+def _logprob_options(return_top_logprobs, logprobs_mode):
+    if isinstance(return_top_logprobs, bool) or not isinstance(return_top_logprobs, int):
+        raise TypeError(f"return_top_logprobs: expected an int in [0, 20], got {type(return_top_logprobs).__name__}")
+    if logprobs_mode not in ("processed", "raw"):
+        raise ValueError(f"logprobs_mode: expected 'processed' or 'raw', got {logprobs_mode!r}")
+    return return_top_logprobs, logprobs_mode == "raw"
+
+
 def _rng_args(seed, offset, generator):
     """Sorts seed/offset into (seed tensor, offset tensor, int seed, int offset)."""
     seed_t = offset_t = seed_v = None
@@ -77,13 +101,16 @@ def _check_tensor(x, name):
         raise TypeError(f"{name}: expected a tensor [V] or [B, V], got {type(x).__name__}")
 
 
-def _call(out, x, probs, warpers, rng, generator, return_logprobs, return_valid):
+_NO_PROCESSING = (None, 1.0, None, 0.0, None, 0.0, None, None, None, None, None)
+
+
+def _call(out, x, probs, warpers, process, rng, generator, return_logprobs, return_valid, top=(0, False)):
     _check_tensor(x, "probs" if probs else "logits")
-    args = (x, probs, *warpers, *rng, generator, return_logprobs, return_valid)
+    args = (x, probs, *warpers, *process, *rng, generator, return_logprobs, return_valid, *top)
     if out is None:
         return torch.ops.syncfree.sample(*args)
-    logprobs, valid = torch.ops.syncfree.sample_into(out, *args)
-    return out, logprobs, valid
+    logprobs, valid, top_ids, top_logprobs = torch.ops.syncfree.sample_into(out, *args)
+    return out, logprobs, valid, top_ids, top_logprobs
 
 
 def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0,
@@ -91,7 +118,12 @@ def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0,
            min_p: Union[Number, torch.Tensor] = 0.0, typical_p: Union[Number, torch.Tensor] = 1.0, *,
            generator: Optional[torch.Generator] = None, seed: Union[None, int, torch.Tensor] = None,
            offset: Union[None, int, torch.Tensor] = None, return_logprobs: bool = False,
-           return_valid: bool = False, out: Optional[torch.Tensor] = None):
+           return_valid: bool = False, out: Optional[torch.Tensor] = None,
+           repetition_penalty: Union[Number, torch.Tensor] = 1.0, frequency_penalty: Union[Number, torch.Tensor] = 0.0,
+           presence_penalty: Union[Number, torch.Tensor] = 0.0, output_tokens: Optional[torch.Tensor] = None,
+           prompt_tokens: Optional[torch.Tensor] = None, bias_tokens: Optional[torch.Tensor] = None,
+           bias_values: Optional[torch.Tensor] = None, allowed_mask: Optional[torch.Tensor] = None,
+           return_top_logprobs: int = 0, logprobs_mode: str = "processed"):
     """Samples one token per row of `logits` ([V] or [B, V]) without a GPU->CPU sync.
 
     Token = argmax(logits / temperature + Gumbel noise) (the exponential race),
@@ -104,11 +136,28 @@ def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0,
     tuple (ids[, logprobs][, valid]) when asked: logprobs (float32) of the
     chosen tokens under the warped softmax(logits / T), valid False for rows with no
     unmasked token. `out` is an optional preallocated int64 tensor.
+
+    Processing (README "Processing"), applied in this order before the temperature:
+    allowed_mask (int32 [B, ceil(V / 32)], xgrammar's bit layout), the logit bias
+    (bias_tokens [B, K] int64 with -1 padding, bias_values [B, K]), repetition_penalty
+    (HF rule over prompt_tokens and output_tokens, [B, P] / [B, T] int64 with -1 padding),
+    then frequency_penalty and presence_penalty (OpenAI rule over output_tokens); the
+    penalties are numbers or [B] tensors. return_top_logprobs=n (0..20) appends
+    (top_ids [B, n] int64, top_logprobs [B, n] float32), highest first, ties to the lower
+    id; logprobs_mode "processed" measures logprobs on the distribution sampled from,
+    "raw" on log_softmax of the unprocessed logits.
     """
     warpers = _warper_args(temperature, top_k, top_p, min_p, typical_p)
+    process = _process_args(repetition_penalty, frequency_penalty, presence_penalty, output_tokens, prompt_tokens,
+                            bias_tokens, bias_values, allowed_mask)
+    top = _logprob_options(return_top_logprobs, logprobs_mode)
     rng = _rng_args(seed, offset, generator)
-    tokens, logprobs, valid = _call(out, logits, False, warpers, rng, generator, return_logprobs, return_valid)
-    return _pack(tokens, logprobs, valid, return_logprobs, return_valid)
+    tokens, logprobs, valid, top_ids, top_logprobs = _call(out, logits, False, warpers, process, rng, generator,
+                                                           return_logprobs, return_valid, top)
+    packed = _pack(tokens, logprobs, valid, return_logprobs, return_valid)
+    if top[0] == 0:
+        return packed
+    return (packed if isinstance(packed, tuple) else (packed,)) + (top_ids, top_logprobs)
 
 
 def sample_probs(probs: torch.Tensor, *, generator: Optional[torch.Generator] = None,
@@ -121,19 +170,27 @@ def sample_probs(probs: torch.Tensor, *, generator: Optional[torch.Generator] = 
     """
     rng = _rng_args(seed, offset, generator)
     warpers = _warper_args(1.0, 0, 1.0, 0.0, 1.0)
-    tokens, _, valid = _call(out, probs, True, warpers, rng, generator, False, return_valid)
+    tokens, _, valid, _, _ = _call(out, probs, True, warpers, _NO_PROCESSING, rng, generator, False, return_valid)
     return _pack(tokens, None, valid, False, return_valid)
 
 
 def warp(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0, top_k: Union[int, torch.Tensor] = 0,
          top_p: Union[Number, torch.Tensor] = 1.0, min_p: Union[Number, torch.Tensor] = 0.0,
-         typical_p: Union[Number, torch.Tensor] = 1.0):
+         typical_p: Union[Number, torch.Tensor] = 1.0, *, repetition_penalty: Union[Number, torch.Tensor] = 1.0,
+         frequency_penalty: Union[Number, torch.Tensor] = 0.0, presence_penalty: Union[Number, torch.Tensor] = 0.0,
+         output_tokens: Optional[torch.Tensor] = None, prompt_tokens: Optional[torch.Tensor] = None,
+         bias_tokens: Optional[torch.Tensor] = None, bias_values: Optional[torch.Tensor] = None,
+         allowed_mask: Optional[torch.Tensor] = None):
     """(warped_logits, logprobs), float32, as LoRAX's StaticWarper returns: the
-    temperature-scaled logits (temperature 0 scales nothing) with the tokens
-    that top-k, top-p, min-p and typical-p remove at -inf, and their log_softmax.
+    processed (README "Processing"), temperature-scaled logits (temperature 0 scales
+    nothing) with the tokens that top-k, top-p, min-p and typical-p remove at -inf, and
+    their log_softmax.
     """
     _check_tensor(logits, "logits")
-    return torch.ops.syncfree.warp(logits, *_warper_args(temperature, top_k, top_p, min_p, typical_p))
+    return torch.ops.syncfree.warp(logits, *_warper_args(temperature, top_k, top_p, min_p, typical_p),
+                                   *_process_args(repetition_penalty, frequency_penalty, presence_penalty,
+                                                  output_tokens, prompt_tokens, bias_tokens, bias_values,
+                                                  allowed_mask))
 
 
 def verify_draft(target_logits: torch.Tensor, draft_ids: torch.Tensor, draft_probs: Optional[torch.Tensor] = None,

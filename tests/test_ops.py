@@ -11,10 +11,16 @@ def warper_args(temperature=None, t=1.0, top_k=None, k=0, top_p=None, p=1.0, min
     return (temperature, t, top_k, k, top_p, p, min_p, mp, typical_p, tp)
 
 
+def process_args(repetition=None, r=1.0, frequency=None, f=0.0, presence=None, pr=0.0, output_tokens=None,
+                 prompt_tokens=None, bias_tokens=None, bias_values=None, allowed_mask=None):
+    return (repetition, r, frequency, f, presence, pr, output_tokens, prompt_tokens, bias_tokens, bias_values,
+            allowed_mask)
+
+
 def op_args(x, probs=False, temperature=None, t=1.0, seed=None, offset=None, seed_value=None, offset_value=0,
-            logprobs=False, valid=False, **warpers):
-    return (x, probs, *warper_args(temperature, t, **warpers), seed, offset, seed_value, offset_value, None,
-            logprobs, valid)
+            logprobs=False, valid=False, process=(), top=0, raw=False, **warpers):
+    return (x, probs, *warper_args(temperature, t, **warpers), *process_args(*process), seed, offset, seed_value,
+            offset_value, None, logprobs, valid, top, raw)
 
 
 CASES = [
@@ -25,13 +31,20 @@ CASES = [
     lambda: op_args(torch.randn(6, 300), seed=torch.arange(6), k=20, p=0.9, mp=0.01, tp=0.95, logprobs=True),
     lambda: op_args(torch.randn(3, 99), seed=torch.arange(3), top_k=torch.tensor([0, 5, 50]),
                     top_p=torch.tensor([1.0, 0.5, 0.9]), min_p=torch.zeros(3), typical_p=torch.ones(3)),
+    lambda: op_args(torch.randn(3, 70), seed=torch.arange(3), k=10, logprobs=True, top=5, raw=True,
+                    process=(torch.tensor([1.0, 1.3, 0.8]), 1.0, None, 0.5, None, 0.25,
+                             torch.tensor([[1, 2, 2, -1]] * 3), torch.tensor([[5, 6]] * 3),
+                             torch.tensor([[3], [4], [-1]]), torch.tensor([[2.0], [-1.0], [0.0]]),
+                             torch.full((3, 3), -1, dtype=torch.int32))),
 ]
 
 
 def test_opcheck_warp():
-    torch.library.opcheck(torch.ops.syncfree.warp.default, (torch.randn(4, 200), *warper_args(t=0.7, k=20, p=0.9)))
     torch.library.opcheck(torch.ops.syncfree.warp.default,
-                          (torch.randn(200).half(), *warper_args(t=0.0, top_p=torch.tensor([0.8]), tp=0.9)))
+                          (torch.randn(4, 200), *warper_args(t=0.7, k=20, p=0.9), *process_args()))
+    torch.library.opcheck(torch.ops.syncfree.warp.default,
+                          (torch.randn(200).half(), *warper_args(t=0.0, top_p=torch.tensor([0.8]), tp=0.9),
+                           *process_args(r=1.2, output_tokens=torch.tensor([3, 7]))))
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))

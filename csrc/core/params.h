@@ -2,6 +2,7 @@
 // and CUDA implementations (raw pointers, no torch types).
 #pragma once
 
+#include "logprobs.h"
 #include "select.h"
 #include "tiling.h"
 
@@ -60,11 +61,25 @@ struct SampleParams {
   // A call on a shard of a wider row (syncfree.distributed); zero for a whole row.
   ShardCall shard;
 
+  // Mask, bias and penalties (Note [Processing in the pass]); logits only.
+  Processing proc;
+
   int64_t* tokens;  // [rows], stride tokens_stride
   int64_t tokens_stride;
   float* logprobs;  // [rows] or null
   bool* valid;      // [rows] or null
+  // The logprob stage (Note [Top-n logprobs]): n > 0 writes each row's top n
+  // ids and logprobs; raw_logprobs measures them, and the chosen token's, on
+  // the unprocessed logits.
+  int top_n;
+  bool raw_logprobs;
+  int64_t* top_ids;      // [rows, top_n]
+  float* top_logprobs;   // [rows, top_n]
+  RowNorm* norms;        // CUDA: [rows], each row's RowNorm for the logprob stage, or null
 };
+
+// Whether a call needs the logprob stage after the race.
+SF_HD bool logprob_stage(const SampleParams& p) { return p.top_n > 0 || (p.raw_logprobs && p.logprobs != nullptr); }
 
 // What a shard call writes for a row: its merged race partial, and when that
 // is degenerate while the row may overflow, the shard's raw argmax (local
@@ -82,7 +97,7 @@ SF_HD int64_t position_of(const SampleParams& p, int64_t row) { return p.positio
 SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   RowRace r;
   const int64_t pr = param_row(p, row);
-  r.want_mass = p.logprobs != nullptr && !p.probs;
+  r.want_mass = (p.logprobs != nullptr || p.top_n > 0) && !p.probs;
   r.warped = p.keeps != nullptr;
   r.keep = p.keeps != nullptr ? p.keeps[row] : keep_all();
   if (p.probs) {
@@ -99,6 +114,7 @@ SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
     r.stream = {p.seed, uint64_t(row), p.pos0};
   }
   r.stream.base = uint64_t(p.shard.index_base);
+  r.proc = p.probs ? no_process() : row_process(p.proc, pr);
   return r;
 }
 
@@ -118,10 +134,17 @@ SF_HD float race_value(float x, bool probs, const RowRace& r) {
   return r.warped ? apply_keep(y, r.keep) : y;
 }
 
-// Reads element i of a row as the race sees it.
+// Reads element i of a row as the race sees it: processed, then race_value.
 template <typename T>
 SF_HD float load_value(const T* row, int64_t i, bool probs, const RowRace& r) {
-  return race_value(float(row[i]), probs, r);
+  return race_value(probs ? float(row[i]) : process_logit(float(row[i]), i, r.proc), probs, r);
+}
+
+// Group g's raw values v, processed (logits only) and turned into race values.
+SF_HD void finish_group(float (&v)[kGroup], int64_t g, bool probs, const RowRace& r) {
+  if (!probs && processes(r.proc)) process_group(v, g, r.proc);
+  SF_SIMD
+  for (int i = 0; i < kGroup; ++i) v[i] = race_value(v[i], probs, r);
 }
 
 // Reads group g of a row into v, padding past the end with masked values.
@@ -131,10 +154,11 @@ SF_HD void load_group_scalar(const T* row, int64_t vocab, int64_t g, bool probs,
   const int n = group_size(vocab, g);
   const T* src = row + g * kGroup;
   if (n == kGroup) {
-    for (int i = 0; i < kGroup; ++i) v[i] = load_value(src, i, probs, r);
+    for (int i = 0; i < kGroup; ++i) v[i] = float(src[i]);
   } else {
-    for (int i = 0; i < kGroup; ++i) v[i] = i < n ? load_value(src, i, probs, r) : masked_value(probs);
+    for (int i = 0; i < kGroup; ++i) v[i] = i < n ? float(src[i]) : masked_value(probs);
   }
+  finish_group(v, g, probs, r);
 }
 
 // Writes a row's result.

@@ -25,12 +25,14 @@
 //   - Ties between keys go to the lower index.
 #pragma once
 
+#include "adjust.h"
 #include "fmath.h"
 #include "philox.h"
 
 namespace syncfree {
 
 constexpr int kGroup = 16;
+static_assert(kGroup == kExceptionSpan, "one exception bit per race group");
 constexpr int32_t kNoIndex = 0x7FFFFFFF;
 // The largest vocabulary: token and group indices stay int32, with room for kNoIndex.
 constexpr int64_t kMaxVocab = int64_t(kNoIndex) - 2 * kGroup;
@@ -117,6 +119,7 @@ struct RowRace {
   bool warped;     // keep is not keep_all()
   RowKeep keep;
   RowStream stream;
+  RowProcess proc;  // mask, bias and penalties (Note [Processing in the pass])
 };
 
 // Whether a temperature, as the kernels see it (float32), means greedy: NaN

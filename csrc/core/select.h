@@ -93,6 +93,9 @@ SF_HD int mass_shift(int64_t vocab) {
   return 62 - bits;
 }
 
+// A fixed-point sum back in float: mass / 2^shift.
+SF_HD float fixed_sum(uint64_t mass, int shift) { return float(mass) * bits_float(uint32_t(127 - shift) << 23); }
+
 SF_HD uint64_t fixed_mass(float w, int shift) {
   // w in [0, 1]: scaling by a power of two is exact, the conversion truncates.
   // The product is at most 2^62, so the signed conversion (one instruction

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "../core/logprobs.h"
 #include "../device_api.h"
 
 namespace syncfree {
@@ -103,11 +104,12 @@ RacePartial race_chunk(const SampleParams& p, const RowRace& r, const T* row, co
   return race_chunk_body<T, kProbs>(p, r, row, s, split);
 }
 
-// The argmax of raw logits [begin, end) of a row (Note [Logits past the temperature's range]).
+// The argmax of a row's processed, unscaled logits [begin, end) (Note [Logits
+// past the temperature's range]).
 template <typename T>
-Best raw_argmax(const T* row, int64_t begin, int64_t end) {
+Best raw_argmax(const T* row, int64_t begin, int64_t end, const RowProcess& q) {
   Best best = no_best();
-  for (int64_t i = begin; i < end; ++i) best = better_of(best, raw_entry(float(row[i]), int32_t(i)));
+  for (int64_t i = begin; i < end; ++i) best = better_of(best, raw_entry(process_logit(float(row[i]), i, q), int32_t(i)));
   return best;
 }
 
@@ -124,15 +126,50 @@ Best race_in_group(const SampleParams& p, const RowRace& r, const T* row, int64_
   return winner;
 }
 
+// The logprob stage of a row (Note [Top-n logprobs]): its top n and, for raw
+// logprobs, the chosen token's; returns the chosen token's logprob.
+template <typename T>
+float logprob_stage_row(const SampleParams& p, int64_t row_index, const RowRace& r, const T* row, RowNorm norm,
+                        const RowResult& res) {
+  float logprob = res.logprob;
+  if (p.raw_logprobs) {
+    RacePartial raw = empty_partial();
+    float v[kGroup];
+    for (int64_t g = 0; g < ceil_div(p.vocab, kGroup); ++g) {
+      for (int k = 0; k < kGroup; ++k) v[k] = g * kGroup + k < p.vocab ? raw_value(float(row[g * kGroup + k])) : -kInf;
+      raw_group_mass(raw, v, int32_t(g * kGroup));
+    }
+    norm = norm_of(raw);
+    logprob = res.valid ? token_logprob(raw_value(float(row[res.token])), res.token, norm) : -kInf;
+  }
+  if (p.top_n > 0) {
+    TopList top = empty_top(p.top_n);
+    for (int64_t i = 0; i < p.vocab; ++i) {
+      const float y = p.raw_logprobs ? raw_value(float(row[i])) : load_value(row, i, false, r);
+      top_insert(top, top_entry(y, i, norm));
+    }
+    for (int j = 0; j < p.top_n; ++j) {
+      p.top_ids[row_index * p.top_n + j] = top.e[j].index;
+      p.top_logprobs[row_index * p.top_n + j] = key_value(top.e[j].key);
+    }
+  }
+  return logprob;
+}
+
 template <typename T, bool kProbs>
 void finish(const SampleParams& p, int64_t row_index, const RowRace& r, const T* row,
             const RacePartial& acc) {
   RowResult res = finish_row(acc, r, kProbs);
-  if (!kProbs && degenerate(acc) && may_overflow(r)) res = overflow_result(raw_argmax(row, 0, p.vocab));
+  RowNorm norm = norm_of(acc);
+  if (!kProbs && degenerate(acc) && may_overflow(r)) {
+    res = overflow_result(raw_argmax(row, 0, p.vocab, r.proc));
+    norm.point = res.valid ? int32_t(res.token) : -1;
+  }
   if (res.needs_resolve) {
     res = resolved(res, race_in_group<T, kProbs>(p, r, row, res.token).index);
     if (r.want_mass && res.valid) res.logprob = chosen_logprob(load_value(row, res.token, kProbs, r), acc.mass);
   }
+  if (!kProbs && logprob_stage(p)) res.logprob = logprob_stage_row(p, row_index, r, row, norm, res);
   store_result(p, row_index, res.token, res.logprob, res.valid);
 }
 
@@ -207,7 +244,7 @@ void sample_rows(const SampleParams& p) {
       if (p.shard.partials_out != nullptr) {
         const RowRace r = race_of(row);
         const bool overflow = !kProbs && degenerate(acc) && may_overflow(r);
-        p.shard.partials_out[row] = {acc, overflow ? raw_argmax(input + row * p.row_stride, 0, p.vocab) : no_best()};
+        p.shard.partials_out[row] = {acc, overflow ? raw_argmax(input + row * p.row_stride, 0, p.vocab, r.proc) : no_best()};
       } else {
         finish<T, kProbs>(p, row, race_of(row), input + row * p.row_stride, acc);
       }
@@ -234,6 +271,39 @@ void warped_rows_into(const SampleParams& p, float* out) {
 
 }  // namespace
 
+void build_exceptions_cpu(SampleParams& p, ExceptionTables& tables) {
+  Processing& q = p.proc;
+  if (!has_exceptions(q)) return;
+  const int64_t param_rows = p.rows / p.positions;
+  q.table_bits = exception_table_bits(exception_entries(q));
+  q.group_words = ceil_div(ceil_div(p.vocab, kExceptionSpan), 32);
+  tables.slots.assign(size_t(param_rows) << q.table_bits, ExceptionSlot{0u, 0u, 0u, 0u});
+  tables.groups.assign(size_t(param_rows * q.group_words), 0u);
+  q.tables = tables.slots.data();
+  q.group_bits = tables.groups.data();
+  struct PlainOps {
+    void add(uint32_t* w, uint32_t v) const { *w += v; }
+    void max(uint32_t* w, uint32_t v) const { *w = *w > v ? *w : v; }
+  };
+  const auto store_if_empty = [](uint32_t* w, uint32_t key) {
+    const uint32_t old = *w;
+    if (old == 0u) *w = key;
+    return old;
+  };
+  at::parallel_for(0, param_rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t pr = begin; pr < end; ++pr) {
+      for (int64_t j = 0; j < exception_entries(q); ++j) {
+        const ExceptionEntry e = exception_entry(q, pr, j);
+        if (e.id < 0 || e.id >= p.vocab) continue;  // padding; CUDA ignores ids past V too
+        ExceptionSlot* s = claim_exception(q.tables + (pr << q.table_bits), q.table_bits, uint32_t(e.id) + 1u,
+                                           store_if_empty);
+        record_exception(s, e, PlainOps{});
+        q.group_bits[pr * q.group_words + exception_word(e.id)] |= exception_bit(e.id);
+      }
+    }
+  });
+}
+
 RowResult race_values_cpu(const float* v, int64_t vocab, bool probs, RowRace r) {
   SampleParams p{};
   p.vocab = vocab;
@@ -250,7 +320,9 @@ RowResult race_values_cpu(const float* v, int64_t vocab, bool probs, RowRace r) 
   return res;
 }
 
-void warped_logits_cpu(const SampleParams& p, c10::ScalarType dtype, float* out) {
+void warped_logits_cpu(SampleParams p, c10::ScalarType dtype, float* out) {
+  ExceptionTables tables;
+  build_exceptions_cpu(p, tables);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_warped_logits_cpu",
                                   [&] { warped_rows_into<scalar_t>(p, out); });
 }
@@ -268,6 +340,8 @@ void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::G
     p.seed = uint64_t(p.shard.rng_state[0]);
     p.pos0 = uint64_t(p.shard.rng_state[1]);
   }
+  ExceptionTables tables;
+  build_exceptions_cpu(p, tables);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_sample_cpu", [&] {
     if (p.probs) {
       sample_rows<scalar_t, true>(p);

@@ -13,8 +13,8 @@ namespace syncfree {
 // ---------------------------------------------------------------------------
 // Loads
 
-// Group g of a row through 16-byte loads; the caller guarantees a full group
-// and a 16-byte aligned row.
+// Group g of a row through 16-byte loads (raw values, then finish_group); the
+// caller guarantees a full group and a 16-byte aligned row.
 template <typename T>
 __device__ __forceinline__ void load_group_vec(const T* row, int64_t g, bool probs, const RowRace& r,
                                                float (&v)[kGroup]) {
@@ -26,8 +26,36 @@ __device__ __forceinline__ void load_group_vec(const T* row, int64_t g, bool pro
     const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
     for (int k = 0; k < kPerLoad; ++k) {
-      v[j * kPerLoad + k] = race_value(float(e[k]), probs, r);
+      v[j * kPerLoad + k] = float(e[k]);
     }
+  }
+  finish_group(v, g, probs, r);
+}
+
+// Calls f(y, index) for every token of chunk `split` of a row (race values as
+// r gives them, -inf past the row's end), in whole-block rounds of
+// kBlockThreads groups so that every thread of a warp calls f equally often
+// (f may use warp intrinsics).
+template <typename T, int kBlockThreads, typename F>
+__device__ void for_each_chunk_value(const SampleParams& p, const RowSplit& plan, bool aligned, int64_t row,
+                                     int32_t split, const RowRace& r, F f) {
+  const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
+  const ChunkGroups cg = chunk_groups(plan, split);
+  const int64_t full_groups = p.vocab / kGroup;
+  float v[kGroup];
+  for (int64_t base = 0; base < cg.groups; base += kBlockThreads) {
+    const int64_t q = base + threadIdx.x;
+    const int64_t g = cg.first_group + q;
+    if (q >= cg.groups) {
+#pragma unroll
+      for (int k = 0; k < kGroup; ++k) v[k] = -kInf;
+    } else if (aligned && g < full_groups) {
+      load_group_vec(x, g, false, r, v);
+    } else {
+      load_group_scalar(x, p.vocab, g, false, r, v);
+    }
+#pragma unroll
+    for (int k = 0; k < kGroup; ++k) f(v[k], g * kGroup + k);
   }
 }
 
@@ -86,12 +114,13 @@ __device__ __forceinline__ Best warp_best(Best b) {
   return b;
 }
 
-// The argmax of a row's raw logits by one warp (Note [Logits past the
-// temperature's range]); every lane returns it.
+// The argmax of a row's processed, unscaled logits by one warp (Note [Logits
+// past the temperature's range]); every lane returns it.
 template <typename T>
-__device__ Best raw_argmax_warp(const T* x, int64_t vocab) {
+__device__ Best raw_argmax_warp(const T* x, int64_t vocab, const RowProcess& q) {
   Best best = no_best();
-  for (int64_t i = threadIdx.x % 32; i < vocab; i += 32) best = better_of(best, raw_entry(float(x[i]), int32_t(i)));
+  for (int64_t i = threadIdx.x % 32; i < vocab; i += 32)
+    best = better_of(best, raw_entry(process_logit(float(x[i]), i, q), int32_t(i)));
   return warp_best(best);
 }
 
@@ -123,13 +152,20 @@ __device__ void finish_row_warp(const SampleParams& p, int64_t row, const RowRac
                                 RacePartial acc) {
   acc = broadcast_lane0(acc);
   RowResult res = finish_row(acc, r, kProbs);
-  if (!kProbs && degenerate(acc) && may_overflow(r)) res = overflow_result(raw_argmax_warp(x, p.vocab));
+  RowNorm norm = norm_of(acc);
+  if (!kProbs && degenerate(acc) && may_overflow(r)) {
+    res = overflow_result(raw_argmax_warp(x, p.vocab, r.proc));
+    norm.point = res.valid ? int32_t(res.token) : -1;
+  }
   if (res.needs_resolve) {
     float y;
     res = resolved(res, race_group_warp<T, kProbs>(p, r, x, res.token, &y).index);
     if (r.want_mass && res.valid) res.logprob = chosen_logprob(y, acc.mass);
   }
-  if (threadIdx.x == 0) store_result(p, row, res.token, res.logprob, res.valid);
+  if (threadIdx.x == 0) {
+    store_result(p, row, res.token, res.logprob, res.valid);
+    if (p.norms != nullptr) p.norms[row] = norm;
+  }
 }
 
 // The call's seed and position: the generator's (graph-safe: read from device

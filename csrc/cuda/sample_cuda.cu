@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
   if (p.shard.partials_out != nullptr) {  // a shard: the row's partial is the answer
     if (threadIdx.x < 32) {
       acc = broadcast_lane0(acc);
-      const Best overflow = !kProbs && degenerate(acc) && may_overflow(r) ? raw_argmax_warp(x, p.vocab) : no_best();
+      const Best overflow = !kProbs && degenerate(acc) && may_overflow(r) ? raw_argmax_warp(x, p.vocab, r.proc) : no_best();
       if (threadIdx.x == 0) p.shard.partials_out[row] = {acc, overflow};
     }
   } else if (threadIdx.x < 32) {
@@ -210,6 +210,12 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   NvtxRange range(p.probs ? "syncfree::sample_probs" : "syncfree::sample");
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  const c10::DataPtr tables = build_exceptions_cuda(p, device);  // Note [Processing in the pass]
+  c10::DataPtr norms;
+  if (logprob_stage(p)) {
+    norms = c10::cuda::CUDACachingAllocator::get()->allocate(size_t(p.rows) * sizeof(RowNorm));
+    p.norms = static_cast<RowNorm*>(norms.get());
+  }
 
   KernelArgs args{};
   args.p = p;
@@ -261,6 +267,7 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   const size_t elem = dtype == at::kFloat ? 4 : 2;
   const bool aligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0 && (p.row_stride * elem) % 16 == 0;
   dispatch_dtype(dtype, [&](auto tag) { launch<decltype(tag)>(args, plan.blocks, aligned, stream); });
+  if (logprob_stage(p)) logprob_stage_cuda(args.p, dtype, device);  // Note [Logprob stage on CUDA]
 }
 
 // syncfree.distributed draws from a CUDA generator once per call and hands

@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
   }
   out.point = out.law.first_inf;
   if (out.point == kNoIndex && out.law.total == 0u && may_overflow(r) && threadIdx.x < 32)
-    out.point = raw_argmax_warp(x, vocab).index;  // Note [Logits past the temperature's range]
+    out.point = raw_argmax_warp(x, vocab, r.proc).index;  // Note [Logits past the temperature's range]
   if (threadIdx.x != 0) return;
   out.degenerate = out.point == kNoIndex && out.law.total == 0u;
   if (out.degenerate || !drafted) {

@@ -83,31 +83,6 @@ __device__ bool row_selects(const SampleParams& p, int64_t row, bool greedy_rows
   return (greedy_rows_too || !r->greedy) && any_warper(*w);
 }
 
-// Calls f(y, index) for every token of the block's chunk (scaled logits,
-// -inf past the row's end), in whole-block rounds so that every thread of a
-// warp calls f equally often (f may use warp intrinsics).
-template <typename T, typename F>
-__device__ void for_each_chunk_value(const SelectArgs& a, int64_t row, int32_t split, const RowRace& r, F f) {
-  const T* x = static_cast<const T*>(a.p.input) + row * a.p.row_stride;
-  const ChunkGroups cg = chunk_groups(a.plan.split, split);
-  const int64_t full_groups = a.p.vocab / kGroup;
-  float v[kGroup];
-  for (int64_t base = 0; base < cg.groups; base += kSelectThreads) {
-    const int64_t q = base + threadIdx.x;
-    const int64_t g = cg.first_group + q;
-    if (q >= cg.groups) {
-#pragma unroll
-      for (int k = 0; k < kGroup; ++k) v[k] = -kInf;
-    } else if (a.aligned && g < full_groups) {
-      load_group_vec(x, g, false, r, v);
-    } else {
-      load_group_scalar(x, a.p.vocab, g, false, r, v);
-    }
-#pragma unroll
-    for (int k = 0; k < kGroup; ++k) f(v[k], g * kGroup + k);
-  }
-}
-
 // The first digit of a key (a selection's first pass).
 __device__ __forceinline__ int first_digit(uint32_t key) { return key_digit(key, SelectState{0u, 0, 0u}); }
 
@@ -132,7 +107,7 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(Se
     const int64_t cap = a.plan.candidates;
     Candidate* out = a.candidates + row * cap;
     const unsigned lane = threadIdx.x % 32;
-    for_each_chunk_value<T>(a, row, split, r, [&](float y, int64_t i) {
+    for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t i) {
       const bool mine = is_candidate(y, floor);
       const unsigned ballot = __ballot_sync(0xffffffffu, mine);
       if (ballot == 0u) return;
@@ -153,7 +128,7 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(Se
   if (phase == kPhaseScan) {
     float hi = -kInf, lo = kInf;
     const bool count = w.top_k > 0;
-    for_each_chunk_value<T>(a, row, split, r, [&](float y, int64_t) {
+    for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t) {
       hi = y > hi ? y : hi;
       lo = y != -kInf && y < lo ? y : lo;
       if (count && y != -kInf) atomicAdd(&sh.hist[first_digit(order_key(y))], 1ull);
@@ -168,7 +143,7 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(Se
     if (state.mode != kSelectTopPHist) return;
     m = key_value(state.max_key);
     shift = mass_shift(a.p.vocab);
-    for_each_chunk_value<T>(a, row, split, r, [&](float y, int64_t) {
+    for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t) {
       const uint64_t mass = fixed_mass(token_exp(y, m), shift);
       if (mass > 0u) atomicAdd(&sh.hist[first_digit(order_key(y))], static_cast<unsigned long long>(mass));
       local_total += mass;
@@ -300,7 +275,7 @@ __device__ void race_candidates(const SampleParams& p, int64_t row, RowRace r, c
     const int64_t first = cand.index / kGroup * kGroup;
     bool lowest_kept = true;  // this group's lowest kept token visits it
     for (int64_t i = first; i < cand.index && lowest_kept; ++i)
-      lowest_kept = race_value(float(x[i]), false, r) == -kInf;
+      lowest_kept = load_value(x, i, false, r) == -kInf;
     if (!lowest_kept) continue;
     load_group_scalar(x, p.vocab, first / kGroup, false, r, v);
     visit_group<false>(acc, v, int32_t(first), r);
@@ -318,10 +293,12 @@ __device__ void race_candidates(const SampleParams& p, int64_t row, RowRace r, c
   if (res.needs_resolve) {
     float y;
     res = resolved(res, race_group_warp<T, false>(p, r, x, res.token, &y).index);
-    const float sum = float(mass) * bits_float(uint32_t(127 - shift) << 23);  // mass / 2^shift
-    if (want_mass && res.valid) res.logprob = chosen_logprob(y, {m, sum});
+    if (want_mass && res.valid) res.logprob = chosen_logprob(y, {m, fixed_sum(mass, shift)});
   }
-  if (threadIdx.x == 0) store_result(p, row, res.token, res.logprob, res.valid);
+  if (threadIdx.x == 0) {
+    store_result(p, row, res.token, res.logprob, res.valid);
+    if (p.norms != nullptr) p.norms[row] = {{m, fixed_sum(mass, shift)}, no_infinities(), -1};
+  }
 }
 
 // Step 4: one block per row.
@@ -354,8 +331,7 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_find_thresholds_kerne
     keep = warper_chain(int64_t(state.candidates), [&](int64_t j) { return c[j].y; }, w, state, m, shift, sh);
   } else {
     const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
-    const float inv_t = r.inv_temperature;
-    keep = warper_chain(p.vocab, [&](int64_t i) { return scaled_logit(float(x[i]), inv_t); }, w, state, m, shift, sh);
+    keep = warper_chain(p.vocab, [&](int64_t i) { return load_value(x, i, false, r); }, w, state, m, shift, sh);
   }
   if (t == 0) a.keeps[row] = keep;
   if (a.raced == nullptr) return;
@@ -373,7 +349,7 @@ __global__ void syncfree_apply_thresholds_kernel(SampleParams p, const RowKeep* 
   const RowRace r = row_race(with_keeps, row);
   const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
   for (int64_t i = int64_t(blockIdx.y) * blockDim.x + threadIdx.x; i < p.vocab; i += int64_t(gridDim.y) * blockDim.x)
-    out[row * p.vocab + i] = race_value(float(x[i]), false, r);
+    out[row * p.vocab + i] = load_value(x, i, false, r);
 }
 
 }  // namespace

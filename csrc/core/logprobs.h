@@ -1,0 +1,91 @@
+// The logprobs of any token of a row, and a row's top n. Shared by the CPU
+// path and the CUDA kernels.
+//
+// Note [Top-n logprobs]
+// ---------------------
+// A row's top-n logprobs rank every token by its logprob under the row's
+// distribution (token_logprob: "processed", the one the token was sampled
+// from, or "raw", log_softmax of the unprocessed logits), highest first, ties
+// to the lower id. Every token ranks, masked ones at -inf, so the n ids are
+// always in [0, V) even where fewer than n tokens have mass. The rank is a
+// pure function of (logprob, id), so any selection order (the CPU's insertion
+// list, the CUDA radix passes) finds the same ids; the logprobs themselves
+// carry the row normaliser's float rounding.
+#pragma once
+
+#include "select.h"
+
+namespace syncfree {
+
+constexpr int kMaxTopLogprobs = 20;
+
+// What a row's logprobs are measured against: the log-sum-exp of its values,
+// their +inf count, and a point mass (Note [Logits past the temperature's
+// range]; -1 for none).
+struct RowNorm {
+  LogSumExp mass;
+  Infinities infs;
+  int32_t point;
+};
+
+SF_HD RowNorm empty_norm() { return {no_mass(), no_infinities(), -1}; }
+
+// Token i's logprob, its value y under the row's values (scaled, warped, or raw).
+SF_HD float token_logprob(float y, int64_t i, const RowNorm& n) {
+  if (n.infs.count > 0) return y == kInf ? -log_positive(float(n.infs.count)) : -kInf;
+  if (n.point >= 0) return i == n.point ? 0.0f : -kInf;
+  if (y == -kInf || n.mass.max == -kInf) return -kInf;
+  return chosen_logprob(y, n.mass);
+}
+
+// An entry of a top-n list: ordered by logprob (as an order key), then by the lower id.
+struct TopEntry {
+  uint32_t key;  // order_key of the logprob
+  int32_t index;
+};
+
+SF_HD TopEntry top_entry(float y, int64_t i, const RowNorm& n) {
+  return {order_key(token_logprob(y, i, n)), int32_t(i)};
+}
+
+SF_HD bool ranks_before(const TopEntry& a, const TopEntry& b) {
+  return a.key > b.key || (a.key == b.key && a.index < b.index);
+}
+
+// The raw value of a logit for "raw" logprobs: NaN and -inf masked, +inf kept.
+SF_HD float raw_value(float x) { return scaled_logit(x, 1.0f); }
+
+// The raw logits' group mass, for the raw log-normalizer.
+SF_HD void raw_group_mass(RacePartial& acc, float (&v)[kGroup], int32_t first) {
+  RowRace r{};
+  r.inv_temperature = 1.0f;
+  r.greedy = false;
+  r.want_mass = true;
+  r.keep = keep_all();
+  acc.best = Best{kInf, kNoIndex};  // no race: every group is hopeless
+  (void)group_weight<false>(acc, v, first, r);
+}
+
+SF_HD RowNorm norm_of(const RacePartial& acc) { return {acc.mass, acc.infs, -1}; }
+
+// The best n entries seen so far, best first (the CPU's selection).
+struct TopList {
+  TopEntry e[kMaxTopLogprobs];
+  int n, size;
+};
+
+SF_HD TopList empty_top(int n) {
+  TopList t;
+  t.n = n;
+  t.size = 0;
+  return t;
+}
+
+SF_HD void top_insert(TopList& t, const TopEntry& x) {
+  if (t.size == t.n && !ranks_before(x, t.e[t.size - 1])) return;
+  int j = t.size < t.n ? t.size++ : t.size - 1;
+  for (; j > 0 && ranks_before(x, t.e[j - 1]); --j) t.e[j] = t.e[j - 1];
+  t.e[j] = x;
+}
+
+}  // namespace syncfree
