@@ -21,27 +21,31 @@ CacheInfo = NamedTuple("CacheInfo", [("hits", int), ("misses", int), ("evictions
 
 
 class _Captured:
-    """One captured chain: the graph and the tensors it reads and writes."""
+    """One captured chain: the graph and the tensors it reads (the logits and the call's processing
+    tensors, copied in before each replay) and writes."""
 
-    def __init__(self, params, logits):
+    def __init__(self, params, logits, inputs):
         self.static_logits = logits.clone()
+        self.static_inputs = {name: t.clone() for name, t in inputs.items()}
         stream = torch.cuda.Stream(device=logits.device)
         stream.wait_stream(torch.cuda.current_stream(logits.device))
         with torch.cuda.stream(stream):
-            warp(self.static_logits, **params)  # warm-up outside the capture
+            warp(self.static_logits, **params, **self.static_inputs)  # warm-up outside the capture
         torch.cuda.current_stream(logits.device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.warped, self.logprobs = warp(self.static_logits, **params)
+            self.warped, self.logprobs = warp(self.static_logits, **params, **self.static_inputs)
 
-    def __call__(self, logits):
+    def __call__(self, logits, inputs):
         self.static_logits.copy_(logits)
+        for name, t in inputs.items():
+            self.static_inputs[name].copy_(t)
         self.graph.replay()
         return self.warped, self.logprobs
 
     def release(self):
         self.graph.reset()
-        self.graph = self.static_logits = self.warped = self.logprobs = None
+        self.graph = self.static_logits = self.static_inputs = self.warped = self.logprobs = None
 
 
 class _GraphCache:
@@ -98,22 +102,31 @@ _CACHE = _GraphCache()
 class WarperChain:
     """temperature -> top-k -> top-p -> min-p -> typical-p with identity values dropped.
 
-    WarperChain(temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, min_p=0.0);
-    chain(logits) -> (warped_logits, logprobs). Temperature 0 scales nothing
-    (greedy is the sampler's business). A chain with nothing left is the
-    identity: it returns the logits unchanged and their log_softmax, with no
-    graph and no warping.
+    WarperChain(temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, min_p=0.0, *,
+    repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0);
+    chain(logits, *, output_tokens=None, prompt_tokens=None, bias_tokens=None,
+    bias_values=None, allowed_mask=None) -> (warped_logits, logprobs), as
+    syncfree.warp with those arguments (README "Processing"): the penalties are
+    the chain's, the history, bias and mask the call's (on CUDA they are
+    static inputs of the graph, like the logits). Temperature 0 scales
+    nothing (greedy is the sampler's business). A chain with nothing left and
+    no processing tensors is the identity: it returns the logits unchanged and
+    their log_softmax, with no graph and no warping.
     """
 
-    def __init__(self, temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, min_p=0.0):
+    def __init__(self, temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, min_p=0.0, *, repetition_penalty=1.0,
+                 frequency_penalty=0.0, presence_penalty=0.0):
         for name, value in (("temperature", temperature), ("top_p", top_p), ("typical_p", typical_p),
-                            ("min_p", min_p)):
+                            ("min_p", min_p), ("repetition_penalty", repetition_penalty),
+                            ("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise TypeError(f"top_k: expected an int, got {type(top_k).__name__}")
         # The ranges, checked by syncfree.warp's own checks on a meta tensor (no data, no kernel).
-        warp(torch.empty(1, 1, device="meta"), temperature, top_k, top_p, min_p, typical_p)
+        warp(torch.empty(1, 1, device="meta"), temperature, top_k, top_p, min_p, typical_p,
+             repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+             presence_penalty=presence_penalty)
         params = {}
         if temperature not in (0, 1):
             params["temperature"] = float(temperature)
@@ -125,7 +138,11 @@ class WarperChain:
             params["min_p"] = float(min_p)
         if typical_p != 1:
             params["typical_p"] = float(typical_p)
-        self.params = params  # only the warpers that do something
+        for name, value, identity in (("repetition_penalty", repetition_penalty, 1), ("frequency_penalty",
+                                      frequency_penalty, 0), ("presence_penalty", presence_penalty, 0)):
+            if value != identity:
+                params[name] = float(value)
+        self.params = params  # only the warpers and penalties that do something
 
     @property
     def is_identity(self):
@@ -135,14 +152,22 @@ class WarperChain:
         inner = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"WarperChain({inner})"
 
-    def __call__(self, logits: torch.Tensor):
-        if self.is_identity:
+    def __call__(self, logits: torch.Tensor, *, output_tokens: Optional[torch.Tensor] = None,
+                 prompt_tokens: Optional[torch.Tensor] = None, bias_tokens: Optional[torch.Tensor] = None,
+                 bias_values: Optional[torch.Tensor] = None, allowed_mask: Optional[torch.Tensor] = None):
+        inputs = {name: t for name, t in (("output_tokens", output_tokens), ("prompt_tokens", prompt_tokens),
+                                          ("bias_tokens", bias_tokens), ("bias_values", bias_values),
+                                          ("allowed_mask", allowed_mask)) if t is not None}
+        if self.is_identity and not inputs:
             return logits, torch.log_softmax(logits.float(), -1)
-        if logits.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
-            return warp(logits, **self.params)
-        key = (tuple(sorted(self.params.items())), tuple(logits.shape), logits.dtype, logits.device)
-        captured = _CACHE.get(key, lambda: _Captured(self.params, logits))
-        return captured(logits)
+        tensors = isinstance(logits, torch.Tensor) and all(isinstance(t, torch.Tensor) for t in inputs.values())
+        if not tensors or logits.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+            return warp(logits, **self.params, **inputs)  # which also explains bad arguments
+        # The call's processing tensors are static inputs: their shapes, dtypes and devices key the graph.
+        shapes = tuple((name, tuple(t.shape), t.dtype, t.device) for name, t in inputs.items())
+        key = (tuple(sorted(self.params.items())), tuple(logits.shape), logits.dtype, logits.device, shapes)
+        captured = _CACHE.get(key, lambda: _Captured(self.params, logits, inputs))
+        return captured(logits, inputs)
 
     # The process-wide graph cache.
     @staticmethod

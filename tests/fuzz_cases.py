@@ -28,7 +28,10 @@ from reference import reference_keep, scaled_logits
 
 INF, NAN = float("inf"), float("nan")
 ARGUMENTS = ("logits", "probs", "temperature", "top_k", "top_p", "min_p", "typical_p", "seed", "offset",
-             "generator", "out")
+             "generator", "out", "repetition_penalty", "frequency_penalty", "presence_penalty", "output_tokens",
+             "prompt_tokens", "bias_tokens", "bias_values", "allowed_mask", "return_top_logprobs", "logprobs_mode")
+PROCESSING = ("repetition_penalty", "frequency_penalty", "presence_penalty", "output_tokens", "prompt_tokens",
+              "bias_tokens", "bias_values", "allowed_mask")
 # The sorting reference judges rows with temperatures above TINY_T (below, logit / T may
 # overflow: README "Semantics") whose scaled logits spread over more than 1e-9 or not at all
 # (a narrower spread is below float64's resolution of the probabilities, while the float32
@@ -67,7 +70,104 @@ def draw_row(data, v):
     return row
 
 
-def draw_case(data):
+def draw_processing(data, kwargs, b, rows, v, emulated):
+    """Mask, bias, penalties (README "Processing") into kwargs; returns whether all were built valid.
+    Ids outside [0, V) are an error on the CPU and padding on CUDA (emulated)."""
+    valid = True
+    shaped = (lambda t: t if b is not None else t[0])  # noqa: E731  ([B, n] or [n] for a [V] input)
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    for name, good, bad in (("repetition_penalty", [1.0, 1.3, 0.7, 20.0], [0.0, -1.0, INF]),
+                            ("frequency_penalty", [0.0, 0.5, -2.0, 1e30], [NAN, INF]),
+                            ("presence_penalty", [0.0, 1.0, -1.5], [NAN, -INF])):
+        choice = data.draw(st.sampled_from(["off", "off", "good", "bad", "tensor"]))
+        if choice == "good":
+            kwargs[name] = data.draw(st.sampled_from(good))
+        elif choice == "bad":
+            kwargs[name] = data.draw(st.sampled_from(bad))
+            valid = False
+        elif choice == "tensor":  # any values: clamped
+            kwargs[name] = shaped(torch.tensor(data.draw(st.lists(st.sampled_from(good + bad + [NAN]), min_size=rows,
+                                                                   max_size=rows)), dtype=torch.float32))
+    for name in ("output_tokens", "prompt_tokens", "bias_tokens"):
+        choice = data.draw(st.sampled_from(["none", "none", "good", "padding", "past", "shape"]))
+        if choice == "none":
+            continue
+        n = data.draw(st.sampled_from([0, 1, 5, 64]))
+        ids = torch.randint(0, v, (rows, n), generator=g)
+        if choice == "padding" and n:
+            ids[:, ::2] = -1
+        elif choice == "past" and n:
+            ids[:, 0] = data.draw(st.sampled_from([v, v + 5, -2, -2**40]))
+            valid = valid and emulated
+        elif choice == "shape":
+            ids = ids.float() if data.draw(st.booleans()) else torch.zeros(rows + 1, 2, dtype=torch.int64)
+            valid = False
+        kwargs[name] = shaped(ids) if ids.dim() == 2 and ids.shape[0] == rows else ids
+        if name == "bias_tokens":
+            values = torch.randn(ids.shape[:2] if ids.dim() == 2 else (rows, 0), generator=g) * 4
+            if values.numel():
+                values.view(-1)[0] = data.draw(st.sampled_from([1.0, INF, -INF, NAN, 3e38]))
+            if data.draw(st.integers(0, 9)) == 0:  # bias_tokens without bias_values
+                valid = False
+            else:
+                kwargs["bias_values"] = shaped(values) if values.shape[0] == rows else values
+    mask = data.draw(st.sampled_from(["none", "none", "random", "zero-row", "dtype", "words"]))
+    if mask != "none":
+        words = torch.randint(-2**31, 2**31, (rows, (v + 31) // 32), generator=g, dtype=torch.int64).to(torch.int32)
+        if mask == "zero-row" and rows:
+            words[0] = 0
+        elif mask == "dtype":
+            words = words.to(torch.int64)
+            valid = False
+        elif mask == "words":
+            words = torch.zeros(rows, (v + 31) // 32 + 1, dtype=torch.int32)
+            valid = False
+        kwargs["allowed_mask"] = shaped(words)
+    return valid
+
+
+def processed_row(x, kwargs, r, rows):
+    """Row r's logits after mask, bias and penalties in float32, in the README's order (None when a
+    penalty or bias value is so extreme that float32 rounding could decide what is masked)."""
+    def per_row(name, default):
+        value = kwargs.get(name, default)
+        return value.reshape(-1)[r].item() if isinstance(value, torch.Tensor) else value
+
+    def ids(name):
+        t = kwargs.get(name)
+        if t is None or t.dim() not in (1, 2) or t.dtype != torch.int64:
+            return []
+        return [i for i in t.reshape(rows, -1)[r].tolist() if 0 <= i < x.shape[-1]]
+
+    y = x.reshape(rows, -1)[r].float().clone()
+    mask = kwargs.get("allowed_mask")
+    if mask is not None:
+        words = mask.reshape(rows, -1)[r].long() & 0xFFFFFFFF
+        bits = (words[:, None] >> torch.arange(32)) & 1
+        y[~bits.reshape(-1)[:y.numel()].bool()] = -INF
+    rep, freq, pres = (per_row("repetition_penalty", 1.0), per_row("frequency_penalty", 0.0),
+                       per_row("presence_penalty", 0.0))
+    rep = rep if rep > 0 else 1.0
+    freq, pres = (freq if freq == freq else 0.0), (pres if pres == pres else 0.0)
+    bias = {}
+    if kwargs.get("bias_values") is not None:
+        for i, value in zip(kwargs["bias_tokens"].reshape(rows, -1)[r].tolist(),
+                            kwargs["bias_values"].reshape(rows, -1)[r].tolist()):
+            if 0 <= i < y.numel():
+                bias[i] = value  # the last slot wins
+    output, prompt = ids("output_tokens"), ids("prompt_tokens")
+    if any(abs(value) > 1e30 for value in list(bias.values()) + [rep, freq, pres] if value == value):
+        return None
+    for i, value in bias.items():
+        y[i] = y[i] + value
+    for i in set(output) | set(prompt):
+        y[i] = y[i] / rep if y[i] > 0 else y[i] * rep
+    for i in set(output):
+        y[i] = y[i] - (freq * output.count(i) + pres)
+    return y
+
+
+def draw_case(data, emulated=False):
     """(kwargs of the call, logits/probs tensor, op, whether every argument was built valid)."""
     valid = True
     op = data.draw(st.sampled_from(["sample", "sample", "sample", "sample_probs", "warp"]))
@@ -116,6 +216,17 @@ def draw_case(data):
                 tensor = torch.tensor([min(value, 2**63 - 1) for value in values],
                                       dtype=torch.int64 if name == "top_k" else torch.float32)
                 kwargs[name] = tensor if b is not None else tensor[0]
+        if data.draw(st.integers(0, 2)) == 0:
+            valid = draw_processing(data, kwargs, b, rows, v, emulated) and valid
+    if op == "sample":
+        top = data.draw(st.sampled_from([0, 0, 1, 5, 20, 21]))
+        if top:
+            kwargs["return_top_logprobs"] = top
+            valid = valid and top <= min(20, v)
+        mode = data.draw(st.sampled_from(["processed", "processed", "raw", "bad"]))
+        if mode != "processed":
+            kwargs["logprobs_mode"] = mode if mode == "raw" else "max"
+            valid = valid and mode == "raw"
     if op != "warp":
         rng = data.draw(st.sampled_from(["none", "int", "tensor", "generator", "bad"]))
         if rng == "int":
@@ -168,6 +279,8 @@ def check(op, x, kwargs, result):
     if op == "warp":
         warped, logprobs = result
         assert warped.shape == x.shape and logprobs.shape == x.shape
+        if any(kwargs.get(name) is not None for name in PROCESSING):
+            return  # the processed values: tests/test_processing.py
         v = x.shape[-1]
         x2, w2 = x.reshape(-1, v), warped.reshape(-1, v)
         temps = kwargs.get("temperature", 1.0)
@@ -185,8 +298,19 @@ def check(op, x, kwargs, result):
                 assert torch.equal(w2[r] > -INF, keep), f"row {r}: kept set differs from the sorting reference"
         return
     tokens, *rest = result if isinstance(result, tuple) else (result,)
-    valid = rest[-1]
     v = x.shape[-1]
+    top = kwargs.get("return_top_logprobs", 0)
+    if top:
+        rest, (top_ids, top_logprobs) = rest[:-2], rest[-2:]
+        assert top_ids.shape == tokens.shape + (top,) and top_logprobs.shape == top_ids.shape
+        assert ((top_ids >= 0) & (top_ids < v)).all(), f"top ids out of range: {top_ids}"
+        flat_ids, flat_lp = top_ids.reshape(-1, top), top_logprobs.reshape(-1, top)
+        assert not torch.isnan(flat_lp).any() and (flat_lp <= 1e-6).all(), "top logprobs"
+        assert (flat_lp[:, 1:] <= flat_lp[:, :-1]).all(), "top logprobs not highest first"
+        assert all(len(set(row)) == top for row in flat_ids.tolist()), "a top id listed twice"
+    valid = rest[-1]
+    if any(kwargs.get(name) is not None for name in PROCESSING):
+        return check_processed(x, kwargs, tokens, valid)
     assert tokens.dtype == torch.int64 and ((tokens >= 0) & (tokens < v)).all(), f"ids out of range: {tokens}"
     if "out" in kwargs:
         assert tokens is kwargs["out"]
@@ -203,6 +327,13 @@ def check(op, x, kwargs, result):
     temps = temps.reshape(-1).tolist() if isinstance(temps, torch.Tensor) else [temps] * rows
     greedy = [not (float(torch.tensor(t, dtype=torch.float32)) > 0) for t in temps]
     usable = ~torch.isnan(raw) & (raw != -INF)
+    if kwargs.get("logprobs_mode") == "raw" and len(rest) == 2:  # log_softmax of the raw logits
+        for r in range(rows):
+            if v2[r] and not (raw[r] == INF).any():
+                want = torch.log_softmax(torch.where(usable[r], raw[r], -INF), 0)[t2[r]].item()
+                assert math.isclose(rest[0].reshape(-1)[r].item(), want, rel_tol=1e-3, abs_tol=1e-3), \
+                    f"row {r}: raw logprob"
+        rest = rest[1:]  # the checks below are of processed logprobs
     for r in range(rows):
         if v2[r] and greedy[r] and len(rest) == 2 and not (raw[r] == INF).any():  # greedy: softmax(logits)
             want = torch.log_softmax(torch.where(usable[r], raw[r], -INF), 0)[t2[r]].item()
@@ -230,6 +361,25 @@ def check(op, x, kwargs, result):
                     f"row {r}: logprob {rest[0].reshape(-1)[r].item()} against {want}"
 
 
+def check_processed(x, kwargs, tokens, valid):
+    """With mask, bias or penalties: every chosen token is unmasked after processing, and a row is
+    degenerate exactly when processing left nothing (judged where float32 rounding cannot decide)."""
+    v = x.shape[-1]
+    t2, v2 = tokens.reshape(-1), valid.reshape(-1)
+    rows = t2.numel()
+    for r in range(rows):
+        y = processed_row(x, kwargs, r, rows)
+        if not v2[r]:
+            assert t2[r] == 0, "a degenerate row answers token 0"
+        if y is None:
+            continue
+        usable = ~torch.isnan(y) & (y != -INF)
+        if v2[r]:
+            assert usable[t2[r]], f"row {r}: token {t2[r].item()} is masked after processing"
+        else:
+            assert not usable.any(), f"row {r} had an unmasked processed token but valid is False"
+
+
 def run(batch, examples, emulated):
     context = contextlib.nullcontext
     if emulated:
@@ -242,7 +392,7 @@ def run(batch, examples, emulated):
               derandomize=False, print_blob=False)
     @given(st.data())
     def fuzz(data):
-        op, x, kwargs, valid = draw_case(data)
+        op, x, kwargs, valid = draw_case(data, emulated)
         if emulated and x.dtype == torch.float64:
             x = x.float()
         shown = {k: (f"tensor{tuple(v.shape)} {v.dtype} {v.reshape(-1)[:8].tolist()}" if isinstance(v, torch.Tensor)
@@ -266,7 +416,13 @@ def run(batch, examples, emulated):
             first = result[0] if isinstance(result, tuple) else result
             assert torch.equal(first, again[0] if isinstance(again, tuple) else again), "a seeded call did not repeat"
         if emulated and ("seed" in kwargs or op == "warp"):  # the emulated kernels equal the CPU path (same noise)
-            cpu = fn(x, **{k: (torch.full_like(v, -7) if k == "out" else v) for k, v in kwargs.items()})
+            def for_the_cpu(k, v):  # ids CUDA ignores are padding (-1) on the CPU
+                if k == "out":
+                    return torch.full_like(v, -7)
+                if k in ("output_tokens", "prompt_tokens", "bias_tokens") and v.dtype == torch.int64:
+                    return v.masked_fill((v < 0) | (v >= x.shape[-1]), -1)
+                return v
+            cpu = fn(x, **{k: for_the_cpu(k, v) for k, v in kwargs.items()})
             for a, c in zip(result if isinstance(result, tuple) else (result,), cpu if isinstance(cpu, tuple) else (cpu,)):
                 if a.dtype == torch.float32 and op != "warp":
                     torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4, equal_nan=True)

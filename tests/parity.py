@@ -7,6 +7,7 @@ import torch
 import cuda_on_cpu
 import syncfree
 from conftest import warper_edge_rows
+from reference import pack_mask
 
 WARPER_CONFIGS = [dict(top_k=1), dict(top_k=50), dict(top_p=0.9), dict(min_p=0.05), dict(typical_p=0.9),
                   dict(top_k=50, top_p=0.9, min_p=0.05), dict(top_k=1000, top_p=0.95, min_p=0.01, typical_p=0.9)]
@@ -239,3 +240,77 @@ def check_verify(target, rows=12, n=3, vocab=3000):
                                   return_valid=True, **kwargs, **warpers)
                 assert_same(want, got, f"verify_draft {'q' if draft_probs is not None else 'one-hot'} {kwargs.keys()}")
     return want
+
+
+def processing_case(b, v, seed=0):
+    """Processing arguments for b rows of v tokens: per-row penalties (off in some rows, NaN and
+    negative clamped), histories with -1 padding and duplicates, a bias with duplicates and ±inf,
+    a mask (one row all zero)."""
+    g = torch.Generator().manual_seed(seed)
+    history = torch.randint(0, v, (b, 48), generator=g)
+    history[:, 40:] = -1
+    history[:, 1] = history[:, 0]  # a duplicate: counted twice
+    prompt = torch.randint(0, v, (b, 24), generator=g)
+    prompt[0] = -1  # padding only
+    bias_tokens = torch.randint(0, v, (b, 6), generator=g)
+    bias_tokens[:, 5] = bias_tokens[:, 4]  # a duplicate: the last slot wins
+    bias_tokens[:, 3] = -1
+    bias_values = torch.randn(b, 6, generator=g) * 4
+    if b > 2:
+        bias_values[1, 2] = float("inf")
+        bias_values[2, 0] = -float("inf")
+    allowed = torch.rand(b, v, generator=g) < 0.7
+    allowed[-1] = False  # a degenerate row
+    repetition = torch.rand(b, generator=g) + 0.6
+    repetition[::4] = 1.0
+    repetition[1::5] = float("nan")
+    frequency = torch.randn(b, generator=g)
+    frequency[2::5] = float("nan")
+    return dict(repetition_penalty=repetition, frequency_penalty=frequency, presence_penalty=0.4,
+                output_tokens=history, prompt_tokens=prompt, bias_tokens=bias_tokens, bias_values=bias_values,
+                allowed_mask=pack_mask(allowed))
+
+
+def check_processing(target, shape, dtype, n=8):
+    """Mask, bias and penalties with per-row warpers and greedy rows, top-n logprobs in both
+    modes: tokens, valid and top ids bit for bit, logprobs to float rounding; the warped logits."""
+    b, v = shape
+    x = make(b, v, dtype)
+    process = processing_case(b, v)
+    g = torch.Generator().manual_seed(5)
+    temps = torch.rand(b, generator=g) + 0.4
+    temps[::3] = 0.0  # greedy rows
+    warpers = dict(top_k=torch.randint(0, 40, (b,), generator=g), top_p=torch.rand(b, generator=g) * 0.5 + 0.5)
+    seeds = torch.arange(b) * 3
+    for mode in ("processed", "raw"):
+        for config in ({}, warpers):
+            want = syncfree.sample(x, temps, seed=seeds, return_logprobs=True, return_valid=True,
+                                   return_top_logprobs=n, logprobs_mode=mode, **process, **config)
+            got = target.call(syncfree.sample, x, temps, seed=seeds, return_logprobs=True, return_valid=True,
+                              return_top_logprobs=n, logprobs_mode=mode, **process, **config)
+            assert_same(want, got, f"processing {shape} {dtype} {mode} {list(config)}")
+    assert_same(syncfree.sample(x, 0.8, seed=1, **process), target.call(syncfree.sample, x, 0.8, seed=1, **process))
+    want_w, _ = syncfree.warp(x, temps, **process, **warpers)
+    assert torch.equal(want_w, target.call(syncfree.warp, x, temps, **process, **warpers)[0]), "processed logits differ"
+
+
+def check_top_logprob_edges(target, vocab=20000):
+    """Top-n where the CUDA candidates overflow: fewer kept tokens than n (ties at -inf), a flat
+    row (every token in one bin), +inf rows, a temperature that overflows every logit (the point
+    mass), an all-masked row; and scalar processing with an int seed."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6, vocab, generator=g)
+    x[1] = 0.5  # flat
+    x[2, [vocab - 5, 3]] = float("inf")
+    x[3] = -torch.rand(vocab, generator=g) - 1  # with T = 1e-39 every logit / T is -inf
+    x[4] = -float("inf")
+    temps = torch.tensor([0.8, 1.0, 1.0, 1e-39, 1.0, 0.0])
+    for mode in ("processed", "raw"):
+        for top_k in (3, 0):
+            kwargs = dict(seed=torch.arange(6), return_logprobs=True, return_valid=True, return_top_logprobs=20,
+                          logprobs_mode=mode, top_k=top_k)
+            assert_same(syncfree.sample(x, temps, **kwargs), target.call(syncfree.sample, x, temps, **kwargs),
+                        f"top-n edges {mode} top_k={top_k}")
+    kwargs = dict(seed=5, repetition_penalty=1.3, frequency_penalty=0.5, output_tokens=torch.tensor([[1, 2, 3]] * 6),
+                  return_top_logprobs=4)
+    assert_same(syncfree.sample(x, 0.9, **kwargs), target.call(syncfree.sample, x, 0.9, **kwargs))

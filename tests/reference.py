@@ -1,4 +1,6 @@
 """Float64 references in plain PyTorch: the exact categorical law the sampler must follow."""
+import math
+
 import numpy as np
 import torch
 from scipy import stats
@@ -111,3 +113,89 @@ def reference_keep(y, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0):
         keep &= k
         margin = min(margin, m)
     return keep, margin
+
+
+def pack_mask(allowed):
+    """bool [B, V] -> int32 [B, ceil(V / 32)] in xgrammar's layout: bit j of word w allows token 32w + j."""
+    b, v = allowed.shape
+    words = (v + 31) // 32
+    bits = torch.zeros(b, words * 32, dtype=torch.int64)
+    bits[:, :v] = allowed.long()
+    packed = (bits.view(b, words, 32) << torch.arange(32)).sum(-1)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)  # two's complement bit 31
+
+
+def _per_row(value, b, clamp=None):
+    """A number or [B] tensor as B Python floats; clamp maps each tensor entry (per-row rules)."""
+    if isinstance(value, torch.Tensor):
+        return [clamp(v) if clamp else v for v in value.double().tolist()]
+    return [float(value)] * b
+
+
+def _ids(tokens, i):
+    return [] if tokens is None else [t for t in tokens[i].tolist() if t != -1]
+
+
+def process_reference(logits, *, repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0,
+                      output_tokens=None, prompt_tokens=None, bias_tokens=None, bias_values=None, allowed=None):
+    """The README's "Processing" in float64, row by row: allowed mask (bool [B, V]) -> logit bias (last
+    duplicate wins) -> repetition penalty (HF, prompt + output) -> frequency/presence (OpenAI, output)."""
+    x = logits.double().clone()
+    b = x.shape[0]
+    rep = _per_row(repetition_penalty, b, lambda r: 1.0 if math.isnan(r) or r <= 0 else r)
+    freq = _per_row(frequency_penalty, b, lambda f: 0.0 if math.isnan(f) else f)
+    pres = _per_row(presence_penalty, b, lambda p: 0.0 if math.isnan(p) else p)
+    for i in range(b):
+        row = x[i]
+        if allowed is not None:
+            row[~allowed[i]] = -math.inf
+        bias = {}
+        if bias_tokens is not None:
+            for t, value in zip(bias_tokens[i].tolist(), bias_values[i].double().tolist()):
+                if t != -1:
+                    bias[t] = value  # a later slot overwrites an earlier one
+        for t, value in bias.items():
+            if allowed is None or allowed[i, t]:  # a masked token stays masked, even under a +inf bias
+                row[t] += value
+        for t in set(_ids(prompt_tokens, i)) | set(_ids(output_tokens, i)):
+            row[t] = row[t] / rep[i] if row[t] > 0 else row[t] * rep[i]
+        counts = {}
+        for t in _ids(output_tokens, i):
+            counts[t] = counts.get(t, 0) + 1
+        for t, c in counts.items():
+            row[t] -= freq[i] * c + pres[i]
+    return x
+
+
+def warp_reference(processed, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, greedy_warps=True):
+    """(processed / T with the warpers' removed tokens at -inf, smallest decision margin), float64.
+
+    T = 0 scales nothing; greedy rows are warped as syncfree.warp does (greedy_warps) or left
+    whole, as the sampler's greedy rows are (greedy_warps=False)."""
+    b = processed.shape[0]
+    temps = _per_row(temperature, b)
+    ks = [int(k) for k in _per_row(top_k, b)]
+    ps, mins, typs = _per_row(top_p, b), _per_row(min_p, b), _per_row(typical_p, b)
+    out = torch.empty_like(processed)
+    margin = math.inf
+    for i in range(b):
+        y = processed[i] / temps[i] if temps[i] > 0 else processed[i].clone()
+        if temps[i] > 0 or greedy_warps:
+            keep, m = reference_keep(y.float(), ks[i], ps[i], mins[i], typs[i])
+            y = torch.where(keep, y, torch.full_like(y, -math.inf))
+            margin = min(margin, m)
+        out[i] = y
+    return out, margin
+
+
+def sampling_logprobs(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, **processing):
+    """(float64 log-probs [B, V] of the law each row is sampled from, processed logits, margin)."""
+    processed = process_reference(logits, **processing)
+    warped, margin = warp_reference(processed, temperature, top_k, top_p, min_p, typical_p, greedy_warps=False)
+    return torch.log_softmax(warped, -1), processed, margin
+
+
+def top_n_reference(logprobs, n):
+    """(ids, values) of the n highest log-probs per row, highest first, ties to the lower id."""
+    order = torch.sort(-logprobs, dim=-1, stable=True).indices[:, :n]
+    return order, logprobs.gather(-1, order)

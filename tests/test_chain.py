@@ -79,3 +79,46 @@ def test_chain_cache_lru_eviction_and_memory():
         chain(x)
     assert syncfree.WarperChain.cache_info().size == 2
     syncfree.WarperChain.set_cache_size(10)
+
+
+def processing_inputs(b=6, v=3000):
+    g = torch.Generator().manual_seed(3)
+    history = torch.randint(0, v, (b, 20), generator=g)
+    history[:, 15:] = -1
+    return dict(output_tokens=history, bias_tokens=torch.randint(0, v, (b, 4), generator=g),
+                bias_values=torch.randn(b, 4, generator=g) * 3,
+                allowed_mask=torch.randint(-2**31, 2**31, (b, (v + 31) // 32), generator=g, dtype=torch.int64).int())
+
+
+def test_chain_with_processing_equals_warp():
+    """The chain's penalties and the call's history, bias and mask: syncfree.warp's (README "Processing")."""
+    x, inputs = logits(), processing_inputs()
+    chain = syncfree.WarperChain(0.8, top_k=40, repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.2)
+    assert chain.params["repetition_penalty"] == 1.3 and "presence_penalty" in chain.params
+    warped, logprobs = chain(x, **inputs)
+    expected = syncfree.warp(x, 0.8, top_k=40, repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.2,
+                             **inputs)
+    assert torch.equal(warped, expected[0]) and torch.equal(logprobs, expected[1])
+    assert not torch.equal(warped, chain(x)[0])  # the history, bias and mask did something
+    # An identity chain still applies the call's tensors.
+    masked, _ = syncfree.WarperChain()(x, allowed_mask=inputs["allowed_mask"])
+    assert torch.equal(masked, syncfree.warp(x, allowed_mask=inputs["allowed_mask"])[0])
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        syncfree.WarperChain(repetition_penalty=0.0)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_chain_with_processing_replays_fresh_inputs():
+    syncfree.WarperChain.clear_cache()
+    chain = syncfree.WarperChain(0.8, top_p=0.9, repetition_penalty=1.2, frequency_penalty=0.3)
+    for seed in range(3):
+        x = logits(seed=seed).cuda()
+        inputs = {k: v.cuda() for k, v in processing_inputs().items()}
+        inputs["output_tokens"] = inputs["output_tokens"].roll(seed, 1)
+        warped, _ = chain(x, **inputs)
+        cpu = syncfree.warp(x.cpu(), 0.8, top_p=0.9, repetition_penalty=1.2, frequency_penalty=0.3,
+                            **{k: v.cpu() for k, v in inputs.items()})
+        assert torch.equal(warped.cpu(), cpu[0])
+    info = syncfree.WarperChain.cache_info()
+    assert (info.misses, info.hits) == (1, 2)

@@ -213,6 +213,37 @@ def test_warper_edge_rows(target):
 
 
 # ---------------------------------------------------------------------------
+# Processing: mask, bias, penalties, top-n logprobs
+
+PROCESSING_SHAPES = [(4, 17), (7, 3000), (1, 128256), (33, 4099)]
+
+
+@pytest.mark.parametrize("dtype", cases([torch.float32, torch.bfloat16], [torch.bfloat16]), ids=str)
+@pytest.mark.parametrize("shape", cases(PROCESSING_SHAPES, [(7, 3000), (1, 128256)]), ids=shape_id)
+def test_processing_matches_the_cpu(target, shape, dtype):
+    parity.check_processing(target, shape, dtype)
+
+
+def test_top_logprobs_where_candidates_overflow(target):
+    parity.check_top_logprob_edges(target)
+
+
+def test_ids_past_the_vocabulary_are_ignored(target):
+    """CUDA cannot check the ids inside the history and bias without a sync: ids outside [0, V)
+    count as padding (README "Processing"), as -1 does on the CPU."""
+    x = make(3, 500, torch.float32)
+    history = torch.tensor([[3, 600, -5, 3], [7, 499, 10**12, -1], [1, 1, 1, 1]])
+    bias = torch.tensor([[4, 500, 5, -9]] * 3)
+    values = torch.full((3, 4), 8.0)
+    kwargs = dict(seed=2, repetition_penalty=1.5, frequency_penalty=0.7, return_logprobs=True,
+                  return_top_logprobs=5)
+    clean = dict(output_tokens=history.masked_fill((history < 0) | (history >= 500), -1),
+                 bias_tokens=bias.masked_fill((bias < 0) | (bias >= 500), -1), bias_values=values)
+    got = target.call(syncfree.sample, x, output_tokens=history, bias_tokens=bias, bias_values=values, **kwargs)
+    assert_same(syncfree.sample(x, **clean, **kwargs), got)
+
+
+# ---------------------------------------------------------------------------
 # syncfree.distributed's shard kernels
 
 

@@ -118,6 +118,16 @@ SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   return r;
 }
 
+// r without processing: a kernel compiled for calls without mask, bias or
+// penalties takes this, so that the processing code folds away (registers).
+SF_HD RowRace without_processing(RowRace r) {
+  r.proc = no_process();
+  return r;
+}
+
+// Whether a call has processing (the kernels' kProcess variants).
+SF_HD bool has_processing(const SampleParams& p) { return p.proc.allowed != nullptr || p.proc.tables != nullptr; }
+
 // Row `row`'s warper values, clamped.
 SF_HD Warpers row_warpers(const SampleParams& p, int64_t row) {
   const int64_t pr = param_row(p, row);

@@ -296,8 +296,13 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_top_finish_kernel(Top
   // The keys above u: fewer than n.
   for (int64_t i = t; i < count; i += kSelectThreads) {
     const TopEntry e = fits ? candidate(i) : token(i);
-    if (e.key > u) ts.e[atomicAdd(&ts.size, 1)] = e;
+    if (e.key > u) {
+      const int slot = atomicAdd(&ts.size, 1);
+      if (slot < n) ts.e[slot] = e;  // fewer than n unless the input changed under the call
+    }
   }
+  __syncthreads();
+  if (t == 0 && ts.size > n) ts.size = n;
   __syncthreads();
   if (fits) {
     take_ties(count, false, u, n, candidate, ts);

@@ -54,7 +54,7 @@ __device__ __forceinline__ RacePartial load_partial(const RacePartial* src) {
   return p;
 }
 
-template <typename T, bool kProbs, bool kVec>
+template <typename T, bool kProbs, bool kVec, bool kProcess>
 __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a) {
   const int32_t splits = a.split.splits;
   const int64_t row = blockIdx.x / splits;
@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a)
   if (a.raced != nullptr && a.raced[row]) return;  // every block of the row leaves: no ticket taken
   SampleParams p = a.p;
   take_rng(p, a.rng);
-  const RowRace r = row_race(p, row);
+  const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));
   const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
 
   const ChunkGroups cg = chunk_groups(a.split, split);
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(32 * kResolveRowsPerBlock) syncfree_resolve_gr
   int64_t token = -1;
   if (group >= 0) {  // a group with no winner answers 0 (Note [A winning group with no winner])
     float y;
-    token = resolved({}, race_group_warp<T, kProbs>(p, row_race(p, row),
+    token = resolved({}, race_group_warp<T, kProbs>(p, without_processing(row_race(p, row)),
                                                     static_cast<const T*>(p.input) + row * p.row_stride, group, &y)
                              .index)
                 .token;
@@ -181,15 +181,21 @@ void launch(const KernelArgs& args, int64_t blocks, bool aligned, cudaStream_t s
   const dim3 grid(static_cast<unsigned>(blocks)), block(kThreads);
   if (args.p.probs) {
     if (aligned) {
-      launch_kernel<syncfree_sample_kernel<T, true, true>>(grid, block, 0, stream, args);
+      launch_kernel<syncfree_sample_kernel<T, true, true, false>>(grid, block, 0, stream, args);
     } else {
-      launch_kernel<syncfree_sample_kernel<T, true, false>>(grid, block, 0, stream, args);
+      launch_kernel<syncfree_sample_kernel<T, true, false, false>>(grid, block, 0, stream, args);
+    }
+  } else if (has_processing(args.p)) {
+    if (aligned) {
+      launch_kernel<syncfree_sample_kernel<T, false, true, true>>(grid, block, 0, stream, args);
+    } else {
+      launch_kernel<syncfree_sample_kernel<T, false, false, true>>(grid, block, 0, stream, args);
     }
   } else {
     if (aligned) {
-      launch_kernel<syncfree_sample_kernel<T, false, true>>(grid, block, 0, stream, args);
+      launch_kernel<syncfree_sample_kernel<T, false, true, false>>(grid, block, 0, stream, args);
     } else {
-      launch_kernel<syncfree_sample_kernel<T, false, false>>(grid, block, 0, stream, args);
+      launch_kernel<syncfree_sample_kernel<T, false, false, false>>(grid, block, 0, stream, args);
     }
   }
 }

@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
   SampleParams p = v.target;
   take_rng(p, a.rng);
   const int64_t positions = v.n + 1, b = row / positions, j = row % positions;
-  const RowRace r = row_race(p, row);
+  const RowRace r = without_processing(row_race(p, row));  // verify_draft takes no processing
   const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
   const int64_t vocab = p.vocab;
   const bool drafted = j < v.n;
@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_finish_kernel(Verify
   const PositionLaw law = laws[j];
   const bool drafted = j < v.n;
   const int64_t draft = drafted ? v.draft_ids[b * v.draft_ids_stride + j] : -1;
-  const RowRace r = row_race(p, row);
+  const RowRace r = without_processing(row_race(p, row));
   int64_t token;
   float logprob;
   bool valid = true;

@@ -33,6 +33,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../device_api.h"
 #include "block_race.cuh"
@@ -77,8 +78,9 @@ struct SelectArgs {
 };
 
 // Whether row `row` has a selection to make, and how it is raced.
+template <bool kProcess>
 __device__ bool row_selects(const SampleParams& p, int64_t row, bool greedy_rows_too, RowRace* r, Warpers* w) {
-  *r = row_race(p, row);
+  *r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));
   *w = row_warpers(p, row);
   return (greedy_rows_too || !r->greedy) && any_warper(*w);
 }
@@ -87,7 +89,7 @@ __device__ bool row_selects(const SampleParams& p, int64_t row, bool greedy_rows
 __device__ __forceinline__ int first_digit(uint32_t key) { return key_digit(key, SelectState{0u, 0, 0u}); }
 
 // Steps 1-3 of Note [Selection passes on CUDA], by phase.
-template <typename T>
+template <typename T, bool kProcess>
 __global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(SelectArgs a, int phase) {
   __shared__ SelectShared sh;
   __shared__ bool last;
@@ -97,7 +99,7 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(Se
   const int t = threadIdx.x;
   RowRace r;
   Warpers w;
-  if (!row_selects(a.p, row, a.greedy_rows_too, &r, &w)) return;
+  if (!row_selects<kProcess>(a.p, row, a.greedy_rows_too, &r, &w)) return;
   SelectRow& state = a.rows[row];
   unsigned long long* hist = a.hists != nullptr ? a.hists + row * kBins : nullptr;
 
@@ -302,7 +304,7 @@ __device__ void race_candidates(const SampleParams& p, int64_t row, RowRace r, c
 }
 
 // Step 4: one block per row.
-template <typename T>
+template <typename T, bool kProcess>
 __global__ void __launch_bounds__(kSelectThreads) syncfree_find_thresholds_kernel(SelectArgs a) {
   __shared__ SelectShared sh;
   const int64_t row = blockIdx.x;
@@ -311,7 +313,7 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_find_thresholds_kerne
   take_rng(p, a.rng);
   RowRace r;
   Warpers w;
-  const bool selects = row_selects(p, row, a.greedy_rows_too, &r, &w);
+  const bool selects = row_selects<kProcess>(p, row, a.greedy_rows_too, &r, &w);
   const SelectRow& state = a.rows[row];
   const int mode = selects ? state.mode : kSelectSkip;
   if (mode == kSelectSkip || mode == kSelectKeepAll) {
@@ -380,12 +382,20 @@ void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::Dev
   a.rows = reinterpret_cast<SelectRow*>(base + hist_bytes);
   a.candidates = reinterpret_cast<Candidate*>(base + hist_bytes + state_bytes);
   C10_CUDA_CHECK(cudaMemsetAsync(base, 0, hist_bytes + state_bytes, stream));
-  dispatch_dtype(dtype, [&](auto tag) {
+  const auto launch = [&](auto tag, auto process) {
     using T = decltype(tag);
+    constexpr bool kProcess = decltype(process)::value;
     const dim3 grid(unsigned(a.plan.blocks)), block(kSelectThreads);
     for (const int phase : {kPhaseScan, kPhaseMass, kPhaseCompact})
-      launch_kernel<syncfree_select_pass_kernel<T>>(grid, block, 0, stream, a, phase);
-    launch_kernel<syncfree_find_thresholds_kernel<T>>(dim3(unsigned(p.rows)), block, 0, stream, a);
+      launch_kernel<syncfree_select_pass_kernel<T, kProcess>>(grid, block, 0, stream, a, phase);
+    launch_kernel<syncfree_find_thresholds_kernel<T, kProcess>>(dim3(unsigned(p.rows)), block, 0, stream, a);
+  };
+  dispatch_dtype(dtype, [&](auto tag) {
+    if (has_processing(p)) {
+      launch(tag, std::true_type{});
+    } else {
+      launch(tag, std::false_type{});
+    }
   });
 }
 
