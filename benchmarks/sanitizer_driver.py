@@ -17,7 +17,10 @@ Kernels and the variants reached (csrc/cuda/*.cu):
   syncfree_apply_thresholds_kernel<T>             syncfree.warp with and without warpers, scaled_logits;
   syncfree_resolve_group_kernel<T, false>   the race on shards (syncfree.distributed's steps);
   syncfree_shard_pass_kernel<T>, syncfree_shard_rows_kernel   every step of those calls (csrc/cuda/shard_cuda.cu);
-  syncfree_verify_positions_kernel<T>, syncfree_verify_finish_kernel<T>   syncfree.verify_draft.
+  syncfree_verify_positions_kernel<T>, syncfree_verify_finish_kernel<T>   syncfree.verify_draft;
+  syncfree_build_exceptions_kernel, the kProcess variants, syncfree_top_pass_kernel<T>,
+  syncfree_top_finish_kernel<T>             processing (mask, bias, penalties) and top-n / raw
+                                            logprobs, rows split and not, candidates fitting and not.
 Noise from per-row seed/offset tensors, an int seed, the default generator and a user generator.
 
 Seeded results are compared with the CPU path (tokens and valid flags bit for bit, logprobs to
@@ -324,9 +327,37 @@ def section_verify(run):
                 (run.close if part == "logprobs" else run.equal)(f"verify {name} {label} {part}", r, w)
 
 
+def section_processing(run):
+    """Mask, bias and penalties with top-20 logprobs in both modes: split and unsplit rows, rows with
+    fewer kept tokens than n (the top-n candidates overflow), a degenerate row."""
+    for dtype, (b, v) in zip(DTYPES, ((6, SMALL_V), (1, SPLIT_V), (4, 3000))):
+        name = str(dtype).replace("torch.", "")
+        x = make_logits(b, v, dtype, seed=80)
+        g = torch.Generator().manual_seed(81)
+        history = torch.randint(-1, v, (b, 40), generator=g)
+        allowed = torch.randint(-2**31, 2**31, (b, (v + 31) // 32), generator=g, dtype=torch.int64).to(torch.int32)
+        allowed[-1] = 0 if b > 1 else allowed[-1]  # a degenerate row
+        process = dict(repetition_penalty=torch.rand(b, generator=g) + 0.6, frequency_penalty=0.4,
+                       presence_penalty=torch.randn(b, generator=g), output_tokens=history,
+                       prompt_tokens=torch.randint(0, v, (b, 10), generator=g),
+                       bias_tokens=torch.randint(-1, v, (b, 5), generator=g), bias_values=torch.randn(b, 5, generator=g),
+                       allowed_mask=allowed)
+        for mode in ("processed", "raw"):
+            for config in ({}, dict(top_k=5, top_p=0.9)):
+                kwargs = dict(seed=torch.arange(b), return_logprobs=True, return_valid=True, return_top_logprobs=20,
+                              logprobs_mode=mode, **config, **process)
+                want = syncfree.sample(x, 0.8, **kwargs)
+                got = syncfree.sample(run.on(x), 0.8, **run.kwargs_on(kwargs))
+                for part, w, r in zip(("tokens", "logprobs", "valid", "top ids", "top logprobs"), want, got):
+                    label = f"processing {name} {mode} {list(config)} {part}"
+                    (run.close if "logprobs" in part else run.equal)(label, r, w)
+        run.equal(f"processing {name} warp", syncfree.warp(run.on(x), 0.8, top_k=50, **run.kwargs_on(process))[0],
+                  syncfree.warp(x, 0.8, top_k=50, **process)[0])
+
+
 SECTIONS = {"sample": section_sample, "layouts": section_layouts, "sample_probs": section_sample_probs,
             "warpers": section_warpers, "warp": section_warp, "graph": section_graph, "shards": section_shards,
-            "verify": section_verify}
+            "verify": section_verify, "processing": section_processing}
 
 
 def main(argv=None):

@@ -80,6 +80,11 @@ def all_public_calls(x, seeds, offsets, out):
     syncfree.sample(x, seed=11, offset=4, out=out)
     syncfree.sample_probs(x.float().softmax(-1), return_valid=True)
     syncfree.sample_probs(x.float().softmax(-1), seed=seeds)
+    process = {k: v.to(x.device) for k, v in parity.processing_case(x.shape[0], x.shape[-1]).items()}
+    syncfree.sample(x, 0.8, top_k=50, seed=seeds, offset=offsets, return_logprobs=True, return_top_logprobs=20,
+                    **process)
+    syncfree.sample(x, 0.8, top_p=0.9, seed=seeds, return_logprobs=True, logprobs_mode="raw", **process)
+    syncfree.warp(x, 0.8, top_k=50, **process)
 
 
 @pytest.mark.parametrize("shape", [(1, 128256), (64, 32000)])
@@ -300,3 +305,33 @@ def test_verify_draft_no_sync_and_graph_capture():
         offsets.fill_(step)
         graph.replay()
         assert torch.equal(out, syncfree.verify_draft(x, ids, q, 0.8, top_k=50, seed=seeds, offset=offsets)[0])
+
+
+@pytest.mark.parametrize("shape", [(4, 17), (7, 3000), (1, 128256), (64, 32000)])
+def test_processing_cpu_and_cuda_identical(shape):
+    parity.check_processing(CUDA, shape, torch.bfloat16)
+    if shape[0] == 7:
+        parity.check_processing(CUDA, shape, torch.float32)
+
+
+def test_top_logprobs_edges_on_cuda():
+    parity.check_top_logprob_edges(CUDA)
+
+
+def test_processing_in_a_captured_graph():
+    """Mask, bias, penalties and top-20 logprobs inside a CUDA graph: replays read the static
+    history and per-row offsets as they are at replay time."""
+    x = make(16, 32000, torch.bfloat16).cuda()
+    process = {k: v.cuda() for k, v in parity.processing_case(16, 32000).items()}
+    seeds = torch.arange(16, device="cuda")
+    offsets = torch.zeros(16, dtype=torch.int64, device="cuda")
+    out = torch.empty(16, dtype=torch.int64, device="cuda")
+    kwargs = dict(top_k=50, top_p=0.9, seed=seeds, offset=offsets, return_top_logprobs=20, **process)
+    result = {}  # the captured call's outputs (the last assignment is the capture's)
+    graph = capture(lambda: result.__setitem__("r", syncfree.sample(x, 0.8, out=out, **kwargs)))
+    for step in range(3):
+        offsets.fill_(step)
+        process["output_tokens"][:, step] = step  # the history grows between replays
+        graph.replay()
+        want = syncfree.sample(x, 0.8, **kwargs)
+        assert torch.equal(out, want[0]) and torch.equal(result["r"][1], want[1])

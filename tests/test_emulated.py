@@ -243,6 +243,26 @@ def test_ids_past_the_vocabulary_are_ignored(target):
     assert_same(syncfree.sample(x, **clean, **kwargs), got)
 
 
+def test_processing_captured_replays_read_the_static_inputs(layer):
+    """A captured call with mask, bias, penalties and top-n (the tables' memset and kernel, the
+    logprob stage's launches) replays with the history and offsets as they are at replay time."""
+    x = make(3, 20000, torch.float32)
+    process = parity.processing_case(3, 20000)
+    seeds, offsets = torch.arange(3), torch.zeros(3, dtype=torch.int64)
+    out = torch.full((3,), -7, dtype=torch.int64)
+    kwargs = dict(top_k=40, seed=seeds, offset=offsets, return_top_logprobs=5, **process)
+    graph = layer.Graph()
+    with cuda_on_cpu.capture(graph):  # the outputs the replays write stay alive, as with CUDA graphs
+        kept = emulated(syncfree.sample, x, 0.9, out=out, **kwargs)
+    assert out.eq(-7).all(), "a captured launch ran during the capture"
+    for replay in range(3):
+        offsets.fill_(replay)
+        process["output_tokens"][:, replay] = replay + 1  # the history grows between replays
+        graph.replay()
+        want = syncfree.sample(x, 0.9, **kwargs)
+        assert torch.equal(out, want[0]) and torch.equal(kept[1], want[1])
+
+
 # ---------------------------------------------------------------------------
 # syncfree.distributed's shard kernels
 

@@ -93,6 +93,22 @@ __device__ __forceinline__ bool block_pick(uint64_t target, SelectShared& sh, Se
   return true;
 }
 
+// Compaction: appends entry to out[0, cap) where `mine`, in a slot taken from
+// *count with one atomicAdd per warp (the slots' order is irrelevant to every
+// caller); *count keeps counting past cap, so the caller sees an overflow.
+// Every lane of the warp calls.
+template <typename Entry>
+__device__ __forceinline__ void warp_append(bool mine, const Entry& entry, unsigned* count, Entry* out, int64_t cap) {
+  const unsigned lane = threadIdx.x % 32;
+  const unsigned ballot = __ballot_sync(0xffffffffu, mine);
+  if (ballot == 0u) return;
+  unsigned base = 0u;
+  if (lane == 0) base = atomicAdd(count, unsigned(__popc(ballot)));
+  base = __shfl_sync(0xffffffffu, base, 0);
+  const int64_t slot = int64_t(base) + __popc(ballot & ((1u << lane) - 1u));
+  if (mine && slot < cap) out[slot] = entry;
+}
+
 __device__ __forceinline__ void clear_hist(SelectShared& sh) {
   for (int b = threadIdx.x; b < kBins; b += kSelectThreads) sh.hist[b] = 0u;
 }

@@ -160,17 +160,9 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_top_pass_kernel(TopAr
     const uint32_t floor = state.first.prefix;
     const int64_t cap = a.plan.candidates;
     TopCandidate* out = a.candidates + row * cap;
-    const unsigned lane = t % 32;
     for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t i) {
       const uint32_t key = top_entry(y, i, norm).key;
-      const bool mine = i < a.p.vocab && key >= floor;
-      const unsigned ballot = __ballot_sync(0xffffffffu, mine);
-      if (ballot == 0u) return;
-      unsigned base = 0u;
-      if (lane == 0) base = atomicAdd(&state.candidates, unsigned(__popc(ballot)));
-      base = __shfl_sync(0xffffffffu, base, 0);
-      const int64_t slot = int64_t(base) + __popc(ballot & ((1u << lane) - 1u));
-      if (mine && slot < cap) out[slot] = {key, int32_t(i)};
+      warp_append(i < a.p.vocab && key >= floor, TopCandidate{key, int32_t(i)}, &state.candidates, out, cap);
     });
     return;
   }

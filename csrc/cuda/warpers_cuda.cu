@@ -108,16 +108,8 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(Se
     const float floor = key_floor(state.first.prefix);
     const int64_t cap = a.plan.candidates;
     Candidate* out = a.candidates + row * cap;
-    const unsigned lane = threadIdx.x % 32;
     for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t i) {
-      const bool mine = is_candidate(y, floor);
-      const unsigned ballot = __ballot_sync(0xffffffffu, mine);
-      if (ballot == 0u) return;
-      unsigned base = 0u;
-      if (lane == 0) base = atomicAdd(&state.candidates, unsigned(__popc(ballot)));
-      base = __shfl_sync(0xffffffffu, base, 0);
-      const int64_t slot = int64_t(base) + __popc(ballot & ((1u << lane) - 1u));
-      if (mine && slot < cap) out[slot] = {y, int32_t(i)};
+      warp_append(is_candidate(y, floor), Candidate{y, int32_t(i)}, &state.candidates, out, cap);
     });
     return;
   }

@@ -88,7 +88,7 @@ MUTANTS = [
            "const float floor = key_floor(state.first.prefix);",
            "const float floor = key_floor(state.first.prefix + (1u << 21));",
            "warpers_keep_the_same_sets or warper_candidates"),
-    Mutant("compaction-slots-collide", "cuda/warpers_cuda.cu",
+    Mutant("compaction-slots-collide", "cuda/block_select.cuh",
            "__popc(ballot & ((1u << lane) - 1u));", "__popc(ballot & (1u << lane));",
            "warpers_keep_the_same_sets or warper_candidates"),
     Mutant("candidate-race-misses-groups", "cuda/warpers_cuda.cu",
