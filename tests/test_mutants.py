@@ -22,7 +22,8 @@ def test_a_planted_bug_is_caught(mutant):
 
 @pytest.mark.parametrize("variant, selection", [
     ("asan", None),  # every quick case
-    ("tsan", "tokens_logprobs_and_valid or warper_edge_rows or warper_candidates or shard_kernels"),
+    ("tsan", "tokens_logprobs_and_valid or warper_edge_rows or warper_candidates or shard_kernels "
+             "or (processing_matches and 7x3000)"),
 ])
 def test_the_emulated_kernels_under_sanitizers(variant, selection, monkeypatch):
     monkeypatch.setenv("SYNCFREE_EMULATION_QUICK", "1")

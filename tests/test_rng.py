@@ -97,7 +97,10 @@ def test_portable_and_avx2_paths_give_the_same_tokens():
             "syncfree.sample(x, 0.9, top_k=500, top_p=0.9, min_p=0.01, typical_p=0.9, seed=5).tolist(), "
             "syncfree.warp(x, 0.9, top_p=0.8)[0].tolist(), "
             "[t.tolist() for t in syncfree.verify_draft(x.view(16, 4, -1), x.view(16, 4, -1)[:, :3].argmax(-1), "
-            "torch.softmax(x.view(16, 4, -1)[:, :3], -1), 0.9, top_k=50, seed=torch.arange(16), return_logprobs=True)])")
+            "torch.softmax(x.view(16, 4, -1)[:, :3], -1), 0.9, top_k=50, seed=torch.arange(16), return_logprobs=True)], "
+            "[[t.tolist() for t in syncfree.sample(x, 0.9, top_k=40, seed=6, return_logprobs=True, return_top_logprobs=5, "
+            "logprobs_mode=mode, repetition_penalty=1.3, output_tokens=x[:, :50].argmax(-1, keepdim=True))] "
+            "for mode in ('processed', 'raw')])")
     outputs = []
     for baseline in (False, True):
         env = dict(os.environ)

@@ -159,7 +159,7 @@ SF_HD void process_group(float (&v)[kExceptionSpan], int64_t g, const RowProcess
   if (r.allowed != nullptr) {
     const uint32_t bits = uint32_t(r.allowed[g >> 1]) >> ((g & 1) * kExceptionSpan);
     SF_SIMD
-    for (int k = 0; k < kExceptionSpan; ++k) v[k] = ((bits >> k) & 1u) != 0u ? v[k] : -kInf;
+    for (int k = 0; k < kExceptionSpan; ++k) v[k] = (bits & (1u << k)) != 0u ? v[k] : -kInf;  // constant masks: one compare a lane
   }
   if (group_has_exception(r, g)) {
     for (int k = 0; k < kExceptionSpan; ++k) {

@@ -171,6 +171,17 @@ SF_HD void load_group_scalar(const T* row, int64_t vocab, int64_t g, bool probs,
   finish_group(v, g, probs, r);
 }
 
+// How the logprob stage reads a row raced as r: the race's values, or for
+// raw logprobs the unprocessed logits (unscaled, unwarped).
+SF_HD RowRace logprob_race(const SampleParams& p, RowRace r) {
+  if (p.raw_logprobs) {
+    r.inv_temperature = 1.0f;
+    r.warped = false;
+    r.proc = no_process();
+  }
+  return r;
+}
+
 // Writes a row's result.
 SF_HD void store_result(const SampleParams& p, int64_t row, int64_t token, float logprob, bool valid) {
   p.tokens[row * p.tokens_stride] = token;

@@ -129,24 +129,36 @@ Best race_in_group(const SampleParams& p, const RowRace& r, const T* row, int64_
 // The logprob stage of a row (Note [Top-n logprobs]): its top n and, for raw
 // logprobs, the chosen token's; returns the chosen token's logprob.
 template <typename T>
-float logprob_stage_row(const SampleParams& p, int64_t row_index, const RowRace& r, const T* row, RowNorm norm,
-                        const RowResult& res) {
+SF_HOST_INLINE float logprob_stage_body(const SampleParams& p, int64_t row_index, const RowRace& race, const T* row,
+                                        RowNorm norm, const RowResult& res) {
+  const RowRace r = logprob_race(p, race);
   float logprob = res.logprob;
+  float v[kGroup];
+  const int64_t groups = ceil_div(p.vocab, kGroup);
   if (p.raw_logprobs) {
     RacePartial raw = empty_partial();
-    float v[kGroup];
-    for (int64_t g = 0; g < ceil_div(p.vocab, kGroup); ++g) {
-      for (int k = 0; k < kGroup; ++k) v[k] = g * kGroup + k < p.vocab ? raw_value(float(row[g * kGroup + k])) : -kInf;
+    for (int64_t g = 0; g < groups; ++g) {
+      load_group_scalar(row, p.vocab, g, false, r, v);
       raw_group_mass(raw, v, int32_t(g * kGroup));
     }
     norm = norm_of(raw);
-    logprob = res.valid ? token_logprob(raw_value(float(row[res.token])), res.token, norm) : -kInf;
+    logprob = res.valid ? token_logprob(load_value(row, res.token, false, r), res.token, norm) : -kInf;
   }
   if (p.top_n > 0) {
+    // A group whose best logprob cannot enter the full list is skipped whole: the logprob
+    // grows with the value except in +inf and point-mass rows, which rank every token.
+    const bool monotone = norm.infs.count == 0 && norm.point < 0;
     TopList top = empty_top(p.top_n);
-    for (int64_t i = 0; i < p.vocab; ++i) {
-      const float y = p.raw_logprobs ? raw_value(float(row[i])) : load_value(row, i, false, r);
-      top_insert(top, top_entry(y, i, norm));
+    for (int64_t g = 0; g < groups; ++g) {
+      load_group_scalar(row, p.vocab, g, false, r, v);
+      if (monotone && top.size == top.n) {
+        float scratch[kGroup];
+        for (int k = 0; k < kGroup; ++k) scratch[k] = v[k];
+        const TopEntry best{order_key(token_logprob(tree_max(scratch), g * kGroup, norm)), int32_t(g * kGroup)};
+        if (!ranks_before(best, top.e[top.n - 1])) continue;  // no token of the group ranks before the last
+      }
+      const int n = group_size(p.vocab, g);
+      for (int k = 0; k < n; ++k) top_insert(top, top_entry(v[k], g * kGroup + k, norm));
     }
     for (int j = 0; j < p.top_n; ++j) {
       p.top_ids[row_index * p.top_n + j] = top.e[j].index;
@@ -154,6 +166,25 @@ float logprob_stage_row(const SampleParams& p, int64_t row_index, const RowRace&
     }
   }
   return logprob;
+}
+
+#if defined(__x86_64__)
+template <typename T>
+__attribute__((target("avx2,fma"))) float logprob_stage_avx2(const SampleParams& p, int64_t row_index,
+                                                              const RowRace& race, const T* row, RowNorm norm,
+                                                              const RowResult& res) {
+  return logprob_stage_body(p, row_index, race, row, norm, res);
+}
+#endif
+
+// The logprob stage of a row (its exps want fma in one instruction: the AVX2+FMA variant).
+template <typename T>
+float logprob_stage_row(const SampleParams& p, int64_t row_index, const RowRace& race, const T* row, RowNorm norm,
+                        const RowResult& res) {
+#if defined(__x86_64__)
+  if (cpu_has_avx2_fma()) return logprob_stage_avx2(p, row_index, race, row, norm, res);
+#endif
+  return logprob_stage_body(p, row_index, race, row, norm, res);
 }
 
 template <typename T, bool kProbs>
@@ -173,6 +204,33 @@ void finish(const SampleParams& p, int64_t row_index, const RowRace& r, const T*
   store_result(p, row_index, res.token, res.logprob, res.valid);
 }
 
+// A row's race values into y[0, vocab): whole groups in place (processing vectorises by
+// group), the tail token by token. (No staging copy: a memcpy from the pool's threads into a
+// torch tensor is a false race to ThreadSanitizer, which cannot see libgomp's barriers.)
+template <typename T>
+SF_HOST_INLINE void load_row_body(const T* row, int64_t vocab, const RowRace& r, float* y) {
+  const int64_t full = vocab / kGroup;
+  for (int64_t g = 0; g < full; ++g)
+    load_group_scalar(row, vocab, g, false, r, *reinterpret_cast<float(*)[kGroup]>(y + g * kGroup));
+  for (int64_t i = full * kGroup; i < vocab; ++i) y[i] = load_value(row, i, false, r);
+}
+
+#if defined(__x86_64__)
+// The mask's per-lane selects become blends (the portable build branches on each bit).
+template <typename T>
+__attribute__((target("avx2,fma"))) void load_row_avx2(const T* row, int64_t vocab, const RowRace& r, float* y) {
+  load_row_body(row, vocab, r, y);
+}
+#endif
+
+template <typename T>
+void load_row(const T* row, int64_t vocab, const RowRace& r, float* y) {
+#if defined(__x86_64__)
+  if (cpu_has_avx2_fma()) return load_row_avx2(row, vocab, r, y);
+#endif
+  load_row_body(row, vocab, r, y);
+}
+
 // The warpers' kept set of every row (keep_all for greedy and unwarped rows).
 template <typename T>
 std::vector<RowKeep> row_thresholds(const SampleParams& p) {
@@ -187,7 +245,7 @@ std::vector<RowKeep> row_thresholds(const SampleParams& p) {
       const RowRace r = row_race(p, row);
       const Warpers w = row_warpers(p, row);
       if (r.greedy || !any_warper(w)) continue;
-      for (int64_t i = 0; i < p.vocab; ++i) y[size_t(i)] = load_value(input + row * p.row_stride, i, false, r);
+      load_row(input + row * p.row_stride, p.vocab, r, y.data());
       keeps[size_t(row)] = row_keep_cpu(y.data(), p.vocab, w, scratch);
     }
   });
@@ -260,7 +318,7 @@ void warped_rows_into(const SampleParams& p, float* out) {
     for (int64_t row = begin; row < end; ++row) {
       const RowRace r = row_race(p, row);  // temperature 0: inv_temperature 1, nothing scaled
       float* y = out + row * p.vocab;
-      for (int64_t i = 0; i < p.vocab; ++i) y[i] = load_value(input + row * p.row_stride, i, false, r);
+      load_row(input + row * p.row_stride, p.vocab, r, y);
       const Warpers w = row_warpers(p, row);
       if (!any_warper(w)) continue;
       const RowKeep keep = row_keep_cpu(y, p.vocab, w, scratch);

@@ -94,15 +94,7 @@ struct TopArgs {
 };
 
 // How the stage reads row `row`: the race's values, or the raw logits.
-__device__ RowRace stage_race(const SampleParams& p, int64_t row) {
-  RowRace r = row_race(p, row);
-  if (p.raw_logprobs) {
-    r.inv_temperature = 1.0f;
-    r.warped = false;
-    r.proc = no_process();
-  }
-  return r;
-}
+__device__ RowRace stage_race(const SampleParams& p, int64_t row) { return logprob_race(p, row_race(p, row)); }
 
 __device__ const RowNorm& stage_norm(const TopArgs& a, int64_t row) {
   return a.p.raw_logprobs ? a.raw_norms[row] : a.norms[row];

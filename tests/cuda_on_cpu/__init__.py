@@ -28,7 +28,9 @@ def load(variant=None, csrc=None):
     global _module
     if _module is None:
         variant = variant or os.environ.get("SYNCFREE_EMULATION_VARIANT", "plain")
-        path = _build.build(variant, csrc=csrc)
+        # run_variant builds in its own (uninstrumented) process: a sanitized one forking compilers
+        # from a thread pool can deadlock inside ThreadSanitizer's fork handling.
+        path = os.environ.get("SYNCFREE_EMULATION_MODULE") or _build.build(variant, csrc=csrc)
         spec = importlib.util.spec_from_file_location("_cuda_on_cpu", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -68,7 +70,9 @@ def capture(graph):
 
 def run_variant(variant, pytest_args, timeout):
     """Runs pytest in a subprocess over the given variant's build (sanitizer runtime preloaded)."""
-    env = dict(os.environ, SYNCFREE_EMULATION_VARIANT=variant, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, SYNCFREE_EMULATION_VARIANT=variant, PYTHONUNBUFFERED="1",
+               SYNCFREE_EMULATION_MODULE=str(_build.build(variant, csrc=os.environ.get("SYNCFREE_EMULATION_CSRC"),
+                                                          quiet=True)))
     runtime = _build.sanitizer_runtime(variant) if variant != "plain" else None
     if variant != "plain":
         if runtime is None:
@@ -77,6 +81,11 @@ def run_variant(variant, pytest_args, timeout):
         env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_odr_violation=0"
         env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
         env["TSAN_OPTIONS"] = "halt_on_error=1:report_signal_unsafe=0"
+    if variant == "tsan":
+        # ThreadSanitizer cannot see libgomp's barriers: torch's (and the CPU path's) parallel
+        # regions would report races that are not there. The emulated kernels' threads are
+        # fibers on one OS thread either way, and they are what this variant checks.
+        env["OMP_NUM_THREADS"] = "1"
     # --capture=sys: a sanitizer report written to fd 2 as the process dies must reach us.
     # cwd tests/: `python -m` puts the cwd first on sys.path, and the repository root would
     # shadow the installed syncfree with its unbuilt source tree.
