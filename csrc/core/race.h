@@ -119,7 +119,7 @@ struct RowRace {
   bool warped;     // keep is not keep_all()
   RowKeep keep;
   RowStream stream;
-  RowProcess proc;  // mask, bias and penalties (Note [Processing in the pass])
+  RowProcess proc = no_process();  // mask, bias and penalties (Note [Processing in the pass])
 };
 
 // Whether a temperature, as the kernels see it (float32), means greedy: NaN
