@@ -156,11 +156,20 @@ void check_processing(const ProcessArgs& a, const Tensor& input, bool probs) {
     TORCH_CHECK_VALUE(a.bias_values->sizes() == a.bias_tokens->sizes(), "bias_values: expected the shape of "
                       "bias_tokens ", a.bias_tokens->sizes(), ", got ", a.bias_values->sizes());
   }
-  const int64_t entries = (a.output_tokens.has_value() ? a.output_tokens->size(-1) : 0) +
-                          (a.prompt_tokens.has_value() ? a.prompt_tokens->size(-1) : 0) +
-                          (a.bias_tokens.has_value() ? a.bias_tokens->size(-1) : 0);
-  TORCH_CHECK_VALUE(entries <= (int64_t(1) << 24), "output_tokens: at most 2^24 history and bias ids a row, got ",
-                    entries);
+  // The table holds every history and bias id of a row (Note [Processing in the pass]): the cap is on
+  // their sum, so the message names each part that adds to it.
+  const int64_t outputs = a.output_tokens.has_value() ? a.output_tokens->size(-1) : 0;
+  const int64_t prompts = a.prompt_tokens.has_value() ? a.prompt_tokens->size(-1) : 0;
+  const int64_t biases = a.bias_tokens.has_value() ? a.bias_tokens->size(-1) : 0;
+  if (outputs + prompts + biases > (int64_t(1) << 24)) {
+    std::string parts;
+    for (const auto& [name, n] : {std::pair<const char*, int64_t>{"output_tokens", outputs},
+                                  {"prompt_tokens", prompts}, {"bias_tokens", biases}}) {
+      if (n > 0) parts += (parts.empty() ? "" : " + ") + std::string(name) + " " + std::to_string(n);
+    }
+    TORCH_CHECK_VALUE(false, parts, ": at most 2^24 = 16777216 history and bias ids a row in all, got ",
+                      outputs + prompts + biases);
+  }
   if (a.allowed_mask.has_value()) {
     const Tensor& m = *a.allowed_mask;
     const int64_t words = (input.size(-1) + 31) / 32;

@@ -6,7 +6,15 @@
 #include <ATen/core/enum_tag.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/eq.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/gt.h>
+#include <ATen/ops/isnan.h>
+#include <ATen/ops/log.h>
 #include <ATen/ops/log_softmax.h>
+#include <ATen/ops/neg.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/where.h>
 #include <torch/library.h>
 
 namespace syncfree {
@@ -215,7 +223,15 @@ template <Backend B>
 std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS, SYNCFREE_PROCESS_PARAMS) {
   const Tensor warped = warped_logits<B>(logits, SYNCFREE_WARPER_STRUCT, SYNCFREE_PROCESS_STRUCT(0, false));
   if (warped.numel() == 0) return {warped, at::empty_like(warped)};
-  return {warped, at::log_softmax(warped, -1)};
+  // syncfree.sample's rules where log_softmax has none (README "Semantics"): a row with +inf
+  // values gives each of them -log(count) and the rest -inf; a row with nothing left
+  // (log_softmax's NaN) is -inf throughout.
+  const Tensor infs = at::eq(warped, INFINITY);
+  const Tensor count = infs.sum(-1, /*keepdim=*/true);
+  const Tensor minus_inf = at::full({}, -INFINITY, warped.options());
+  Tensor logprobs = at::log_softmax(warped, -1);
+  logprobs = at::where(at::gt(count, 0), at::where(infs, at::neg(at::log(count.to(at::kFloat))), minus_inf), logprobs);
+  return {warped, at::where(at::isnan(logprobs), minus_inf, logprobs)};
 }
 
 #define SYNCFREE_SAMPLE_ARGS                                                                                 \

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 import syncfree
-from reference import reference_keep, scaled_logits
+from reference import is_greedy, reference_keep, scaled_logits
 
 INF, NAN = float("inf"), float("nan")
 ARGUMENTS = ("logits", "probs", "temperature", "top_k", "top_p", "min_p", "typical_p", "seed", "offset",
@@ -37,6 +37,9 @@ PROCESSING = ("repetition_penalty", "frequency_penalty", "presence_penalty", "ou
 # (a narrower spread is below float64's resolution of the probabilities, while the float32
 # logits still differ: README "Warpers").
 TINY_T = 1e-30
+# Around the greedy threshold (README "API"): the smallest subnormal, the largest subnormal, FLT_MIN
+# (the smallest temperature that samples) and a value whose scaling overflows ordinary logits.
+TINY_TEMPERATURES = [2.0 ** -149, 2.0 ** -126 - 2.0 ** -149, 2.0 ** -126, 1.2e-38]
 
 
 def judgeable(y):
@@ -193,10 +196,10 @@ def draw_case(data, emulated=False):
     rows = 1 if b is None else b
     kwargs = {}
     if op != "sample_probs":
-        t = data.draw(st.one_of(st.sampled_from([0.0, 1e-46, 1e-39, 0.3, 1.0, 2.5, 1e30, -1.0, NAN]),
+        t = data.draw(st.one_of(st.sampled_from([0.0, 1e-46, 1e-39, 0.3, 1.0, 2.5, 1e30, -1.0, NAN] + TINY_TEMPERATURES),
                                 st.just("tensor")))
         if t == "tensor":
-            t = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, -1.0, NAN, INF, 1e-45, 0.5, 1.0, 3.0]),
+            t = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, -1.0, NAN, INF, 1e-45, 0.5, 1.0, 3.0] + TINY_TEMPERATURES),
                                                 min_size=rows, max_size=rows)), dtype=torch.float32)
             t = t if b is not None else t[0]
         elif not t >= 0:
@@ -325,7 +328,7 @@ def check(op, x, kwargs, result):
         return
     temps = kwargs.get("temperature", 1.0)
     temps = temps.reshape(-1).tolist() if isinstance(temps, torch.Tensor) else [temps] * rows
-    greedy = [not (float(torch.tensor(t, dtype=torch.float32)) > 0) for t in temps]
+    greedy = [is_greedy(t) for t in temps]
     usable = ~torch.isnan(raw) & (raw != -INF)
     if kwargs.get("logprobs_mode") == "raw" and len(rest) == 2:  # log_softmax of the raw logits
         for r in range(rows):
@@ -415,6 +418,18 @@ def run(batch, examples, emulated):
             again = fn(x, **{k: (torch.full_like(v, -7) if k == "out" else v) for k, v in kwargs.items()})
             first = result[0] if isinstance(result, tuple) else result
             assert torch.equal(first, again[0] if isinstance(again, tuple) else again), "a seeded call did not repeat"
+        if not emulated and op == "sample" and "seed" in kwargs and isinstance(result, tuple) and len(result) > 2:
+            # The same bits, logprobs included, on one thread and on four (README "Random numbers").
+            threads = torch.get_num_threads()
+            try:
+                for n in (1, 4):
+                    torch.set_num_threads(n)
+                    again = fn(x, **{k: (torch.full_like(v, -7) if k == "out" else v) for k, v in kwargs.items()})
+                    for a, c in zip(result, again):
+                        assert torch.equal(a, c) or torch.allclose(a, c, rtol=0, atol=0, equal_nan=True), \
+                            f"{n} threads changed a result: {a} against {c}"
+            finally:
+                torch.set_num_threads(threads)
         if emulated and ("seed" in kwargs or op == "warp"):  # the emulated kernels equal the CPU path (same noise)
             def for_the_cpu(k, v):  # ids CUDA ignores are padding (-1) on the CPU
                 if k == "out":
@@ -624,8 +639,9 @@ def run_verify(batch, examples, emulated):
             if kind != "plain":
                 q[torch.rand(b, n, v, generator=g) < 0.3] = {"nan": NAN, "negative": -1.0, "zeros": 0.0}[kind]
         kwargs = {}
-        t = data.draw(st.sampled_from([0.0, 1e-39, 0.7, 1.0, 50.0, "tensor"]))
-        kwargs["temperature"] = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.3, 1e-39, NAN, INF]),
+        t = data.draw(st.sampled_from([0.0, 1e-39, 0.7, 1.0, 50.0, "tensor"] + TINY_TEMPERATURES))
+        kwargs["temperature"] = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.3, 1e-39, NAN, INF]
+                                                                                 + TINY_TEMPERATURES),
                                                                  min_size=b, max_size=b))) if t == "tensor" else t
         for name, values in (("top_k", [0, 1, 5, 10**6]), ("top_p", [1.0, 0.8]), ("min_p", [0.0, 0.1]),
                              ("typical_p", [1.0, 0.7])):
@@ -678,7 +694,7 @@ def run_verify(batch, examples, emulated):
             raw = target[row, k].double()
             assert not torch.isnan(raw[token]) and raw[token] != -INF, f"a masked token {token} was emitted"
             t_row = temps[row].item()
-            if not t_row > 0:  # greedy: the argmax of the raw logits
+            if is_greedy(t_row):  # greedy: the argmax of the raw logits
                 assert raw.nan_to_num(nan=-INF)[token] == raw.nan_to_num(nan=-INF).max()
                 continue
             warped = syncfree.warp(target[row, k][None], t_row, **warpers)[0][0]

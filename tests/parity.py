@@ -115,10 +115,11 @@ def check_degenerate_rows(target, vocab):
         assert want[0][:3].tolist() == [0, 0, vocab - 200] and want[2][:4].tolist() == [False, False, True, True]
         assert_same(want, target.call(syncfree.sample, x, temperature, seed=1, return_logprobs=True,
                                       return_valid=True))
-    # Every logit / T overflowing to -inf: the raw argmax (split rows too).
-    negative = -torch.rand(3, vocab, generator=torch.Generator().manual_seed(1)) * 4 - 1
+    # Every logit / T overflowing to -inf: the raw argmax (split rows too). 1.2e-38 samples (it is at
+    # least 2^-126), and logits of -5 and below scale past -FLT_MAX.
+    negative = -torch.rand(3, vocab, generator=torch.Generator().manual_seed(1)) * 4 - 5
     negative[1, : vocab // 2] = -float("inf")
-    for temperature in (1e-39, torch.tensor([1e-39, 0.7, 1e-40])):
+    for temperature in (1.2e-38, torch.tensor([1.2e-38, 0.7, 2.0**-126])):
         want = syncfree.sample(negative, temperature, seed=3, return_logprobs=True, return_valid=True)
         assert_same(want, target.call(syncfree.sample, negative, temperature, seed=3, return_logprobs=True,
                                       return_valid=True))
@@ -302,9 +303,9 @@ def check_top_logprob_edges(target, vocab=20000):
     x = torch.randn(6, vocab, generator=g)
     x[1] = 0.5  # flat
     x[2, [vocab - 5, 3]] = float("inf")
-    x[3] = -torch.rand(vocab, generator=g) - 1  # with T = 1e-39 every logit / T is -inf
+    x[3] = -torch.rand(vocab, generator=g) - 5  # with T = 1.2e-38 every logit / T is -inf
     x[4] = -float("inf")
-    temps = torch.tensor([0.8, 1.0, 1.0, 1e-39, 1.0, 0.0])
+    temps = torch.tensor([0.8, 1.0, 1.0, 1.2e-38, 1.0, 0.0])
     for mode in ("processed", "raw"):
         for top_k in (3, 0):
             kwargs = dict(seed=torch.arange(6), return_logprobs=True, return_valid=True, return_top_logprobs=20,
@@ -314,3 +315,36 @@ def check_top_logprob_edges(target, vocab=20000):
     kwargs = dict(seed=5, repetition_penalty=1.3, frequency_penalty=0.5, output_tokens=torch.tensor([[1, 2, 3]] * 6),
                   return_top_logprobs=4)
     assert_same(syncfree.sample(x, 0.9, **kwargs), target.call(syncfree.sample, x, 0.9, **kwargs))
+
+
+def check_limits(target, vocab=3000):
+    """The rules at the limits (README "API", "Semantics", "Processing"): temperatures around the
+    greedy threshold 2^-126, scalar and per row, with warpers and top-n; a row the mask empties and a
+    +inf row, in both logprob modes; +inf positions in verify_draft; warp's logprobs of +inf and
+    empty rows."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, vocab, generator=g)
+    x[1, [7, vocab - 3]] = float("inf")
+    x[4, ::5] = -float("inf")
+    temps = torch.tensor([2.0**-149, 1e-39, 2.0**-126 - 2.0**-149, 2.0**-126, 0.7, 1e-39])
+    mask = torch.full((6, (vocab + 31) // 32), -1, dtype=torch.int32)
+    mask[5] = 0  # the mask empties row 5
+    for mode in ("processed", "raw"):
+        for t in (temps, 1e-39):
+            kwargs = dict(seed=torch.arange(6), return_logprobs=True, return_valid=True, return_top_logprobs=5,
+                          logprobs_mode=mode, top_k=7, allowed_mask=mask)
+            assert_same(syncfree.sample(x, t, **kwargs), target.call(syncfree.sample, x, t, **kwargs),
+                        f"limits {mode} {t}")
+    rows = torch.stack([x[1], torch.full((vocab,), -float("inf")), x[0]])
+    want = syncfree.warp(rows, 0.8)
+    got = target.call(syncfree.warp, rows, 0.8)
+    assert torch.equal(want[0], got[0]) and torch.allclose(want[1], got[1], atol=1e-5), "warp at the limits"
+    # verify_draft: +inf positions (accepted and stopping), sampled and greedy rows.
+    target_logits = torch.randn(3, 3, vocab, generator=g)
+    target_logits[:, 0, [3, 9]] = float("inf")
+    target_logits[:, 1, [4, 5, 6]] = float("inf")
+    drafts = torch.tensor([[3, 4], [3, 5], [9, 4]])
+    for t in (1.0, torch.tensor([0.0, 1e-39, 0.9])):
+        kwargs = dict(seed=torch.arange(3), offset=torch.arange(3), return_logprobs=True, return_valid=True)
+        assert_same(syncfree.verify_draft(target_logits, drafts, None, t, **kwargs),
+                    target.call(syncfree.verify_draft, target_logits, drafts, None, t, **kwargs), f"verify +inf {t}")

@@ -48,11 +48,20 @@ def z_score(count, n, p):
     return (count - n * p) / np.sqrt(n * p * (1 - p))
 
 
+# README "API": a temperature below FLT_MIN = 2^-126 in float32 (0, subnormal, negative, NaN) is greedy.
+MIN_TEMPERATURE = 2.0 ** -126
+
+
+def is_greedy(temperature):
+    """Whether a temperature (a number) means greedy, judged on its float32 value as the kernels see it."""
+    return not float(torch.tensor(float(temperature), dtype=torch.float32)) >= MIN_TEMPERATURE
+
+
 def scaled_logits(logits, temperature):
-    """y = logits * (1/T) in float32 exactly as syncfree computes it (T = 0 scales nothing); NaN -> -inf."""
+    """y = logits * (1/T) in float32 exactly as syncfree computes it (greedy T scales nothing); NaN -> -inf."""
     x = logits.float()
     t = torch.as_tensor(temperature, dtype=torch.float32)
-    inv = torch.where(t > 0, 1.0 / t, torch.ones_like(t))
+    inv = torch.where(t >= MIN_TEMPERATURE, 1.0 / t, torch.ones_like(t))
     if inv.dim() == 1:
         inv = inv[:, None]
     y = x * inv
@@ -170,7 +179,7 @@ def process_reference(logits, *, repetition_penalty=1.0, frequency_penalty=0.0, 
 def warp_reference(processed, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, greedy_warps=True):
     """(processed / T with the warpers' removed tokens at -inf, smallest decision margin), float64.
 
-    T = 0 scales nothing; greedy rows are warped as syncfree.warp does (greedy_warps) or left
+    A greedy T scales nothing; greedy rows are warped as syncfree.warp does (greedy_warps) or left
     whole, as the sampler's greedy rows are (greedy_warps=False)."""
     b = processed.shape[0]
     temps = _per_row(temperature, b)
@@ -179,8 +188,9 @@ def warp_reference(processed, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, ty
     out = torch.empty_like(processed)
     margin = math.inf
     for i in range(b):
-        y = processed[i] / temps[i] if temps[i] > 0 else processed[i].clone()
-        if temps[i] > 0 or greedy_warps:
+        sampled = not is_greedy(temps[i])
+        y = processed[i] / temps[i] if sampled else processed[i].clone()
+        if sampled or greedy_warps:
             keep, m = reference_keep(y.float(), ks[i], ps[i], mins[i], typs[i])
             y = torch.where(keep, y, torch.full_like(y, -math.inf))
             margin = min(margin, m)

@@ -53,6 +53,11 @@ def test_split_rows_reuse_their_ticket_counters():
 @pytest.mark.parametrize("vocab", [300, 128256])  # one block a row, and rows split over blocks
 def test_edge_cases_on_cuda(vocab):
     parity.check_degenerate_rows(CUDA, vocab)
+
+
+@requires_cuda
+def test_the_rules_at_the_limits_on_cuda():
+    parity.check_limits(CUDA)
     assert syncfree.sample(torch.randn(0, 5, device="cuda")).shape == (0,)
     assert syncfree.sample(torch.randn(9, device="cuda"), 0.0).shape == ()
 

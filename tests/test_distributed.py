@@ -44,9 +44,11 @@ def cases():
     # A float64 temperature that is 0 in float32: greedy, as the kernels decide it (a fuzzing find).
     out.append(("tiny temperature", z, dict(temperature=1e-46, seed=3)))
     # logit / T overflows to -inf for every token: the argmax (Note [Logits past the temperature's range]).
-    neg = -torch.rand(4, 100, generator=g) * 5 - 1
+    neg = -torch.rand(4, 100, generator=g) * 5 - 5
     neg[1, :60] = -INF
-    out.append(("overflowing temperature", neg, dict(temperature=torch.tensor([1e-39, 1e-39, 0.5, 1e-39]), seed=2)))
+    out.append(("overflowing temperature", neg, dict(temperature=torch.tensor([1.2e-38, 1.2e-38, 0.5, 2.0**-126]),
+                                                     seed=2)))
+    out.append(("subnormal temperature", neg, dict(temperature=torch.tensor([1e-39, 2.0**-149, 0.5, 1e-45]), seed=2)))
     w = torch.randn(8, 2000, generator=g) * 3
     w[:, ::31] = -INF
     w[2, 17] = INF

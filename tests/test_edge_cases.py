@@ -208,7 +208,7 @@ def test_a_winning_group_with_no_winner_answers_an_in_range_token():
     assert torch.equal(tokens[2:], syncfree.sample(x, seed=3)[2:])
 
 
-def test_a_temperature_that_is_zero_in_float32_is_greedy():
+def test_a_temperature_that_is_zero_in_float32_is_greedy():  # (and any below 2^-126: tests/test_limits.py)
     x = torch.randn(3, 50)
     g = torch.Generator().manual_seed(1)
     state = g.get_state()
@@ -245,15 +245,16 @@ def test_importing_the_unbuilt_source_tree_says_so():
 def test_a_row_that_a_tiny_temperature_scales_to_minus_infinity_answers_its_argmax():
     """Note [Logits past the temperature's range]: the T -> 0 limit, valid, logprob 0 (a fuzzing find:
     once a masked token 0 with valid False)."""
-    tokens, logprobs, valid = syncfree.sample(torch.tensor([[-INF, -3.0, -5.0]]), 1e-39, seed=1,
+    # 1.2e-38 samples (it is above 2^-126), and a logit of -5 or below over it passes -FLT_MAX.
+    tokens, logprobs, valid = syncfree.sample(torch.tensor([[-INF, -5.0, -7.0]]), 1.2e-38, seed=1,
                                               return_logprobs=True, return_valid=True)
     assert tokens.tolist() == [1] and valid.all() and logprobs.tolist() == [0.0]
-    x = -torch.rand(5, 3000) * 4 - 1
+    x = -torch.rand(5, 3000) * 4 - 5
     x[2] = -INF
     x[3, 100:] = NAN
     x[4, 10] = x[4].max() + 0.5  # and ties: the lowest index
     x[4, 20] = x[4, 10]
-    temps = torch.tensor([1e-39, 1e-40, 1e-39, 1e-39, 1e-39])
+    temps = torch.tensor([1.2e-38, 2.0**-126, 1.2e-38, 1.2e-38, 1.2e-38])
     tokens, valid = syncfree.sample(x, temps, seed=torch.arange(5), return_valid=True, top_k=5, top_p=0.5)
     want = torch.where(torch.isnan(x), -INF, x).argmax(-1)
     assert tokens.tolist() == [want[0], want[1], 0, want[3], 10] and valid.tolist() == [True, True, False, True, True]

@@ -120,6 +120,10 @@ def test_degenerate_and_infinite_rows(target, vocab):
     parity.check_degenerate_rows(target, vocab)
 
 
+def test_the_rules_at_the_limits(target):
+    parity.check_limits(target)
+
+
 @pytest.mark.parametrize("shape", cases([(4, 17), (3, 1000), (1, 16400), (2, 131072)], [(1, 16400)]), ids=shape_id)
 def test_sample_probs(target, shape):
     parity.check_sample_probs(target, shape)
@@ -271,7 +275,7 @@ def shard_cases():
     """(name, logits, shard bounds, kwargs) for syncfree.distributed's steps."""
     x = make(3, 4096, torch.bfloat16)
     x[0, 7] = float("inf")
-    negative = -torch.rand(2, 1000, generator=torch.Generator().manual_seed(1)) * 4 - 1
+    negative = -torch.rand(2, 1000, generator=torch.Generator().manual_seed(1)) * 4 - 5
     per_row = dict(temperature=torch.tensor([0.9, 0.0, 1.4]), seed=torch.tensor([5, 6, 7]),
                    top_k=torch.tensor([40, 3, 0]), top_p=torch.tensor([0.9, 1.0, 0.6]),
                    min_p=torch.tensor([0.0, 0.2, 0.05]), typical_p=torch.tensor([0.95, 1.0, 0.5]))
@@ -279,7 +283,7 @@ def shard_cases():
     bounds = [(0, 1000), (1000, 1001), (1001, 1010), (1010, 4096)]
     out = [("race", x, bounds, dict(temperature=0.9, seed=torch.arange(3) + 11)),
            # Every shard scaled to -inf: the raw argmax (Note [Logits past the temperature's range]).
-           ("overflowing temperature", negative, [(0, 500), (500, 1000)], dict(temperature=1e-39, seed=2)),
+           ("overflowing temperature", negative, [(0, 500), (500, 1000)], dict(temperature=1.2e-38, seed=2)),
            ("per-row warpers", x, bounds, per_row),
            ("generator", x, [(0, 2000), (2000, 4096)], dict(temperature=0.8, top_p=0.9, generator_seed=4))]
     if not QUICK:  # one row split over blocks by the 132-SM plan, on each shard

@@ -7,7 +7,10 @@
 // distribution (token_logprob: "processed", the one the token was sampled
 // from, or "raw", log_softmax of the unprocessed logits), highest first, ties
 // to the lower id. Every token ranks, masked ones at -inf, so the n ids are
-// always in [0, V) even where fewer than n tokens have mass. The rank is a
+// always in [0, V) even where fewer than n tokens have mass. A degenerate
+// row (nothing left after processing, valid False) has no distribution in
+// either mode: its chosen and top-n logprobs are all -inf, ids 0..n-1, the
+// raw mode's normaliser replaced by empty_norm(). The rank is a
 // pure function of (logprob, id), so any selection order (the CPU's insertion
 // list, the CUDA radix passes) finds the same ids; the logprobs themselves
 // carry the row normaliser's float rounding.
@@ -67,6 +70,9 @@ SF_HD void raw_group_mass(RacePartial& acc, float (&v)[kGroup], int32_t first) {
 }
 
 SF_HD RowNorm norm_of(const RacePartial& acc) { return {acc.mass, acc.infs, -1}; }
+
+// Whether a row's processed norm leaves it any token (else it is degenerate).
+SF_HD bool has_distribution(const RowNorm& n) { return n.infs.count > 0 || n.point >= 0 || n.mass.max != -kInf; }
 
 // The best n entries seen so far, best first (the CPU's selection).
 struct TopList {

@@ -20,8 +20,9 @@
 //   - +inf logits (or logit/T overflowing to +inf) win over finite ones; among
 //     several, the lowest index wins.
 //   - A row with no unmasked token is degenerate: token 0, valid = false.
-//   - Temperature 0 (or a per-row value that is NaN or negative) is greedy:
-//     argmax of the logits, lowest index on ties, logprob from softmax(logits).
+//   - A temperature below 2^-126 (0, subnormal, negative or NaN) is greedy
+//     (Note [Greedy temperatures]): argmax of the logits, lowest index on
+//     ties, logprob from softmax(logits).
 //   - Ties between keys go to the lower index.
 #pragma once
 
@@ -122,17 +123,26 @@ struct RowRace {
   RowProcess proc = no_process();  // mask, bias and penalties (Note [Processing in the pass])
 };
 
-// Whether a temperature, as the kernels see it (float32), means greedy: NaN
-// or <= 0 (a float64 value that rounds to 0 included). The one definition;
-// the op files ask it too.
-SF_HD bool is_greedy_temperature(float t) { return !(t > 0.0f); }
+// Note [Greedy temperatures]
+// --------------------------
+// A row is greedy when its temperature, as the kernels see it (float32), is
+// below FLT_MIN = 2^-126, the smallest normal float: 0, a subnormal, a
+// negative value or NaN (a float64 value that rounds to one of these
+// included). Every temperature from 2^-126 up samples softmax(logits / T)
+// with y = logit * (1 / T): 1 / T is then at most 2^126, finite, so no row
+// ever scales by anything but its own reciprocal (below 1 / FLT_MAX ~ 2.9e-39
+// the reciprocal would overflow, and a GPU flushing subnormals reads them as
+// 0 anyway). The one definition: the op files, the shards and verify_draft
+// ask it too.
+constexpr float kMinTemperature = 0x1p-126f;
 
-// Temperature clamp for per-row values (README "Bad input"): greedy as above,
-// +inf samples uniformly among the unmasked tokens.
+SF_HD bool is_greedy_temperature(float t) { return !(t >= kMinTemperature); }
+
+// Temperature for per-row values (README "Bad input"): greedy as above, +inf
+// samples uniformly among the unmasked tokens.
 SF_HD void set_temperature(RowRace& r, float t) {
   r.greedy = is_greedy_temperature(t);
-  const float inv = t == kInf ? 0.0f : 1.0f / t;
-  r.inv_temperature = r.greedy ? 1.0f : (inv > 3.40282347e38f ? 3.40282347e38f : inv);
+  r.inv_temperature = r.greedy ? 1.0f : t == kInf ? 0.0f : 1.0f / t;
 }
 
 // y = logit / T, with masked tokens (NaN, -inf) at -inf and +inf kept +inf.
@@ -277,7 +287,7 @@ SF_HD float chosen_logprob(float y, const LogSumExp& mass) {
 // Note [Logits past the temperature's range]
 // -------------------------------------------
 // A tiny temperature can scale every unmasked logit of a row to -inf (logit / T
-// overflows float32, e.g. T = 1e-39). softmax(logits / T) tends to the argmax
+// overflows float32, e.g. logit -5 at T = 1e-38). softmax(logits / T) tends to the argmax
 // as T -> 0, so such a row, degenerate after scaling but with unmasked logits,
 // answers the argmax of its raw logits (the lowest index among ties), valid,
 // with logprob 0 (the limit's whole mass). Only rows with inv_temperature > 1

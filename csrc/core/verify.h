@@ -30,7 +30,11 @@
 //   A position with no unmasked logit: the row stops there with token 0,
 //        logprob -inf, valid false.
 // Logprobs are log p_j of the emitted tokens, from the same integers (greedy
-// rows: log_softmax of the raw logits, as syncfree.sample gives them).
+// rows: log_softmax of the raw logits, as syncfree.sample gives them). A point
+// mass reports what syncfree.sample reports for the same row: -log(count) for
+// a row of count +inf logits (the softmax limit, where they share the mass
+// evenly, although the first one is always the token), 0 for the overflow
+// argmax (Note [Logits past the temperature's range]).
 #pragma once
 
 #include "params.h"
@@ -69,7 +73,11 @@ struct TargetMass {
   uint64_t total;  // W; 0: no kept token (degenerate)
   int shift;       // fixed_mass's scale
   int32_t first_inf;  // the first +inf token, or kNoIndex
+  int32_t infs;       // how many +inf tokens
 };
+
+// log p_j reported for a point mass's token (See the note).
+SF_HD float point_logprob(const TargetMass& t) { return t.infs > 0 ? -log_positive(float(t.infs)) : 0.0f; }
 
 // p_j(i) from token i's fixed-point mass: w_i * (1 / W), one rounding of
 // the reciprocal and one of the product, the same on both paths.
@@ -86,7 +94,7 @@ SF_HD double target_probability(const TargetMass& t, float y) {
 
 // log p_j(i) of a kept token with scaled logit y.
 SF_HD float target_logprob(const TargetMass& t, float y) {
-  if (t.first_inf != kNoIndex) return 0.0f;
+  if (t.first_inf != kNoIndex) return point_logprob(t);
   const float sum = float(t.total) * bits_float(uint32_t(127 - t.shift) << 23);  // W / 2^shift
   return chosen_logprob(y, {t.m, sum});
 }

@@ -141,8 +141,8 @@ SF_HOST_INLINE float logprob_stage_body(const SampleParams& p, int64_t row_index
       load_group_scalar(row, p.vocab, g, false, r, v);
       raw_group_mass(raw, v, int32_t(g * kGroup));
     }
-    norm = norm_of(raw);
-    logprob = res.valid ? token_logprob(load_value(row, res.token, false, r), res.token, norm) : -kInf;
+    norm = res.valid ? norm_of(raw) : empty_norm();  // a degenerate row has no logprobs (Note [Top-n logprobs])
+    logprob = token_logprob(load_value(row, res.token, false, r), res.token, norm);
   }
   if (p.top_n > 0) {
     // A group whose best logprob cannot enter the full list is skipped whole: the logprob
@@ -273,9 +273,9 @@ void resolve_rows(const SampleParams& p) {
 template <typename T, bool kProbs>
 void sample_rows(const SampleParams& p) {
   if (p.shard.resolve_groups != nullptr) return resolve_rows<T, kProbs>(p);
-  const int64_t threads = at::get_num_threads();
-  const int64_t wanted = p.rows >= threads ? 1 : ceil_div(threads, p.rows);
-  const RowSplit split = split_row(p.vocab, wanted, kCpuMinChunk);
+  // Chunks of a fixed size, whatever the thread count and the batch: the row's masses merge in
+  // one order, so its logprobs are the same bits on any machine (README "Random numbers").
+  const RowSplit split = split_row(p.vocab, ceil_div(p.vocab, kCpuMinChunk), kCpuMinChunk);
   const int64_t tasks = p.rows * split.splits;
   std::vector<RacePartial> partials(size_t(tasks), empty_partial());
   const T* input = static_cast<const T*>(p.input);

@@ -23,13 +23,17 @@ struct Scratch {
 // The law of one position over its race values y (scaled, warped); its
 // masses stay in s.masses.
 SF_HOST_INLINE TargetMass target_mass(const float* y, int64_t vocab, Scratch& s) {
-  TargetMass t{-kInf, 0u, mass_shift(vocab), kNoIndex};
+  TargetMass t{-kInf, 0u, mass_shift(vocab), kNoIndex, 0};
   float m = -kInf;  // y is never NaN: the max vectorises exactly
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < vocab; ++i) m = y[i] > m ? y[i] : m;
   if (m == kInf) {
-    for (int64_t i = 0; i < vocab && t.first_inf == kNoIndex; ++i)
-      if (y[i] == kInf) t.first_inf = int32_t(i);
+    for (int64_t i = vocab - 1; i >= 0; --i) {
+      if (y[i] == kInf) {
+        t.first_inf = int32_t(i);
+        t.infs += 1;
+      }
+    }
   }
   t.m = m + 0.0f;
   if (t.first_inf != kNoIndex || m == -kInf) return t;
@@ -106,12 +110,12 @@ SF_HOST_INLINE void verify_row_body(const VerifyParams& v, int64_t b, Scratch& s
                                                           : target_probability(t, y[draft]);
     if (drafted && accepts(accept_uniform(r.stream), q, pd)) {
       tokens[j] = draft;
-      if (logprobs != nullptr) logprobs[j] = point != kNoIndex ? 0.0f : target_logprob(t, y[draft]);
+      if (logprobs != nullptr) logprobs[j] = point != kNoIndex ? point_logprob(t) : target_logprob(t, y[draft]);
       ++accepted;
       continue;
     }
     if (point != kNoIndex) {
-      stop = {point, 0.0f, true};
+      stop = {point, point_logprob(t), true};
       break;
     }
     // The stop token: the bonus (p), or the residual max(0, p - q).

@@ -143,7 +143,8 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_top_pass_kernel(TopAr
       acc.infs = {__ldcg(&src->infs.first), __ldcg(&src->infs.count)};
     }
     acc = block_merge<kSelectThreads>(acc);
-    if (t == 0) a.raw_norms[row] = norm_of(acc);
+    // A degenerate row has no logprobs in raw mode either (Note [Top-n logprobs]).
+    if (t == 0) a.raw_norms[row] = has_distribution(a.norms[row]) ? norm_of(acc) : empty_norm();
     return;
   }
 

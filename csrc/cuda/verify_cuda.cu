@@ -51,7 +51,7 @@ __device__ __forceinline__ float position_value(const T* x, int64_t i, const Row
 template <typename T>
 __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(VerifyArgs a) {
   __shared__ SelectShared sh;
-  __shared__ int first_inf;
+  __shared__ int first_inf, inf_count;
   const int64_t row = blockIdx.x;
   const VerifyParams& v = a.v;
   SampleParams p = v.target;
@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
   const bool drafted = j < v.n;
   const int64_t draft = drafted ? v.draft_ids[b * v.draft_ids_stride + j] : -1;
   const bool in_vocab = draft >= 0 && draft < vocab;
-  PositionLaw out{{-kInf, 0u, mass_shift(vocab), kNoIndex}, kNoIndex, false, false, 0.0f};
+  PositionLaw out{{-kInf, 0u, mass_shift(vocab), kNoIndex, 0}, kNoIndex, false, false, 0.0f};
 
   if (r.greedy) {  // the argmax of the raw logits and its logprob, as syncfree.sample's greedy rows
     RowRace greedy = r;
@@ -87,15 +87,24 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
   }
 
   float top = -kInf;
-  if (threadIdx.x == 0) first_inf = kNoIndex;
+  int infs = 0;
+  if (threadIdx.x == 0) {
+    first_inf = kNoIndex;
+    inf_count = 0;
+  }
   __syncthreads();
   for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
     const float y = position_value(x, i, r);
     top = y > top ? y : top;
-    if (y == kInf) atomicMin(&first_inf, int(i));
+    if (y == kInf) {
+      if (infs == 0) atomicMin(&first_inf, int(i));  // a thread's first is its lowest
+      ++infs;
+    }
   }
-  out.law.m = block_max(top, sh);  // an order-key max: +0 for -0, as the CPU's
+  if (infs > 0) atomicAdd(&inf_count, infs);
+  out.law.m = block_max(top, sh);  // an order-key max: +0 for -0, as the CPU's (its barriers order the atomics)
   out.law.first_inf = first_inf;
+  out.law.infs = inf_count;
   if (out.law.first_inf == kNoIndex && out.law.m != -kInf) {
     uint64_t local = 0u;
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
@@ -118,7 +127,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
   const double pd = !in_vocab ? 0.0 : out.point != kNoIndex ? (draft == out.point ? 1.0 : 0.0)
                                                             : target_probability(out.law, y);
   out.accepted = accepts(accept_uniform(r.stream), q, pd);
-  out.logprob = out.point != kNoIndex ? 0.0f : out.accepted ? target_logprob(out.law, y) : 0.0f;
+  out.logprob = out.point != kNoIndex ? point_logprob(out.law) : out.accepted ? target_logprob(out.law, y) : 0.0f;
   a.laws[row] = out;
 }
 
@@ -191,7 +200,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_finish_kernel(Verify
     valid = false;
   } else if (law.point != kNoIndex) {
     token = law.point;
-    logprob = r.greedy ? law.logprob : 0.0f;
+    logprob = r.greedy ? law.logprob : point_logprob(law.law);
   } else {
     const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
     const bool in_vocab = draft >= 0 && draft < p.vocab;
