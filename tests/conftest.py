@@ -1,6 +1,9 @@
+import os
+
 import pytest
 import torch
 
+import cuda_on_cpu
 import syncfree  # noqa: F401
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -31,3 +34,15 @@ def _restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
+def pytest_collection_modifyitems(config, items):
+    """The emulated tests run last, and tests/cuda_on_cpu builds their module in the background
+    meanwhile, on the cores the CPU tests leave idle (README "Tests")."""
+    emulated = [item for item in items if item.get_closest_marker("emulated")]
+    if not emulated:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("emulated")] + emulated
+    if not config.option.collectonly and not os.environ.get("SYNCFREE_EMULATION_MODULE"):
+        cuda_on_cpu.build_in_background()

@@ -5,6 +5,8 @@ passes or always fails. Significance level for the goodness-of-fit tests:
 alpha = 1e-3. Sample sizes are chosen for the error each test must catch:
 N = 1.1M draws give a per-token z-test power > 0.9 at |z| > 3.9 against a 5%
 relative error in a 1%-probability token (0.05 * sqrt(N * 0.01 / 0.99) = 5.2).
+The tests that draw hundreds of thousands of samples or more are the `slow` tier (README "Tests"):
+`pytest tests -m slow`.
 """
 import math
 
@@ -37,6 +39,7 @@ def distributions():
     return {"flat": flat, "peaked": peaked, "zipf": zipf, "masked": masked, "one_percent": one_percent}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["flat", "peaked", "zipf", "masked", "one_percent"])
 def test_goodness_of_fit(name):
     row = distributions()[name]
@@ -48,6 +51,7 @@ def test_goodness_of_fit(name):
         assert abs(z_score(count, N, 0.01)) < 3.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_goodness_of_fit_other_dtypes(dtype):
     row = distributions()["peaked"].to(dtype)
@@ -55,6 +59,7 @@ def test_goodness_of_fit_other_dtypes(dtype):
     assert chi_square_pvalue(tokens, softmax_law(row.float())) > ALPHA
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.3, 0.7, 1.6, 5.0])
 def test_temperature_scaling(temperature):
     row = distributions()["peaked"] / 3
@@ -62,6 +67,7 @@ def test_temperature_scaling(temperature):
     assert chi_square_pvalue(tokens, softmax_law(row, temperature)) > ALPHA
 
 
+@pytest.mark.slow
 def test_per_row_temperature_tensor():
     row = distributions()["peaked"] / 3
     n = N // 2
@@ -71,6 +77,7 @@ def test_per_row_temperature_tensor():
         assert chi_square_pvalue(tokens[k::2], softmax_law(row, t)) > ALPHA
 
 
+@pytest.mark.slow
 def test_infinite_temperature_is_uniform_over_unmasked():
     row = distributions()["masked"]
     tokens = draw(row, N // 4, seed=15, temperature=float("inf"))
@@ -78,6 +85,7 @@ def test_infinite_temperature_is_uniform_over_unmasked():
     assert chi_square_pvalue(tokens, law / law.sum()) > ALPHA
 
 
+@pytest.mark.slow
 def test_sample_probs_law():
     g = torch.Generator().manual_seed(5)
     weights = torch.rand(120, generator=g) ** 3 * 7  # unnormalised
@@ -86,6 +94,7 @@ def test_sample_probs_law():
     assert chi_square_pvalue(tokens, weights_law(weights)) > ALPHA
 
 
+@pytest.mark.slow
 def test_tail_mass_at_two_to_minus_twenty():
     """Tokens of relative probability 2^-20 keep their mass (fp32 exponential_ noise loses
     tokens below 2^-24; a noise floor at 2^-20 or worse fails this).
@@ -107,6 +116,7 @@ def test_tail_mass_at_two_to_minus_twenty():
     assert ((tokens >= 1) & (tokens < 16)).sum().item() > 0
 
 
+@pytest.mark.slow
 def test_masked_tokens_never_sampled():
     """2M draws each from logits with -inf/NaN and from weights with zeros/NaN/negatives."""
     row = torch.randn(64, generator=torch.Generator().manual_seed(3))

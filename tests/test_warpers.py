@@ -101,6 +101,7 @@ def test_out_of_range_values_in_row_tensors_are_clamped():
     assert kept[3] == 5
 
 
+@pytest.mark.slow
 def test_sampled_law_is_the_renormalised_law():
     """1M draws; chi-square at alpha 1e-3 against softmax over the survivors."""
     row = rows("zipf", 1, 300, seed=6)[0]
@@ -138,6 +139,11 @@ def test_greedy_rows_ignore_warpers_and_masked_never_sampled():
     tokens = syncfree.sample(x, temps, top_k=10, top_p=0.9, typical_p=0.9, seed=12)
     assert torch.equal(tokens[::4], x[::4].nan_to_num(-INF).argmax(-1))
     assert torch.isfinite(x.gather(1, tokens[:, None])).all()
+
+
+@pytest.mark.slow
+def test_removed_tokens_never_sampled_in_a_million_draws():
+    x = rows("masked", 200, 300, seed=11)
     n = 1_000_000
     row = x[1]
     drawn = syncfree.sample(row.expand(n, 300), 0.8, top_k=30, min_p=0.05, seed=13)

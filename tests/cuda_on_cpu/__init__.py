@@ -8,6 +8,7 @@
 The variant is SYNCFREE_EMULATION_VARIANT (plain, asan or tsan; a sanitizer variant
 needs its runtime preloaded: see run_variant). One variant per process.
 """
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -21,12 +22,36 @@ from . import build as _build
 from . import resources as _resources
 
 _module = None
+_background = None
+
+
+def build_in_background():
+    """Starts building the module (and nvcc's resource report) in a subprocess, which load()
+    waits for: pytest starts it at collection when emulated tests are selected (tests/conftest.py),
+    so the build overlaps the CPU tests. Its output goes to build/cuda_on_cpu/background.log; if it
+    fails, load() builds again in the foreground and shows the error."""
+    global _background
+    if _background is not None or _module is not None:
+        return
+    _build.CACHE.mkdir(parents=True, exist_ok=True)
+    code = ("import os, cuda_on_cpu.build as b, cuda_on_cpu.resources as r; "
+            "csrc = os.environ.get('SYNCFREE_EMULATION_CSRC'); "
+            "b.build(os.environ.get('SYNCFREE_EMULATION_VARIANT', 'plain'), csrc=csrc)\n"
+            "with b.cache_lock(): r.report(csrc=csrc)")
+    with open(_build.CACHE / "background.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-c", code], cwd=pathlib.Path(__file__).resolve().parent.parent,
+                                   stdout=log, stderr=subprocess.STDOUT, env=_build.tool_env())
+    atexit.register(lambda: process.poll() is None and process.terminate())  # a run cut short
+    _background = process
 
 
 def load(variant=None, csrc=None):
     """The layer's module, built and imported once per process, with the resource report loaded."""
-    global _module
+    global _module, _background
     if _module is None:
+        if _background is not None:
+            _background.wait()
+            _background = None
         variant = variant or os.environ.get("SYNCFREE_EMULATION_VARIANT", "plain")
         # run_variant builds in its own (uninstrumented) process: a sanitized one forking compilers
         # from a thread pool can deadlock inside ThreadSanitizer's fork handling.
@@ -34,7 +59,8 @@ def load(variant=None, csrc=None):
         spec = importlib.util.spec_from_file_location("_cuda_on_cpu", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        report = _resources.report(csrc=csrc)
+        with _build.cache_lock():
+            report = _resources.report(csrc=csrc)
         if report is not None:
             module.set_kernel_resources(report)
             module.configure(require_resources=True)

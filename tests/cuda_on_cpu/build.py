@@ -10,6 +10,8 @@ touches. Variants: "plain" (-O2), "asan" (AddressSanitizer + UndefinedBehaviorSa
     python tests/cuda_on_cpu/build.py [plain|asan|tsan]     # prints the module's path
 """
 import concurrent.futures
+import contextlib
+import fcntl
 import hashlib
 import os
 import pathlib
@@ -108,8 +110,26 @@ def _gather_shared(obj):
         subprocess.run(["objcopy", *renames, str(obj)], check=True, env=tool_env())
 
 
+@contextlib.contextmanager
+def cache_lock():
+    """One builder at a time over the cache (a background build, pytest, the fuzz suite's
+    subprocesses): the others wait, then find its objects."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def build(variant="plain", csrc=None, jobs=None, quiet=False):
     """Compiles (or finds in the cache) the layer's module for `variant`; returns its path."""
+    with cache_lock():
+        return _build(variant, csrc, jobs, quiet)
+
+
+def _build(variant, csrc, jobs, quiet):
     csrc = pathlib.Path(csrc or ROOT / "csrc").resolve()
     compiler = os.environ.get("CXX", "g++")
     defines, includes, torch_lib, version = _torch_flags()

@@ -30,6 +30,7 @@ class Mutant:
     variant: str = "plain"
     expect: str = ""  # text the failure output must contain
     quick: bool = True  # SYNCFREE_EMULATION_QUICK for the run
+    pending: str = ""  # why the tests cannot catch it yet (the self-test skips it, saying so)
 
     def apply(self, csrc):
         path = pathlib.Path(csrc) / self.file
@@ -184,6 +185,9 @@ def run(mutant, timeout=900):
 if __name__ == "__main__":
     chosen = [m for m in MUTANTS if len(sys.argv) < 2 or m.name in sys.argv[1:]]
     for m in chosen:
+        if m.pending:
+            print(f"pending  {m.name}: {m.pending}", flush=True)
+            continue
         caught, output = run(m)
         print(f"{'caught' if caught else 'MISSED' if caught is False else 'skipped'}  {m.name}", flush=True)
         if caught is False:
