@@ -157,21 +157,37 @@ SF_HD float clean_weight(float w) { return w > 0.0f ? w : 0.0f; }
 // Sums and maxima over a group in a fixed pairwise-tree order (i with
 // i + 8, then i + 4, ...): the same bits on CPU and GPU, and each level is
 // one vector operation on the CPU and independent instructions on the GPU.
+// Each level is its own instantiation with a constant trip count: a loop
+// over the widths (width /= 2) is one nvcc leaves rolled, and a rolled loop
+// indexes the array at run time, which puts it in local memory (a stack
+// frame) although ptxas reports no spill.
+template <int kWidth>
+SF_HD void tree_sum_level(float (&a)[kGroup]) {
+  SF_SIMD
+  for (int i = 0; i < kWidth; ++i) a[i] = a[i] + a[i + kWidth];
+}
+
+template <int kWidth>
+SF_HD void tree_max_level(float (&a)[kGroup]) {
+  SF_SIMD
+  for (int i = 0; i < kWidth; ++i) a[i] = a[i + kWidth] > a[i] ? a[i + kWidth] : a[i];
+}
+
+static_assert(kGroup == 16, "the trees below have four levels");
+
 SF_HD float tree_sum(float (&a)[kGroup]) {
-  SF_UNROLL
-  for (int width = kGroup / 2; width > 0; width /= 2) {
-    SF_SIMD
-    for (int i = 0; i < width; ++i) a[i] = a[i] + a[i + width];
-  }
+  tree_sum_level<8>(a);
+  tree_sum_level<4>(a);
+  tree_sum_level<2>(a);
+  tree_sum_level<1>(a);
   return a[0];
 }
 
 SF_HD float tree_max(float (&a)[kGroup]) {
-  SF_UNROLL
-  for (int width = kGroup / 2; width > 0; width /= 2) {
-    SF_SIMD
-    for (int i = 0; i < width; ++i) a[i] = a[i + width] > a[i] ? a[i + width] : a[i];
-  }
+  tree_max_level<8>(a);
+  tree_max_level<4>(a);
+  tree_max_level<2>(a);
+  tree_max_level<1>(a);
   return a[0];
 }
 

@@ -32,10 +32,15 @@ __device__ __forceinline__ void load_group_vec(const T* row, int64_t g, bool pro
   finish_group(v, g, probs, r);
 }
 
+// The index a padding lane hands f: past every row (callers test i < vocab),
+// so that it can alias no real token (the next chunk's, say).
+constexpr int64_t kPaddingToken = INT64_MAX - kGroup;
+
 // Calls f(y, index) for every token of chunk `split` of a row (race values as
 // r gives them, -inf past the row's end), in whole-block rounds of
 // kBlockThreads groups so that every thread of a warp calls f equally often
-// (f may use warp intrinsics).
+// (f may use warp intrinsics); lanes past the chunk call it with -inf at
+// kPaddingToken + k.
 template <typename T, int kBlockThreads, typename F>
 __device__ void for_each_chunk_value(const SampleParams& p, const RowSplit& plan, bool aligned, int64_t row,
                                      int32_t split, const RowRace& r, F f) {
@@ -46,7 +51,8 @@ __device__ void for_each_chunk_value(const SampleParams& p, const RowSplit& plan
   for (int64_t base = 0; base < cg.groups; base += kBlockThreads) {
     const int64_t q = base + threadIdx.x;
     const int64_t g = cg.first_group + q;
-    if (q >= cg.groups) {
+    const bool padding = q >= cg.groups;
+    if (padding) {
 #pragma unroll
       for (int k = 0; k < kGroup; ++k) v[k] = -kInf;
     } else if (aligned && g < full_groups) {
@@ -54,8 +60,9 @@ __device__ void for_each_chunk_value(const SampleParams& p, const RowSplit& plan
     } else {
       load_group_scalar(x, p.vocab, g, false, r, v);
     }
+    const int64_t first = padding ? kPaddingToken : g * kGroup;
 #pragma unroll
-    for (int k = 0; k < kGroup; ++k) f(v[k], g * kGroup + k);
+    for (int k = 0; k < kGroup; ++k) f(v[k], first + k);
   }
 }
 

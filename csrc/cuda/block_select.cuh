@@ -12,10 +12,51 @@ namespace syncfree {
 constexpr int kBinsPerThread = kBins / kSelectThreads;
 static_assert(kBins % kSelectThreads == 0, "bins split evenly over threads");
 
+// Note [64-bit sums in shared memory]
+// -----------------------------------
+// sm_90 has no 64-bit shared-memory atomic add or max: atomicAdd on an
+// unsigned long long in shared memory compiles to a compare-and-swap retry
+// loop (ATOMS.CAST.SPIN.64), which serialises the lanes that hit one word, and
+// a row's logits land in a few dozen bins of the first digit. So a 64-bit
+// shared counter is two 32-bit words: an add is a native atomicAdd on the low
+// word, whose returned old value says whether it carried, then one on the
+// high word of the high part plus the carry (skipped when 0, as it is for
+// every count). The result is the exact sum mod 2^64 in any order, read after
+// a barrier. Block-wide sums of one value a thread reduce through shuffles
+// and one slot per warp instead (block_sum). benchmarks/sass_report.py and
+// tests/test_compiled_code.py check that no kernel has a CAS loop.
+template <int kSize>
+struct SharedCounts {
+  unsigned lo[kSize];
+  unsigned hi[kSize];
+};
+
+template <int kSize>
+__device__ __forceinline__ void shared_add(SharedCounts<kSize>& c, int i, uint64_t w) {
+  const unsigned low = unsigned(w), high = unsigned(w >> 32);
+  unsigned carry = 0u;
+  if (low != 0u) {
+    const unsigned old = atomicAdd(&c.lo[i], low);
+    carry = old + low < old ? 1u : 0u;
+  }
+  if (high + carry != 0u) atomicAdd(&c.hi[i], high + carry);
+}
+
+template <int kSize>
+__device__ __forceinline__ uint64_t shared_get(const SharedCounts<kSize>& c, int i) {
+  return (uint64_t(c.hi[i]) << 32) | c.lo[i];
+}
+
+template <int kSize>
+__device__ __forceinline__ void shared_set(SharedCounts<kSize>& c, int i, uint64_t w) {
+  c.lo[i] = unsigned(w);
+  c.hi[i] = unsigned(w >> 32);
+}
+
 struct SelectShared {
-  unsigned long long hist[kBins];
+  SharedCounts<kBins> hist;
   unsigned long long suffix[kSelectThreads];  // per-thread bin sums, then their suffix sums
-  unsigned long long sum;
+  unsigned long long warp_sums[kSelectThreads / 32];
   unsigned long long new_above;
   unsigned max_key;
   int chosen;
@@ -32,13 +73,19 @@ __device__ __forceinline__ float block_max(float v, SelectShared& sh) {
   return m;
 }
 
-// Sum of v over the block; integer, so exact in any order.
+// Sum of v over the block; integer, so exact in any order: a shuffle tree
+// per warp, one slot per warp, and every thread adds the slots (no atomics;
+// Note [64-bit sums in shared memory]).
 __device__ __forceinline__ uint64_t block_sum(uint64_t v, SelectShared& sh) {
-  if (threadIdx.x == 0) sh.sum = 0u;
+  constexpr int kWarps = kSelectThreads / 32;
+  unsigned long long x = v;
+#pragma unroll
+  for (int delta = 16; delta > 0; delta >>= 1) x += __shfl_down_sync(0xffffffffu, x, delta);
+  if (threadIdx.x % 32 == 0) sh.warp_sums[threadIdx.x / 32] = x;
   __syncthreads();
-  if (v != 0u) atomicAdd(&sh.sum, static_cast<unsigned long long>(v));
-  __syncthreads();
-  const uint64_t total = sh.sum;
+  uint64_t total = 0u;
+#pragma unroll 4
+  for (int w = 0; w < kWarps; ++w) total += sh.warp_sums[w];
   __syncthreads();
   return total;
 }
@@ -55,7 +102,7 @@ __device__ __forceinline__ bool block_pick(uint64_t target, SelectShared& sh, Se
   // suffix[t] becomes the weight of all bins above them.
   uint64_t own = 0u;
 #pragma unroll
-  for (int j = 0; j < kBinsPerThread; ++j) own += sh.hist[t * kBinsPerThread + j];
+  for (int j = 0; j < kBinsPerThread; ++j) own += shared_get(sh.hist, t * kBinsPerThread + j);
   sh.suffix[t] = own;
   __syncthreads();
   for (int offset = 1; offset < kSelectThreads; offset *= 2) {
@@ -70,7 +117,7 @@ __device__ __forceinline__ bool block_pick(uint64_t target, SelectShared& sh, Se
   uint64_t my_above = 0u;
   for (int j = kBinsPerThread - 1; j >= 0; --j) {
     const int bin = t * kBinsPerThread + j;
-    const uint64_t h = sh.hist[bin];
+    const uint64_t h = shared_get(sh.hist, bin);
     if (h > 0u && above + h >= target) {
       my_bin = bin;
       my_above = above;
@@ -110,7 +157,20 @@ __device__ __forceinline__ void warp_append(bool mine, const Entry& entry, unsig
 }
 
 __device__ __forceinline__ void clear_hist(SelectShared& sh) {
-  for (int b = threadIdx.x; b < kBins; b += kSelectThreads) sh.hist[b] = 0u;
+  for (int b = threadIdx.x; b < kBins; b += kSelectThreads) shared_set(sh.hist, b, 0u);
+}
+
+// A split row's histogram: the block's bins added into the row's global one
+// (native 64-bit global atomics), and back after the row's last block arrives.
+__device__ __forceinline__ void add_hist_to(const SelectShared& sh, unsigned long long* hist) {
+  for (int b = threadIdx.x; b < kBins; b += kSelectThreads) {
+    const uint64_t h = shared_get(sh.hist, b);
+    if (h != 0u) atomicAdd(hist + b, static_cast<unsigned long long>(h));
+  }
+}
+
+__device__ __forceinline__ void load_hist_from(SelectShared& sh, const unsigned long long* hist) {
+  for (int b = threadIdx.x; b < kBins; b += kSelectThreads) shared_set(sh.hist, b, __ldcg(hist + b));
 }
 
 // Radix selection from the top over n entries, the block-parallel twin of
@@ -126,7 +186,7 @@ __device__ bool block_select(int64_t n, uint64_t target, Entry entry, SelectShar
       uint32_t key;
       uint64_t weight;
       entry(i, &key, &weight);
-      if (weight > 0u && in_range(key, s)) atomicAdd(&sh.hist[key_digit(key, s)], weight);
+      if (weight > 0u && in_range(key, s)) shared_add(sh.hist, key_digit(key, s), weight);
     }
     __syncthreads();
     if (!block_pick(target, sh, s)) return false;

@@ -14,9 +14,19 @@ namespace syncfree {
 // the device, so that many SMs share it; the merging block reads one partial
 // per thread, hence at most kSampleThreads chunks.
 constexpr int kSampleThreads = 512;
-// Blocks wanted per SM when splitting rows (~60 registers a thread: two
-// 512-thread blocks fit an SM).
+// Blocks wanted per SM when splitting rows: two 512-thread blocks fit an SM
+// at 64 registers a thread.
 constexpr int kSampleBlocksPerSm = 2;
+// Kernels compiled with processing (mask, bias, penalties: the exception
+// lookups) need more than 64 registers; held to 64 they spill to local
+// memory in the hot loop, which costs more than the occupancy. They are
+// planned and launch-bounded for one block per SM.
+constexpr int kProcessBlocksPerSm = 1;
+
+// The resident blocks per SM a kernel's grid is sized for, and the minimum
+// its __launch_bounds__ asks of ptxas: the two agree by construction, and
+// tests/test_compiled_code.py checks the compiled code keeps them.
+constexpr int blocks_per_sm(bool process) { return process ? kProcessBlocksPerSm : kSampleBlocksPerSm; }
 // Rows are split only into chunks of at least one group per thread.
 constexpr int64_t kSampleMinChunk = int64_t(kSampleThreads) * kGroup;
 
@@ -26,8 +36,8 @@ struct SamplePlan {
   int64_t partial_rows;  // workspace: one RacePartial per block of a split row (0 unsplit)
 };
 
-inline SamplePlan plan_sample(int64_t rows, int64_t vocab, int sm_count) {
-  const int64_t fill = ceil_div(int64_t(sm_count) * kSampleBlocksPerSm, rows < 1 ? 1 : rows);
+inline SamplePlan plan_sample(int64_t rows, int64_t vocab, int sm_count, bool process = false) {
+  const int64_t fill = ceil_div(int64_t(sm_count) * blocks_per_sm(process), rows < 1 ? 1 : rows);
   SamplePlan plan;
   plan.split = split_row(vocab, fill < kSampleThreads ? fill : kSampleThreads, kSampleMinChunk);
   plan.blocks = rows * plan.split.splits;
@@ -41,9 +51,10 @@ inline SamplePlan plan_sample(int64_t rows, int64_t vocab, int sm_count) {
 // histogram is added into the row's global one, so any number of chunks);
 // the finishing kernel takes one block per row.
 constexpr int kSelectThreads = 512;
-constexpr int kSelectBlocksPerSm = 2;
+constexpr int kSelectBlocksPerSm = kSampleBlocksPerSm;
 constexpr int64_t kSelectMinChunk = int64_t(kSelectThreads) * kGroup;
-constexpr int kSelectMaxSplits = 1024;
+// A merging block reads one partial per thread (the logprob stage's raw mass).
+constexpr int kSelectMaxSplits = kSelectThreads;
 // The candidate buffer of a row: kCandidateCap entries, fewer at large
 // batches so that the buffers of a call stay within kCandidateBudget entries
 // (8 bytes each), never fewer than kCandidateFloor nor more than the vocabulary.
@@ -57,9 +68,9 @@ struct SelectPlan {
   int64_t candidates;  // buffer entries per row
 };
 
-inline SelectPlan plan_select(int64_t rows, int64_t vocab, int sm_count) {
+inline SelectPlan plan_select(int64_t rows, int64_t vocab, int sm_count, bool process = false) {
   const int64_t r = rows < 1 ? 1 : rows;
-  const int64_t fill = ceil_div(int64_t(sm_count) * kSelectBlocksPerSm, r);
+  const int64_t fill = ceil_div(int64_t(sm_count) * blocks_per_sm(process), r);
   SelectPlan plan;
   plan.split = split_row(vocab, fill < kSelectMaxSplits ? fill : kSelectMaxSplits, kSelectMinChunk);
   plan.blocks = rows * plan.split.splits;

@@ -105,8 +105,9 @@ __device__ uint32_t stage_key(const TopArgs& a, const T* x, int64_t i, const Row
   return top_entry(load_value(x, i, false, r), i, n).key;
 }
 
+// The logprob stage reads the processed values: planned and bounded as a processing kernel.
 template <typename T>
-__global__ void __launch_bounds__(kSelectThreads) syncfree_top_pass_kernel(TopArgs a, int phase) {
+__global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(true)) syncfree_top_pass_kernel(TopArgs a, int phase) {
   __shared__ SelectShared sh;
   __shared__ bool last;
   const int32_t splits = a.plan.split.splits;
@@ -126,6 +127,10 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_top_pass_kernel(TopAr
       raw_group_mass(acc, v, int32_t((cg.first_group + q) * kGroup));
     }
     acc = block_merge<kSelectThreads>(acc);
+    if (splits == 1) {  // the row in one block: no partials, no ticket
+      if (t == 0) a.raw_norms[row] = has_distribution(a.norms[row]) ? norm_of(acc) : empty_norm();
+      return;
+    }
     if (t == 0) {
       a.raw_partials[row * splits + split] = acc;
       __threadfence();
@@ -135,6 +140,7 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_top_pass_kernel(TopAr
     if (!last) return;
     __threadfence();
     // Chunk j's partial in thread j: the same merge tree on every call.
+    static_assert(kSelectMaxSplits <= kSelectThreads, "one partial a thread");
     acc = empty_partial();
     if (t < splits) {
       const RacePartial* src = a.raw_partials + row * splits + t;
@@ -164,20 +170,21 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_top_pass_kernel(TopAr
   clear_hist(sh);
   __syncthreads();
   for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t i) {
-    if (i < a.p.vocab) atomicAdd(&sh.hist[key_digit(top_entry(y, i, norm).key, SelectState{0u, 0, 0u})], 1ull);
+    if (i < a.p.vocab) atomicAdd(&sh.hist.lo[key_digit(top_entry(y, i, norm).key, SelectState{0u, 0, 0u})], 1u);
   });
   __syncthreads();
-  unsigned long long* hist = a.hists + row * kBins;
-  for (int b = t; b < kBins; b += kSelectThreads)
-    if (sh.hist[b] != 0u) atomicAdd(hist + b, sh.hist[b]);
-  __threadfence();
-  __syncthreads();
-  if (t == 0) last = atomicAdd(&state.tickets[1], 1u) == unsigned(splits - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int b = t; b < kBins; b += kSelectThreads) sh.hist[b] = __ldcg(hist + b);
-  __syncthreads();
+  if (splits > 1) {  // a row over several blocks: its histogram is the sum of theirs
+    unsigned long long* hist = a.hists + row * kBins;
+    add_hist_to(sh, hist);
+    __threadfence();
+    __syncthreads();
+    if (t == 0) last = atomicAdd(&state.tickets[1], 1u) == unsigned(splits - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    load_hist_from(sh, hist);
+    __syncthreads();
+  }
   SelectState s{0u, 0, 0u};
   block_pick(uint64_t(a.p.top_n), sh, s);  // n <= V tokens: always picks
   if (t == 0) state.first = s;
@@ -244,7 +251,7 @@ __device__ void take_ties(int64_t count, bool ordered, uint32_t u, int n, Entry 
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kSelectThreads) syncfree_top_finish_kernel(TopArgs a) {
+__global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(true)) syncfree_top_finish_kernel(TopArgs a) {
   __shared__ SelectShared sh;
   __shared__ TopShared ts;
   const int64_t row = blockIdx.x;
@@ -336,15 +343,17 @@ void logprob_stage_cuda(const SampleParams& p, c10::ScalarType dtype, c10::Devic
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   TopArgs a{};
   a.p = p;
-  a.plan = plan_select(p.rows, p.vocab, sm_count(device));
+  a.plan = plan_select(p.rows, p.vocab, sm_count(device), /*process=*/true);
   const size_t elem = dtype == at::kFloat ? 4 : 2;
   a.aligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0 && (p.row_stride * elem) % 16 == 0;
   a.norms = p.norms;
-  // Zeroed: the row states and histograms. Then the raw norms and partials, the candidates.
+  // Zeroed: the row states and (rows over several blocks) histograms. Then the raw norms and
+  // partials (split rows), the candidates.
+  const bool split = a.plan.split.splits > 1;
   const size_t state_bytes = size_t(p.rows) * sizeof(TopRow);
-  const size_t hist_bytes = p.top_n > 0 ? size_t(p.rows) * kBins * sizeof(unsigned long long) : 0;
+  const size_t hist_bytes = p.top_n > 0 && split ? size_t(p.rows) * kBins * sizeof(unsigned long long) : 0;
   const size_t raw_bytes = p.raw_logprobs ? size_t(p.rows) * sizeof(RowNorm) : 0;
-  const size_t partial_bytes = p.raw_logprobs ? size_t(a.plan.blocks) * sizeof(RacePartial) : 0;
+  const size_t partial_bytes = p.raw_logprobs && split ? size_t(a.plan.blocks) * sizeof(RacePartial) : 0;
   const size_t candidate_bytes = p.top_n > 0 ? size_t(p.rows) * size_t(a.plan.candidates) * sizeof(TopCandidate) : 0;
   c10::DataPtr workspace = c10::cuda::CUDACachingAllocator::get()->allocate(
       state_bytes + hist_bytes + raw_bytes + partial_bytes + candidate_bytes);

@@ -55,7 +55,7 @@ __device__ __forceinline__ RacePartial load_partial(const RacePartial* src) {
 }
 
 template <typename T, bool kProbs, bool kVec, bool kProcess>
-__global__ void __launch_bounds__(kThreads) syncfree_sample_kernel(KernelArgs a) {
+__global__ void __launch_bounds__(kThreads, blocks_per_sm(kProcess)) syncfree_sample_kernel(KernelArgs a) {
   const int32_t splits = a.split.splits;
   const int64_t row = blockIdx.x / splits;
   const int32_t split = blockIdx.x % splits;
@@ -226,7 +226,7 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   KernelArgs args{};
   args.p = p;
   args.rng.from_generator = from_generator;
-  const SamplePlan plan = plan_sample(p.rows, p.vocab, sm_count(device));
+  const SamplePlan plan = plan_sample(p.rows, p.vocab, sm_count(device), has_processing(p) && !p.probs);
   args.split = plan.split;
   TORCH_CHECK(plan.blocks <= int64_t(INT32_MAX), "syncfree: batch of ", p.rows, " rows is too large for one launch");
   if (from_generator) {

@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "../device_api.h"
+#include "block_select.cuh"
 #include "launch.h"
 
 namespace syncfree {
@@ -24,15 +25,17 @@ __global__ void __launch_bounds__(kRowsPerBlock) syncfree_shard_rows_kernel(Shar
   if (row < c.rows) run_shard_row(c, row);
 }
 
+// The block's buffer: 64-bit sums as two 32-bit words (Note [64-bit sums in shared memory] in
+// block_select.cuh); the maxima are 32-bit order keys, kept in the low words.
 struct SharedSink {
-  unsigned long long* bins;
-  __device__ void add(int column, uint64_t w) { atomicAdd(bins + column, static_cast<unsigned long long>(w)); }
-  __device__ void max(int column, uint64_t v) { atomicMax(bins + column, static_cast<unsigned long long>(v)); }
+  SharedCounts<kBins>* bins;
+  __device__ void add(int column, uint64_t w) { shared_add(*bins, column, w); }
+  __device__ void max(int column, uint32_t v) { atomicMax(&bins->lo[column], unsigned(v)); }
 };
 
 template <typename T>
 __global__ void __launch_bounds__(kPassThreads) syncfree_shard_pass_kernel(ShardPassCall c) {
-  __shared__ unsigned long long bins[kBins];
+  __shared__ SharedCounts<kBins> bins;
   const int64_t row = blockIdx.x;
   const T* x = static_cast<const T*>(c.input) + row * c.row_stride;
   const RowKeep keep = c.state.keeps[row];
@@ -44,10 +47,10 @@ __global__ void __launch_bounds__(kPassThreads) syncfree_shard_pass_kernel(Shard
     return;
   }
   if (!shard_row_in(r, c.step)) return;  // the whole block: no barrier is skipped by some threads only
-  for (int b = threadIdx.x; b < columns; b += kPassThreads) bins[b] = 0u;
+  for (int b = threadIdx.x; b < columns; b += kPassThreads) shared_set(bins, b, 0u);
   __syncthreads();
   const float spread = row_spread(keep, r);
-  SharedSink sink{bins};
+  SharedSink sink{&bins};
   for (int64_t i = int64_t(blockIdx.y) * kPassThreads + threadIdx.x; i < c.columns;
        i += int64_t(gridDim.y) * kPassThreads)
     shard_token(keep, r, c.step, spread, scaled_logit(float(x[i]), r.inv_temperature), sink);
@@ -55,11 +58,12 @@ __global__ void __launch_bounds__(kPassThreads) syncfree_shard_pass_kernel(Shard
   const bool is_max = step_kind(c.step) == kStepRowMax;
   auto* out = reinterpret_cast<unsigned long long*>(c.out + row * columns);
   for (int b = threadIdx.x; b < columns; b += kPassThreads) {
-    if (bins[b] == 0u) continue;
+    const unsigned long long v = shared_get(bins, b);
+    if (v == 0u) continue;
     if (is_max) {
-      atomicMax(out + b, bins[b]);
+      atomicMax(out + b, v);
     } else {
-      atomicAdd(out + b, bins[b]);
+      atomicAdd(out + b, v);
     }
   }
 }

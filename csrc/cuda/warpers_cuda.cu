@@ -90,7 +90,8 @@ __device__ __forceinline__ int first_digit(uint32_t key) { return key_digit(key,
 
 // Steps 1-3 of Note [Selection passes on CUDA], by phase.
 template <typename T, bool kProcess>
-__global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(SelectArgs a, int phase) {
+__global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(kProcess)) syncfree_select_pass_kernel(SelectArgs a,
+                                                                                                      int phase) {
   __shared__ SelectShared sh;
   __shared__ bool last;
   const int32_t splits = a.plan.split.splits;
@@ -125,7 +126,7 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(Se
     for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t) {
       hi = y > hi ? y : hi;
       lo = y != -kInf && y < lo ? y : lo;
-      if (count && y != -kInf) atomicAdd(&sh.hist[first_digit(order_key(y))], 1ull);
+      if (count && y != -kInf) atomicAdd(&sh.hist.lo[first_digit(order_key(y))], 1u);  // a block counts < 2^32
     });
     hi = block_max(hi, sh);
     lo = -block_max(-lo, sh);
@@ -139,7 +140,7 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(Se
     shift = mass_shift(a.p.vocab);
     for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t) {
       const uint64_t mass = fixed_mass(token_exp(y, m), shift);
-      if (mass > 0u) atomicAdd(&sh.hist[first_digit(order_key(y))], static_cast<unsigned long long>(mass));
+      if (mass > 0u) shared_add(sh.hist, first_digit(order_key(y)), mass);
       local_total += mass;
     });
     const uint64_t total = block_sum(local_total, sh);
@@ -149,15 +150,14 @@ __global__ void __launch_bounds__(kSelectThreads) syncfree_select_pass_kernel(Se
   // The row's last block to finish holds the whole histogram and picks the first digit.
   __syncthreads();
   if (splits > 1) {
-    for (int b = t; b < kBins; b += kSelectThreads)
-      if (sh.hist[b] != 0u) atomicAdd(hist + b, sh.hist[b]);
+    add_hist_to(sh, hist);
     __threadfence();
     __syncthreads();
     if (t == 0) last = atomicAdd(&state.tickets[phase], 1u) == unsigned(splits - 1);
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int b = t; b < kBins; b += kSelectThreads) sh.hist[b] = __ldcg(hist + b);
+    load_hist_from(sh, hist);
   } else {
     __threadfence();
   }
@@ -297,7 +297,7 @@ __device__ void race_candidates(const SampleParams& p, int64_t row, RowRace r, c
 
 // Step 4: one block per row.
 template <typename T, bool kProcess>
-__global__ void __launch_bounds__(kSelectThreads) syncfree_find_thresholds_kernel(SelectArgs a) {
+__global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(kProcess)) syncfree_find_thresholds_kernel(SelectArgs a) {
   __shared__ SelectShared sh;
   const int64_t row = blockIdx.x;
   const int t = threadIdx.x;
@@ -354,7 +354,7 @@ void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::Dev
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   SelectArgs a{};
   a.p = p;
-  a.plan = plan_select(p.rows, p.vocab, sm_count(device));
+  a.plan = plan_select(p.rows, p.vocab, sm_count(device), has_processing(p));
   TORCH_CHECK(a.plan.blocks <= int64_t(INT32_MAX), "syncfree: batch of ", p.rows, " rows is too large for one launch");
   const size_t elem = dtype == at::kFloat ? 4 : 2;
   a.aligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0 && (p.row_stride * elem) % 16 == 0;

@@ -6,7 +6,6 @@ static shared memory. Results are cached by the sources' content. Needs a CUDA t
 (nvcc, ptxas, c++filt); without one report() returns None and launches go unchecked.
 """
 import hashlib
-import os
 import pathlib
 import re
 import shutil
@@ -76,8 +75,9 @@ def parse_ptxas(log):
     return out
 
 
-def report(csrc=None, verbose=False):
-    """{kernel name: (registers, static shared bytes, max threads)}, or None without nvcc."""
+def compile_all(csrc=None):
+    """{source stem: (ptx path, ptxas log path, cubin path)} for every csrc/cuda/*.cu, compiled for
+    sm_90 with the extension's flags (cached by content), or None without nvcc."""
     home = find_cuda_home()
     if home is None or shutil.which("c++filt") is None:
         return None
@@ -86,7 +86,7 @@ def report(csrc=None, verbose=False):
     flags = _nvcc_flags(csrc)
     cache = CACHE / "ptx"
     cache.mkdir(parents=True, exist_ok=True)
-    table, details = {}, {}
+    out = {}
     for source in sorted((csrc / "cuda").glob("*.cu")):
         deps = subprocess.run([str(home / "bin" / "nvcc"), *flags, "-M", str(source)], check=True,
                               capture_output=True, text=True, env=tool_env()).stdout
@@ -96,13 +96,25 @@ def report(csrc=None, verbose=False):
             h.update(pathlib.Path(f).name.encode() + pathlib.Path(f).read_bytes())
         key = h.hexdigest()[:24]
         ptx_path, log_path = cache / f"{source.stem}-{key}.ptx", cache / f"{source.stem}-{key}.ptxas"
-        if not log_path.exists():
+        cubin_path = cache / f"{source.stem}-{key}.cubin"
+        if not (log_path.exists() and cubin_path.exists()):
             print(f"cuda_on_cpu: nvcc resource report for {source.name}", flush=True)
             subprocess.run([str(home / "bin" / "nvcc"), *flags, "-ptx", str(source), "-o", str(ptx_path)], check=True,
                            env=tool_env())
-            log = subprocess.run([str(home / "bin" / "ptxas"), f"-arch={ARCH}", "-v", str(ptx_path), "-o", os.devnull],
-                                 check=True, capture_output=True, text=True, env=tool_env())
+            log = subprocess.run([str(home / "bin" / "ptxas"), f"-arch={ARCH}", "-v", str(ptx_path), "-o",
+                                  str(cubin_path)], check=True, capture_output=True, text=True, env=tool_env())
             log_path.write_text(log.stdout + log.stderr)
+        out[source.stem] = (ptx_path, log_path, cubin_path)
+    return out
+
+
+def report(csrc=None, verbose=False):
+    """{kernel name: (registers, static shared bytes, max threads)}, or None without nvcc."""
+    compiled = compile_all(csrc)
+    if compiled is None:
+        return None
+    table, details = {}, {}
+    for ptx_path, log_path, _ in compiled.values():
         bounds = parse_ptx(ptx_path.read_text())
         resources = parse_ptxas(log_path.read_text())
         names = list(bounds)
