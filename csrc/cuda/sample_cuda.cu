@@ -142,17 +142,33 @@ __global__ void __launch_bounds__(32 * kResolveRowsPerBlock) syncfree_resolve_gr
 // finds zeros, and a call costs one kernel launch and no memset. A call being
 // captured into a CUDA graph instead gets its own buffer, zeroed by a memset
 // node inside the graph, since a graph may be replayed on any stream,
-// concurrently with eager calls.
+// concurrently with eager calls. At most 64 streams keep a buffer (the least
+// recently used one is dropped). A buffer is found by the stream's handle: a
+// stream destroyed with split-row calls still in flight and a new stream that
+// reuses its handle would share counters, so destroy a stream only after its
+// work is done (as torch's pool streams, never destroyed, always are).
 unsigned* eager_tickets(c10::DeviceIndex device, cudaStream_t stream, int64_t rows) {
   struct Buffer {
     c10::DataPtr data;
     int64_t capacity = 0;
+    uint64_t last_use = 0;
   };
+  // At most this many streams keep a buffer; the least recently used gives its buffer back to
+  // the caching allocator, which hands that block out again only in its stream's order.
+  constexpr size_t kMaxStreams = 64;
   static std::mutex mutex;
+  static uint64_t clock = 0;
   // Never destroyed: it must not free device memory after CUDA shuts down at exit.
   static auto* buffers = new std::map<std::pair<c10::DeviceIndex, cudaStream_t>, Buffer>();
   std::lock_guard<std::mutex> lock(mutex);
+  if (buffers->size() >= kMaxStreams && buffers->find({device, stream}) == buffers->end()) {
+    auto oldest = buffers->begin();
+    for (auto it = buffers->begin(); it != buffers->end(); ++it)
+      if (it->second.last_use < oldest->second.last_use) oldest = it;
+    buffers->erase(oldest);
+  }
   Buffer& buffer = (*buffers)[{device, stream}];
+  buffer.last_use = ++clock;
   if (buffer.capacity < rows) {
     const int64_t capacity = std::max<int64_t>(rows, 1024);
     buffer.data = c10::cuda::CUDACachingAllocator::get()->allocate(size_t(capacity) * sizeof(unsigned));

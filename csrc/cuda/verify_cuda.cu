@@ -40,12 +40,24 @@ struct VerifyArgs {
   VerifyParams v;
   RngArgs rng;
   PositionLaw* laws;  // [B (n + 1)]
+  bool aligned;       // 16-byte aligned rows: full groups through vector loads
 };
 
 // The race value of token i of a position (scaled, warped).
 template <typename T>
 __device__ __forceinline__ float position_value(const T* x, int64_t i, const RowRace& r) {
   return race_value(float(x[i]), false, r);
+}
+
+// Group g of a position's race values (-inf past the row's end), 16-byte loads where aligned.
+template <typename T>
+__device__ __forceinline__ void position_group(const T* x, int64_t vocab, int64_t g, bool aligned, const RowRace& r,
+                                               float (&v)[kGroup]) {
+  if (aligned && g < vocab / kGroup) {
+    load_group_vec(x, g, false, r, v);
+  } else {
+    load_group_scalar(x, vocab, g, false, r, v);
+  }
 }
 
 template <typename T>
@@ -93,12 +105,17 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
     inf_count = 0;
   }
   __syncthreads();
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-    const float y = position_value(x, i, r);
-    top = y > top ? y : top;
-    if (y == kInf) {
-      if (infs == 0) atomicMin(&first_inf, int(i));  // a thread's first is its lowest
-      ++infs;
+  const int64_t groups = ceil_div(vocab, kGroup);
+  float vals[kGroup];
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
+    position_group(x, vocab, g, a.aligned, r, vals);
+#pragma unroll
+    for (int k = 0; k < kGroup; ++k) {
+      top = vals[k] > top ? vals[k] : top;
+      if (vals[k] == kInf) {
+        if (infs == 0) atomicMin(&first_inf, int(g * kGroup + k));  // a thread's first is its lowest
+        ++infs;
+      }
     }
   }
   if (infs > 0) atomicAdd(&inf_count, infs);
@@ -106,9 +123,12 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
   out.law.first_inf = first_inf;
   out.law.infs = inf_count;
   if (out.law.first_inf == kNoIndex && out.law.m != -kInf) {
-    uint64_t local = 0u;
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
-      local += fixed_mass(token_exp(position_value(x, i, r), out.law.m), out.law.shift);
+    uint64_t local = 0u;  // the second read: from L2 for rows that fit it
+    for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
+      position_group(x, vocab, g, a.aligned, r, vals);
+#pragma unroll
+      for (int k = 0; k < kGroup; ++k) local += fixed_mass(token_exp(vals[k], out.law.m), out.law.shift);
+    }
     out.law.total = block_sum(local, sh);
   }
   out.point = out.law.first_inf;
@@ -259,6 +279,8 @@ void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex 
   }
   c10::DataPtr laws = allocator->allocate(size_t(rows) * sizeof(PositionLaw));
   a.laws = static_cast<PositionLaw*>(laws.get());
+  const size_t elem = dtype == at::kFloat ? 4 : 2;
+  a.aligned = reinterpret_cast<uintptr_t>(v.target.input) % 16 == 0 && (v.target.row_stride * elem) % 16 == 0;
   const auto run = [&](auto tag) {
     using T = decltype(tag);
     launch_kernel<syncfree_verify_positions_kernel<T>>(dim3(unsigned(rows)), dim3(kThreads), 0, stream, a);
