@@ -82,7 +82,8 @@ def check_views(target, dtype, padded_shapes):
     wide = make(12, 5003, dtype)
     on_target = target.to(wide)
     views = [lambda t: t[:, 1:4001], lambda t: t[::3, 2:], lambda t: t[0].expand(12, 5003),
-             lambda t: t.view(-1)[1:1 + 11 * 5003].view(11, 5003)]  # base off 16-byte alignment
+             lambda t: t.view(-1)[1:1 + 11 * 5003].view(11, 5003),  # base off 16-byte alignment
+             lambda t: t[:, :4000]]  # an aligned base, rows off it (the stride: 5003 elements)
     for view in views:
         assert_same(syncfree.sample(view(wide), seed=4), target.call(syncfree.sample, view(on_target), seed=4))
     aligned = make(12, 5008, dtype)
@@ -243,6 +244,25 @@ def check_verify(target, rows=12, n=3, vocab=3000):
     return want
 
 
+def check_verify_ids_outside_the_vocabulary(target, rows=4, n=3, vocab=2999):
+    """CUDA's contract for what it cannot check without a sync (README "Speculative decoding"): a
+    draft id outside [0, V) is rejected, as if p(x) = 0, and the row emits from p_j. The CPU path
+    raises instead, so the reference is the CPU path over a vocabulary one token wider whose extra
+    token has a logit of -inf, drafted in place of each out-of-range id (per-row seeds: the noise
+    of a position does not depend on V)."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(rows, n + 1, vocab, generator=g) * 10
+    ids = x[:, :n].argmax(-1)  # drafts the target likes: accepted unless out of range
+    ids[0, 0], ids[1, 1], ids[2, 2], ids[3, 0] = vocab, vocab + 7, -1, -(2**40)
+    wider = torch.cat([x, torch.full((rows, n + 1, 1), -float("inf"))], -1)
+    kwargs = dict(seed=torch.arange(rows) + 3, offset=torch.arange(rows), return_logprobs=True, return_valid=True)
+    for temperature in (1.0, 0.0):
+        want = syncfree.verify_draft(wider, ids.where((ids >= 0) & (ids < vocab), vocab), None, temperature, **kwargs)
+        got = target.call(syncfree.verify_draft, x, ids, None, temperature, **kwargs)
+        assert_same(want, got, f"verify_draft, draft ids outside [0, V), temperature {temperature}")
+        assert (got[1] <= torch.tensor([0, 1, 2, 0])).all(), got[1]
+
+
 def processing_case(b, v, seed=0):
     """Processing arguments for b rows of v tokens: per-row penalties (off in some rows, NaN and
     negative clamped), histories with -1 padding and duplicates, a bias with duplicates and ±inf,
@@ -315,6 +335,31 @@ def check_top_logprob_edges(target, vocab=20000):
     kwargs = dict(seed=5, repetition_penalty=1.3, frequency_penalty=0.5, output_tokens=torch.tensor([[1, 2, 3]] * 6),
                   return_top_logprobs=4)
     assert_same(syncfree.sample(x, 0.9, **kwargs), target.call(syncfree.sample, x, 0.9, **kwargs))
+
+
+def check_logprob_stage_edges(target, vocab=3000):
+    """The logprob stage on rows its histograms make edge cases of: a point mass (one finite logit,
+    its logprob exactly 0: a top-1 key on its bin's floor), rows decided by +inf logits alone (every
+    finite logit -inf, or masked), in both logprob modes, top-1 and top-3."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.full((6, vocab), -float("inf"))
+    x[0, 17] = 2.5  # a point mass
+    x[1, [5, vocab - 2]] = float("inf")  # +inf and -inf only
+    x[2, vocab // 2] = float("inf")
+    x[3] = torch.randn(vocab, generator=g)
+    x[3, [7, 8]] = float("inf")  # +inf, and finite logits the mask removes
+    x[4] = torch.randn(vocab, generator=g) * 3
+    x[5, vocab - 1] = -1.0  # a point mass on the last token
+    mask = torch.full((6, (vocab + 31) // 32), -1, dtype=torch.int32)
+    mask[3] = 0
+    mask[3, 0] = 0b110000000  # tokens 7 and 8
+    for mode in ("processed", "raw"):
+        for n in (1, 3):
+            for extra in ({}, dict(allowed_mask=mask)):
+                kwargs = dict(seed=torch.arange(6), return_logprobs=True, return_valid=True, return_top_logprobs=n,
+                              logprobs_mode=mode, **extra)
+                assert_same(syncfree.sample(x, 0.9, **kwargs), target.call(syncfree.sample, x, 0.9, **kwargs),
+                            f"logprob stage edges {mode} top-{n} {list(extra)}")
 
 
 def check_limits(target, vocab=3000):

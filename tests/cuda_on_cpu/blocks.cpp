@@ -370,6 +370,11 @@ Thread& self(const char* what) {
 
 }  // namespace
 
+[[noreturn]] void fail_in_thread(const std::string& what) {
+  if (current_thread == nullptr) fail_outside_kernel(what.c_str());
+  fail_in_kernel(where(*current_block, *current_thread) + " " + what);
+}
+
 [[noreturn]] void fail_outside_kernel(const char* what) {
   TORCH_CHECK(false, "cuda_on_cpu: ", what, " used outside a kernel");
   __builtin_unreachable();
@@ -525,6 +530,7 @@ void maybe_yield() {
 void threadfence() { maybe_yield(); }
 
 void run_grid(const char* name, dim3 grid, dim3 block, const std::function<void()>& body) {
+  const FaultHandlers faults;
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
   std::vector<uint64_t> order(blocks);
   for (uint64_t i = 0; i < blocks; ++i) order[i] = i;
@@ -535,6 +541,10 @@ void run_grid(const char* name, dim3 grid, dim3 block, const std::function<void(
   for (const uint64_t i : order) {
     const uint3 idx{unsigned(i % grid.x), unsigned(i / grid.x % grid.y), unsigned(i / (uint64_t(grid.x) * grid.y))};
     run_block(name, idx, grid, block, body);
+    check_guards([&] {
+      return std::string(name) + " block (" + std::to_string(idx.x) + "," + std::to_string(idx.y) + "," +
+             std::to_string(idx.z) + ")";
+    });
   }
 #if defined(CUDA_ON_CPU_TSAN)
   __tsan_acquire(&grid_token);

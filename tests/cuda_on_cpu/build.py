@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -60,7 +61,7 @@ def _sources(csrc):
     return ([(p, "cxx") for p in sorted(csrc.glob("*.cpp")) if p.name != "bindings.cpp"]
             + [(p, "cxx") for p in sorted((csrc / "cpu").glob("*.cpp"))]
             + [(p, "cuda") for p in sorted((csrc / "cuda").glob("*.cu"))]
-            + [(LAYER / f"{name}.cpp", "layer") for name in ("fibers", "blocks", "runtime", "module")])
+            + [(LAYER / f"{name}.cpp", "layer") for name in ("fibers", "blocks", "runtime", "faults", "module")])
 
 
 def _flags(variant, kind, csrc, defines, includes):
@@ -75,14 +76,58 @@ def _flags(variant, kind, csrc, defines, includes):
     flags += variant_flags
     if kind == "cuda":
         flags += ["-x", "c++", "-include", str(LAYER / "cuda_on_cpu.h"), "-fdata-sections"]
+        if variant != "asan":  # every typed access checked (Note [Alignment] in faults.cpp); asan's UBSan has it
+            flags += ["-fsanitize=alignment"]
     return flags
 
 
-def _key(compiler, flags, source, version):
-    """Hash of the flags (minus paths), the source and every project header it includes."""
+def _project_files(compiler, flags, source, csrc):
+    """The project files `source` includes, itself first (g++ -MM). -MM preprocesses torch's headers,
+    a second or two a file, so the list is remembered by source, flags and the digest of its files,
+    and reused while none of them changed (a mutant's copy of csrc/ rescans only the files that
+    include what it changed; ccache's direct mode does the same)."""
+    roots = {"csrc": pathlib.Path(csrc), "layer": LAYER}
+
+    def portable(f):
+        f = pathlib.Path(f).resolve()
+        for name, root in roots.items():
+            if f.is_relative_to(root.resolve()):
+                return f"{name}:{f.relative_to(root.resolve())}"
+        return str(f)
+
+    def local(name):
+        root, _, rel = name.partition(":")
+        return roots[root] / rel if root in roots and rel else pathlib.Path(name)
+
+    def digest(files):
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.encode() + b"\0" + local(f).read_bytes())
+        return h.hexdigest()
+
+    entry_key = hashlib.sha256(" ".join([portable(source)] + [f for f in flags if not f.startswith(("-I", "/"))])
+                               .encode()).hexdigest()[:24]
+    entry = CACHE / "deps" / f"{entry_key}.json"
+    try:
+        saved = json.loads(entry.read_text())
+        if digest(saved["files"]) == saved["digest"]:
+            return [local(f) for f in saved["files"]]
+    except (OSError, ValueError, KeyError):
+        pass
     deps = subprocess.run([compiler, *flags, "-MM", str(source)], check=True, capture_output=True, text=True,
                           env=tool_env()).stdout
-    files = sorted({d for d in deps.replace("\\\n", " ").split()[1:]})
+    files = [portable(d) for d in deps.replace("\\\n", " ").split()[1:]]
+    files = list(dict.fromkeys(files))  # the source first, then its headers, once each
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"files": files, "digest": digest(files)}))
+    os.replace(tmp, entry)
+    return [local(f) for f in files]
+
+
+def _key(compiler, flags, source, version, csrc):
+    """Hash of the flags (minus paths), the source and every project header it includes."""
+    files = sorted({str(f) for f in _project_files(compiler, flags, source, csrc)})
     h = hashlib.sha256()
     h.update(version.encode())
     h.update(" ".join(f for f in flags if not f.startswith(("-I", "/"))).encode())
@@ -138,7 +183,7 @@ def _build(variant, csrc, jobs, quiet):
 
     def compile_one(source, kind):
         flags = _flags(variant, kind, csrc, defines, includes)
-        key = _key(compiler, flags, source, version)
+        key = _key(compiler, flags, source, version, csrc)
         obj = objects_dir / f"{source.stem}-{variant}-{key}.o"
         if not obj.exists():
             if not quiet:

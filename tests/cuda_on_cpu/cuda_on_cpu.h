@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <source_location>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -250,22 +251,32 @@ T atomicAnd(T* p, T v) {
 inline void __threadfence() { cuda_on_cpu::threadfence(); }
 inline void __threadfence_block() { cuda_on_cpu::threadfence(); }
 
-// Cache-hinted loads are plain loads here.
+// Cache-hinted loads are plain loads here, whose alignment is checked at the
+// caller's line (Note [Alignment] in faults.cpp).
+namespace cuda_on_cpu {
+[[noreturn]] void misaligned(const void* p, size_t alignment, const char* type, const char* file, int line);
 template <typename T>
-inline T __ldg(const T* p) {
+inline T hinted_load(const T* p, const std::source_location& at) {
+  if (reinterpret_cast<uintptr_t>(p) % alignof(T) != 0)
+    misaligned(p, alignof(T), typeid(T).name(), at.file_name(), int(at.line()));
   return *p;
 }
+}  // namespace cuda_on_cpu
 template <typename T>
-inline T __ldcg(const T* p) {
-  return *p;
+inline T __ldg(const T* p, const std::source_location& at = std::source_location::current()) {
+  return cuda_on_cpu::hinted_load(p, at);
 }
 template <typename T>
-inline T __ldca(const T* p) {
-  return *p;
+inline T __ldcg(const T* p, const std::source_location& at = std::source_location::current()) {
+  return cuda_on_cpu::hinted_load(p, at);
 }
 template <typename T>
-inline T __ldcs(const T* p) {
-  return *p;
+inline T __ldca(const T* p, const std::source_location& at = std::source_location::current()) {
+  return cuda_on_cpu::hinted_load(p, at);
+}
+template <typename T>
+inline T __ldcs(const T* p, const std::source_location& at = std::source_location::current()) {
+  return cuda_on_cpu::hinted_load(p, at);
 }
 
 inline unsigned __float_as_uint(float x) { return cuda_on_cpu::from_bits<unsigned>(cuda_on_cpu::to_bits(x)); }

@@ -2,10 +2,12 @@
 
 Each mutant is one textual change to a kernel or launcher, and the emulated tests that
 must fail on it (a failed assertion, or the layer's own report of a barrier, a warp
-intrinsic or a launch gone wrong; a build error does not count). tests/test_mutants.py
-runs them in CI; by hand, before a kernel change:
+intrinsic, a launch, a misaligned access or an out-of-bounds write gone wrong; a crash or a
+build error does not count). tests/test_mutants.py runs them (the `mutants` tier, README
+"Tests"), and its quick tier checks that each mutant's text still occurs exactly once in csrc/;
+by hand, before a kernel change:
 
-    python -m cuda_on_cpu.mutations [name ...]      # from tests/; about 40 s a mutant
+    python -m cuda_on_cpu.mutations [name ...]      # from tests/; about a minute a mutant (2 cores)
 """
 import dataclasses
 import os
@@ -145,6 +147,34 @@ MUTANTS = [
     Mutant("ties-ranked-without-earlier-warps", "cuda/process_cuda.cu",
            "const int rank = ts.size + before + __popc(", "const int rank = ts.size + __popc(",
            "top_logprobs_where_candidates_overflow"),
+    # A top-n candidate exactly at the chosen bin's floor (the logprob 0 of a point mass) is dropped.
+    Mutant("top-compaction-drops-the-floor-key", "cuda/process_cuda.cu",
+           "key >= floor, TopCandidate", "key > floor, TopCandidate",
+           "logprob_stage_on_point_masses"),
+    # Raw mode: a row decided by +inf logits reports the chosen token's logprob as -inf.
+    Mutant("raw-logprob-of-an-infinite-row", "cuda/process_cuda.cu",
+           "const bool valid = processed.infs.count > 0 || processed.point >= 0",
+           "const bool valid = processed.point >= 0",
+           "logprob_stage_on_point_masses"),
+    # A draft id equal to V reads past the row and may be accepted (README "Speculative decoding":
+    # an out-of-range draft id counts as rejected on CUDA).
+    Mutant("verify-draft-id-at-the-vocabulary-size", "cuda/verify_cuda.cu",
+           "const bool in_vocab = draft >= 0 && draft < vocab;", "const bool in_vocab = draft >= 0 && draft <= vocab;",
+           "verify_draft_ids_outside", pending="the emulated op still runs the CPU's check of draft ids "
+           "(csrc/checks.cpp), which raises before any kernel"),
+    # Caught by the layer's own reports (Note [Guard bytes] in runtime.cpp, Note [Alignment] and Note
+    # [Illegal addresses] in faults.cpp), not by a crash.
+    Mutant("partials-sized-for-one-row", "cuda/plans.h",
+           "plan.partial_rows = plan.split.splits > 1 ? plan.blocks : 0;",
+           "plan.partial_rows = plan.split.splits > 1 ? plan.split.splits : 0;",
+           "tokens_logprobs_and_valid and 2x16400", expect="out of bounds"),
+    Mutant("vector-loads-from-a-misaligned-stride", "cuda/sample_cuda.cu",
+           "const bool aligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0 && (p.row_stride * elem) % 16 == 0;",
+           "const bool aligned = reinterpret_cast<uintptr_t>(p.input) % 16 == 0;",
+           "misaligned_strided_and_padded", expect="misaligned access"),
+    Mutant("shard-rows-without-the-row-guard", "cuda/shard_cuda.cu",
+           "if (row < c.rows) run_shard_row(c, row);", "run_shard_row(c, row);",
+           "shard_kernels", expect="cuda_on_cpu:"),
     Mutant("vector-load-past-the-row-under-asan", "cuda/sample_cuda.cu",
            "if (kVec && g < full_groups)", "if (kVec && g <= full_groups)",
            "tokens_logprobs_and_valid and 3x1000 and float32", variant="asan", expect="heap-buffer-overflow",

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 
 namespace cuda_on_cpu {
@@ -146,40 +147,72 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dynamic_shared, cuda
 // ---------------------------------------------------------------------------
 // Memory
 
+// Note [Guard bytes]
+// ------------------
+// A kernel that writes past its workspace corrupts the next heap block on a
+// GPU as here, and may go unnoticed. So every caching-allocator block and every
+// tensor allocated while emulating (the ops' outputs: device memory in this
+// model) sits between two runs of kGuard guard bytes, checked after every
+// block of every launch and after every memset: a write past either end is
+// reported with the kernel and block that made it. Under AddressSanitizer the
+// blocks are exact-size instead, and ASan sees the first byte past the end.
 namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr size_t kGuard = 0;
+#else
+constexpr size_t kGuard = 256;  // keeps the 256-byte alignment of the caching allocator's blocks
+#endif
+constexpr unsigned char kGuardByte = 0xA7;
 
 struct Allocation {
   size_t bytes;
-  bool in_graph;  // allocated or freed while a capture was recorded
+  bool in_graph = false;  // allocated or freed while a capture was recorded (device blocks)
+  bool host = false;      // a tensor allocated while emulating
 };
 std::map<void*, Allocation>& allocations() {
   static std::map<void*, Allocation> live;
   return live;
 }
+std::mutex& allocations_mutex() {  // torch may free host tensors on its worker threads
+  static std::mutex m;
+  return m;
+}
+
+void* guarded_alloc(size_t bytes, bool host) {
+  void* base = nullptr;
+  TORCH_CHECK(posix_memalign(&base, 256, bytes + 2 * kGuard) == 0, "cuda_on_cpu: out of memory");
+  auto* p = static_cast<unsigned char*>(base) + kGuard;
+  std::memset(p - kGuard, kGuardByte, kGuard);
+  std::memset(p + bytes, kGuardByte, kGuard);
+  garbage_fill(p, bytes);
+  const std::lock_guard<std::mutex> lock(allocations_mutex());
+  allocations()[p] = {bytes, !host && capturing != nullptr, host};
+  return p;
+}
+
+void guarded_free(void* p) {
+  std::free(static_cast<unsigned char*>(p) - kGuard);
+}
 
 void release(void* p) {
   if (p == nullptr) return;
+  const std::lock_guard<std::mutex> lock(allocations_mutex());
   auto& live = allocations();
   const auto it = live.find(p);
   TORCH_CHECK(it != live.end(), "cuda_on_cpu: free of memory the allocator did not hand out");
-  if (capturing != nullptr) {  // the graph's pool keeps it until the graph goes
+  if (capturing != nullptr && !it->second.host) {  // the graph's pool keeps it until the graph goes
     it->second.in_graph = true;
     capturing->deferred_frees.push_back(p);
     return;
   }
   live.erase(it);
-  std::free(p);
+  guarded_free(p);
 }
 
 struct Allocator final : c10::Allocator {
   c10::DataPtr allocate(size_t bytes) override {
-    void* p = nullptr;
-    if (bytes > 0) {
-      // Exact size, so that AddressSanitizer sees the first byte past the end.
-      TORCH_CHECK(posix_memalign(&p, 256, bytes) == 0, "cuda_on_cpu: out of memory");
-      garbage_fill(p, bytes);
-      allocations()[p] = {bytes, capturing != nullptr};
-    }
+    void* p = bytes > 0 ? guarded_alloc(bytes, false) : nullptr;
     return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
@@ -190,17 +223,38 @@ struct Allocator final : c10::Allocator {
 // GPU's fresh allocations do.
 struct HostGarbageAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t bytes) override {
-    void* p = nullptr;
-    if (bytes > 0) {
-      TORCH_CHECK(posix_memalign(&p, 64, bytes) == 0, "cuda_on_cpu: out of memory");
-      garbage_fill(p, bytes);
-    }
-    return {p, p, &std::free, c10::Device(c10::DeviceType::CPU)};
+    void* p = bytes > 0 ? guarded_alloc(bytes, true) : nullptr;
+    return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
 };
 
+// The first byte of [p, p + n) that is not a guard byte, or -1.
+int64_t first_overwritten(const unsigned char* p, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (p[i] != kGuardByte) return int64_t(i);
+  return -1;
+}
+
 }  // namespace
+
+void check_guards(const std::function<std::string()>& writer) {
+  if (kGuard == 0) return;
+  const std::lock_guard<std::mutex> lock(allocations_mutex());
+  for (auto& [ptr, a] : allocations()) {
+    auto* p = static_cast<unsigned char*>(ptr);
+    const int64_t after = first_overwritten(p + a.bytes, kGuard);
+    int64_t before = first_overwritten(p - kGuard, kGuard);
+    if (after < 0 && before < 0) continue;
+    if (before >= 0) before = int64_t(kGuard) - before;  // bytes before the start
+    std::memset(p - kGuard, kGuardByte, kGuard);  // one report a write
+    std::memset(p + a.bytes, kGuardByte, kGuard);
+    TORCH_CHECK(false, "cuda_on_cpu: ", writer(), " wrote out of bounds of a ", a.bytes, "-byte ",
+                a.host ? "tensor allocated while emulating" : "caching-allocator block", " (", ptr, "): ",
+                after >= 0 ? "byte " + std::to_string(after) + " past its end"
+                           : "byte " + std::to_string(before) + " before its start");
+  }
+}
 
 void garbage_host_tensors(bool on) {
   static HostGarbageAllocator garbage;
@@ -217,8 +271,9 @@ void garbage_host_tensors(bool on) {
 
 std::vector<std::pair<const void*, size_t>> live_allocations() {
   std::vector<std::pair<const void*, size_t>> out;
+  const std::lock_guard<std::mutex> lock(allocations_mutex());
   for (const auto& [p, a] : allocations())
-    if (!a.in_graph) out.push_back({p, a.bytes});
+    if (!a.in_graph && !a.host) out.push_back({p, a.bytes});
   return out;
 }
 
@@ -252,9 +307,12 @@ void replay(GraphHandle handle) {
 void destroy_graph(GraphHandle handle) {
   auto* graph = static_cast<Graph*>(handle);
   TORCH_CHECK(capturing != graph, "cuda_on_cpu: destroying a capture being recorded");
-  for (void* p : graph->deferred_frees) {
-    allocations().erase(p);
-    std::free(p);
+  {
+    const std::lock_guard<std::mutex> lock(allocations_mutex());
+    for (void* p : graph->deferred_frees) {
+      allocations().erase(p);
+      guarded_free(p);
+    }
   }
   delete graph;
 }
@@ -325,10 +383,14 @@ cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
 const char* cudaGetErrorString(cudaError_t error) { return error == cudaSuccess ? "no error" : "error"; }
 
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream) {
-  if (cuda_on_cpu::is_capturing(stream)) {
-    capturing->ops.push_back([=] { std::memset(ptr, value, bytes); });
-  } else {
+  const auto run = [=] {
     std::memset(ptr, value, bytes);
+    cuda_on_cpu::check_guards([] { return std::string("cudaMemsetAsync"); });
+  };
+  if (cuda_on_cpu::is_capturing(stream)) {
+    capturing->ops.push_back(run);
+  } else {
+    run();
   }
   return cudaSuccess;
 }

@@ -54,6 +54,24 @@ void garbage_fill(void* p, size_t bytes);
 bool in_kernel();
 std::string normalize_kernel_name(std::string name);
 
+// Fails the running CUDA thread with "<kernel> block (x,y,z) thread t (warp, lane) <what>" (blocks.cpp).
+[[noreturn]] void fail_in_thread(const std::string& what);
+
+// While alive (a grid runs), SIGSEGV and SIGBUS in a kernel are reported as
+// illegal memory accesses (Note [Illegal addresses] in faults.cpp).
+struct FaultHandlers {
+  FaultHandlers();
+  ~FaultHandlers();
+  FaultHandlers(const FaultHandlers&) = delete;
+  FaultHandlers& operator=(const FaultHandlers&) = delete;
+  bool installed = false;
+};
+
+// Checks the guard bytes around every caching-allocator block and every tensor
+// allocated while emulating (Note [Guard bytes] in runtime.cpp); `writer` names
+// who wrote since the last check.
+void check_guards(const std::function<std::string()>& writer);
+
 // While on, torch's CPU allocator fills every fresh tensor with garbage.
 void garbage_host_tensors(bool on);
 
