@@ -87,4 +87,19 @@ SF_HD float gumbel_from_bits(uint32_t k) { return -log_positive(exp1_from_bits(k
 // An upper bound on gumbel_from_bits over all 2^32 inputs (22.87 plus margin).
 constexpr float kGumbelMax = 23.0f;
 
+SF_HD int leading_zeros(uint32_t k) {
+#if defined(__CUDA_ARCH__)
+  return __clz(int(k));
+#else
+  return k == 0u ? 32 : __builtin_clz(k);
+#endif
+}
+
+// An upper bound on gumbel_from_bits(k) read off k's leading zeros, with no
+// log: v = (k + 1/2) 2^-32 >= 2^-(clz + 1) and E = -log(1 - v) >= v, so
+// G = -log E <= (clz + 1) ln 2. The 1e-3 covers the rounding of E and of the
+// two logs (a few ulps of values below 23). tests/cpp checks it over the same
+// inputs as the noise itself.
+SF_HD float gumbel_bound(uint32_t k) { return float(leading_zeros(k) + 1) * 0.693147182f + 1e-3f; }
+
 }  // namespace syncfree

@@ -6,10 +6,12 @@
 
 #if defined(__CUDACC__)
 #define SF_HD __host__ __device__ __forceinline__
+#define SF_HD_METHOD __host__ __device__ __forceinline__
 #else
 // Internal linkage and forced inlining: a CPU function compiled for AVX2+FMA
 // (cpu/sample_cpu.cpp) inlines these and gets their fused, vector form.
 #define SF_HD static inline __attribute__((always_inline))
+#define SF_HD_METHOD inline __attribute__((always_inline))
 #endif
 
 // Host-only helpers (std::vector inside) that the CPU's AVX2 variants must

@@ -201,14 +201,27 @@ SF_HD float masked_value(bool probs) { return probs ? 0.0f : -kInf; }
 // Split in two so the CPU can draw the noise of several groups together:
 // group_weight folds the group into acc (infinities, greedy best, mass) and
 // returns the log weight it races with (-inf: it does not race);
-// race_group draws its noise and enters it in the race.
-template <bool kProbs>
-SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t first, const RowRace& r) {
+// race_group draws its noise and enters it in the race. word() gives the
+// group's word (group_word) when the group may race: drawn on the spot, or
+// (the CPU) drawn for a batch of groups together.
+struct DrawGroupWord {
+  const RowStream& stream;
+  int64_t group;
+  SF_HD_METHOD uint32_t operator()() const { return group_word(stream, group); }
+};
+
+template <bool kProbs, typename Word>
+SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t first, const RowRace& r, Word word) {
   float finite[kGroup], scratch[kGroup];
   SF_SIMD
-  for (int i = 0; i < kGroup; ++i) scratch[i] = v[i];
-  // +inf tokens are rare: found by the group max, counted only when present.
-  if (tree_max(scratch) == kInf) {
+  for (int i = 0; i < kGroup; ++i) {
+    finite[i] = v[i];
+    scratch[i] = v[i];
+  }
+  // +inf tokens are rare: found by the group max, counted only when present. Without
+  // one, the finite values are v and their max is the one just taken (the same tree).
+  float m = tree_max(scratch);
+  if (m == kInf) {
     Infinities infs = no_infinities();
     for (int i = 0; i < kGroup; ++i) {
       if (v[i] == kInf) {
@@ -217,13 +230,13 @@ SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t fir
       }
     }
     acc.infs = merge_infinities(acc.infs, infs);
+    SF_SIMD
+    for (int i = 0; i < kGroup; ++i) {
+      finite[i] = v[i] == kInf ? masked_value(kProbs) : v[i];
+      scratch[i] = finite[i];
+    }
+    m = tree_max(scratch);
   }
-  SF_SIMD
-  for (int i = 0; i < kGroup; ++i) {
-    finite[i] = v[i] == kInf ? masked_value(kProbs) : v[i];
-    scratch[i] = finite[i];
-  }
-  const float m = tree_max(scratch);
   if (!kProbs && r.greedy) {
     // The group's candidate is its max at its lowest index; only a group
     // that can win or tie needs that index.
@@ -237,12 +250,21 @@ SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t fir
   }
   if (kProbs ? !(m > 0.0f) : m == -kInf) return -kInf;  // nothing unmasked and finite
 
-  // A group whose best possible key, m + log(16) + max noise, is below the
+  // Note [Groups that cannot win]
+  // A group whose best possible key, m + log(16) + its noise, is below the
   // current best cannot win: skip its noise, and its exps unless logprobs need
-  // them. The |m| term covers the rounding of the key's two additions, so the
-  // bound is rigorous and skipping never depends on the visiting order.
+  // them. First with the largest noise there is (kGumbelMax, no word drawn),
+  // then with the bound its own group word gives (gumbel_bound: one Philox
+  // block and a count of leading zeros, no log). Most groups of a row fail
+  // the second test once a good key is found, so the race pays its exps and
+  // logs only for the few that may win. The |m| term covers the rounding of
+  // the key's two additions, so both bounds are rigorous: skipping never
+  // changes a token, and never depends on the visiting order.
   const float abs_m = m < 0.0f ? -m : m;
-  const bool hopeless = !kProbs && m + (2.7726f + kGumbelMax) + abs_m * 0x1p-20f < acc.best.key;
+  const float slack = 2.7726f + abs_m * 0x1p-20f;
+  bool hopeless = !kProbs && m + (slack + kGumbelMax) < acc.best.key;
+  if (!kProbs && !hopeless && !r.greedy && acc.best.key != -kInf)
+    hopeless = m + (slack + gumbel_bound(word())) < acc.best.key;
   if (hopeless && !r.want_mass) return -kInf;
   // Group weight: sum e^(y - m) for logits, sum w for probabilities.
   SF_SIMD
@@ -251,6 +273,11 @@ SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t fir
   if (!kProbs && r.want_mass) acc.mass = merge_mass(acc.mass, {m, sum});
   if (r.greedy || hopeless || !(sum > 0.0f)) return -kInf;
   return kProbs ? log_positive(sum) : m + log_positive(sum);
+}
+
+template <bool kProbs>
+SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t first, const RowRace& r) {
+  return group_weight<kProbs>(acc, v, first, r, DrawGroupWord{r.stream, first / kGroup});
 }
 
 // Group `group` with log weight log_weight enters the race (See Note

@@ -36,11 +36,18 @@ SF_HD RacePartial race_chunk_body(const SampleParams& p, const RowRace& r, const
     const int n = int(std::min<int64_t>(kBatch, cg.groups - q0));
     float log_weight[kBatch], key[kBatch];
     int64_t group[kBatch];
+    // The batch's group words in one loop of independent Philox chains (vectorised), for the
+    // test of Note [Groups that cannot win].
+    uint32_t words[kBatch];
+    if (!kProbs && !r.greedy) {
+      SF_SIMD
+      for (int j = 0; j < kBatch; ++j) words[j] = group_word(r.stream, cg.first_group + q0 + j);
+    }
     int racing = 0;
     for (int j = 0; j < n; ++j) {
       const int64_t g = cg.first_group + q0 + j;
       load_group_scalar(row, p.vocab, g, kProbs, r, v);
-      const float w = group_weight<kProbs>(acc, v, int32_t(g * kGroup), r);
+      const float w = group_weight<kProbs>(acc, v, int32_t(g * kGroup), r, [&] { return words[j]; });
       log_weight[racing] = w;
       group[racing] = g;
       racing += w != -kInf ? 1 : 0;

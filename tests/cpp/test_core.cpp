@@ -124,7 +124,7 @@ void test_stream_layout() {
 double exp1_reference(uint32_t k) { return -std::log1p(-(double(k) + 0.5) * 0x1p-32); }
 
 void test_noise() {
-  int bad_value = 0, bad_gumbel = 0, bad_order = 0;
+  int bad_value = 0, bad_gumbel = 0, bad_order = 0, bad_bound = 0;
   double worst_rel = 0.0;
   uint32_t worst_k = 0, first_bad = 0, first_disorder = 0;
   auto check_one = [&](uint32_t k) {
@@ -138,6 +138,7 @@ void test_noise() {
     if (rel > worst_rel) worst_rel = rel, worst_k = k;
     const float g = gumbel_from_bits(k);
     bad_gumbel += !(g >= -3.2f && g < kGumbelMax);
+    bad_bound += !(g <= gumbel_bound(k) && gumbel_bound(k) <= kGumbelMax);
   };
   // Non-decreasing along a run of increasing k.
   auto check_run = [&](uint64_t begin, uint64_t end, uint64_t step) {
@@ -152,6 +153,8 @@ void test_noise() {
   const uint32_t special[] = {0u, 1u, 2u, 3u, (1u << 24) - 1, 1u << 24, (1u << 30) - 1, 1u << 30, (1u << 30) + 1,
                               0x7FFFFFFFu, 0x80000000u, 0xC0000000u, 0xFEFFFFFFu, 0xFFFFFFFEu, 0xFFFFFFFFu};
   for (uint32_t k : special) check_one(k);
+  for (int j = 0; j < 32; ++j)  // gumbel_bound steps at every power of two
+    for (uint32_t k : {(1u << j) - 1u, 1u << j, (1u << j) + 1u}) check_one(k);
   const uint64_t kAll = uint64_t(1) << 32;
   check_run(0, kAll, 997);  // the whole range, coarsely
   // Every k around the edges, the branch point 2^30, and where 1 - v crosses
@@ -165,6 +168,7 @@ void test_noise() {
   }
   CHECK_MSG(bad_value == 0, "%d exp1_from_bits values not finite and > 0 (first k = %u)", bad_value, first_bad);
   CHECK_MSG(bad_gumbel == 0, "%d gumbel_from_bits values outside [-3.2, kGumbelMax)", bad_gumbel);
+  CHECK_MSG(bad_bound == 0, "%d gumbel_from_bits values above gumbel_bound", bad_bound);
   CHECK_MSG(bad_order == 0, "exp1_from_bits decreases %d times (first at k = %u)", bad_order, first_disorder);
   CHECK_MSG(worst_rel < 4e-7, "exp1_from_bits vs -log1p(-(k + 1/2) 2^-32): rel error %.3g at k = %u", worst_rel,
             worst_k);
