@@ -190,9 +190,21 @@ def test_captured_calls_replay_with_fresh_noise(layer, shape):
 WARPER_SHAPES = [(1, 128256), (8, 32000), (33, 4099), (4, 17)]
 
 
-@pytest.mark.parametrize("config", cases(parity.WARPER_CONFIGS, parity.WARPER_CONFIGS[-1:]), ids=parity.config_id)
-@pytest.mark.parametrize("dtype", cases(DTYPES, [torch.bfloat16]), ids=str)
-@pytest.mark.parametrize("shape", cases(WARPER_SHAPES, [(4, 17), (1, 128256)]), ids=shape_id)
+def warper_cases():
+    """(shape, dtype, config): every shape with every configuration, in one dtype each in turn, so
+    that every pair of shape, dtype and configuration meets in the quick tier; the rest of the
+    product is the slow tier (README "Tests")."""
+    def case(shape, dtype, config, slow=False):
+        return pytest.param(shape, dtype, config, id=f"{shape_id(shape)}-{dtype}-{parity.config_id(config)}",
+                            marks=pytest.mark.slow if slow else ())
+    if QUICK:
+        return [case(shape, torch.bfloat16, parity.WARPER_CONFIGS[-1]) for shape in [(4, 17), (1, 128256)]]
+    return [case(shape, dtype, config, slow=k != (i + j) % len(DTYPES))
+            for i, shape in enumerate(WARPER_SHAPES) for j, config in enumerate(parity.WARPER_CONFIGS)
+            for k, dtype in enumerate(DTYPES)]
+
+
+@pytest.mark.parametrize("shape, dtype, config", warper_cases())
 def test_warpers_keep_the_same_sets(target, shape, dtype, config):
     parity.check_warpers(target, shape, dtype, config)
 
@@ -325,8 +337,12 @@ def test_verify_draft_single_row_and_one_draft(target):
     parity.check_verify(target, rows=1, n=1, vocab=20000)
 
 
-@pytest.mark.xfail(raises=ValueError, strict=True,
-                   reason="csrc/checks.cpp still checks draft ids on CPU tensors under emulation, which CUDA cannot")
+PENDING_ID_CHECK = "csrc/checks.cpp still checks draft ids on CPU tensors under emulation, which CUDA cannot"
+
+
+@pytest.mark.skipif(os.environ.get("SYNCFREE_EMULATION_VARIANT", "plain") != "plain",
+                    reason=f"pending ({PENDING_ID_CHECK}): an exception out of the ops aborts the sanitizer runs")
+@pytest.mark.xfail(raises=ValueError, strict=True, reason=PENDING_ID_CHECK)
 def test_verify_draft_ids_outside_the_vocabulary_are_rejected(target):
     parity.check_verify_ids_outside_the_vocabulary(target)
 

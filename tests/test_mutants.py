@@ -4,7 +4,8 @@ pass under AddressSanitizer + UndefinedBehaviorSanitizer and ThreadSanitizer.
 Two heavy tiers (README "Tests"), deselected by default: `pytest tests -m mutants` builds each
 mutant of tests/cuda_on_cpu/mutations.py (tests/cuda_on_cpu/build.py caches objects, so a
 mutant recompiles the one file it changes) and runs its tests/test_emulated.py selection in a
-subprocess; `pytest tests -m sanitizers` runs the quick emulated cases over the sanitizer builds.
+subprocess, as many mutants at a time as there are cores; `pytest tests -m sanitizers` runs the
+quick emulated cases over the sanitizer builds.
 The quick tier checks the mutants' text and selections only, so a kernel edit that orphans a
 mutant fails in seconds.
 """
@@ -20,12 +21,21 @@ import cuda_on_cpu
 from cuda_on_cpu import mutations
 
 
+@pytest.fixture(scope="module")
+def outcomes(request):
+    """{name: (caught, output)} of the selected mutants, run as many at a time as there are cores
+    (tests/cuda_on_cpu/mutations.py: run_all)."""
+    chosen = {item.callspec.params["mutant"].name for item in request.session.items
+              if getattr(item, "originalname", "") == "test_a_planted_bug_is_caught"}
+    return mutations.run_all([m for m in mutations.MUTANTS if m.name in chosen and not m.pending])
+
+
 @pytest.mark.mutants
 @pytest.mark.parametrize("mutant", mutations.MUTANTS, ids=lambda m: m.name)
-def test_a_planted_bug_is_caught(mutant):
+def test_a_planted_bug_is_caught(mutant, request):
     if mutant.pending:
         pytest.skip(f"pending: {mutant.pending}")
-    caught, output = mutations.run(mutant)
+    caught, output = request.getfixturevalue("outcomes")[mutant.name]
     if caught is None:
         pytest.skip(output)
     assert caught, f"mutant {mutant.name} was not caught:\n{output[-4000:]}"

@@ -94,10 +94,12 @@ def capture(graph):
         graph.capture_end()
 
 
-def run_variant(variant, pytest_args, timeout):
-    """Runs pytest in a subprocess over the given variant's build (sanitizer runtime preloaded)."""
-    env = dict(os.environ, SYNCFREE_EMULATION_VARIANT=variant, PYTHONUNBUFFERED="1",
-               SYNCFREE_EMULATION_MODULE=str(_build.build(variant, csrc=os.environ.get("SYNCFREE_EMULATION_CSRC"),
+def run_variant(variant, pytest_args, timeout, env=None):
+    """Runs pytest in a subprocess over the given variant's build (sanitizer runtime preloaded);
+    env: variables for it on top of os.environ (SYNCFREE_EMULATION_CSRC picks the sources)."""
+    env = dict(os.environ, **(env or {}))
+    env.update(SYNCFREE_EMULATION_VARIANT=variant, PYTHONUNBUFFERED="1",
+               SYNCFREE_EMULATION_MODULE=str(_build.build(variant, csrc=env.get("SYNCFREE_EMULATION_CSRC"),
                                                           quiet=True)))
     runtime = _build.sanitizer_runtime(variant) if variant != "plain" else None
     if variant != "plain":

@@ -57,9 +57,10 @@ def _torch_flags():
 
 
 def _sources(csrc):
-    """(source, kind): kind "cuda" compiles as C++ through the layer; "layer" is the layer's own."""
+    """(source, kind): kind "cuda" compiles as C++ through the layer; "layer" is the layer's own;
+    "cpu" is the CPU path, which the emulated ops link but never run (-O0: a quicker build)."""
     return ([(p, "cxx") for p in sorted(csrc.glob("*.cpp")) if p.name != "bindings.cpp"]
-            + [(p, "cxx") for p in sorted((csrc / "cpu").glob("*.cpp"))]
+            + [(p, "cpu") for p in sorted((csrc / "cpu").glob("*.cpp"))]
             + [(p, "cuda") for p in sorted((csrc / "cuda").glob("*.cu"))]
             + [(LAYER / f"{name}.cpp", "layer") for name in ("fibers", "blocks", "runtime", "faults", "module")])
 
@@ -71,6 +72,8 @@ def _flags(variant, kind, csrc, defines, includes):
              "-fopenmp", "-DSYNCFREE_WITH_CUDA", "-DSYNCFREE_CUDA_ON_CPU",
              *defines, f"-I{csrc}", f"-I{LAYER / 'include'}", f"-I{LAYER}", *includes]
     variant_flags = VARIANTS[variant]
+    if kind == "cpu":
+        variant_flags = [f for f in variant_flags if not f.startswith("-O")] + ["-O0"]
     if variant == "tsan" and kind == "layer":  # the runtime's own bookkeeping is not a data race
         variant_flags = [f for f in variant_flags if f != "-fsanitize=thread"]
     flags += variant_flags

@@ -9,6 +9,7 @@ by hand, before a kernel change:
 
     python -m cuda_on_cpu.mutations [name ...]      # from tests/; about a minute a mutant (2 cores)
 """
+import concurrent.futures
 import dataclasses
 import os
 import pathlib
@@ -190,17 +191,8 @@ def run(mutant, timeout=900):
         shutil.copytree(ROOT / "csrc", csrc)
         mutant.apply(csrc)
         env = {"SYNCFREE_EMULATION_CSRC": str(csrc), "SYNCFREE_EMULATION_QUICK": "1" if mutant.quick else "0"}
-        old_env = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            result = run_variant(mutant.variant, [str(TESTS / "test_emulated.py"), "-x", "-q", "-k", mutant.tests],
-                                 timeout)
-        finally:
-            for k, v in old_env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        result = run_variant(mutant.variant, [str(TESTS / "test_emulated.py"), "-x", "-q", "-k", mutant.tests],
+                             timeout, env)
     if result is None:
         return None, f"no {mutant.variant} runtime here"
     output = result.stdout + result.stderr
@@ -212,12 +204,19 @@ def run(mutant, timeout=900):
     return caught, output
 
 
+def run_all(mutants, workers=None):
+    """{name: (caught, output)}, `workers` mutants at a time (default: the cores). Builds take the
+    cache's lock one at a time, so one mutant's build overlaps the others' test runs."""
+    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        return dict(zip([m.name for m in mutants], pool.map(run, mutants)))
+
+
 if __name__ == "__main__":
     chosen = [m for m in MUTANTS if len(sys.argv) < 2 or m.name in sys.argv[1:]]
     for m in chosen:
         if m.pending:
             print(f"pending  {m.name}: {m.pending}", flush=True)
-            continue
+    for m in [m for m in chosen if not m.pending]:
         caught, output = run(m)
         print(f"{'caught' if caught else 'MISSED' if caught is False else 'skipped'}  {m.name}", flush=True)
         if caught is False:
