@@ -167,8 +167,8 @@ SF_HD void tree_sum_level(float (&a)[kGroup]) {
   for (int i = 0; i < kWidth; ++i) a[i] = a[i] + a[i + kWidth];
 }
 
-template <int kWidth>
-SF_HD void tree_max_level(float (&a)[kGroup]) {
+template <int kWidth, int kSize>
+SF_HD void tree_max_level(float (&a)[kSize]) {
   SF_SIMD
   for (int i = 0; i < kWidth; ++i) a[i] = a[i + kWidth] > a[i] ? a[i + kWidth] : a[i];
 }
@@ -191,7 +191,22 @@ SF_HD float tree_max(float (&a)[kGroup]) {
   return a[0];
 }
 
+// tree_max of v without touching it (the same tree, so the same bits): the
+// first level reads v, so the CPU copies no array through the stack.
+SF_HD float group_max(const float (&v)[kGroup]) {
+  float a[kGroup / 2];
+  SF_SIMD
+  for (int i = 0; i < kGroup / 2; ++i) a[i] = v[i + kGroup / 2] > v[i] ? v[i + kGroup / 2] : v[i];
+  tree_max_level<4>(a);
+  tree_max_level<2>(a);
+  tree_max_level<1>(a);
+  return a[0];
+}
+
 SF_HD float masked_value(bool probs) { return probs ? 0.0f : -kInf; }
+
+// A value with +inf masked (a group's finite values, which its weight sums).
+SF_HD float finite_value(float x, bool probs) { return x == kInf ? masked_value(probs) : x; }
 
 // Visits one group: the kGroup tokens starting at token `first` (a multiple
 // of kGroup). For logits v holds scaled logits (scaled_logit), for
@@ -212,15 +227,11 @@ struct DrawGroupWord {
 
 template <bool kProbs, typename Word>
 SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t first, const RowRace& r, Word word) {
-  float finite[kGroup], scratch[kGroup];
-  SF_SIMD
-  for (int i = 0; i < kGroup; ++i) {
-    finite[i] = v[i];
-    scratch[i] = v[i];
-  }
   // +inf tokens are rare: found by the group max, counted only when present. Without
-  // one, the finite values are v and their max is the one just taken (the same tree).
-  float m = tree_max(scratch);
+  // one, the finite values are v themselves and their max is the one just taken. (The
+  // finite values are selected element by element below, not held in a second array:
+  // choosing between two arrays at run time would put them in local memory on the GPU.)
+  float m = group_max(v);
   if (m == kInf) {
     Infinities infs = no_infinities();
     for (int i = 0; i < kGroup; ++i) {
@@ -230,12 +241,10 @@ SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t fir
       }
     }
     acc.infs = merge_infinities(acc.infs, infs);
+    float finite[kGroup];
     SF_SIMD
-    for (int i = 0; i < kGroup; ++i) {
-      finite[i] = v[i] == kInf ? masked_value(kProbs) : v[i];
-      scratch[i] = finite[i];
-    }
-    m = tree_max(scratch);
+    for (int i = 0; i < kGroup; ++i) finite[i] = finite_value(v[i], kProbs);
+    m = group_max(finite);
   }
   if (!kProbs && r.greedy) {
     // The group's candidate is its max at its lowest index; only a group
@@ -243,7 +252,7 @@ SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t fir
     if (m != -kInf && !(m < acc.best.key)) {
       int at = 0;
       SF_UNROLL
-      for (int i = kGroup - 1; i >= 0; --i) at = finite[i] == m ? i : at;
+      for (int i = kGroup - 1; i >= 0; --i) at = finite_value(v[i], kProbs) == m ? i : at;
       acc.best = better_of(acc.best, {m, first + at});
     }
     if (!r.want_mass) return -kInf;
@@ -267,8 +276,12 @@ SF_HD float group_weight(RacePartial& acc, const float (&v)[kGroup], int32_t fir
     hopeless = m + (slack + gumbel_bound(word())) < acc.best.key;
   if (hopeless && !r.want_mass) return -kInf;
   // Group weight: sum e^(y - m) for logits, sum w for probabilities.
+  float scratch[kGroup];
   SF_SIMD
-  for (int i = 0; i < kGroup; ++i) scratch[i] = kProbs ? finite[i] : exp_nonpositive(finite[i] - m);
+  for (int i = 0; i < kGroup; ++i) {
+    const float x = finite_value(v[i], kProbs);
+    scratch[i] = kProbs ? x : exp_nonpositive(x - m);
+  }
   const float sum = tree_sum(scratch);
   if (!kProbs && r.want_mass) acc.mass = merge_mass(acc.mass, {m, sum});
   if (r.greedy || hopeless || !(sum > 0.0f)) return -kInf;
