@@ -380,6 +380,14 @@ def check_limits(target, vocab=3000):
                           logprobs_mode=mode, top_k=7, allowed_mask=mask)
             assert_same(syncfree.sample(x, t, **kwargs), target.call(syncfree.sample, x, t, **kwargs),
                         f"limits {mode} {t}")
+    # Rows split over blocks whose top-n spans several bins of the first digit: two tokens far above
+    # the rest, so the n-th key lies below tokens already counted (the scan's count above it matters).
+    wide = torch.randn(2, 20000, generator=g)
+    wide[:, 5], wide[:, 9], wide[1, 17] = 30.0, 20.0, 25.0
+    for mode in ("processed", "raw"):
+        kwargs = dict(seed=3, return_logprobs=True, return_top_logprobs=5, logprobs_mode=mode)
+        assert_same(syncfree.sample(wide, 0.9, **kwargs), target.call(syncfree.sample, wide, 0.9, **kwargs),
+                    f"split top-n {mode}")
     rows = torch.stack([x[1], torch.full((vocab,), -float("inf")), x[0]])
     want = syncfree.warp(rows, 0.8)
     got = target.call(syncfree.warp, rows, 0.8)

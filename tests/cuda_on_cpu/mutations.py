@@ -135,9 +135,10 @@ MUTANTS = [
            "processing_matches"),
     # A histogram counted twice picks the n-th key's bin too high: too few candidates.
     Mutant("top-scan-counts-twice", "cuda/process_cuda.cu",
-           "    if (sh.hist[b] != 0u) atomicAdd(hist + b, sh.hist[b]);\n  __threadfence();",
-           "    if (sh.hist[b] != 0u) atomicAdd(hist + b, 2 * sh.hist[b]);\n  __threadfence();",
-           "processing_matches and 1x128256"),
+           "    add_hist_to(sh, hist);\n    __threadfence();\n    __syncthreads();\n    if (t == 0) last = atomicAdd(&state.tickets[1]",
+           "    add_hist_to(sh, hist);\n    add_hist_to(sh, hist);\n    __threadfence();\n    __syncthreads();\n"
+           "    if (t == 0) last = atomicAdd(&state.tickets[1]",
+           "processing_matches and 1x128256 or rules_at_the_limits"),
     Mutant("top-compaction-drops-the-chosen-bin", "cuda/process_cuda.cu",
            "const uint32_t floor = state.first.prefix;",
            "const uint32_t floor = state.first.prefix + (1u << (32 - state.first.done));",
@@ -180,6 +181,22 @@ MUTANTS = [
            "if (kVec && g < full_groups)", "if (kVec && g <= full_groups)",
            "tokens_logprobs_and_valid and 3x1000 and float32", variant="asan", expect="heap-buffer-overflow",
            quick=False),
+    # The rules at the limits (README "Speculative decoding", "Processing") and Note [64-bit sums in
+    # shared memory].
+    Mutant("verify-inf-count-lost", "cuda/verify_cuda.cu",
+           "  if (infs > 0) atomicAdd(&inf_count, infs);\n", "",
+           "rules_at_the_limits"),
+    Mutant("raw-top-n-of-a-degenerate-row", "cuda/process_cuda.cu",
+           "no ticket\n      if (t == 0) a.raw_norms[row] = has_distribution(a.norms[row]) ? norm_of(acc) : empty_norm();",
+           "no ticket\n      if (t == 0) a.raw_norms[row] = norm_of(acc);",
+           "rules_at_the_limits"),
+    Mutant("shared-sum-drops-the-high-word", "cuda/block_select.cuh",
+           "  if (high + carry != 0u) atomicAdd(&c.hi[i], high + carry);\n", "",
+           "warpers_keep_the_same_sets or warper_edge_rows"),
+    Mutant("block-sum-skips-a-level", "cuda/block_select.cuh",
+           "for (int delta = 16; delta > 0; delta >>= 1) x += __shfl_down_sync(0xffffffffu, x, delta);",
+           "for (int delta = 16; delta > 1; delta >>= 1) x += __shfl_down_sync(0xffffffffu, x, delta);",
+           "warpers_keep_the_same_sets or warper_edge_rows or verify_draft_matches"),
 ]
 
 
