@@ -253,7 +253,7 @@ void check_verify(const Tensor& target, const Tensor& draft_ids, const std::opti
     TORCH_CHECK_VALUE(q.stride(2) == 1 || vocab <= 1, "draft_probs: the last dim must be contiguous (stride 1), got "
                       "stride ", q.stride(2), "; call .contiguous() first");
   }
-  if (draft_ids.device().is_cpu() && draft_ids.numel() > 0) {
+  if (checks_values(draft_ids) && draft_ids.numel() > 0) {  // CUDA (and its emulation) rejects them instead
     const int64_t low = draft_ids.min().item<int64_t>(), high = draft_ids.max().item<int64_t>();
     TORCH_CHECK_VALUE(low >= 0 && high < vocab, "draft_ids: expected ids in [0, V) = [0, ", vocab, "), got ",
                       low < 0 ? low : high);

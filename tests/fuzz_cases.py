@@ -653,8 +653,11 @@ def run_verify(batch, examples, emulated):
         else:
             kwargs.update(seed=torch.arange(b) * 7 + data.draw(st.integers(0, 99)), offset=torch.arange(b))
         bad = data.draw(st.sampled_from([None] * 6 + ["draft_ids", "top_p", "draft_probs"]))
+        outside = False
         if bad == "draft_ids":
             ids = ids + v
+            if emulated:  # CUDA cannot check them without a sync: they are rejected (README "Speculative decoding")
+                bad, outside = None, True
         elif bad == "top_p":
             kwargs["top_p"] = 0.0
         elif bad == "draft_probs":
@@ -672,7 +675,7 @@ def run_verify(batch, examples, emulated):
         assert bad is None, f"{bad} was accepted"
         again = call(target, ids, q, return_logprobs=True, return_valid=True, **kwargs)
         assert torch.equal(again[0], tokens) and torch.equal(again[1], accepted), "a seeded call did not repeat"
-        if emulated:
+        if emulated and not outside:
             want = syncfree.verify_draft(target, ids, q, return_logprobs=True, return_valid=True, **kwargs)
             for w, got in zip(want, (tokens, accepted, logprobs, valid)):
                 if w.dtype == torch.float32:
@@ -685,6 +688,7 @@ def run_verify(batch, examples, emulated):
         for row in range(b):
             k = accepted[row].item()
             assert 0 <= k <= n and torch.equal(tokens[row, :k], ids[row, :k]), (tokens[row], ids[row])
+            assert ((tokens[row, :k] >= 0) & (tokens[row, :k] < v)).all(), f"an id outside [0, {v}) was accepted"
             assert (tokens[row, k + 1:] == -1).all()
             token = tokens[row, k].item()
             assert 0 <= token < v, f"id {token} outside [0, {v})"

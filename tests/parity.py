@@ -254,6 +254,7 @@ def check_verify_ids_outside_the_vocabulary(target, rows=4, n=3, vocab=2999):
     x = torch.randn(rows, n + 1, vocab, generator=g) * 10
     ids = x[:, :n].argmax(-1)  # drafts the target likes: accepted unless out of range
     ids[0, 0], ids[1, 1], ids[2, 2], ids[3, 0] = vocab, vocab + 7, -1, -(2**40)
+    x[0, 1, 0] = 1000.0  # what a read one past row 0's first position finds: a token it would accept
     wider = torch.cat([x, torch.full((rows, n + 1, 1), -float("inf"))], -1)
     kwargs = dict(seed=torch.arange(rows) + 3, offset=torch.arange(rows), return_logprobs=True, return_valid=True)
     for temperature in (1.0, 0.0):
@@ -382,12 +383,15 @@ def check_limits(target, vocab=3000):
                         f"limits {mode} {t}")
     # Rows split over blocks whose top-n spans several bins of the first digit: two tokens far above
     # the rest, so the n-th key lies below tokens already counted (the scan's count above it matters).
-    wide = torch.randn(2, 20000, generator=g)
+    # And split rows whose mass is spread over every chunk (the raw normaliser merges them all).
+    spread = torch.randn(2, 20000, generator=g)
+    wide = spread.clone()
     wide[:, 5], wide[:, 9], wide[1, 17] = 30.0, 20.0, 25.0
-    for mode in ("processed", "raw"):
-        kwargs = dict(seed=3, return_logprobs=True, return_top_logprobs=5, logprobs_mode=mode)
-        assert_same(syncfree.sample(wide, 0.9, **kwargs), target.call(syncfree.sample, wide, 0.9, **kwargs),
-                    f"split top-n {mode}")
+    for rows_ in (wide, spread):
+        for mode in ("processed", "raw"):
+            kwargs = dict(seed=3, return_logprobs=True, return_top_logprobs=5, logprobs_mode=mode)
+            assert_same(syncfree.sample(rows_, 0.9, **kwargs), target.call(syncfree.sample, rows_, 0.9, **kwargs),
+                        f"split top-n {mode}")
     rows = torch.stack([x[1], torch.full((vocab,), -float("inf")), x[0]])
     want = syncfree.warp(rows, 0.8)
     got = target.call(syncfree.warp, rows, 0.8)

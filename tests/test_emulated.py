@@ -337,12 +337,6 @@ def test_verify_draft_single_row_and_one_draft(target):
     parity.check_verify(target, rows=1, n=1, vocab=20000)
 
 
-PENDING_ID_CHECK = "csrc/checks.cpp still checks draft ids on CPU tensors under emulation, which CUDA cannot"
-
-
-@pytest.mark.skipif(os.environ.get("SYNCFREE_EMULATION_VARIANT", "plain") != "plain",
-                    reason=f"pending ({PENDING_ID_CHECK}): an exception out of the ops aborts the sanitizer runs")
-@pytest.mark.xfail(raises=ValueError, strict=True, reason=PENDING_ID_CHECK)
 def test_verify_draft_ids_outside_the_vocabulary_are_rejected(target):
     parity.check_verify_ids_outside_the_vocabulary(target)
 

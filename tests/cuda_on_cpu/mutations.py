@@ -145,7 +145,7 @@ MUTANTS = [
            "processing_matches"),
     Mutant("raw-norm-from-one-chunk", "cuda/process_cuda.cu",
            "    if (t < splits) {\n      const RacePartial* src", "    if (t < 1) {\n      const RacePartial* src",
-           "processing_matches and 1x128256"),
+           "processing_matches and 1x128256 or rules_at_the_limits"),
     Mutant("ties-ranked-without-earlier-warps", "cuda/process_cuda.cu",
            "const int rank = ts.size + before + __popc(", "const int rank = ts.size + __popc(",
            "top_logprobs_where_candidates_overflow"),
@@ -162,8 +162,7 @@ MUTANTS = [
     # an out-of-range draft id counts as rejected on CUDA).
     Mutant("verify-draft-id-at-the-vocabulary-size", "cuda/verify_cuda.cu",
            "const bool in_vocab = draft >= 0 && draft < vocab;", "const bool in_vocab = draft >= 0 && draft <= vocab;",
-           "verify_draft_ids_outside", pending="the emulated op still runs the CPU's check of draft ids "
-           "(csrc/checks.cpp), which raises before any kernel"),
+           "verify_draft_ids_outside"),
     # Caught by the layer's own reports (Note [Guard bytes] in runtime.cpp, Note [Alignment] and Note
     # [Illegal addresses] in faults.cpp), not by a crash.
     Mutant("partials-sized-for-one-row", "cuda/plans.h",
