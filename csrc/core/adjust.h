@@ -28,7 +28,7 @@
 //     output, x > 0 ? x / r : x * r; then x - fma(frequency, count, presence)
 //     if count > 0 (count over the output only). Ids outside [0, V) and -1
 //     padding enter no table.
-// (Top-n logprobs: Note [Top-n logprobs] in logprobs.h.) by its logprob under the row's distribution
+// (Top-n logprobs: Note [Top-n logprobs] in logprobs.h.)
 #pragma once
 
 #include "fmath.h"
