@@ -51,7 +51,6 @@ inline SamplePlan plan_sample(int64_t rows, int64_t vocab, int sm_count, bool pr
 // histogram is added into the row's global one, so any number of chunks);
 // the finishing kernel takes one block per row.
 constexpr int kSelectThreads = 512;
-constexpr int kSelectBlocksPerSm = kSampleBlocksPerSm;
 constexpr int64_t kSelectMinChunk = int64_t(kSelectThreads) * kGroup;
 // A merging block reads one partial per thread (the logprob stage's raw mass).
 constexpr int kSelectMaxSplits = kSelectThreads;
