@@ -13,8 +13,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 #include <cxxabi.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -149,20 +152,29 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dynamic_shared, cuda
 
 // Note [Guard bytes]
 // ------------------
-// A kernel that writes past its workspace corrupts the next heap block on a
-// GPU as here, and may go unnoticed. So every caching-allocator block and every
-// tensor allocated while emulating (the ops' outputs: device memory in this
-// model) sits between two runs of kGuard guard bytes, checked after every
-// block of every launch and after every memset: a write past either end is
-// reported with the kernel and block that made it. Under AddressSanitizer the
-// blocks are exact-size instead, and ASan sees the first byte past the end.
+// A kernel that reads or writes past its workspace touches the next block on a
+// GPU, and may go unnoticed; here it would corrupt the heap and crash later,
+// far from the cause. So every caching-allocator block and every tensor
+// allocated while emulating (the ops' outputs: device memory in this model)
+// has a mapping of its own: its size rounded up to 256 bytes (the caching
+// allocator's alignment) ends on a page boundary, with kFenceBefore and
+// kFenceAfter bytes of PROT_NONE around the pages. An access that reaches a
+// fence faults (Note [Illegal addresses] in faults.cpp), a read as well as a
+// write; a write into the slack between the block and a fence (the rest of its
+// first page, the rounding at its end) overwrites guard bytes, checked after
+// every block of every launch and after every memset, and is reported with the
+// kernel and block that made it. Under AddressSanitizer the blocks are
+// exact-size heap blocks instead, and ASan sees the first byte past the end.
 namespace {
 
 #if defined(__SANITIZE_ADDRESS__)
-constexpr size_t kGuard = 0;
+constexpr bool kFenced = false;
 #else
-constexpr size_t kGuard = 256;  // keeps the 256-byte alignment of the caching allocator's blocks
+constexpr bool kFenced = true;
 #endif
+constexpr size_t kAlign = 256;
+constexpr size_t kFenceBefore = size_t(64) << 10;
+constexpr size_t kFenceAfter = size_t(1) << 20;  // a missing row guard writes rows × row bytes past the end
 constexpr unsigned char kGuardByte = 0xA7;
 
 struct Allocation {
@@ -179,20 +191,41 @@ std::mutex& allocations_mutex() {  // torch may free host tensors on its worker 
   return m;
 }
 
+size_t round_up(size_t n, size_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+size_t page_bytes(size_t bytes) {  // the readable, writable pages of a block of `bytes`
+  static const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  return round_up(round_up(bytes, kAlign), page);
+}
+// The first byte of a block's pages; the block ends kAlign-rounded at their end.
+unsigned char* first_page(void* p, size_t bytes) {
+  return static_cast<unsigned char*>(p) + round_up(bytes, kAlign) - page_bytes(bytes);
+}
+
 void* guarded_alloc(size_t bytes, bool host) {
-  void* base = nullptr;
-  TORCH_CHECK(posix_memalign(&base, 256, bytes + 2 * kGuard) == 0, "cuda_on_cpu: out of memory");
-  auto* p = static_cast<unsigned char*>(base) + kGuard;
-  std::memset(p - kGuard, kGuardByte, kGuard);
-  std::memset(p + bytes, kGuardByte, kGuard);
+  void* p = nullptr;
+  if (kFenced) {
+    const size_t pages = page_bytes(bytes);
+    void* base = mmap(nullptr, kFenceBefore + pages + kFenceAfter, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    TORCH_CHECK(base != MAP_FAILED, "cuda_on_cpu: out of memory (mmap of ", bytes, " bytes)");
+    auto* first = static_cast<unsigned char*>(base) + kFenceBefore;
+    TORCH_CHECK(mprotect(first, pages, PROT_READ | PROT_WRITE) == 0, "cuda_on_cpu: mprotect failed");
+    auto* block = first + pages - round_up(bytes, kAlign);
+    std::memset(first, kGuardByte, size_t(block - first));
+    std::memset(block + bytes, kGuardByte, round_up(bytes, kAlign) - bytes);
+    p = block;
+  } else {
+    TORCH_CHECK(posix_memalign(&p, kAlign, bytes) == 0, "cuda_on_cpu: out of memory");
+  }
   garbage_fill(p, bytes);
   const std::lock_guard<std::mutex> lock(allocations_mutex());
   allocations()[p] = {bytes, !host && capturing != nullptr, host};
   return p;
 }
 
-void guarded_free(void* p) {
-  std::free(static_cast<unsigned char*>(p) - kGuard);
+void guarded_free(void* p, size_t bytes) {
+  if (!kFenced) return std::free(p);
+  munmap(first_page(p, bytes) - kFenceBefore, kFenceBefore + page_bytes(bytes) + kFenceAfter);
 }
 
 void release(void* p) {
@@ -206,8 +239,9 @@ void release(void* p) {
     capturing->deferred_frees.push_back(p);
     return;
   }
+  const size_t bytes = it->second.bytes;
   live.erase(it);
-  guarded_free(p);
+  guarded_free(p, bytes);
 }
 
 struct Allocator final : c10::Allocator {
@@ -231,6 +265,8 @@ struct HostGarbageAllocator final : c10::Allocator {
 
 // The first byte of [p, p + n) that is not a guard byte, or -1.
 int64_t first_overwritten(const unsigned char* p, size_t n) {
+  static const std::vector<unsigned char> guard(size_t(64) << 10, kGuardByte);
+  if (n <= guard.size() && std::memcmp(p, guard.data(), n) == 0) return -1;  // the common case, quickly
   for (size_t i = 0; i < n; ++i)
     if (p[i] != kGuardByte) return int64_t(i);
   return -1;
@@ -239,16 +275,18 @@ int64_t first_overwritten(const unsigned char* p, size_t n) {
 }  // namespace
 
 void check_guards(const std::function<std::string()>& writer) {
-  if (kGuard == 0) return;
+  if (!kFenced) return;
   const std::lock_guard<std::mutex> lock(allocations_mutex());
   for (auto& [ptr, a] : allocations()) {
     auto* p = static_cast<unsigned char*>(ptr);
-    const int64_t after = first_overwritten(p + a.bytes, kGuard);
-    int64_t before = first_overwritten(p - kGuard, kGuard);
+    unsigned char* first = first_page(ptr, a.bytes);
+    const size_t head = size_t(p - first), tail = round_up(a.bytes, kAlign) - a.bytes;
+    const int64_t after = first_overwritten(p + a.bytes, tail);
+    int64_t before = first_overwritten(first, head);
     if (after < 0 && before < 0) continue;
-    if (before >= 0) before = int64_t(kGuard) - before;  // bytes before the start
-    std::memset(p - kGuard, kGuardByte, kGuard);  // one report a write
-    std::memset(p + a.bytes, kGuardByte, kGuard);
+    if (before >= 0) before = int64_t(head) - before;  // bytes before the start
+    std::memset(first, kGuardByte, head);  // one report a write
+    std::memset(p + a.bytes, kGuardByte, tail);
     TORCH_CHECK(false, "cuda_on_cpu: ", writer(), " wrote out of bounds of a ", a.bytes, "-byte ",
                 a.host ? "tensor allocated while emulating" : "caching-allocator block", " (", ptr, "): ",
                 after >= 0 ? "byte " + std::to_string(after) + " past its end"
@@ -310,8 +348,10 @@ void destroy_graph(GraphHandle handle) {
   {
     const std::lock_guard<std::mutex> lock(allocations_mutex());
     for (void* p : graph->deferred_frees) {
-      allocations().erase(p);
-      guarded_free(p);
+      const auto it = allocations().find(p);
+      const size_t bytes = it->second.bytes;
+      allocations().erase(it);
+      guarded_free(p, bytes);
     }
   }
   delete graph;
