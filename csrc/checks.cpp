@@ -3,7 +3,9 @@
 
 #include <ATen/MemoryOverlap.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <string>
 #include <utility>
 
@@ -75,7 +77,7 @@ void check_generator_device(const at::Generator& generator, const Tensor& input,
                     " (the device of ", name, "), got one on ", gen_device);
 }
 
-void check_warpers(const WarperArgs& w, const Tensor& input) {
+void check_warpers(const SamplingArgs& w, const Tensor& input) {
   TORCH_CHECK_VALUE(w.temperature_value >= 0.0, "temperature: expected a number >= 0 (0 means greedy), got ",
                     w.temperature_value);
   TORCH_CHECK_VALUE(w.top_k_value >= 0, "top_k: expected an int >= 0 (0 keeps all tokens), got ", w.top_k_value);
@@ -132,10 +134,9 @@ void check_row_list(const Tensor& t, const char* name, const Tensor& input, bool
 
 }  // namespace
 
-void check_processing(const ProcessArgs& a, const Tensor& input, bool probs) {
-  TORCH_CHECK_VALUE(!probs || (!a.any() && !a.repetition_penalty.has_value() && !a.frequency_penalty.has_value() &&
-                               !a.presence_penalty.has_value() && a.top_logprobs == 0 && !a.raw_logprobs),
-                    "probs: penalties, bias, allowed_mask and logprobs apply to logits only");
+void check_processing(const SamplingArgs& a, const Tensor& input, bool probs) {
+  TORCH_CHECK_VALUE(!probs || a.first_processing_field() == nullptr, "probs: ", a.first_processing_field(),
+                    ": penalties, bias and allowed_mask apply to logits only");
   TORCH_CHECK_VALUE(a.repetition_penalty_value > 0.0 && a.repetition_penalty_value < INFINITY,
                     "repetition_penalty: expected a finite number > 0 (1 is off), got ", a.repetition_penalty_value);
   TORCH_CHECK_VALUE(std::isfinite(a.frequency_penalty_value),
@@ -183,13 +184,63 @@ void check_processing(const ProcessArgs& a, const Tensor& input, bool probs) {
                       input.dim() == 2 ? std::to_string(input.size(0)) + ", " : std::string(), words, "], got ",
                       m.sizes());
   }
-  TORCH_CHECK_VALUE(a.top_logprobs >= 0 && a.top_logprobs <= 20 && a.top_logprobs <= input.size(-1),
-                    "return_top_logprobs: expected an int in [0, min(20, V)], got ", a.top_logprobs);
 }
 
-void check_rng(const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
-               std::optional<int64_t> seed_value, int64_t offset_value, const std::optional<at::Generator>& generator,
-               const Tensor& input, const char* name) {
+void check_wanted(const Wanted& wanted, const Tensor& input, bool probs) {
+  TORCH_CHECK_VALUE(!probs || (wanted.top_logprobs == 0 && !wanted.raw_logprobs),
+                    "probs: top-n logprobs and logprobs_mode apply to logits only");
+  TORCH_CHECK_VALUE(wanted.top_logprobs >= 0 && wanted.top_logprobs <= 20 && wanted.top_logprobs <= input.size(-1),
+                    "return_top_logprobs: expected an int in [0, min(20, V)], got ", wanted.top_logprobs);
+}
+
+void check_no_processing(const SamplingArgs& a, const char* op) {
+  const char* field = a.first_processing_field();
+  TORCH_CHECK_VALUE(field == nullptr, field, ": ", op, " does not take processing (penalties, histories, bias, "
+                    "allowed_mask) yet; see the README's table of entry points");
+}
+
+SamplingArgs SamplingArgs::from_lists(const c10::List<std::optional<Tensor>>& params,
+                                      c10::ArrayRef<double> values, const char* op) {
+  constexpr size_t kFields = 0
+#define SYNCFREE_COUNT_ROW(name, type, identity, group) +1
+#define SYNCFREE_COUNT_LIST(name) +1
+      SYNCFREE_SAMPLING_FIELDS(SYNCFREE_COUNT_ROW, SYNCFREE_COUNT_LIST);
+#undef SYNCFREE_COUNT_ROW
+#undef SYNCFREE_COUNT_LIST
+  TORCH_CHECK_VALUE(params.size() == kFields && values.size() == kFields, op, ": expected ", kFields,
+                    " params and param_values (syncfree._C.sampling_fields()), got ", params.size(), " and ",
+                    values.size());
+  SamplingArgs a;
+  size_t i = 0;
+  // A per-row int arrives as a double: past 2^62 only its sign matters (any top_k >= V keeps all).
+  const auto as = [](double v, auto type) -> decltype(type) {
+    if constexpr (std::is_integral_v<decltype(type)>) return decltype(type)(std::clamp(v, -0x1p62, 0x1p62));
+    return decltype(type)(v);
+  };
+#define SYNCFREE_FILL_ROW(name, type, identity, group) \
+  a.name = params.get(i);                              \
+  a.name##_value = as(values[i++], type{});
+#define SYNCFREE_FILL_LIST(name) a.name = params.get(i++);
+  SYNCFREE_SAMPLING_FIELDS(SYNCFREE_FILL_ROW, SYNCFREE_FILL_LIST)
+#undef SYNCFREE_FILL_ROW
+#undef SYNCFREE_FILL_LIST
+  return a;
+}
+
+const char* SamplingArgs::first_processing_field() const {
+#define SYNCFREE_FIRST_ROW(name, type, identity, group) \
+  if (kField##group && (name.has_value() || name##_value != type(identity))) return #name;
+#define SYNCFREE_FIRST_LIST(name) \
+  if (name.has_value()) return #name;
+  constexpr bool kFieldwarper = false, kFieldprocessing = true;
+  SYNCFREE_SAMPLING_FIELDS(SYNCFREE_FIRST_ROW, SYNCFREE_FIRST_LIST)
+#undef SYNCFREE_FIRST_ROW
+#undef SYNCFREE_FIRST_LIST
+  return nullptr;
+}
+
+void check_rng(const RngArgs& rng, const Tensor& input, const char* name) {
+  const auto& [seed, offset, seed_value, offset_value, generator] = rng;
   if (seed.has_value()) check_row_tensor(*seed, "seed", input, true);
   if (offset.has_value()) {
     check_row_tensor(*offset, "offset", input, true);
@@ -209,8 +260,20 @@ void check_rng(const std::optional<Tensor>& seed, const std::optional<Tensor>& o
   }
 }
 
+std::vector<std::optional<Tensor>> read_by(const SamplingArgs& a, const RngArgs& rng,
+                                           std::vector<std::optional<Tensor>> inputs) {
+#define SYNCFREE_READ_ROW(name, type, identity, group) inputs.push_back(a.name);
+#define SYNCFREE_READ_LIST(name) inputs.push_back(a.name);
+  SYNCFREE_SAMPLING_FIELDS(SYNCFREE_READ_ROW, SYNCFREE_READ_LIST)
+#undef SYNCFREE_READ_ROW
+#undef SYNCFREE_READ_LIST
+  inputs.push_back(rng.seed);
+  inputs.push_back(rng.offset);
+  return inputs;
+}
+
 void check_out(const Tensor& out, const Tensor& input, const std::vector<int64_t>& batch_shape,
-               const std::initializer_list<std::optional<Tensor>>& inputs) {
+               const std::vector<std::optional<Tensor>>& inputs) {
   TORCH_CHECK_TYPE(out.scalar_type() == at::kLong, "out: expected an int64 tensor, got ", out.scalar_type());
   TORCH_CHECK_VALUE(out.device() == input.device(), "out: expected a tensor on ", input.device(), ", got ",
                     out.device());

@@ -5,9 +5,10 @@
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
-#include <initializer_list>
 #include <optional>
 #include <vector>
+
+#include "sampling_args.h"
 
 namespace syncfree {
 
@@ -31,65 +32,30 @@ void check_row_tensor(const Tensor& t, const char* name, const Tensor& input, bo
 
 void check_generator_device(const at::Generator& generator, const Tensor& input, const char* name);
 
-// The temperature and warper arguments as the ops receive them: for each,
-// a per-row tensor or a scalar.
-struct WarperArgs {
-  std::optional<Tensor> temperature;
-  double temperature_value;
-  std::optional<Tensor> top_k;
-  int64_t top_k_value;
-  std::optional<Tensor> top_p;
-  double top_p_value;
-  std::optional<Tensor> min_p;
-  double min_p_value;
-  std::optional<Tensor> typical_p;
-  double typical_p_value;
-
-  // Some row may have an active top-k/top-p/min-p/typical-p.
-  bool any(int64_t vocab) const {
-    return top_k.has_value() || top_p.has_value() || min_p.has_value() || typical_p.has_value() ||
-           (top_k_value > 0 && top_k_value < vocab) || top_p_value < 1.0 || min_p_value > 0.0 ||
-           typical_p_value < 1.0;
-  }
-};
-
 // Scalar ranges and per-row tensors of the temperature and the warpers.
-void check_warpers(const WarperArgs& w, const Tensor& input);
-
-// The processing arguments of syncfree.sample and syncfree.warp (README
-// "Processing"): penalties as per-row tensors or scalars, the sparse history
-// and bias, the allowed mask, and the logprob stage's options.
-struct ProcessArgs {
-  std::optional<Tensor> repetition_penalty;
-  double repetition_penalty_value = 1.0;
-  std::optional<Tensor> frequency_penalty;
-  double frequency_penalty_value = 0.0;
-  std::optional<Tensor> presence_penalty;
-  double presence_penalty_value = 0.0;
-  std::optional<Tensor> output_tokens, prompt_tokens, bias_tokens, bias_values, allowed_mask;
-  int64_t top_logprobs = 0;
-  bool raw_logprobs = false;
-
-  // Some argument may change a logit.
-  bool any() const {
-    return output_tokens.has_value() || prompt_tokens.has_value() || bias_tokens.has_value() ||
-           allowed_mask.has_value();
-  }
-};
+void check_warpers(const SamplingArgs& w, const Tensor& input);
 
 // Every processing argument (probs: sample_probs, which takes none). On the
 // CPU also the ids' values: in [-1, V) (-1 pads); CUDA ignores ids outside
 // [0, V), which it cannot check without a sync.
-void check_processing(const ProcessArgs& a, const Tensor& input, bool probs);
+void check_processing(const SamplingArgs& a, const Tensor& input, bool probs);
+
+// The logprob stage's options (top-n: at most min(20, V); none for probs).
+void check_wanted(const Wanted& wanted, const Tensor& input, bool probs);
+
+// An entry point that does not take processing yet: the first processing field given raises, named.
+void check_no_processing(const SamplingArgs& a, const char* op);
 
 // seed / offset / generator as the sampling ops take them (name: the input's).
-void check_rng(const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
-               std::optional<int64_t> seed_value, int64_t offset_value, const std::optional<at::Generator>& generator,
-               const Tensor& input, const char* name);
+void check_rng(const RngArgs& rng, const Tensor& input, const char* name);
 
 // out= of a sampling op: int64, shaped like the batch, overlapping nothing it reads.
 void check_out(const Tensor& out, const Tensor& input, const std::vector<int64_t>& batch_shape,
-               const std::initializer_list<std::optional<Tensor>>& inputs);
+               const std::vector<std::optional<Tensor>>& inputs);
+
+// Every tensor a call reads: `inputs`, then the parameters' and the noise's (for check_out).
+std::vector<std::optional<Tensor>> read_by(const SamplingArgs& a, const RngArgs& rng,
+                                           std::vector<std::optional<Tensor>> inputs);
 
 // syncfree.verify_draft's tensors: target_logits [B, n + 1, V] (n >= 1; each
 // position as check_input checks a sampling input), draft_ids [B, n] int64,

@@ -19,7 +19,7 @@
 
 namespace syncfree {
 
-void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, int64_t rows) {
+void set_warpers(SampleParams& p, RowTensors& keep_alive, const SamplingArgs& w, int64_t rows) {
   keep_alive.temperatures = row_values(w.temperature, rows, at::kFloat);
   keep_alive.top_ks = row_values(w.top_k, rows, at::kLong);
   keep_alive.top_ps = row_values(w.top_p, rows, at::kFloat);
@@ -35,21 +35,19 @@ void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, i
   p.min_p = float(w.min_p_value);
   p.typical_ps = pointer_or_null<float>(keep_alive.typical_ps);
   p.typical_p = float(w.typical_p_value);
-  p.warped = w.any(p.vocab);
+  p.warped = w.any_warper(p.vocab);
 }
 
-void set_rng(SampleParams& p, RowTensors& keep_alive, const std::optional<Tensor>& seed,
-             const std::optional<Tensor>& offset, std::optional<int64_t> seed_value, int64_t offset_value,
-             int64_t rows) {
-  keep_alive.seeds = seed.has_value() ? seed->contiguous().view({rows}) : Tensor();
-  keep_alive.offsets = offset.has_value() ? offset->contiguous().view({rows}) : Tensor();
+void set_rng(SampleParams& p, RowTensors& keep_alive, const RngArgs& rng, int64_t rows) {
+  keep_alive.seeds = rng.seed.has_value() ? rng.seed->contiguous().view({rows}) : Tensor();
+  keep_alive.offsets = rng.offset.has_value() ? rng.offset->contiguous().view({rows}) : Tensor();
   p.seeds = pointer_or_null<int64_t>(keep_alive.seeds);
   p.offsets = pointer_or_null<int64_t>(keep_alive.offsets);
-  p.seed = uint64_t(seed_value.value_or(0));
-  p.pos0 = uint64_t(offset_value);
+  p.seed = uint64_t(rng.seed_value.value_or(0));
+  p.pos0 = uint64_t(rng.offset_value);
 }
 
-void set_processing(SampleParams& p, RowTensors& keep_alive, const ProcessArgs& a, int64_t rows) {
+void set_processing(SampleParams& p, RowTensors& keep_alive, const SamplingArgs& a, int64_t rows) {
   keep_alive.repetitions = row_values(a.repetition_penalty, rows, at::kFloat);
   keep_alive.frequencies = row_values(a.frequency_penalty, rows, at::kFloat);
   keep_alive.presences = row_values(a.presence_penalty, rows, at::kFloat);
@@ -83,24 +81,19 @@ void set_processing(SampleParams& p, RowTensors& keep_alive, const ProcessArgs& 
 }
 
 template <Backend B>
-Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
-                   const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
-                   std::optional<int64_t> seed_value, int64_t offset_value,
-                   const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid,
-                   const ShardCall& shard, const RowKeep* keeps, const ProcessArgs& process) {
+Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const SamplingArgs& a,
+                   const RngArgs& rng, const Wanted& wanted, const ShardCall& shard, const RowKeep* keeps) {
   const char* name = probs ? "probs" : "logits";
   check_input(input, name);
   const int64_t rows = row_count(input);
   const std::vector<int64_t> batch_shape =
       input.dim() == 2 ? std::vector<int64_t>{rows} : std::vector<int64_t>{};
-  check_warpers(w, input);
-  check_processing(process, input, probs);
-  check_rng(seed, offset, seed_value, offset_value, generator, input, name);
-  if (out.has_value())
-    check_out(*out, input, batch_shape,
-              {input, seed, offset, w.temperature, w.top_k, w.top_p, w.min_p, w.typical_p, process.repetition_penalty,
-               process.frequency_penalty, process.presence_penalty, process.output_tokens, process.prompt_tokens,
-               process.bias_tokens, process.bias_values, process.allowed_mask});
+  check_warpers(a, input);
+  check_processing(a, input, probs);
+  check_wanted(wanted, input, probs);
+  check_rng(rng, input, name);
+  if (out.has_value()) check_out(*out, input, batch_shape, read_by(a, rng, {input}));
+  const bool return_logprobs = wanted.logprobs, return_valid = wanted.valid;
 
   const auto options = input.options();
   Outputs o;
@@ -108,7 +101,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   o.logprobs = at::empty(return_logprobs ? batch_shape : std::vector<int64_t>{0}, options.dtype(at::kFloat));
   o.valid = at::empty(return_valid ? batch_shape : std::vector<int64_t>{0}, options.dtype(at::kBool));
   std::vector<int64_t> top_shape = batch_shape;
-  top_shape.push_back(process.top_logprobs);
+  top_shape.push_back(wanted.top_logprobs);
   o.top_ids = at::empty(top_shape, options.dtype(at::kLong));
   o.top_logprobs = at::empty(top_shape, options.dtype(at::kFloat));
   if (B == Backend::kMeta || rows == 0) return o;
@@ -120,11 +113,11 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   p.vocab = input.size(-1);
   p.probs = probs;
   RowTensors row_tensors;
-  set_warpers(p, row_tensors, w, rows);
-  set_rng(p, row_tensors, seed, offset, seed_value, offset_value, rows);
-  set_processing(p, row_tensors, process, rows);
-  p.top_n = int(process.top_logprobs);
-  p.raw_logprobs = process.raw_logprobs;
+  set_warpers(p, row_tensors, a, rows);
+  set_rng(p, row_tensors, rng, rows);
+  set_processing(p, row_tensors, a, rows);
+  p.top_n = int(wanted.top_logprobs);
+  p.raw_logprobs = wanted.raw_logprobs;
   p.top_ids = p.top_n > 0 ? o.top_ids.data_ptr<int64_t>() : nullptr;
   p.top_logprobs = p.top_n > 0 ? o.top_logprobs.data_ptr<float>() : nullptr;
   p.shard = shard;
@@ -134,22 +127,18 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   p.logprobs = return_logprobs ? o.logprobs.data_ptr<float>() : nullptr;
   p.valid = return_valid ? o.valid.data_ptr<bool>() : nullptr;
 
-  // Greedy calls with a scalar temperature draw no noise and leave the generator alone.
-  const bool all_greedy = !probs && !w.temperature.has_value() && is_greedy_temperature(float(w.temperature_value));
-  const bool from_generator = !seed.has_value() && !seed_value.has_value() && !all_greedy && shard.rng_state == nullptr;
+  const bool drawn = from_generator(a, rng, probs) && shard.rng_state == nullptr;
   if constexpr (B == Backend::kCpu) {
-    sample_cpu(p, input.scalar_type(), generator, from_generator);
+    sample_cpu(p, input.scalar_type(), rng.generator, drawn);
   } else {
-    SYNCFREE_ON_CUDA(input, sample_cuda(p, input.scalar_type(), cuda_index(input), generator, from_generator));
+    SYNCFREE_ON_CUDA(input, sample_cuda(p, input.scalar_type(), cuda_index(input), rng.generator, drawn));
   }
   return o;
 }
 
 #define SYNCFREE_INSTANTIATE(backend)                                                                              \
-  template Outputs run_sample<backend>(const std::optional<Tensor>&, const Tensor&, bool, const WarperArgs&,       \
-                                       const std::optional<Tensor>&, const std::optional<Tensor>&,                \
-                                       std::optional<int64_t>, int64_t, const std::optional<at::Generator>&, bool, \
-                                       bool, const ShardCall&, const RowKeep*, const ProcessArgs&);
+  template Outputs run_sample<backend>(const std::optional<Tensor>&, const Tensor&, bool, const SamplingArgs&, \
+                                       const RngArgs&, const Wanted&, const ShardCall&, const RowKeep*);
 SYNCFREE_INSTANTIATE(Backend::kCpu)
 SYNCFREE_INSTANTIATE(Backend::kCuda)
 SYNCFREE_INSTANTIATE(Backend::kMeta)
@@ -158,36 +147,32 @@ SYNCFREE_INSTANTIATE(Backend::kMeta)
 namespace {
 
 template <Backend B>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sample_op(
-    const Tensor& input, bool probs, SYNCFREE_WARPER_PARAMS, SYNCFREE_PROCESS_PARAMS, const std::optional<Tensor>& seed,
-    const std::optional<Tensor>& offset, std::optional<int64_t> seed_value, int64_t offset_value,
-    const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid, int64_t top_logprobs,
-    bool raw_logprobs) {
-  Outputs o = run_sample<B>(std::nullopt, input, probs, SYNCFREE_WARPER_STRUCT, seed, offset, seed_value,
-                            offset_value, generator, return_logprobs, return_valid, ShardCall{}, nullptr,
-                            SYNCFREE_PROCESS_STRUCT(top_logprobs, raw_logprobs));
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sample_op(const Tensor& input, bool probs, SYNCFREE_PARAMS_ARGS,
+                                                             SYNCFREE_RNG_ARGS, bool return_logprobs,
+                                                             bool return_valid, int64_t top_logprobs,
+                                                             bool raw_logprobs) {
+  Outputs o = run_sample<B>(std::nullopt, input, probs, SamplingArgs::from_lists(params, param_values, "sample"),
+                            SYNCFREE_RNG_STRUCT, Wanted{return_logprobs, return_valid, top_logprobs, raw_logprobs});
   return {o.tokens, o.logprobs, o.valid, o.top_ids, o.top_logprobs};
 }
 
 template <Backend B>
-std::tuple<Tensor, Tensor, Tensor, Tensor> sample_into_op(
-    Tensor& out, const Tensor& input, bool probs, SYNCFREE_WARPER_PARAMS, SYNCFREE_PROCESS_PARAMS,
-    const std::optional<Tensor>& seed, const std::optional<Tensor>& offset, std::optional<int64_t> seed_value,
-    int64_t offset_value, const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid,
-    int64_t top_logprobs, bool raw_logprobs) {
-  Outputs o = run_sample<B>(out, input, probs, SYNCFREE_WARPER_STRUCT, seed, offset, seed_value, offset_value,
-                            generator, return_logprobs, return_valid, ShardCall{}, nullptr,
-                            SYNCFREE_PROCESS_STRUCT(top_logprobs, raw_logprobs));
+std::tuple<Tensor, Tensor, Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool probs,
+                                                          SYNCFREE_PARAMS_ARGS, SYNCFREE_RNG_ARGS,
+                                                          bool return_logprobs, bool return_valid,
+                                                          int64_t top_logprobs, bool raw_logprobs) {
+  Outputs o = run_sample<B>(out, input, probs, SamplingArgs::from_lists(params, param_values, "sample"),
+                            SYNCFREE_RNG_STRUCT, Wanted{return_logprobs, return_valid, top_logprobs, raw_logprobs});
   return {o.logprobs, o.valid, o.top_ids, o.top_logprobs};
 }
 
 // The warped, temperature-scaled logits of every row in float32 (removed
 // tokens at -inf; temperature 0 scales nothing): race_value of each element.
 template <Backend B>
-Tensor warped_logits(const Tensor& logits, const WarperArgs& w, const ProcessArgs& process) {
+Tensor warped_logits(const Tensor& logits, const SamplingArgs& a) {
   check_input(logits, "logits");
-  check_warpers(w, logits);
-  check_processing(process, logits, false);
+  check_warpers(a, logits);
+  check_processing(a, logits, false);
   Tensor warped = at::empty_like(logits, logits.options().dtype(at::kFloat), at::MemoryFormat::Contiguous);
   if (B == Backend::kMeta || logits.numel() == 0) return warped;
   SampleParams p{};
@@ -196,8 +181,8 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w, const ProcessArg
   p.rows = row_count(logits);
   p.vocab = logits.size(-1);
   RowTensors row_tensors;
-  set_warpers(p, row_tensors, w, p.rows);
-  set_processing(p, row_tensors, process, p.rows);
+  set_warpers(p, row_tensors, a, p.rows);
+  set_processing(p, row_tensors, a, p.rows);
   if constexpr (B == Backend::kCpu) {
     warped_logits_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
   } else {
@@ -220,8 +205,8 @@ Tensor warped_logits(const Tensor& logits, const WarperArgs& w, const ProcessArg
 
 // syncfree.warp: the warped logits and their log_softmax.
 template <Backend B>
-std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS, SYNCFREE_PROCESS_PARAMS) {
-  const Tensor warped = warped_logits<B>(logits, SYNCFREE_WARPER_STRUCT, SYNCFREE_PROCESS_STRUCT(0, false));
+std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_PARAMS_ARGS) {
+  const Tensor warped = warped_logits<B>(logits, SamplingArgs::from_lists(params, param_values, "warp"));
   if (warped.numel() == 0) return {warped, at::empty_like(warped)};
   // syncfree.sample's rules where log_softmax has none (README "Semantics"): a row with +inf
   // values gives each of them -log(count) and the rest -inf; a row with nothing left
@@ -234,19 +219,19 @@ std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_WARPER_PARAMS,
   return {warped, at::where(at::isnan(logprobs), minus_inf, logprobs)};
 }
 
-#define SYNCFREE_SAMPLE_ARGS                                                                                 \
-  "Tensor input, bool probs, " SYNCFREE_WARPER_ARGS ", " SYNCFREE_PROCESS_ARGS ", " SYNCFREE_RNG_ARGS        \
+#define SYNCFREE_SAMPLE_SCHEMA                                                                   \
+  "Tensor input, bool probs, " SYNCFREE_PARAMS_SCHEMA ", " SYNCFREE_RNG_SCHEMA                  \
   ", bool return_logprobs, bool return_valid, int top_logprobs, bool raw_logprobs"
 
 SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
-  m.def("sample(" SYNCFREE_SAMPLE_ARGS
+  m.def("sample(" SYNCFREE_SAMPLE_SCHEMA
         ") -> (Tensor tokens, Tensor logprobs, Tensor valid, Tensor top_ids, Tensor top_logprobs)", seeded);
   // Not a sample.out overload: that would return `out` (Tensor(a!)), and torch.compile cannot
   // functionalize a custom op whose output aliases an input.
-  m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_ARGS
+  m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_SCHEMA
         ") -> (Tensor logprobs, Tensor valid, Tensor top_ids, Tensor top_logprobs)", seeded);
-  m.def("warp(Tensor logits, " SYNCFREE_WARPER_ARGS ", " SYNCFREE_PROCESS_ARGS ") -> (Tensor warped, Tensor logprobs)");
+  m.def("warp(Tensor logits, " SYNCFREE_PARAMS_SCHEMA ") -> (Tensor warped, Tensor logprobs)");
 }
 
 template <Backend B>

@@ -77,15 +77,20 @@ struct RowTensors {
 
 // p.proc's argument fields from a (checked by check_processing); the tables
 // are built by the implementation.
-void set_processing(SampleParams& p, RowTensors& keep_alive, const ProcessArgs& a, int64_t rows);
+void set_processing(SampleParams& p, RowTensors& keep_alive, const SamplingArgs& a, int64_t rows);
 
-// p's temperature and warper fields from w (p.vocab set first).
-void set_warpers(SampleParams& p, RowTensors& keep_alive, const WarperArgs& w, int64_t rows);
+// p's temperature and warper fields from a (p.vocab set first).
+void set_warpers(SampleParams& p, RowTensors& keep_alive, const SamplingArgs& a, int64_t rows);
 
 // p's noise fields from the rng arguments (checked by check_rng).
-void set_rng(SampleParams& p, RowTensors& keep_alive, const std::optional<Tensor>& seed,
-             const std::optional<Tensor>& offset, std::optional<int64_t> seed_value, int64_t offset_value,
-             int64_t rows);
+void set_rng(SampleParams& p, RowTensors& keep_alive, const RngArgs& rng, int64_t rows);
+
+// Whether a call draws its noise from the torch generator: no seed, and some row not greedy
+// (calls with a scalar greedy temperature draw no noise and leave the generator alone).
+inline bool from_generator(const SamplingArgs& a, const RngArgs& rng, bool probs = false) {
+  const bool all_greedy = !probs && !a.temperature.has_value() && is_greedy_temperature(float(a.temperature_value));
+  return !rng.seeded() && !all_greedy;
+}
 
 struct Outputs {
   Tensor tokens, logprobs, valid, top_ids, top_logprobs;
@@ -94,47 +99,16 @@ struct Outputs {
 // One sampling call: every check, then backend B's implementation. `shard`
 // and `keeps` are set by the shard ops only.
 template <Backend B>
-Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const WarperArgs& w,
-                   const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
-                   std::optional<int64_t> seed_value, int64_t offset_value,
-                   const std::optional<at::Generator>& generator, bool return_logprobs, bool return_valid,
-                   const ShardCall& shard = ShardCall{}, const RowKeep* keeps = nullptr,
-                   const ProcessArgs& process = ProcessArgs{});
+Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool probs, const SamplingArgs& a,
+                   const RngArgs& rng, const Wanted& wanted, const ShardCall& shard = ShardCall{},
+                   const RowKeep* keeps = nullptr);
 
-// The temperature and warper arguments of an op schema, and the WarperArgs they make.
-#define SYNCFREE_WARPER_ARGS                                                                               \
-  "Tensor? temperature, float temperature_value, Tensor? top_k, int top_k_value, Tensor? top_p, "         \
-  "float top_p_value, Tensor? min_p, float min_p_value, Tensor? typical_p, float typical_p_value"
-#define SYNCFREE_WARPER_PARAMS                                                                             \
-  const std::optional<Tensor>&temperature, double temperature_value, const std::optional<Tensor>&top_k,  \
-      int64_t top_k_value, const std::optional<Tensor>&top_p, double top_p_value,                       \
-      const std::optional<Tensor>&min_p, double min_p_value, const std::optional<Tensor>&typical_p,       \
-      double typical_p_value
-#define SYNCFREE_WARPER_STRUCT                                                                       \
-  WarperArgs {                                                                                       \
-    temperature, temperature_value, top_k, top_k_value, top_p, top_p_value, min_p, min_p_value,      \
-        typical_p, typical_p_value                                                                   \
-  }
-// The processing arguments (ProcessArgs) of an op schema, without the logprob stage's.
-#define SYNCFREE_PROCESS_ARGS                                                                              \
-  "Tensor? repetition_penalty, float repetition_penalty_value, Tensor? frequency_penalty, "                \
-  "float frequency_penalty_value, Tensor? presence_penalty, float presence_penalty_value, "               \
-  "Tensor? output_tokens, Tensor? prompt_tokens, Tensor? bias_tokens, Tensor? bias_values, Tensor? allowed_mask"
-#define SYNCFREE_PROCESS_PARAMS                                                                                  \
-  const std::optional<Tensor>&repetition_penalty, double repetition_penalty_value,                              \
-      const std::optional<Tensor>&frequency_penalty, double frequency_penalty_value,                            \
-      const std::optional<Tensor>&presence_penalty, double presence_penalty_value,                              \
-      const std::optional<Tensor>&output_tokens, const std::optional<Tensor>&prompt_tokens,                    \
-      const std::optional<Tensor>&bias_tokens, const std::optional<Tensor>&bias_values,                        \
-      const std::optional<Tensor>&allowed_mask
-#define SYNCFREE_PROCESS_STRUCT(top, raw)                                                                     \
-  ProcessArgs {                                                                                               \
-    repetition_penalty, repetition_penalty_value, frequency_penalty, frequency_penalty_value, presence_penalty, \
-        presence_penalty_value, output_tokens, prompt_tokens, bias_tokens, bias_values, allowed_mask, top, raw  \
-  }
-#define SYNCFREE_RNG_ARGS "Tensor? seed, Tensor? offset, int? seed_value, int offset_value, Generator? generator"
-#define SYNCFREE_RNG_PARAMS                                                                          \
+// An op's C++ arguments for SYNCFREE_PARAMS_SCHEMA and SYNCFREE_RNG_SCHEMA (sampling_args.h).
+#define SYNCFREE_PARAMS_ARGS const c10::List<std::optional<Tensor>>&params, c10::ArrayRef<double> param_values
+#define SYNCFREE_RNG_ARGS                                                                                      \
   const std::optional<Tensor>&seed, const std::optional<Tensor>&offset, std::optional<int64_t> seed_value, \
       int64_t offset_value, const std::optional<at::Generator>&generator
+#define SYNCFREE_RNG_STRUCT \
+  RngArgs { seed, offset, seed_value, offset_value, generator }
 
 }  // namespace syncfree

@@ -29,21 +29,22 @@ namespace {
 // The exchanged layout row: what every rank must agree on or tile with.
 enum LayoutColumn { kStart, kWidth, kRows, kVocab, kDtype, kFlags, kLayoutColumns };
 
-std::vector<int64_t> shard_call_op(const Tensor& x, int64_t vocab_start, int64_t vocab_size, SYNCFREE_WARPER_PARAMS,
-                                   SYNCFREE_RNG_PARAMS, bool return_logprobs) {
+std::vector<int64_t> shard_call_op(const Tensor& x, int64_t vocab_start, int64_t vocab_size, SYNCFREE_PARAMS_ARGS,
+                                   SYNCFREE_RNG_ARGS, bool return_logprobs) {
   TORCH_CHECK_VALUE(x.dim() == 2, "local_logits: expected shape [L] or [B, L], got ", x.sizes());
   check_input(x, "local_logits", /*shard=*/true);
-  const WarperArgs w = SYNCFREE_WARPER_STRUCT;
+  const SamplingArgs w = SamplingArgs::from_lists(params, param_values, "distributed.sample");
   check_warpers(w, x);
-  check_rng(seed, offset, seed_value, offset_value, generator, x, "local_logits");
+  check_no_processing(w, "syncfree.distributed.sample");
+  check_rng(SYNCFREE_RNG_STRUCT, x, "local_logits");
   int32_t flags = 0;
   const auto set = [&](bool on, int32_t flag) { flags |= on ? flag : 0; };
-  set(temperature.has_value(), kCallTemperatureTensor);
-  set(!temperature.has_value() && is_greedy_temperature(float(temperature_value)), kCallAllGreedy);
-  set(top_k.has_value() || (top_k_value > 0 && top_k_value < vocab_size), kCallTopK);
-  set(top_p.has_value() || top_p_value < 1.0, kCallTopP);
-  set(min_p.has_value() || min_p_value > 0.0, kCallMinP);
-  set(typical_p.has_value() || typical_p_value < 1.0, kCallTypicalP);
+  set(w.temperature.has_value(), kCallTemperatureTensor);
+  set(!w.temperature.has_value() && is_greedy_temperature(float(w.temperature_value)), kCallAllGreedy);
+  set(w.top_k.has_value() || (w.top_k_value > 0 && w.top_k_value < vocab_size), kCallTopK);
+  set(w.top_p.has_value() || w.top_p_value < 1.0, kCallTopP);
+  set(w.min_p.has_value() || w.min_p_value > 0.0, kCallMinP);
+  set(w.typical_p.has_value() || w.typical_p_value < 1.0, kCallTypicalP);
   set(seed.has_value(), kCallSeedTensor);
   set(seed.has_value() || seed_value.has_value(), kCallSeed);
   set(return_logprobs, kCallLogprobs);
@@ -185,8 +186,8 @@ void run_rows(const Tensor& like, const ShardRowsCall& c) {
 }
 
 template <Backend B>
-Tensor shard_begin_op(const Tensor& x, int64_t vocab_size, SYNCFREE_WARPER_PARAMS) {
-  const WarperArgs w = SYNCFREE_WARPER_STRUCT;
+Tensor shard_begin_op(const Tensor& x, int64_t vocab_size, SYNCFREE_PARAMS_ARGS) {
+  const SamplingArgs w = SamplingArgs::from_lists(params, param_values, "distributed.sample");
   check_warpers(w, x);
   const int64_t rows = x.size(0);
   Tensor state = at::empty({rows, kShardStateRowBytes}, x.options().dtype(at::kByte));
@@ -225,11 +226,13 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_
   if (kind == kStepRace || kind == kStepResolve) {
     ShardCall shard{base, rng_state.numel() == 2 ? rng_state.data_ptr<int64_t>() : nullptr, nullptr, nullptr};
     const bool warped = (flags & kCallWarpers) && !(flags & kCallAllGreedy);
-    const WarperArgs w{temperature, temperature_value, std::nullopt, 0, std::nullopt, 1.0, std::nullopt, 0.0,
-                       std::nullopt, 1.0};
+    SamplingArgs w;  // the warpers are in the state's keeps
+    w.temperature = temperature;
+    w.temperature_value = temperature_value;
+    const RngArgs rng{seed, offset, seed_value, offset_value, std::nullopt};
     const auto race = [&] {
-      run_sample<B>(std::nullopt, ext, false, w, seed, offset, seed_value, offset_value, std::nullopt,
-                 /*return_logprobs=*/kind == kStepRace, false, shard, warped ? c.state.keeps : nullptr);
+      run_sample<B>(std::nullopt, ext, false, w, rng, Wanted{/*logprobs=*/kind == kStepRace}, shard,
+                    warped ? c.state.keeps : nullptr);
     };
     if (kind == kStepRace) {
       Tensor partials = at::empty({rows * int64_t(sizeof(ShardPartial))}, x.options().dtype(at::kByte));
@@ -248,9 +251,8 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_
     c.out = groups.data_ptr<int64_t>();
     run_rows<B>(x, c);
     shard.resolve_groups = groups.data_ptr<int64_t>();
-    const Tensor local = run_sample<B>(std::nullopt, ext, false, w, seed, offset, seed_value, offset_value, std::nullopt,
-                                    false, false, shard, warped ? c.state.keeps : nullptr)
-                             .tokens;
+    const Tensor local =
+        run_sample<B>(std::nullopt, ext, false, w, rng, Wanted{}, shard, warped ? c.state.keeps : nullptr).tokens;
     c.kind = ShardRowsKind::kResolveTokens;
     c.in = local.data_ptr<int64_t>();
     c.out = out.data_ptr<int64_t>();
@@ -314,14 +316,14 @@ std::tuple<Tensor, Tensor> shard_finish_op(const Tensor& state, bool return_logp
 
 SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
-  m.def("_shard_call(Tensor local_logits, int vocab_start, int vocab_size, " SYNCFREE_WARPER_ARGS
-        ", " SYNCFREE_RNG_ARGS ", bool return_logprobs) -> int[]");
+  m.def("_shard_call(Tensor local_logits, int vocab_start, int vocab_size, " SYNCFREE_PARAMS_SCHEMA
+        ", " SYNCFREE_RNG_SCHEMA ", bool return_logprobs) -> int[]");
   m.def("_shard_layout(Tensor table) -> int[]");
   m.def("_shard_draw(Tensor like, Generator? generator, int vocab_size, int flags) -> Tensor", seeded);
   m.def("_shard_head(Tensor local_logits) -> Tensor");
   m.def("_shard_columns(Tensor local_logits, Tensor[] heads, int vocab_start, int vocab_size, int[] spans) -> "
         "(Tensor, int)");
-  m.def("_shard_begin(Tensor local_logits, int vocab_size, " SYNCFREE_WARPER_ARGS ") -> Tensor");
+  m.def("_shard_begin(Tensor local_logits, int vocab_size, " SYNCFREE_PARAMS_SCHEMA ") -> Tensor");
   m.def("_shard_local(int step, Tensor state, Tensor local_logits, int vocab_start, Tensor columns, int base, "
         "int flags, Tensor? temperature, float temperature_value, Tensor? seed, Tensor? offset, int? seed_value, "
         "int offset_value, Tensor rng_state) -> Tensor",

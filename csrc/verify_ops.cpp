@@ -16,16 +16,15 @@ struct VerifyOutputs {
 
 template <Backend B>
 VerifyOutputs run_verify(const std::optional<Tensor>& out, const Tensor& target, const Tensor& draft_ids,
-                         const std::optional<Tensor>& draft_probs, const WarperArgs& w, SYNCFREE_RNG_PARAMS,
+                         const std::optional<Tensor>& draft_probs, const SamplingArgs& w, const RngArgs& rng,
                          bool return_logprobs, bool return_valid) {
   check_verify(target, draft_ids, draft_probs);
   const int64_t rows = target.size(0), positions = target.size(1), vocab = target.size(2);
   const Tensor first = target.select(1, 0);  // [B, V]: the per-row arguments' shape
   check_warpers(w, first);
-  check_rng(seed, offset, seed_value, offset_value, generator, first, "target_logits");
-  if (out.has_value())
-    check_out(*out, first, {rows, positions},
-              {target, draft_ids, draft_probs, seed, offset, w.temperature, w.top_k, w.top_p, w.min_p, w.typical_p});
+  check_no_processing(w, "syncfree.verify_draft");
+  check_rng(rng, first, "target_logits");
+  if (out.has_value()) check_out(*out, first, {rows, positions}, read_by(w, rng, {target, draft_ids, draft_probs}));
 
   const auto options = target.options();
   VerifyOutputs o;
@@ -49,7 +48,7 @@ VerifyOutputs run_verify(const std::optional<Tensor>& out, const Tensor& target,
   p.positions = positions;
   RowTensors row_tensors;
   set_warpers(p, row_tensors, w, rows);
-  set_rng(p, row_tensors, seed, offset, seed_value, offset_value, rows);
+  set_rng(p, row_tensors, rng, rows);
   VerifyParams v{};
   v.target = p;
   v.n = positions - 1;
@@ -62,12 +61,11 @@ VerifyOutputs run_verify(const std::optional<Tensor>& out, const Tensor& target,
   v.logprobs = return_logprobs ? o.logprobs.data_ptr<float>() : nullptr;
   v.valid = return_valid ? o.valid.data_ptr<bool>() : nullptr;
 
-  const bool all_greedy = !w.temperature.has_value() && is_greedy_temperature(float(w.temperature_value));
-  const bool from_generator = !seed.has_value() && !seed_value.has_value() && !all_greedy;
+  const bool drawn = from_generator(w, rng);
   if constexpr (B == Backend::kCpu) {
-    verify_cpu(v, target.scalar_type(), generator, from_generator);
+    verify_cpu(v, target.scalar_type(), rng.generator, drawn);
   } else {
-    SYNCFREE_ON_CUDA(target, verify_cuda(v, target.scalar_type(), cuda_index(target), generator, from_generator));
+    SYNCFREE_ON_CUDA(target, verify_cuda(v, target.scalar_type(), cuda_index(target), rng.generator, drawn));
   }
   if (out.has_value() && !direct) out->copy_(o.tokens);
   return o;
@@ -75,33 +73,35 @@ VerifyOutputs run_verify(const std::optional<Tensor>& out, const Tensor& target,
 
 template <Backend B>
 std::tuple<Tensor, Tensor, Tensor, Tensor> verify_op(const Tensor& target, const Tensor& draft_ids,
-                                                     const std::optional<Tensor>& draft_probs, SYNCFREE_WARPER_PARAMS,
-                                                     SYNCFREE_RNG_PARAMS, bool return_logprobs, bool return_valid) {
-  VerifyOutputs o = run_verify<B>(std::nullopt, target, draft_ids, draft_probs, SYNCFREE_WARPER_STRUCT, seed, offset,
-                                  seed_value, offset_value, generator, return_logprobs, return_valid);
+                                                     const std::optional<Tensor>& draft_probs, SYNCFREE_PARAMS_ARGS,
+                                                     SYNCFREE_RNG_ARGS, bool return_logprobs, bool return_valid) {
+  VerifyOutputs o = run_verify<B>(std::nullopt, target, draft_ids, draft_probs,
+                                  SamplingArgs::from_lists(params, param_values, "verify_draft"), SYNCFREE_RNG_STRUCT,
+                                  return_logprobs, return_valid);
   return {o.tokens, o.num_accepted, o.logprobs, o.valid};
 }
 
 template <Backend B>
 std::tuple<Tensor, Tensor, Tensor> verify_into_op(Tensor& out, const Tensor& target, const Tensor& draft_ids,
-                                                  const std::optional<Tensor>& draft_probs, SYNCFREE_WARPER_PARAMS,
-                                                  SYNCFREE_RNG_PARAMS, bool return_logprobs, bool return_valid) {
-  VerifyOutputs o = run_verify<B>(out, target, draft_ids, draft_probs, SYNCFREE_WARPER_STRUCT, seed, offset,
-                                  seed_value, offset_value, generator, return_logprobs, return_valid);
+                                                  const std::optional<Tensor>& draft_probs, SYNCFREE_PARAMS_ARGS,
+                                                  SYNCFREE_RNG_ARGS, bool return_logprobs, bool return_valid) {
+  VerifyOutputs o = run_verify<B>(out, target, draft_ids, draft_probs,
+                                  SamplingArgs::from_lists(params, param_values, "verify_draft"), SYNCFREE_RNG_STRUCT,
+                                  return_logprobs, return_valid);
   return {o.num_accepted, o.logprobs, o.valid};
 }
 
-#define SYNCFREE_VERIFY_ARGS                                                                              \
-  "Tensor target_logits, Tensor draft_ids, Tensor? draft_probs, " SYNCFREE_WARPER_ARGS ", " SYNCFREE_RNG_ARGS \
+#define SYNCFREE_VERIFY_SCHEMA                                                                              \
+  "Tensor target_logits, Tensor draft_ids, Tensor? draft_probs, " SYNCFREE_PARAMS_SCHEMA ", " SYNCFREE_RNG_SCHEMA \
   ", bool return_logprobs, bool return_valid"
 
 SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
-  m.def("verify_draft(" SYNCFREE_VERIFY_ARGS
+  m.def("verify_draft(" SYNCFREE_VERIFY_SCHEMA
         ") -> (Tensor tokens, Tensor num_accepted, Tensor logprobs, Tensor valid)",
         seeded);
   // As sample_into: `out` is written, not returned (torch.compile and aliasing outputs).
-  m.def("verify_draft_into(Tensor(a!) out, " SYNCFREE_VERIFY_ARGS
+  m.def("verify_draft_into(Tensor(a!) out, " SYNCFREE_VERIFY_SCHEMA
         ") -> (Tensor num_accepted, Tensor logprobs, Tensor valid)",
         seeded);
 }

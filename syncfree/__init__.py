@@ -5,8 +5,9 @@ See README.md for the API, the semantics and the RNG contract.
 from ._native import _C
 from .chain import StaticWarper, WarperChain
 from .choosers import HeterogeneousNextTokenChooser, NextTokenChooser
+from .params import SampleOutput, SamplingParams, VerifyOutput
 from .sampling import sample, sample_probs, verify_draft, warp
 
-__all__ = ["sample", "sample_probs", "verify_draft", "warp", "WarperChain", "StaticWarper", "NextTokenChooser",
-           "HeterogeneousNextTokenChooser"]
+__all__ = ["sample", "sample_probs", "verify_draft", "warp", "SamplingParams", "SampleOutput", "VerifyOutput",
+           "WarperChain", "StaticWarper", "NextTokenChooser", "HeterogeneousNextTokenChooser"]
 __version__ = "0.1.0"

@@ -14,7 +14,10 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .sampling import warp
+from .params import FIELDS
+from .sampling import _keywords, _params, warp
+
+_NUMBERS = {f[0] for f in FIELDS if f[1] != "tensor"}
 
 CacheInfo = NamedTuple("CacheInfo", [("hits", int), ("misses", int), ("evictions", int), ("size", int),
                                      ("maxsize", int)])
@@ -103,7 +106,8 @@ class WarperChain:
     """temperature -> top-k -> top-p -> min-p -> typical-p with identity values dropped.
 
     WarperChain(temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, min_p=0.0, *,
-    repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0);
+    repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0), or
+    WarperChain(params) with a SamplingParams of numbers;
     chain(logits, *, output_tokens=None, prompt_tokens=None, bias_tokens=None,
     bias_values=None, allowed_mask=None) -> (warped_logits, logprobs), as
     syncfree.warp with those arguments (README "Processing"): the penalties are
@@ -114,34 +118,18 @@ class WarperChain:
     their log_softmax, with no graph and no warping.
     """
 
-    def __init__(self, temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, min_p=0.0, *, repetition_penalty=1.0,
-                 frequency_penalty=0.0, presence_penalty=0.0):
-        for name, value in (("temperature", temperature), ("top_p", top_p), ("typical_p", typical_p),
-                            ("min_p", min_p), ("repetition_penalty", repetition_penalty),
-                            ("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise TypeError(f"top_k: expected an int, got {type(top_k).__name__}")
+    def __init__(self, temperature=1.0, top_k=0, top_p=1.0, typical_p=1.0, min_p=0.0, *, params=None,
+                 repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0):
+        params, _ = _params(params, _keywords(locals()), "WarperChain")
+        for name in params.given():
+            if isinstance(getattr(params, name), torch.Tensor):
+                raise TypeError(f"{name}: a WarperChain holds numbers" + (
+                    "" if name in _NUMBERS else "; pass the histories, bias and mask to each call"))
         # The ranges, checked by syncfree.warp's own checks on a meta tensor (no data, no kernel).
-        warp(torch.empty(1, 1, device="meta"), temperature, top_k, top_p, min_p, typical_p,
-             repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-             presence_penalty=presence_penalty)
-        params = {}
-        if temperature not in (0, 1):
-            params["temperature"] = float(temperature)
-        if top_k != 0:
-            params["top_k"] = top_k
-        if top_p != 1:
-            params["top_p"] = float(top_p)
-        if min_p != 0:
-            params["min_p"] = float(min_p)
-        if typical_p != 1:
-            params["typical_p"] = float(typical_p)
-        for name, value, identity in (("repetition_penalty", repetition_penalty, 1), ("frequency_penalty",
-                                      frequency_penalty, 0), ("presence_penalty", presence_penalty, 0)):
-            if value != identity:
-                params[name] = float(value)
+        warp(torch.empty(1, 1, device="meta"), params)
+        # Only the warpers and penalties that do something; temperature 0 scales nothing.
+        params = {name: getattr(params, name) if name == "top_k" else float(getattr(params, name))
+                  for name in params.given() if not (name == "temperature" and params.temperature == 0)}
         self.params = params  # only the warpers and penalties that do something
 
     @property

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 
+from .params import SamplingParams
 from .sampling import sample, verify_draft, warp
 
 _GREEDY_WARNING = ("temperature 0 with do_sample=True means greedy decoding; the other warpers are ignored "
@@ -226,6 +227,11 @@ class HeterogeneousNextTokenChooser:
         if used & _BIAS and self.bias_tokens.shape[1]:
             process["bias_tokens"], process["bias_values"] = self.bias_tokens, self.bias_values
         self._process = process
+        # This batch's parameters (README "Parameters"); verify_draft takes the warpers only.
+        warpers = dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                       typical_p=self.typical_p)
+        self.params = SamplingParams(**warpers, **process)
+        self._warpers = SamplingParams(**warpers)
 
     def _tensors(self):
         return {name: getattr(self, name) for name in _ROWS + tuple(name for name, _ in _LISTS)}
@@ -239,9 +245,8 @@ class HeterogeneousNextTokenChooser:
 
     def __call__(self, logits: torch.Tensor):
         one_row = bool(self._process) and isinstance(logits, torch.Tensor) and logits.dim() == 1
-        ids, logprobs = sample(logits.unsqueeze(0) if one_row else logits, self.temperature, self.top_k, self.top_p,
-                               self.min_p, self.typical_p, seed=self.seeds, offset=self.steps, return_logprobs=True,
-                               **self._process)
+        ids, logprobs = sample(logits.unsqueeze(0) if one_row else logits, self.params, seed=self.seeds,
+                               offset=self.steps, return_logprobs=True)[:2]
         if one_row:  # the [V] form, as without processing (whose [B, n] lists want a [B, V] input)
             ids, logprobs = ids.reshape(()), logprobs.reshape(())
         # In place, on the device: no sync, graph-safe (Note [Chooser history]).
@@ -294,9 +299,8 @@ class HeterogeneousNextTokenChooser:
                 draft_ids.shape == (len(self), target_logits.shape[1] - 1) and draft_ids.dtype == torch.int64 and \
                 target_logits.shape[1] >= 1:
             target_logits = self._processed_targets(target_logits, draft_ids)  # else verify_draft explains
-        tokens, accepted, logprobs = verify_draft(target_logits, draft_ids, draft_probs, self.temperature,
-                                                  self.top_k, self.top_p, self.min_p, self.typical_p,
-                                                  seed=self.seeds, offset=self.steps, return_logprobs=True)
+        tokens, accepted, logprobs = verify_draft(target_logits, draft_ids, draft_probs, self._warpers,
+                                                  seed=self.seeds, offset=self.steps, return_logprobs=True)[:3]
         self._append(tokens, accepted + 1)
         self.steps += accepted + 1
         return tokens, accepted, logprobs

@@ -38,7 +38,8 @@ import torch
 import torch.distributed as dist
 
 from . import _native
-from .sampling import _rng_args, _warper_args
+from .params import SampleOutput, SamplingParams
+from .sampling import _keywords, _params, _rng_args
 
 _checked_layouts = {}  # CUDA: (group, world size, this rank's layout row) -> spans
 _REDUCE = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
@@ -91,14 +92,15 @@ def _collective(kind, buffer, group):
     return buffer
 
 
-def _steps(x, vocab_start, vocab_size, warpers, rng, generator, return_logprobs):
+def _steps(x, vocab_start, vocab_size, params, rng, generator, return_logprobs):
     """One rank's part of a call, as a generator: it yields ("layout", this rank's layout row) and
     (collective, buffer) requests, receives the spans and the collectives' results, and returns
     (tokens, logprobs). sample() answers with torch.distributed; the tests answer for several
     simulated ranks in one process."""
     ops = torch.ops.syncfree
     # Every check before the first exchange: a rank that raises must not leave the others waiting.
-    layout = ops._shard_call(x, vocab_start, vocab_size, *warpers, *rng, generator, return_logprobs)
+    lists = params.op_args()
+    layout = ops._shard_call(x, vocab_start, vocab_size, *lists, *rng, generator, return_logprobs)
     spans = yield "layout", layout
     flags = layout[-1]
     # The generator's draw for a single-device call over the whole vocabulary, shared by every
@@ -106,10 +108,10 @@ def _steps(x, vocab_start, vocab_size, warpers, rng, generator, return_logprobs)
     rng_state = ops._shard_draw(x, generator, vocab_size, flags)
     heads = yield "gather", ops._shard_head(x)
     columns, base = ops._shard_columns(x, list(heads), vocab_start, vocab_size, spans)
-    state = ops._shard_begin(x, vocab_size, *warpers)
+    state = ops._shard_begin(x, vocab_size, *lists)
+    temperature = lists[0][0], lists[1][0]  # the field list's first: (tensor, value)
     for step, kind in _native._C.shard_steps(flags):
-        buffer = ops._shard_local(step, state, x, vocab_start, columns, base, flags, warpers[0], warpers[1], *rng,
-                                  rng_state)
+        buffer = ops._shard_local(step, state, x, vocab_start, columns, base, flags, *temperature, *rng, rng_state)
         ops._shard_merge(step, state, (yield kind, buffer))
     return ops._shard_finish(state, return_logprobs)
 
@@ -126,39 +128,41 @@ def _run(steps, x, group):
             return done.value
 
 
-def _arguments(local_logits, vocab_start, vocab_size, temperature, top_k, top_p, min_p, typical_p, seed, offset,
-               generator):
-    """(x as [B, L], whether it was [L], the ops' warper and seed arguments)."""
+def _arguments(local_logits, vocab_start, vocab_size, params, seed, offset, generator):
+    """(x as [B, L], whether it was [L], the parameters, the ops' seed arguments)."""
     if not isinstance(local_logits, torch.Tensor):
         raise TypeError(f"local_logits: expected a tensor [L] or [B, L], got {type(local_logits).__name__}")
     squeeze = local_logits.dim() == 1
     x = local_logits.unsqueeze(0) if squeeze else local_logits
     if squeeze:  # one row: a per-row value may be 0-dim, as syncfree.sample takes it
-        temperature, top_k, top_p, min_p, typical_p, seed, offset = (
-            v.reshape(1) if isinstance(v, torch.Tensor) and v.dim() == 0 else v
-            for v in (temperature, top_k, top_p, min_p, typical_p, seed, offset))
+        one_row = lambda v: v.reshape(1) if isinstance(v, torch.Tensor) and v.dim() == 0 else v  # noqa: E731
+        params = params.replace(**{name: one_row(getattr(params, name)) for name in params.given()})
+        seed, offset = one_row(seed), one_row(offset)
     for name, value in (("vocab_start", vocab_start), ("vocab_size", vocab_size)):
         if isinstance(value, bool) or not isinstance(value, int):  # ranges: in the layout check, on every rank
             raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    return x, squeeze, _warper_args(temperature, top_k, top_p, min_p, typical_p), _rng_args(seed, offset, generator)
+    return x, squeeze, params, _rng_args(seed, offset, generator)
 
 
 def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
-           temperature: Union[float, torch.Tensor] = 1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, *,
-           group=None, seed: Union[None, int, torch.Tensor] = None, offset: Union[None, int, torch.Tensor] = None,
+           temperature: Union[float, torch.Tensor, SamplingParams] = 1.0, top_k=0, top_p=1.0, min_p=0.0,
+           typical_p=1.0, *, params: Optional[SamplingParams] = None, group=None,
+           seed: Union[None, int, torch.Tensor] = None, offset: Union[None, int, torch.Tensor] = None,
            generator: Optional[torch.Generator] = None, return_logprobs: bool = False):
     """Samples from logits sharded by vocabulary; every rank returns the same global token ids ([B] int64).
 
     local_logits: [B, L] (or [L]) columns [vocab_start, vocab_start + L) of the [B, vocab_size] logits.
-    temperature, warpers, seed, offset, generator: as syncfree.sample, identical on every rank (a
-    generator must be in the same state on every rank, e.g. seeded alike). Every rank must pass the
-    same kinds of arguments (tensor or number) and the same numbers. Returns tokens, or (tokens,
-    logprobs) with return_logprobs.
+    The parameters (a SamplingParams, or temperature and warpers as keywords), seed, offset and
+    generator: as syncfree.sample, identical on every rank (a generator must be in the same state
+    on every rank, e.g. seeded alike); processing fields raise a ValueError naming them. Every
+    rank must pass the same kinds of arguments (tensor or number) and the same numbers. Returns
+    tokens, or (tokens, logprobs) with return_logprobs; for a SamplingParams, a SampleOutput.
     """
-    x, squeeze, warpers, rng = _arguments(local_logits, vocab_start, vocab_size, temperature, top_k, top_p, min_p,
-                                          typical_p, seed, offset, generator)
-    tokens, logprobs = _run(_steps(x, vocab_start, vocab_size, warpers, rng, generator, return_logprobs), x, group)
-    result = (tokens, logprobs) if return_logprobs else tokens
+    params, as_object = _params(params, _keywords(locals()), "distributed.sample")
+    x, squeeze, params, rng = _arguments(local_logits, vocab_start, vocab_size, params, seed, offset, generator)
+    tokens, logprobs = _run(_steps(x, vocab_start, vocab_size, params, rng, generator, return_logprobs), x, group)
     if squeeze:
-        return tuple(r[0] for r in result) if return_logprobs else result[0]
-    return result
+        tokens, logprobs = tokens[0], logprobs[0] if return_logprobs else logprobs
+    if as_object:
+        return SampleOutput(tokens, logprobs if return_logprobs else None)
+    return (tokens, logprobs) if return_logprobs else tokens

@@ -10,52 +10,11 @@ from typing import Optional, Union
 import torch
 
 from . import _native  # noqa: F401  (loads the ops)
+from .params import KEYWORDS, SampleOutput, SamplingParams, VerifyOutput, resolve
 
 Number = Union[int, float]
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
-
-
-def _number_or_tensor(value, name):
-    """(tensor, None) for a per-row tensor, (None, float) for a Python number."""
-    if isinstance(value, torch.Tensor):
-        return value, None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number or a tensor with one value per row, "
-                        f"got {type(value).__name__}")
-    return None, value
-
-
-def _warper_args(temperature, top_k, top_p, min_p, typical_p):
-    """The op's (tensor, value) pairs; ranges are checked in C++ (csrc/checks.cpp)."""
-    args = []
-    for name, value, identity in (("temperature", temperature, 1.0), ("top_k", top_k, 0), ("top_p", top_p, 1.0),
-                                  ("min_p", min_p, 0.0), ("typical_p", typical_p, 1.0)):
-        tensor, number = _number_or_tensor(value, name)
-        if name == "top_k":
-            if number is not None and not isinstance(number, int):
-                raise TypeError(f"top_k: expected an int or an integer tensor [B], got {type(number).__name__}")
-            # Past int64 only the sign matters: any top_k >= V keeps all (checked in C++).
-            args += [tensor, identity if number is None else max(min(number, _INT64_MAX), -_INT64_MAX - 1)]
-        else:
-            args += [tensor, float(identity if number is None else number)]
-    return args
-
-
-def _process_args(repetition_penalty, frequency_penalty, presence_penalty, output_tokens, prompt_tokens,
-                  bias_tokens, bias_values, allowed_mask):
-    """The op's processing arguments; every check is in C++ (csrc/checks.cpp)."""
-    args = []
-    for name, value in (("repetition_penalty", repetition_penalty), ("frequency_penalty", frequency_penalty),
-                        ("presence_penalty", presence_penalty)):
-        tensor, number = _number_or_tensor(value, name)
-        args += [tensor, float(1.0 if name == "repetition_penalty" else 0.0) if number is None else float(number)]
-    for name, value in (("output_tokens", output_tokens), ("prompt_tokens", prompt_tokens),
-                        ("bias_tokens", bias_tokens), ("bias_values", bias_values), ("allowed_mask", allowed_mask)):
-        if value is not None and not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name}: expected a tensor or None, got {type(value).__name__}")
-        args.append(value)
-    return args
 
 
 def _logprob_options(return_top_logprobs, logprobs_mode):
@@ -101,24 +60,34 @@ def _check_tensor(x, name):
         raise TypeError(f"{name}: expected a tensor [V] or [B, V], got {type(x).__name__}")
 
 
-_NO_PROCESSING = (None, 1.0, None, 0.0, None, 0.0, None, None, None, None, None)
+def _keywords(scope):
+    """The sampling parameters an entry point takes as keywords, from its locals()."""
+    return {name: scope[name] for name in KEYWORDS if name in scope}
 
 
-def _call(out, x, probs, warpers, process, rng, generator, return_logprobs, return_valid, top=(0, False)):
+def _params(params, keywords, where):
+    """The call's SamplingParams and whether it came as one (else: the keyword form). A
+    SamplingParams passed positionally in place of the temperature counts as `params`."""
+    if isinstance(keywords.get("temperature"), SamplingParams):
+        params, keywords["temperature"] = keywords["temperature"], 1.0
+    return resolve(params, keywords, where), params is not None
+
+
+def _call(out, x, probs, params, rng, generator, return_logprobs, return_valid, top=(0, False)):
     _check_tensor(x, "probs" if probs else "logits")
-    args = (x, probs, *warpers, *process, *rng, generator, return_logprobs, return_valid, *top)
+    args = (x, probs, *params.op_args(), *rng, generator, return_logprobs, return_valid, *top)
     if out is None:
         return torch.ops.syncfree.sample(*args)
     logprobs, valid, top_ids, top_logprobs = torch.ops.syncfree.sample_into(out, *args)
     return out, logprobs, valid, top_ids, top_logprobs
 
 
-def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0,
+def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor, SamplingParams] = 1.0,
            top_k: Union[int, torch.Tensor] = 0, top_p: Union[Number, torch.Tensor] = 1.0,
            min_p: Union[Number, torch.Tensor] = 0.0, typical_p: Union[Number, torch.Tensor] = 1.0, *,
-           generator: Optional[torch.Generator] = None, seed: Union[None, int, torch.Tensor] = None,
-           offset: Union[None, int, torch.Tensor] = None, return_logprobs: bool = False,
-           return_valid: bool = False, out: Optional[torch.Tensor] = None,
+           params: Optional[SamplingParams] = None, generator: Optional[torch.Generator] = None,
+           seed: Union[None, int, torch.Tensor] = None, offset: Union[None, int, torch.Tensor] = None,
+           return_logprobs: bool = False, return_valid: bool = False, out: Optional[torch.Tensor] = None,
            repetition_penalty: Union[Number, torch.Tensor] = 1.0, frequency_penalty: Union[Number, torch.Tensor] = 0.0,
            presence_penalty: Union[Number, torch.Tensor] = 0.0, output_tokens: Optional[torch.Tensor] = None,
            prompt_tokens: Optional[torch.Tensor] = None, bias_tokens: Optional[torch.Tensor] = None,
@@ -127,33 +96,40 @@ def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0,
     """Samples one token per row of `logits` ([V] or [B, V]) without a GPU->CPU sync.
 
     Token = argmax(logits / temperature + Gumbel noise) (the exponential race),
-    with temperature 0 meaning greedy. `temperature` is a number or a [B]
-    tensor. Noise comes from `seed`/`offset` ([B] int64 tensors: row b depends
-    only on seed[b], offset[b] and the token; or Python ints), else from
-    `generator` (default: torch's generator for the device), which advances.
-    top_k/top_p/min_p/typical_p (numbers or [B] tensors) warp the distribution
-    first, in that order (README "Warpers"); greedy rows ignore them. Returns int64 ids of shape logits.shape[:-1], or a
-    tuple (ids[, logprobs][, valid]) when asked: logprobs (float32) of the
-    chosen tokens under the warped softmax(logits / T), valid False for rows with no
-    unmasked token. `out` is an optional preallocated int64 tensor.
+    with temperature 0 meaning greedy. The parameters (README "Parameters") come
+    as one syncfree.SamplingParams (`params`, or in place of `temperature`), or as
+    keywords of the same names: temperature, top_k/top_p/min_p/typical_p (numbers
+    or [B] tensors; the warpers, README "Warpers"; greedy rows ignore them) and the
+    processing (README "Processing", applied in this order before the temperature:
+    allowed_mask, int32 [B, ceil(V / 32)] in xgrammar's bit layout; the logit bias,
+    bias_tokens [B, K] int64 with -1 padding and bias_values [B, K]; repetition_penalty,
+    HF's rule over prompt_tokens and output_tokens, [B, P] / [B, T] int64 with -1
+    padding; then frequency_penalty and presence_penalty, OpenAI's rule over
+    output_tokens).
 
-    Processing (README "Processing"), applied in this order before the temperature:
-    allowed_mask (int32 [B, ceil(V / 32)], xgrammar's bit layout), the logit bias
-    (bias_tokens [B, K] int64 with -1 padding, bias_values [B, K]), repetition_penalty
-    (HF rule over prompt_tokens and output_tokens, [B, P] / [B, T] int64 with -1 padding),
-    then frequency_penalty and presence_penalty (OpenAI rule over output_tokens); the
-    penalties are numbers or [B] tensors. return_top_logprobs=n (0..20) appends
-    (top_ids [B, n] int64, top_logprobs [B, n] float32), highest first, ties to the lower
-    id; logprobs_mode "processed" measures logprobs on the distribution sampled from,
-    "raw" on log_softmax of the unprocessed logits.
+    Noise comes from `seed`/`offset` ([B] int64 tensors: row b depends only on
+    seed[b], offset[b] and the token; or Python ints), else from `generator`
+    (default: torch's generator for the device), which advances. `out` is an
+    optional preallocated int64 tensor for the tokens. return_logprobs: float32
+    logprobs of the chosen tokens under the warped softmax(logits / T);
+    return_valid: False for rows with no unmasked token; return_top_logprobs=n
+    (0..20): (top_ids [B, n] int64, top_logprobs [B, n] float32), highest first,
+    ties to the lower id; logprobs_mode "processed" measures logprobs on the
+    distribution sampled from, "raw" on log_softmax of the unprocessed logits.
+
+    Returns, for a SamplingParams, a SampleOutput (tokens, logprobs, valid,
+    top_ids, top_logprobs; None where not asked for). The keyword form returns
+    int64 ids of shape logits.shape[:-1], or a tuple (ids[, logprobs][, valid]
+    [, top_ids, top_logprobs]) of what was asked for.
     """
-    warpers = _warper_args(temperature, top_k, top_p, min_p, typical_p)
-    process = _process_args(repetition_penalty, frequency_penalty, presence_penalty, output_tokens, prompt_tokens,
-                            bias_tokens, bias_values, allowed_mask)
+    params, as_object = _params(params, _keywords(locals()), "sample")
     top = _logprob_options(return_top_logprobs, logprobs_mode)
     rng = _rng_args(seed, offset, generator)
-    tokens, logprobs, valid, top_ids, top_logprobs = _call(out, logits, False, warpers, process, rng, generator,
+    tokens, logprobs, valid, top_ids, top_logprobs = _call(out, logits, False, params, rng, generator,
                                                            return_logprobs, return_valid, top)
+    if as_object:
+        return SampleOutput(tokens, logprobs if return_logprobs else None, valid if return_valid else None,
+                            top_ids if top[0] else None, top_logprobs if top[0] else None)
     packed = _pack(tokens, logprobs, valid, return_logprobs, return_valid)
     if top[0] == 0:
         return packed
@@ -169,14 +145,14 @@ def sample_probs(probs: torch.Tensor, *, generator: Optional[torch.Generator] = 
     generator, `out` and `valid` as in `sample`.
     """
     rng = _rng_args(seed, offset, generator)
-    warpers = _warper_args(1.0, 0, 1.0, 0.0, 1.0)
-    tokens, _, valid, _, _ = _call(out, probs, True, warpers, _NO_PROCESSING, rng, generator, False, return_valid)
+    tokens, _, valid, _, _ = _call(out, probs, True, SamplingParams(), rng, generator, False, return_valid)
     return _pack(tokens, None, valid, False, return_valid)
 
 
-def warp(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0, top_k: Union[int, torch.Tensor] = 0,
-         top_p: Union[Number, torch.Tensor] = 1.0, min_p: Union[Number, torch.Tensor] = 0.0,
-         typical_p: Union[Number, torch.Tensor] = 1.0, *, repetition_penalty: Union[Number, torch.Tensor] = 1.0,
+def warp(logits: torch.Tensor, temperature: Union[Number, torch.Tensor, SamplingParams] = 1.0,
+         top_k: Union[int, torch.Tensor] = 0, top_p: Union[Number, torch.Tensor] = 1.0,
+         min_p: Union[Number, torch.Tensor] = 0.0, typical_p: Union[Number, torch.Tensor] = 1.0, *,
+         params: Optional[SamplingParams] = None, repetition_penalty: Union[Number, torch.Tensor] = 1.0,
          frequency_penalty: Union[Number, torch.Tensor] = 0.0, presence_penalty: Union[Number, torch.Tensor] = 0.0,
          output_tokens: Optional[torch.Tensor] = None, prompt_tokens: Optional[torch.Tensor] = None,
          bias_tokens: Optional[torch.Tensor] = None, bias_values: Optional[torch.Tensor] = None,
@@ -184,47 +160,51 @@ def warp(logits: torch.Tensor, temperature: Union[Number, torch.Tensor] = 1.0, t
     """(warped_logits, logprobs), float32, as LoRAX's StaticWarper returns: the
     processed (README "Processing"), temperature-scaled logits (temperature 0 scales
     nothing) with the tokens that top-k, top-p, min-p and typical-p remove at -inf, and
-    their log_softmax.
+    their log_softmax. Parameters as in `sample`: a SamplingParams or keywords.
     """
+    params, _ = _params(params, _keywords(locals()), "warp")
     _check_tensor(logits, "logits")
-    return torch.ops.syncfree.warp(logits, *_warper_args(temperature, top_k, top_p, min_p, typical_p),
-                                   *_process_args(repetition_penalty, frequency_penalty, presence_penalty,
-                                                  output_tokens, prompt_tokens, bias_tokens, bias_values,
-                                                  allowed_mask))
+    return torch.ops.syncfree.warp(logits, *params.op_args())
 
 
 def verify_draft(target_logits: torch.Tensor, draft_ids: torch.Tensor, draft_probs: Optional[torch.Tensor] = None,
-                 temperature: Union[Number, torch.Tensor] = 1.0, top_k: Union[int, torch.Tensor] = 0,
+                 temperature: Union[Number, torch.Tensor, SamplingParams] = 1.0, top_k: Union[int, torch.Tensor] = 0,
                  top_p: Union[Number, torch.Tensor] = 1.0, min_p: Union[Number, torch.Tensor] = 0.0,
-                 typical_p: Union[Number, torch.Tensor] = 1.0, *, generator: Optional[torch.Generator] = None,
-                 seed: Union[None, int, torch.Tensor] = None, offset: Union[None, int, torch.Tensor] = None,
-                 return_logprobs: bool = False, return_valid: bool = False, out: Optional[torch.Tensor] = None):
+                 typical_p: Union[Number, torch.Tensor] = 1.0, *, params: Optional[SamplingParams] = None,
+                 generator: Optional[torch.Generator] = None, seed: Union[None, int, torch.Tensor] = None,
+                 offset: Union[None, int, torch.Tensor] = None, return_logprobs: bool = False,
+                 return_valid: bool = False, out: Optional[torch.Tensor] = None):
     """Speculative decoding's verification of a draft, without a sync (README "Speculative decoding").
 
     target_logits [B, n + 1, V]: the target's logits at the n drafted positions and one more;
     draft_ids [B, n] int64; draft_probs [B, n, V] float32 (the drafter's own, warped
     probabilities) or None for a drafter that proposes tokens without a distribution (one-hot).
-    Temperature and warpers (numbers or [B] tensors) apply to every position of a row, as in
-    `sample`. Draft token j is accepted with probability min(1, p_j / q_j); at the first
+    Temperature and warpers (a SamplingParams, or numbers or [B] tensors as keywords) apply to
+    every position of a row, as in `sample`; processing fields raise a ValueError naming them.
+    Draft token j is accepted with probability min(1, p_j / q_j); at the first
     rejection a token from normalize(max(0, p_j - q_j)) ends the row, and if all n are accepted
     a bonus token from p_n does. Returns (tokens [B, n + 1] int64: the accepted tokens, the
     last token, then -1; num_accepted [B] int64)[, logprobs [B, n + 1] float32 of the emitted
     tokens under the warped target, -inf past them][, valid [B]: False where a position had no
-    unmasked logit (the row stops there with token 0)]. Noise as in `sample`: position j of a
+    unmasked logit (the row stops there with token 0)]; for a SamplingParams, a VerifyOutput
+    with None where not asked for. Noise as in `sample`: position j of a
     row with per-row seed/offset tensors draws as offset[b] + j. `out`: a preallocated
     [B, n + 1] int64 tensor for the tokens.
     """
+    params, as_object = _params(params, _keywords(locals()), "verify_draft")
     if not isinstance(target_logits, torch.Tensor):
         raise TypeError(f"target_logits: expected a tensor [B, n + 1, V], got {type(target_logits).__name__}")
     if not isinstance(draft_ids, torch.Tensor):
         raise TypeError(f"draft_ids: expected an int64 tensor [B, n], got {type(draft_ids).__name__}")
     if draft_probs is not None and not isinstance(draft_probs, torch.Tensor):
         raise TypeError(f"draft_probs: expected a float32 tensor [B, n, V] or None, got {type(draft_probs).__name__}")
-    args = (target_logits, draft_ids, draft_probs, *_warper_args(temperature, top_k, top_p, min_p, typical_p),
-            *_rng_args(seed, offset, generator), generator, return_logprobs, return_valid)
+    args = (target_logits, draft_ids, draft_probs, *params.op_args(), *_rng_args(seed, offset, generator), generator,
+            return_logprobs, return_valid)
     if out is None:
         tokens, accepted, logprobs, valid = torch.ops.syncfree.verify_draft(*args)
     else:
         accepted, logprobs, valid = torch.ops.syncfree.verify_draft_into(out, *args)
         tokens = out
+    if as_object:
+        return VerifyOutput(tokens, accepted, logprobs if return_logprobs else None, valid if return_valid else None)
     return (tokens, accepted) + ((logprobs,) if return_logprobs else ()) + ((valid,) if return_valid else ())

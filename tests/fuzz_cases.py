@@ -15,6 +15,7 @@ next-token choosers (errors, ids in range, filter/concatenate keep each request'
 every error raised on both ranks.
 """
 import contextlib
+import functools
 import math
 import sys
 import warnings
@@ -383,6 +384,19 @@ def check_processed(x, kwargs, tokens, valid):
             assert not usable.any(), f"row {r} had an unmasked processed token but valid is False"
 
 
+def call(fn, as_object, x, **kwargs):
+    """fn(x, **kwargs), or with the parameters as one SamplingParams (README "Parameters"), its
+    result then put in the keyword form's shape, which check() judges."""
+    if not as_object:
+        return fn(x, **kwargs)
+    fields = {k: v for k, v in kwargs.items() if k in syncfree.params.KEYWORDS}
+    result = fn(x, syncfree.SamplingParams(**fields), **{k: v for k, v in kwargs.items() if k not in fields})
+    if not isinstance(result, syncfree.SampleOutput):
+        return result
+    parts = [result.tokens] + [part for part in result[1:] if part is not None]
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
 def run(batch, examples, emulated):
     context = contextlib.nullcontext
     if emulated:
@@ -396,12 +410,14 @@ def run(batch, examples, emulated):
     @given(st.data())
     def fuzz(data):
         op, x, kwargs, valid = draw_case(data, emulated)
+        as_object = op in ("sample", "warp") and data.draw(st.booleans(), label="as a SamplingParams")
         if emulated and x.dtype == torch.float64:
             x = x.float()
         shown = {k: (f"tensor{tuple(v.shape)} {v.dtype} {v.reshape(-1)[:8].tolist()}" if isinstance(v, torch.Tensor)
                      else v) for k, v in kwargs.items()}
-        print(f"case: {op} x={x.dtype}{tuple(x.shape)} strides={x.stride()} {shown}", flush=True)
-        fn = getattr(syncfree, op)
+        print(f"case: {op} x={x.dtype}{tuple(x.shape)} strides={x.stride()} {shown} "
+              f"{'(SamplingParams)' if as_object else ''}", flush=True)
+        fn = functools.partial(call, getattr(syncfree, op), as_object)
         state = kwargs["generator"].get_state() if "generator" in kwargs else None
         try:
             with context():

@@ -47,11 +47,11 @@ def simulate(logits, bounds, generator_seed=None, return_logprobs=True, **kwargs
     ranks = []
     for start, end in bounds:
         generator = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
-        x, _, warpers, rng = sd._arguments(logits[:, start:end], start, vocab, kwargs.get("temperature", 1.0),
-                                           kwargs.get("top_k", 0), kwargs.get("top_p", 1.0), kwargs.get("min_p", 0.0),
-                                           kwargs.get("typical_p", 1.0), kwargs.get("seed"), kwargs.get("offset"),
-                                           generator)
-        ranks.append(sd._steps(x, start, vocab, warpers, rng, generator, return_logprobs))
+        params = kwargs.get("params") or syncfree.SamplingParams(
+            **{k: v for k, v in kwargs.items() if k not in ("seed", "offset", "params")})
+        x, _, params, rng = sd._arguments(logits[:, start:end], start, vocab, params, kwargs.get("seed"),
+                                          kwargs.get("offset"), generator)
+        ranks.append(sd._steps(x, start, vocab, params, rng, generator, return_logprobs))
     requests = [next(r) for r in ranks]
     while True:
         kinds = {kind for kind, _ in requests}

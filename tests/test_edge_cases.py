@@ -195,7 +195,7 @@ def test_a_winning_group_with_no_winner_answers_an_in_range_token():
     x = torch.randn(4, 40)
     # One rank of syncfree.distributed: its race picks groups, then the logits change before the
     # token race inside them (a resolve step reading a group with no unmasked token).
-    steps = sd._steps(x, 0, 40, *sd._arguments(x, 0, 40, 1.0, 0, 1.0, 0.0, 1.0, 3, 0, None)[2:], None, True)
+    steps = sd._steps(x, 0, 40, *sd._arguments(x, 0, 40, syncfree.SamplingParams(), 3, 0, None)[2:], None, True)
     request = next(steps)
     for _ in range(2):  # the layout and the heads: the race has run when it asks for its collective
         request = steps.send(ranks._replies(request[0], [request[1]])[0])

@@ -6,45 +6,38 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import syncfree
 
 
-def warper_args(temperature=None, t=1.0, top_k=None, k=0, top_p=None, p=1.0, min_p=None, mp=0.0, typical_p=None,
-                tp=1.0):
-    return (temperature, t, top_k, k, top_p, p, min_p, mp, typical_p, tp)
-
-
-def process_args(repetition=None, r=1.0, frequency=None, f=0.0, presence=None, pr=0.0, output_tokens=None,
-                 prompt_tokens=None, bias_tokens=None, bias_values=None, allowed_mask=None):
-    return (repetition, r, frequency, f, presence, pr, output_tokens, prompt_tokens, bias_tokens, bias_values,
-            allowed_mask)
-
-
-def op_args(x, probs=False, temperature=None, t=1.0, seed=None, offset=None, seed_value=None, offset_value=0,
-            logprobs=False, valid=False, process=(), top=0, raw=False, **warpers):
-    return (x, probs, *warper_args(temperature, t, **warpers), *process_args(*process), seed, offset, seed_value,
-            offset_value, None, logprobs, valid, top, raw)
+def op_args(x, probs=False, seed=None, offset=None, seed_value=None, offset_value=0, logprobs=False, valid=False,
+            top=0, raw=False, **params):
+    """The sample op's arguments: the parameters' two lists come from SamplingParams, as in the wrappers."""
+    return (x, probs, *syncfree.SamplingParams(**params).op_args(), seed, offset, seed_value, offset_value, None,
+            logprobs, valid, top, raw)
 
 
 CASES = [
     lambda: op_args(torch.randn(4, 100), seed=torch.arange(4), offset=torch.arange(4), logprobs=True, valid=True),
     lambda: op_args(torch.randn(3, 50).bfloat16(), temperature=torch.rand(3) + 0.1, seed=torch.arange(3)),
-    lambda: op_args(torch.randn(100), t=0.0, logprobs=True),
+    lambda: op_args(torch.randn(100), temperature=0.0, logprobs=True),
     lambda: op_args(torch.rand(5, 33), probs=True, seed_value=3, offset_value=4, valid=True),
-    lambda: op_args(torch.randn(6, 300), seed=torch.arange(6), k=20, p=0.9, mp=0.01, tp=0.95, logprobs=True),
+    lambda: op_args(torch.randn(6, 300), seed=torch.arange(6), top_k=20, top_p=0.9, min_p=0.01, typical_p=0.95,
+                    logprobs=True),
     lambda: op_args(torch.randn(3, 99), seed=torch.arange(3), top_k=torch.tensor([0, 5, 50]),
                     top_p=torch.tensor([1.0, 0.5, 0.9]), min_p=torch.zeros(3), typical_p=torch.ones(3)),
-    lambda: op_args(torch.randn(3, 70), seed=torch.arange(3), k=10, logprobs=True, top=5, raw=True,
-                    process=(torch.tensor([1.0, 1.3, 0.8]), 1.0, None, 0.5, None, 0.25,
-                             torch.tensor([[1, 2, 2, -1]] * 3), torch.tensor([[5, 6]] * 3),
-                             torch.tensor([[3], [4], [-1]]), torch.tensor([[2.0], [-1.0], [0.0]]),
-                             torch.full((3, 3), -1, dtype=torch.int32))),
+    lambda: op_args(torch.randn(3, 70), seed=torch.arange(3), top_k=10, logprobs=True, top=5, raw=True,
+                    repetition_penalty=torch.tensor([1.0, 1.3, 0.8]), frequency_penalty=0.5, presence_penalty=0.25,
+                    output_tokens=torch.tensor([[1, 2, 2, -1]] * 3), prompt_tokens=torch.tensor([[5, 6]] * 3),
+                    bias_tokens=torch.tensor([[3], [4], [-1]]), bias_values=torch.tensor([[2.0], [-1.0], [0.0]]),
+                    allowed_mask=torch.full((3, 3), -1, dtype=torch.int32)),
 ]
 
 
 def test_opcheck_warp():
+    params = syncfree.SamplingParams
     torch.library.opcheck(torch.ops.syncfree.warp.default,
-                          (torch.randn(4, 200), *warper_args(t=0.7, k=20, p=0.9), *process_args()))
+                          (torch.randn(4, 200), *params(temperature=0.7, top_k=20, top_p=0.9).op_args()))
     torch.library.opcheck(torch.ops.syncfree.warp.default,
-                          (torch.randn(200).half(), *warper_args(t=0.0, top_p=torch.tensor([0.8]), tp=0.9),
-                           *process_args(r=1.2, output_tokens=torch.tensor([3, 7]))))
+                          (torch.randn(200).half(),
+                           *params(temperature=0.0, top_p=torch.tensor([0.8]), typical_p=0.9, repetition_penalty=1.2,
+                                   output_tokens=torch.tensor([3, 7])).op_args()))
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
