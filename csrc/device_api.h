@@ -12,10 +12,31 @@
 #include "core/shard.h"
 #include "core/verify.h"
 
+namespace at {
+struct PhiloxCudaState;  // ATen/cuda/PhiloxCudaState.h
+}  // namespace at
+
 namespace syncfree {
 
-// When from_generator is true, the implementation takes p.seed/p.pos0 from
-// the generator (or the device's default one) and advances it.
+// Note [Drawing from the generator]
+// ---------------------------------
+// A call without seeds takes its noise's seed and start position from the
+// torch generator (the device's default one when none is given), one draw per
+// call whatever its rows (the rows differ by subsequence):
+//   - CPU, an mt19937: seed = one random64(), pos0 = 0;
+//   - CUDA, Philox: the generator's (seed, offset), and the offset advances by
+//     round_up(V, 4), the token positions each row reads (Note [syncfree RNG
+//     counter layout]).
+// sample, verify_draft and syncfree.distributed's shared draw all draw so,
+// through draw_generator_cpu / draw_generator_cuda; the tests pin the tokens.
+struct GeneratorDraw {
+  uint64_t seed;
+  uint64_t pos0;
+};
+GeneratorDraw draw_generator_cpu(const std::optional<at::Generator>& generator);
+
+// When from_generator is true, the implementation draws p.seed/p.pos0
+// (Note [Drawing from the generator]).
 void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::Generator>& generator,
                 bool from_generator);
 
@@ -56,6 +77,10 @@ void shard_pass_cpu(const ShardPassCall& c, c10::ScalarType dtype);
 
 #ifdef SYNCFREE_WITH_CUDA
 struct RngArgs;  // cuda/block_race.cuh
+
+// The draw of a call over `vocab` tokens (Note [Drawing from the generator]).
+at::PhiloxCudaState draw_generator_cuda(const std::optional<at::Generator>& generator, c10::DeviceIndex device,
+                                        int64_t vocab);
 
 // The warpers' kept set of every row into keeps (device memory, [rows]);
 // greedy rows get keep_all unless greedy_rows_too (syncfree.warp). With

@@ -9,7 +9,6 @@
 //   _shard_begin, _shard_local, _shard_merge, _shard_finish   the steps.
 #include "ops.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/enum_tag.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
@@ -18,7 +17,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <mutex>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -126,11 +124,9 @@ Tensor shard_draw_op(const Tensor& like, const std::optional<at::Generator>& gen
     SYNCFREE_ON_CUDA(like, generator_state_cuda(generator, cuda_index(like), vocab, out.data_ptr<int64_t>()));
     return out;
   }
-  // The CPU generator is an mt19937: one 64-bit seed per call, position 0 (as sample_cpu draws).
-  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
-  std::lock_guard<std::mutex> lock(gen->mutex_);
-  out.data_ptr<int64_t>()[0] = int64_t(gen->random64());
-  out.data_ptr<int64_t>()[1] = 0;
+  const GeneratorDraw draw = draw_generator_cpu(generator);
+  out.data_ptr<int64_t>()[0] = int64_t(draw.seed);
+  out.data_ptr<int64_t>()[1] = int64_t(draw.pos0);
   return out;
 }
 

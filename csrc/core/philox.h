@@ -52,8 +52,8 @@ SF_HD Words4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
 // stream position p is lane p % 4 of block p / 4 (this is what curand_init(seed,
 // subsequence, p) followed by curand() returns). Each row of a call has a
 // stream and a start position pos0:
-//   - generator (torch's Philox state seed, offset): seed, subsequence = row,
-//     pos0 = offset; the call advances the offset by round_up(V, 4);
+//   - generator: the call's draw (Note [Drawing from the generator] in
+//     device_api.h) gives seed and pos0, subsequence = row;
 //   - Python int seed s (and int offset o): seed = s, subsequence = row, pos0 = o
 //     (the same stream as a fresh CUDA generator seeded with s at offset o);
 //   - per-row tensors: seed = seed[row], subsequence = offset[row], pos0 = 0,

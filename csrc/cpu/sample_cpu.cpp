@@ -392,15 +392,18 @@ void warped_logits_cpu(SampleParams p, c10::ScalarType dtype, float* out) {
                                   [&] { warped_rows_into<scalar_t>(p, out); });
 }
 
+GeneratorDraw draw_generator_cpu(const std::optional<at::Generator>& generator) {
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  return {gen->random64(), 0};  // Note [Drawing from the generator]
+}
+
 void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::Generator>& generator,
                 bool from_generator) {
   if (from_generator) {
-    // The CPU generator is an mt19937: one 64-bit seed per call, position 0.
-    auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator,
-                                                                   at::detail::getDefaultCPUGenerator());
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    p.seed = gen->random64();
-    p.pos0 = 0;
+    const GeneratorDraw draw = draw_generator_cpu(generator);
+    p.seed = draw.seed;
+    p.pos0 = draw.pos0;
   } else if (p.shard.rng_state != nullptr) {
     p.seed = uint64_t(p.shard.rng_state[0]);
     p.pos0 = uint64_t(p.shard.rng_state[1]);

@@ -1,12 +1,10 @@
 // syncfree.verify_draft on the CPU (Note [Verifying a draft] in core/verify.h):
 // rows in parallel, each row's positions in order up to its first rejection.
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <mutex>
 #include <vector>
 
 #include "../device_api.h"
@@ -171,11 +169,10 @@ void verify_row(const VerifyParams& v, int64_t b, Scratch& s) {
 void verify_cpu(const VerifyParams& v, c10::ScalarType dtype, const std::optional<at::Generator>& generator,
                 bool from_generator) {
   VerifyParams call = v;
-  if (from_generator) {  // as sample_cpu: one 64-bit seed per call, position 0
-    auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    call.target.seed = gen->random64();
-    call.target.pos0 = 0;
+  if (from_generator) {
+    const GeneratorDraw draw = draw_generator_cpu(generator);
+    call.target.seed = draw.seed;
+    call.target.pos0 = draw.pos0;
   }
   const int64_t rows = v.target.rows / (v.n + 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_verify_cpu", [&] {

@@ -218,6 +218,14 @@ void launch(const KernelArgs& args, int64_t blocks, bool aligned, cudaStream_t s
 
 }  // namespace
 
+at::PhiloxCudaState draw_generator_cuda(const std::optional<at::Generator>& generator, c10::DeviceIndex device,
+                                        int64_t vocab) {
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator(device));
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  return gen->philox_cuda_state(uint64_t(ceil_div(vocab, 4) * 4));  // Note [Drawing from the generator]
+}
+
 int sm_count(c10::DeviceIndex device) {
   static std::mutex mutex;
   static std::vector<int> counts(size_t(c10::cuda::device_count()), 0);
@@ -245,14 +253,7 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
   const SamplePlan plan = plan_sample(p.rows, p.vocab, sm_count(device), has_processing(p) && !p.probs);
   args.split = plan.split;
   TORCH_CHECK(plan.blocks <= int64_t(INT32_MAX), "syncfree: batch of ", p.rows, " rows is too large for one launch");
-  if (from_generator) {
-    // See Note [syncfree RNG counter layout]: each row reads positions
-    // [offset, offset + V) of its subsequence; the offset moves past them.
-    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-        generator, at::cuda::detail::getDefaultCUDAGenerator(device));
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    args.rng.philox = gen->philox_cuda_state(uint64_t(ceil_div(p.vocab, 4) * 4));
-  }
+  if (from_generator) args.rng.philox = draw_generator_cuda(generator, device, p.vocab);
 
   // Warpers: a selection kernel writes each row's kept set first (Note
   // [Exact warper thresholds]); identity warpers keep the single launch.
@@ -306,13 +307,7 @@ void generator_state_cuda(const std::optional<at::Generator>& generator, c10::De
                           int64_t* out) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-      generator, at::cuda::detail::getDefaultCUDAGenerator(device));
-  at::PhiloxCudaState philox;
-  {
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    philox = gen->philox_cuda_state(uint64_t(ceil_div(vocab, 4) * 4));  // as sample_cuda advances it
-  }
+  const at::PhiloxCudaState philox = draw_generator_cuda(generator, device, vocab);
   launch_kernel<syncfree_generator_state_kernel>(dim3(1), dim3(1), 0, stream, philox, out);
 }
 

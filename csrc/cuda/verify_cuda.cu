@@ -6,15 +6,12 @@
 //   finish:    one block per row: the first rejection, the accepted tokens,
 //              and the stop token's race over that one position.
 // So a call is the selection's launches (with warpers) and two more, no sync.
-#include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-
-#include <mutex>
 
 #include "../device_api.h"
 #include "block_race.cuh"
@@ -263,12 +260,7 @@ void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex 
   VerifyArgs a{};
   a.v = v;
   a.rng.from_generator = from_generator;
-  if (from_generator) {  // as sample_cuda: one draw for the call's B (n + 1) rows
-    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-        generator, at::cuda::detail::getDefaultCUDAGenerator(device));
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    a.rng.philox = gen->philox_cuda_state(uint64_t(ceil_div(v.target.vocab, 4) * 4));
-  }
+  if (from_generator) a.rng.philox = draw_generator_cuda(generator, device, v.target.vocab);  // for all B (n + 1) rows
   const int64_t rows = v.target.rows, batch = rows / (v.n + 1);
   auto* allocator = c10::cuda::CUDACachingAllocator::get();
   c10::DataPtr keeps;
