@@ -12,9 +12,9 @@ Kernels and the variants reached (csrc/cuda/*.cu):
   syncfree_select_pass_kernel<T>            the warpers' scan, mass and compaction passes (split rows:
                                             global histograms and tickets; candidates that fit and
                                             candidates that overflow the buffer);
-  syncfree_find_thresholds_kernel<T>        each warper alone and all four, per-row values, the race
+  syncfree_select_and_sample_kernel<T>      each warper alone and all four, per-row values, the race
                                             over compacted candidates and the full-row fallback;
-  syncfree_apply_thresholds_kernel<T>             syncfree.warp with and without warpers, scaled_logits;
+  syncfree_apply_thresholds_kernel<T>       syncfree.warp with and without warpers, scaled_logits;
   syncfree_resolve_group_kernel<T, false>   the race on shards (syncfree.distributed's steps);
   syncfree_shard_pass_kernel<T>, syncfree_shard_rows_kernel   every step of those calls (csrc/cuda/shard_cuda.cu);
   syncfree_verify_positions_kernel<T>, syncfree_verify_finish_kernel<T>   syncfree.verify_draft;

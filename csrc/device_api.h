@@ -88,8 +88,8 @@ at::PhiloxCudaState draw_generator_cuda(const std::optional<at::Generator>& gene
 // compacted are also sampled there, with the call's noise (rng), and get
 // raced[row] = 1; the sampling kernel skips them (Note [Selection passes on
 // CUDA] in cuda/warpers_cuda.cu).
-void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
-                          bool greedy_rows_too, const RngArgs* rng = nullptr, unsigned char* raced = nullptr);
+void select_and_sample_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
+                            bool greedy_rows_too, const RngArgs* rng = nullptr, unsigned char* raced = nullptr);
 // out[row, i] = the row's scaled logit i where kept, -inf elsewhere.
 void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
                      float* out);

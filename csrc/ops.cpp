@@ -193,7 +193,7 @@ Tensor warped_logits(const Tensor& logits, const SamplingArgs& a) {
     if (p.warped) {
       keeps = at::empty({p.rows * int64_t(sizeof(RowKeep))}, logits.options().dtype(at::kByte));
       keep_ptr = reinterpret_cast<RowKeep*>(keeps.data_ptr());
-      find_thresholds_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, true);
+      select_and_sample_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, true);
     }
     apply_thresholds_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, warped.data_ptr<float>());
 #else

@@ -40,7 +40,7 @@ def planned_blocks(name):
     """What plans.h sizes a kernel's grid for, from its name (an independent reading of the rule)."""
     short = sass_report.short(name)
     args = [a.strip() for a in short[short.index("<") + 1:short.rindex(">")].split(",")] if "<" in short else []
-    if short.startswith(("syncfree_sample_kernel", "syncfree_select_pass_kernel", "syncfree_find_thresholds_kernel")):
+    if short.startswith(("syncfree_sample_kernel", "syncfree_select_pass_kernel", "syncfree_select_and_sample_kernel")):
         return 1 if args[-1] == "true" else 2  # the last template argument is kProcess
     if short.startswith(("syncfree_top_pass_kernel", "syncfree_top_finish_kernel")):
         return 1  # the logprob stage reads processed values
@@ -49,7 +49,7 @@ def planned_blocks(name):
 
 def test_every_kernel_is_in_the_report(reports):
     names = {sass_report.short(n).split("<")[0] for n in reports}
-    for kernel in ("syncfree_sample_kernel", "syncfree_select_pass_kernel", "syncfree_find_thresholds_kernel",
+    for kernel in ("syncfree_sample_kernel", "syncfree_select_pass_kernel", "syncfree_select_and_sample_kernel",
                    "syncfree_top_pass_kernel", "syncfree_top_finish_kernel", "syncfree_verify_positions_kernel",
                    "syncfree_verify_finish_kernel", "syncfree_shard_pass_kernel", "syncfree_build_exceptions_kernel"):
         assert kernel in names, f"{kernel} is missing from the compiled code"

@@ -264,8 +264,8 @@ void sample_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device,
     keeps = c10::cuda::CUDACachingAllocator::get()->allocate(keep_bytes + size_t(p.rows));
     auto* raced = static_cast<unsigned char*>(keeps.get()) + keep_bytes;
     const bool plain = p.shard.partials_out == nullptr && p.shard.resolve_groups == nullptr;
-    find_thresholds_cuda(p, dtype, device, static_cast<RowKeep*>(keeps.get()), false, &args.rng,
-                         plain ? raced : nullptr);
+    select_and_sample_cuda(p, dtype, device, static_cast<RowKeep*>(keeps.get()), false, &args.rng,
+                           plain ? raced : nullptr);
     args.p.keeps = static_cast<const RowKeep*>(keeps.get());
     args.raced = plain ? raced : nullptr;
   }

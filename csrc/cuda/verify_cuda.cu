@@ -266,7 +266,7 @@ void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex 
   c10::DataPtr keeps;
   if (v.target.warped) {
     keeps = allocator->allocate(size_t(rows) * sizeof(RowKeep));
-    find_thresholds_cuda(v.target, dtype, device, static_cast<RowKeep*>(keeps.get()), false);
+    select_and_sample_cuda(v.target, dtype, device, static_cast<RowKeep*>(keeps.get()), false);
     a.v.target.keeps = static_cast<const RowKeep*>(keeps.get());
   }
   c10::DataPtr laws = allocator->allocate(size_t(rows) * sizeof(PositionLaw));

@@ -295,9 +295,11 @@ __device__ void race_candidates(const SampleParams& p, int64_t row, RowRace r, c
   }
 }
 
-// Step 4: one block per row.
+// Step 4, finish: one block per row; the kept set, then for a sampling call
+// the race when the candidates fit.
 template <typename T, bool kProcess>
-__global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(kProcess)) syncfree_find_thresholds_kernel(SelectArgs a) {
+__global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(kProcess))
+    syncfree_select_and_sample_kernel(SelectArgs a) {
   __shared__ SelectShared sh;
   const int64_t row = blockIdx.x;
   const int t = threadIdx.x;
@@ -348,8 +350,8 @@ __global__ void syncfree_apply_thresholds_kernel(SampleParams p, const RowKeep* 
 
 }  // namespace
 
-void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
-                          bool greedy_rows_too, const RngArgs* rng, unsigned char* raced) {
+void select_and_sample_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
+                            bool greedy_rows_too, const RngArgs* rng, unsigned char* raced) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
   SelectArgs a{};
@@ -380,7 +382,7 @@ void find_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::Dev
     const dim3 grid(unsigned(a.plan.blocks)), block(kSelectThreads);
     for (const int phase : {kPhaseScan, kPhaseMass, kPhaseCompact})
       launch_kernel<syncfree_select_pass_kernel<T, kProcess>>(grid, block, 0, stream, a, phase);
-    launch_kernel<syncfree_find_thresholds_kernel<T, kProcess>>(dim3(unsigned(p.rows)), block, 0, stream, a);
+    launch_kernel<syncfree_select_and_sample_kernel<T, kProcess>>(dim3(unsigned(p.rows)), block, 0, stream, a);
   };
   dispatch_dtype(dtype, [&](auto tag) {
     if (has_processing(p)) {
