@@ -90,9 +90,9 @@ at::PhiloxCudaState draw_generator_cuda(const std::optional<at::Generator>& gene
 // CUDA] in cuda/warpers_cuda.cu).
 void select_and_sample_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, RowKeep* keeps,
                             bool greedy_rows_too, const RngArgs* rng = nullptr, unsigned char* raced = nullptr);
-// out[row, i] = the row's scaled logit i where kept, -inf elsewhere.
-void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device, const RowKeep* keeps,
-                     float* out);
+// warped_logits_cpu's twin: the exception tables, the selection (greedy rows
+// too) and the kept values.
+void warped_logits_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device, float* out);
 // Builds p.proc's exception tables on the device (a memset and one kernel) when
 // p has history or bias; the returned memory must outlive the call's kernels.
 c10::DataPtr build_exceptions_cuda(SampleParams& p, c10::DeviceIndex device);

@@ -186,19 +186,7 @@ Tensor warped_logits(const Tensor& logits, const SamplingArgs& a) {
   if constexpr (B == Backend::kCpu) {
     warped_logits_cpu(p, logits.scalar_type(), warped.data_ptr<float>());
   } else {
-#ifdef SYNCFREE_WITH_CUDA
-    const c10::DataPtr tables = build_exceptions_cuda(p, cuda_index(logits));
-    Tensor keeps;
-    RowKeep* keep_ptr = nullptr;  // no warper: every token kept, no selection kernel
-    if (p.warped) {
-      keeps = at::empty({p.rows * int64_t(sizeof(RowKeep))}, logits.options().dtype(at::kByte));
-      keep_ptr = reinterpret_cast<RowKeep*>(keeps.data_ptr());
-      select_and_sample_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, true);
-    }
-    apply_thresholds_cuda(p, logits.scalar_type(), cuda_index(logits), keep_ptr, warped.data_ptr<float>());
-#else
-    fail_without_cuda(logits.device());
-#endif
+    SYNCFREE_ON_CUDA(logits, warped_logits_cuda(p, logits.scalar_type(), cuda_index(logits), warped.data_ptr<float>()));
   }
   return warped;
 }

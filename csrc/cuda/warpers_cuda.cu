@@ -393,14 +393,20 @@ void select_and_sample_cuda(const SampleParams& p, c10::ScalarType dtype, c10::D
   });
 }
 
-void apply_thresholds_cuda(const SampleParams& p, c10::ScalarType dtype, c10::DeviceIndex device,
-                           const RowKeep* keeps, float* out) {
+void warped_logits_cuda(SampleParams p, c10::ScalarType dtype, c10::DeviceIndex device, float* out) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  const c10::DataPtr tables = build_exceptions_cuda(p, device);  // Note [Processing in the pass]
+  c10::DataPtr keeps;  // none without a warper: every token kept, no selection kernel
+  if (p.warped) {
+    keeps = c10::cuda::CUDACachingAllocator::get()->allocate(size_t(p.rows) * sizeof(RowKeep));
+    select_and_sample_cuda(p, dtype, device, static_cast<RowKeep*>(keeps.get()), true);
+  }
   const dim3 grid(unsigned(p.rows), unsigned(std::min<int64_t>(ceil_div(p.vocab, 256), 1024)));
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_kernel<syncfree_apply_thresholds_kernel<T>>(grid, dim3(256), 0, stream, p, keeps, out);
+    launch_kernel<syncfree_apply_thresholds_kernel<T>>(grid, dim3(256), 0, stream, p,
+                                                       static_cast<const RowKeep*>(keeps.get()), out);
   });
 }
 
