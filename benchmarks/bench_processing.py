@@ -45,6 +45,7 @@ import _timing as timing  # noqa: E402
 from _common import (Case, Method, base_parser, check_device, dtype_name, fmt, grid_from_args,  # noqa: E402
                      make_cases, measure, pyplot, sync_cell)
 from bench_warpers import cpu_seconds_of_others  # noqa: E402
+from cuda_on_cpu.napkin import select_napkin  # noqa: E402  (tests/, on sys.path through bench_warpers)
 
 syncfree, SYNCFREE_MISSING, _ = timing.import_subjects()
 
@@ -292,10 +293,9 @@ def napkin(cfg, pc, device, sm_count):
     top_reads_cpu = (2 if cfg["raw"] else 1) if cfg["top_n"] else 0  # raw: its mass pass, then the top pass
     top_reads_cuda = (2 + (1 if cfg["raw"] else 0)) if cfg["top_n"] else 0  # scan + compaction (+ raw mass)
     reads_cuda, launches, fits = 1, 1, b
-    if warped and syncfree is not None:
+    if warped:
         y = process_torch({**cfg, "top_k": 0, "top_p": 1.0}, pc, TEMPERATURE).cpu()
-        rows = [syncfree._C.select_napkin(y[r], cfg["top_k"], cfg["top_p"], 0.0, 1.0, rows=b, sm_count=sm_count)
-                for r in range(b)]
+        rows = [select_napkin(y[r], cfg["top_k"], cfg["top_p"], 0.0, 1.0, rows=b, sm_count=sm_count) for r in range(b)]
         reads_cuda = max(r["full_reads"] for r in rows)
         launches = rows[0]["launches"]
         fits = sum(r["fits"] for r in rows)

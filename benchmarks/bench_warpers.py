@@ -22,7 +22,7 @@ parameters for all rows) it times, side by side in one run:
              typical-p or for min-p combined with top-k/top-p: 'n/a' there.
 A method that raises (say NotImplementedError) is reported as 'n/a' with its error.
 Next to each syncfree time it prints the CUDA plan's napkin model for the same logits
-(syncfree._C.select_napkin, Note [Selection passes on CUDA]): full reads of the row (the
+(tests/cuda_on_cpu/napkin.py, Note [Selection passes on CUDA]): full reads of the row (the
 worst row of the batch), kernel launches, and how many rows' candidates fit the buffer,
 with the bytes those reads move ('MB read'); on the CPU the SM count of an H100 (132).
 Prints a fixed-width summary and writes table_warpers_<device>.txt (the summary plus
@@ -41,9 +41,11 @@ import torch
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
+sys.path.append(os.path.join(os.path.dirname(BENCH_DIR), "tests"))  # the napkin model's helper
 import _timing as timing  # noqa: E402
 from _common import (Method, base_parser, check_device, dtype_name, fmt, grid_from_args,  # noqa: E402
                      make_cases, measure, pyplot, ratio_cell, sync_cell)
+from cuda_on_cpu.napkin import select_napkin  # noqa: E402
 
 syncfree, SYNCFREE_MISSING, flashinfer = timing.import_subjects()
 
@@ -176,11 +178,9 @@ NAPKIN_SMS = 132  # the CUDA plan's SM count when the run is on the CPU (an H100
 
 def napkin(logits, cfg, sm_count):
     """The CUDA selection plan for these logits: worst row's full reads, launches, rows that fit."""
-    if syncfree is None:
-        return {}
     y = logits.float().cpu() / TEMPERATURE
-    rows = [syncfree._C.select_napkin(y[b], cfg["top_k"], cfg["top_p"], cfg["min_p"], cfg["typical_p"],
-                                      rows=y.shape[0], sm_count=sm_count) for b in range(y.shape[0])]
+    rows = [select_napkin(y[b], cfg["top_k"], cfg["top_p"], cfg["min_p"], cfg["typical_p"], rows=y.shape[0],
+                          sm_count=sm_count) for b in range(y.shape[0])]
     reads = max(r["full_reads"] for r in rows)
     return dict(reads=reads, launches=rows[0]["launches"], fits=sum(r["fits"] for r in rows),
                 mb_read=reads * logits.numel() * logits.element_size() / 1e6)

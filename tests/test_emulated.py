@@ -14,6 +14,7 @@ import torch
 import cuda_on_cpu
 import parity
 import syncfree
+from cuda_on_cpu.napkin import select_napkin
 from parity import assert_same, make
 from ranks import one_device, simulate
 
@@ -219,7 +220,7 @@ def test_warper_candidates_fitting_and_overflowing(target):
     configs = parity.CANDIDATE_CONFIGS
     x, temps = parity.check_warper_candidates(target, cases(configs, [configs[1], configs[-1]]))
     # Both paths ran: the napkin model (the kernels' decisions on the host) says which rows fit.
-    fits = [syncfree._C.select_napkin(x[r] / temps[r], 50, 1.0, 0.0, 1.0, rows=6, sm_count=SM_COUNT)["fits"]
+    fits = [select_napkin(x[r] / temps[r], 50, 1.0, 0.0, 1.0, rows=6, sm_count=SM_COUNT)["fits"]
             for r in range(6)]
     assert fits == [False, True] * 3
 
