@@ -17,7 +17,7 @@ Kernels and the variants reached (csrc/cuda/*.cu):
   syncfree_apply_thresholds_kernel<T>       syncfree.warp with and without warpers, scaled_logits;
   syncfree_resolve_group_kernel<T, false>   the race on shards (syncfree.distributed's steps);
   syncfree_shard_pass_kernel<T>, syncfree_shard_rows_kernel   every step of those calls (csrc/cuda/shard_cuda.cu);
-  syncfree_verify_positions_kernel<T>, syncfree_verify_finish_kernel<T>   syncfree.verify_draft;
+  syncfree_verify_positions_kernel<T, kProcess>, syncfree_verify_finish_kernel<T, kProcess>   verify_draft;
   syncfree_build_exceptions_kernel, the kProcess variants, syncfree_top_pass_kernel<T>,
   syncfree_top_finish_kernel<T>             processing (mask, bias, penalties) and top-n / raw
                                             logprobs, rows split and not, candidates fitting and not.
@@ -318,8 +318,15 @@ def section_verify(run):
         ids = torch.multinomial(q.view(-1, v), 1, generator=g).view(b, n)
         ids[0] = x[0, :n].float().argmax(-1)
         temps = torch.tensor([0.8, 1.0, 0.0, 1.2])
+        words = (v + 31) // 32
+        processed = dict(repetition_penalty=torch.tensor([1.3, 1.0, 1.5, 0.8]), frequency_penalty=0.5,
+                         output_tokens=torch.randint(-1, v, (b, 8), generator=g),
+                         bias_tokens=torch.randint(0, v, (b, 2), generator=g), bias_values=torch.randn(b, 2) * 3,
+                         allowed_mask=torch.randint(-2**31, 2**31, (b, n + 1, words), generator=g,
+                                                    dtype=torch.int64).to(torch.int32) | 0x0F0F0F0F)
         for label, draft_probs, config in (("q", q, {}), ("one-hot", None, {}),
-                                           ("q warped", q, dict(top_k=40, top_p=0.9, min_p=0.02))):
+                                           ("q warped", q, dict(top_k=40, top_p=0.9, min_p=0.02)),
+                                           ("one-hot processed", None, dict(top_k=40, **processed))):
             kwargs = dict(seed=torch.arange(b), offset=torch.arange(b), return_logprobs=True, return_valid=True, **config)
             want = syncfree.verify_draft(x, ids, draft_probs, temps, **kwargs)
             got = syncfree.verify_draft(run.on(x), run.on(ids), run.on(draft_probs), run.on(temps), **run.kwargs_on(kwargs))

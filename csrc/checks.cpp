@@ -323,4 +323,18 @@ void check_verify(const Tensor& target, const Tensor& draft_ids, const std::opti
   }
 }
 
+void check_verify_processing(const SamplingArgs& a, const Tensor& target) {
+  SamplingArgs per_row = a;
+  if (a.allowed_mask.has_value() && a.allowed_mask->dim() == 3) {  // one mask per position
+    const Tensor& m = *a.allowed_mask;
+    const int64_t words = (target.size(2) + 31) / 32;
+    TORCH_CHECK_VALUE(m.size(0) == target.size(0) && m.size(1) == target.size(1) && m.size(2) == words,
+                      "allowed_mask: expected shape [B, ceil(V / 32)] = [", target.size(0), ", ", words,
+                      "] or, one per position, [B, n + 1, ceil(V / 32)] = [", target.size(0), ", ", target.size(1),
+                      ", ", words, "], got ", m.sizes());
+    per_row.allowed_mask = m.select(1, 0);  // the dtype and device checks below
+  }
+  check_processing(per_row, target.select(1, 0), false);
+}
+
 }  // namespace syncfree

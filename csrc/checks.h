@@ -63,4 +63,8 @@ std::vector<std::optional<Tensor>> read_by(const SamplingArgs& a, const RngArgs&
 // (in [0, V); on CUDA that would need a sync: README "Speculative decoding").
 void check_verify(const Tensor& target_logits, const Tensor& draft_ids, const std::optional<Tensor>& draft_probs);
 
+// syncfree.verify_draft's processing: as sample's for the [B, V] rows, and allowed_mask may also be
+// one mask per position, [B, n + 1, ceil(V / 32)].
+void check_verify_processing(const SamplingArgs& a, const Tensor& target_logits);
+
 }  // namespace syncfree

@@ -2,8 +2,15 @@
 // decoding's verification of a draft against the target's logits (Note
 // [Verifying a draft] in core/verify.h). Every check (checks.h) runs first.
 #include <ATen/core/enum_tag.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/lt.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/where.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "ops.h"
 
@@ -14,6 +21,46 @@ struct VerifyOutputs {
   Tensor tokens, num_accepted, logprobs, valid;
 };
 
+// The processing of each position (Note [Verifying a draft]): position j of row b takes row b's
+// penalties, prompt, bias and mask (or its own mask, from a [B, n + 1, W] one) and, with a
+// penalty, row b's output history followed by draft_ids[b, :j], what a sequential decode would
+// have emitted. Device-side copies of the small lists, no sync; the logits are never copied.
+SamplingArgs per_position(const SamplingArgs& a, const Tensor& draft_ids, int64_t positions) {
+  const auto each = [&](const std::optional<Tensor>& t) -> std::optional<Tensor> {
+    if (!t.has_value()) return t;
+    std::vector<int64_t> sizes = t->sizes().vec();  // [B, ...] -> [B (n + 1), ...], an expand and one copy
+    sizes.insert(sizes.begin() + 1, positions);
+    const Tensor each_position = t->unsqueeze(1).expand(sizes);
+    sizes[0] *= positions;
+    sizes.erase(sizes.begin() + 1);
+    return each_position.reshape(sizes);
+  };
+  SamplingArgs pos = a;
+  pos.repetition_penalty = each(a.repetition_penalty);
+  pos.frequency_penalty = each(a.frequency_penalty);
+  pos.presence_penalty = each(a.presence_penalty);
+  pos.prompt_tokens = each(a.prompt_tokens);
+  pos.bias_tokens = each(a.bias_tokens);
+  pos.bias_values = each(a.bias_values);
+  if (a.allowed_mask.has_value())
+    pos.allowed_mask = a.allowed_mask->dim() == 3 ? a.allowed_mask->reshape({-1, a.allowed_mask->size(2)})
+                                                  : *each(a.allowed_mask);
+  const bool penalized = a.repetition_penalty.has_value() || a.frequency_penalty.has_value() ||
+                         a.presence_penalty.has_value() || a.repetition_penalty_value != 1.0 ||
+                         a.frequency_penalty_value != 0.0 || a.presence_penalty_value != 0.0;
+  pos.output_tokens = std::nullopt;  // only the penalties read the history
+  if (penalized) {
+    const int64_t rows = draft_ids.size(0), n = positions - 1;
+    const auto options = draft_ids.options();
+    const Tensor before = at::lt(at::arange(n, options).unsqueeze(0), at::arange(positions, options).unsqueeze(1));
+    const Tensor drafts = at::where(before, draft_ids.unsqueeze(1), at::scalar_tensor(-1, options));  // [B, n + 1, n]
+    Tensor history = drafts.reshape({rows * positions, n});
+    if (a.output_tokens.has_value()) history = at::cat({*each(a.output_tokens), history}, 1);
+    pos.output_tokens = history;
+  }
+  return pos;
+}
+
 template <Backend B>
 VerifyOutputs run_verify(const std::optional<Tensor>& out, const Tensor& target, const Tensor& draft_ids,
                          const std::optional<Tensor>& draft_probs, const SamplingArgs& w, const RngArgs& rng,
@@ -22,7 +69,7 @@ VerifyOutputs run_verify(const std::optional<Tensor>& out, const Tensor& target,
   const int64_t rows = target.size(0), positions = target.size(1), vocab = target.size(2);
   const Tensor first = target.select(1, 0);  // [B, V]: the per-row arguments' shape
   check_warpers(w, first);
-  check_no_processing(w, "syncfree.verify_draft");
+  check_verify_processing(w, target);
   check_rng(rng, first, "target_logits");
   if (out.has_value()) check_out(*out, first, {rows, positions}, read_by(w, rng, {target, draft_ids, draft_probs}));
 
@@ -49,6 +96,8 @@ VerifyOutputs run_verify(const std::optional<Tensor>& out, const Tensor& target,
   RowTensors row_tensors;
   set_warpers(p, row_tensors, w, rows);
   set_rng(p, row_tensors, rng, rows);
+  set_processing(p, row_tensors, per_position(w, ids, positions), rows * positions);
+  p.proc.per_position = true;
   VerifyParams v{};
   v.target = p;
   v.n = positions - 1;

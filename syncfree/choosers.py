@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from .params import SamplingParams
-from .sampling import sample, verify_draft, warp
+from .sampling import sample, verify_draft
 
 _GREEDY_WARNING = ("temperature 0 with do_sample=True means greedy decoding; the other warpers are ignored "
                    "(pass do_sample=False to say so)")
@@ -227,11 +227,9 @@ class HeterogeneousNextTokenChooser:
         if used & _BIAS and self.bias_tokens.shape[1]:
             process["bias_tokens"], process["bias_values"] = self.bias_tokens, self.bias_values
         self._process = process
-        # This batch's parameters (README "Parameters"); verify_draft takes the warpers only.
-        warpers = dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                       typical_p=self.typical_p)
-        self.params = SamplingParams(**warpers, **process)
-        self._warpers = SamplingParams(**warpers)
+        # This batch's parameters (README "Parameters").
+        self.params = SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                     min_p=self.min_p, typical_p=self.typical_p, **process)
 
     def _tensors(self):
         return {name: getattr(self, name) for name in _ROWS + tuple(name for name, _ in _LISTS)}
@@ -267,39 +265,16 @@ class HeterogeneousNextTokenChooser:
         e = last - torch.remainder(last - torch.arange(width, device=self.history.device), width)
         self.history.copy_(torch.where(e >= first, tokens.gather(1, (e - first).clamp(min=0)), self.history))
 
-    def _processed_targets(self, target_logits, draft_ids):
-        """target_logits with each position's processing: position j of a request sees its history plus
-        its drafts before j (the tokens it follows if they are accepted), so a greedy request keeps the
-        drafts a penalized sequential decode would choose. Computed with syncfree.warp (temperature 1,
-        no warpers): float32 [B, n + 1, V]; verify_draft then applies the temperature and warpers."""
-        b, m, v = target_logits.shape
-        n = m - 1
-        dev = target_logits.device
-        kw = {}
-        for name, value in self._process.items():
-            per_position = value.unsqueeze(1).expand(b, m, *value.shape[1:])
-            if name == "output_tokens":
-                before = torch.arange(n, device=dev) < torch.arange(m, device=dev).unsqueeze(1)  # [m, n]: c < j
-                drafts = torch.where(before, draft_ids.unsqueeze(1), -1)
-                per_position = torch.cat([per_position, drafts], 2)
-            kw[name] = per_position.reshape(b * m, *per_position.shape[2:])
-        return warp(target_logits.reshape(b * m, v), **kw)[0].reshape(b, m, v)
-
     def verify(self, target_logits: torch.Tensor, draft_ids: torch.Tensor, draft_probs: Optional[torch.Tensor] = None):
         """A speculative step: syncfree.verify_draft with each request's parameters and seed.
         target_logits [B, n + 1, V], draft_ids [B, n], draft_probs [B, n, V] or None ->
         (tokens [B, n + 1]: accepted, one more, then -1; num_accepted [B]; logprobs [B, n + 1]).
         Position j of a request draws at its step + j, and its step advances by the tokens
         emitted, num_accepted + 1, which join its history (on the device: no sync, graph-safe).
-        With penalties or logit bias, position j's target logits are processed with the
-        request's history plus draft_ids[:, :j] (then the ring and those drafts count, which
-        may exceed history_size by up to n); draft_probs stay the drafter's own."""
-        if self._process and isinstance(target_logits, torch.Tensor) and isinstance(draft_ids, torch.Tensor) and \
-                target_logits.dim() == 3 and draft_ids.dim() == 2 and target_logits.shape[0] == len(self) and \
-                draft_ids.shape == (len(self), target_logits.shape[1] - 1) and draft_ids.dtype == torch.int64 and \
-                target_logits.shape[1] >= 1:
-            target_logits = self._processed_targets(target_logits, draft_ids)  # else verify_draft explains
-        tokens, accepted, logprobs = verify_draft(target_logits, draft_ids, draft_probs, self._warpers,
+        With penalties or logit bias, verify_draft processes position j with the request's
+        history plus draft_ids[:, :j] inside its passes (then the ring and those drafts count,
+        which may exceed history_size by up to n); draft_probs stay the drafter's own."""
+        tokens, accepted, logprobs = verify_draft(target_logits, draft_ids, draft_probs, self.params,
                                                   seed=self.seeds, offset=self.steps, return_logprobs=True)[:3]
         self._append(tokens, accepted + 1)
         self.steps += accepted + 1

@@ -173,14 +173,21 @@ def verify_draft(target_logits: torch.Tensor, draft_ids: torch.Tensor, draft_pro
                  typical_p: Union[Number, torch.Tensor] = 1.0, *, params: Optional[SamplingParams] = None,
                  generator: Optional[torch.Generator] = None, seed: Union[None, int, torch.Tensor] = None,
                  offset: Union[None, int, torch.Tensor] = None, return_logprobs: bool = False,
-                 return_valid: bool = False, out: Optional[torch.Tensor] = None):
+                 return_valid: bool = False, out: Optional[torch.Tensor] = None,
+                 repetition_penalty: Union[Number, torch.Tensor] = 1.0,
+                 frequency_penalty: Union[Number, torch.Tensor] = 0.0,
+                 presence_penalty: Union[Number, torch.Tensor] = 0.0, output_tokens: Optional[torch.Tensor] = None,
+                 prompt_tokens: Optional[torch.Tensor] = None, bias_tokens: Optional[torch.Tensor] = None,
+                 bias_values: Optional[torch.Tensor] = None, allowed_mask: Optional[torch.Tensor] = None):
     """Speculative decoding's verification of a draft, without a sync (README "Speculative decoding").
 
     target_logits [B, n + 1, V]: the target's logits at the n drafted positions and one more;
     draft_ids [B, n] int64; draft_probs [B, n, V] float32 (the drafter's own, warped
     probabilities) or None for a drafter that proposes tokens without a distribution (one-hot).
-    Temperature and warpers (a SamplingParams, or numbers or [B] tensors as keywords) apply to
-    every position of a row, as in `sample`; processing fields raise a ValueError naming them.
+    The parameters (a SamplingParams, or keywords) apply to every position of a row, as in
+    `sample`, with the processing of a sequential decode: position j sees the row's
+    output_tokens followed by draft_ids[:, :j] (for the penalties), the row's prompt and bias,
+    and allowed_mask [B, ceil(V / 32)] or one mask per position [B, n + 1, ceil(V / 32)].
     Draft token j is accepted with probability min(1, p_j / q_j); at the first
     rejection a token from normalize(max(0, p_j - q_j)) ends the row, and if all n are accepted
     a bonus token from p_n does. Returns (tokens [B, n + 1] int64: the accepted tokens, the

@@ -24,6 +24,7 @@ import torch
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+import parity
 import syncfree
 from reference import is_greedy, reference_keep, scaled_logits
 
@@ -625,6 +626,33 @@ def run_simulated(batch, examples):
     print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
 
 
+def draw_verify_processing(data, g, b, n, v):
+    """verify_draft's processing: penalties (numbers or per-row tensors with NaN), a history with
+    padding, a bias, a mask per row or per position (some positions with nothing allowed)."""
+    kwargs = {}
+    for name, values in (("repetition_penalty", [1.0, 1.5, 0.7, NAN]), ("frequency_penalty", [0.0, 0.5, -1.0]),
+                         ("presence_penalty", [0.0, 2.0])):
+        if data.draw(st.booleans()):
+            as_tensor = data.draw(st.booleans())
+            kwargs[name] = torch.tensor(data.draw(st.lists(st.sampled_from(values), min_size=b, max_size=b))) \
+                if as_tensor else data.draw(st.sampled_from([x for x in values if x == x]))
+    if data.draw(st.booleans()):
+        kwargs["output_tokens"] = torch.randint(-1, v, (b, data.draw(st.integers(0, 6))), generator=g)
+    if data.draw(st.booleans()):
+        k = data.draw(st.integers(1, 3))
+        kwargs["bias_tokens"] = torch.randint(-1, v, (b, k), generator=g)
+        kwargs["bias_values"] = torch.tensor(data.draw(st.lists(st.sampled_from([-INF, -2.0, 0.5, 30.0, INF]),
+                                                                min_size=b * k, max_size=b * k))).view(b, k)
+    mask = data.draw(st.sampled_from([None, "row", "position"]))
+    if mask is not None:
+        shape = (b, (v + 31) // 32) if mask == "row" else (b, n + 1, (v + 31) // 32)
+        bits = torch.randint(-2**31, 2**31, shape, generator=g, dtype=torch.int64).to(torch.int32)
+        if data.draw(st.booleans()):
+            bits.view(-1)[0] = 0  # a position (or row) that may allow nothing
+        kwargs["allowed_mask"] = bits
+    return kwargs
+
+
 def run_verify(batch, examples, emulated):
     """syncfree.verify_draft: random targets (every row kind of draw_row), drafts, draft
     probabilities with NaN, negative and zero entries, warpers and seeds. Invariants: errors name
@@ -678,6 +706,10 @@ def run_verify(batch, examples, emulated):
             kwargs["top_p"] = 0.0
         elif bad == "draft_probs":
             q = torch.rand(b, n, v + 1, generator=g)
+        processing = {}
+        if bad is None and not outside and data.draw(st.booleans(), label="processing"):
+            processing = draw_verify_processing(data, g, b, n, v)
+            kwargs.update(processing)
         print(f"case: verify {dtype}{(b, n, v)} q={q is not None} argmax={take_argmax} {kwargs} bad={bad}", flush=True)
         def call(*args, **kw):
             with cuda_on_cpu.emulating() if emulated else contextlib.nullcontext():
@@ -701,6 +733,16 @@ def run_verify(batch, examples, emulated):
         temps = kwargs["temperature"]
         temps = temps if isinstance(temps, torch.Tensor) else torch.full((b,), float(temps))
         warpers = {k: kwargs[k] for k in ("top_k", "top_p", "min_p", "typical_p") if k in kwargs}
+        if processing:  # the reference: the processing written out, then verify_draft without it
+            params = syncfree.SamplingParams(**{k: kwargs[k] for k in syncfree.params.KEYWORDS if k in kwargs})
+            target = parity.processed_copy(target, ids, params)
+            want = syncfree.verify_draft(target, ids, q, parity.warpers_of(params), return_logprobs=True,
+                                         return_valid=True, **{k: v for k, v in kwargs.items() if k in ("seed", "offset")})
+            for w, got in zip(want, (tokens, accepted, logprobs, valid)):
+                if w.dtype == torch.float32:
+                    torch.testing.assert_close(got, w, atol=1e-4, rtol=1e-4)
+                else:
+                    assert torch.equal(got, w), f"processing in the passes {got.tolist()}, written out {w.tolist()}"
         for row in range(b):
             k = accepted[row].item()
             assert 0 <= k <= n and torch.equal(tokens[row, :k], ids[row, :k]), (tokens[row], ids[row])

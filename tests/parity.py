@@ -33,6 +33,9 @@ class Target:
     def to(self, value):
         if self.name == "cuda" and isinstance(value, torch.Tensor):
             return value.cuda()
+        if self.name == "cuda" and isinstance(value, syncfree.SamplingParams):
+            return value.replace(**{name: getattr(value, name).cuda() for name in value.given()
+                                    if isinstance(getattr(value, name), torch.Tensor)})
         return value
 
     def call(self, fn, *args, **kwargs):
@@ -242,6 +245,77 @@ def check_verify(target, rows=12, n=3, vocab=3000):
                                   return_valid=True, **kwargs, **warpers)
                 assert_same(want, got, f"verify_draft {'q' if draft_probs is not None else 'one-hot'} {kwargs.keys()}")
     return want
+
+
+def verify_processing(rows, n, vocab, g):
+    """A SamplingParams with every processing field for verify_draft: per-row and scalar penalties,
+    histories with padding, a bias, one allowed mask per position (README "Speculative decoding")."""
+    words = (vocab + 31) // 32
+    mask = torch.randint(-2**31, 2**31, (rows, n + 1, words), generator=g, dtype=torch.int64).to(torch.int32)
+    mask |= 0x00FF00FF  # a quarter of the tokens always allowed: no position is degenerate by the mask
+    history = torch.randint(0, vocab, (rows, 6), generator=g)
+    history[:, 4:] = -1
+    return syncfree.SamplingParams(
+        temperature=torch.rand(rows, generator=g) + 0.5, top_k=torch.randint(0, 80, (rows,), generator=g),
+        repetition_penalty=torch.rand(rows, generator=g) + 1.0, frequency_penalty=0.7,
+        presence_penalty=torch.rand(rows, generator=g), output_tokens=history,
+        prompt_tokens=torch.randint(0, vocab, (rows, 3), generator=g),
+        bias_tokens=torch.randint(0, vocab, (rows, 2), generator=g), bias_values=torch.randn(rows, 2, generator=g) * 4,
+        allowed_mask=mask)
+
+
+def check_verify_processing(target, rows=6, n=3, vocab=2050):
+    """syncfree.verify_draft with processing (each position its own history, bias and mask) in the
+    kernels' processing variants: tokens, counts, logprobs and valid bit for bit, with draft
+    probabilities and one-hot drafts, greedy rows among them."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(rows, n + 1, vocab, generator=g) * 3
+    params = verify_processing(rows, n, vocab, g)
+    params = params.replace(temperature=params.temperature.index_fill(0, torch.tensor([1]), 0.0))  # a greedy row
+    q = torch.softmax(torch.randn(rows, n, vocab, generator=g) * 3, -1)
+    ids = x[:, :n].argmax(-1)  # drafts the raw target likes: the processing decides
+    ids[::2] = torch.multinomial(q[::2].reshape(-1, vocab), 1, generator=g).view(-1, n)
+    for draft_probs in (q, None):
+        for dtype in (torch.float32, torch.bfloat16):
+            want = syncfree.verify_draft(x.to(dtype), ids, draft_probs, params, seed=torch.arange(rows) + 5,
+                                         return_logprobs=True, return_valid=True)
+            got = target.call(syncfree.verify_draft, x.to(dtype), ids, draft_probs, params,
+                              seed=torch.arange(rows) + 5, return_logprobs=True, return_valid=True)
+            assert_same(tuple(want), tuple(got), f"verify_draft with processing, {dtype}")
+    return want
+
+
+def processed_copy(target, drafts, params):
+    """verify_draft's processing written out (README "Speculative decoding"): each position's
+    processed logits through syncfree.warp (temperature 1, no warpers), with the drafts before j
+    appended to the row's history; verify_draft on it with warpers_of(params) is the reference."""
+    b, m, v = target.shape
+    n = m - 1
+    fields = {}
+    for name in params.given("processing"):
+        value = getattr(params, name)
+        if not isinstance(value, torch.Tensor):
+            fields[name] = value
+            continue
+        if name == "allowed_mask" and value.dim() == 3:
+            fields[name] = value.reshape(b * m, -1)
+            continue
+        per_position = value.unsqueeze(1).expand(b, m, *value.shape[1:])
+        fields[name] = per_position.reshape(b * m, *value.shape[1:])
+    before = torch.arange(n) < torch.arange(m).unsqueeze(1)
+    history = torch.where(before, drafts.unsqueeze(1), -1).reshape(b * m, n)
+    if "output_tokens" in fields:
+        history = torch.cat([fields["output_tokens"], history], 1)
+    fields["output_tokens"] = history
+    if not any(name in fields for name in ("repetition_penalty", "frequency_penalty", "presence_penalty")):
+        fields.pop("output_tokens")
+    return syncfree.warp(target.reshape(b * m, v), **fields)[0].reshape(b, m, v)
+
+
+def warpers_of(params):
+    """params without its processing fields."""
+    return params.replace(**{name: None if kind == "tensor" else identity
+                             for name, kind, identity, group in syncfree.params.FIELDS if group == "processing"})
 
 
 def check_verify_ids_outside_the_vocabulary(target, rows=4, n=3, vocab=2999):

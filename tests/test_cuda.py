@@ -288,6 +288,7 @@ def test_warp_many_rows_on_cuda():
 def test_verify_draft_cpu_and_cuda_identical():
     parity.check_verify(CUDA)
     parity.check_verify(CUDA, rows=1, n=1, vocab=20000)
+    parity.check_verify_processing(CUDA)
 
 
 def test_verify_draft_no_sync_and_graph_capture():

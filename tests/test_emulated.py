@@ -334,6 +334,10 @@ def test_verify_draft_matches_the_cpu(target):
     parity.check_verify(target)
 
 
+def test_verify_draft_with_processing_matches_the_cpu(target):
+    parity.check_verify_processing(target)
+
+
 def test_verify_draft_single_row_and_one_draft(target):
     parity.check_verify(target, rows=1, n=1, vocab=20000)
 

@@ -87,20 +87,16 @@ def test_warp_and_the_chain_take_the_object():
         syncfree.WarperChain(syncfree.SamplingParams(output_tokens=out))
 
 
-def test_verify_draft_takes_the_warpers_and_names_the_processing_it_cannot_honour():
+def test_verify_draft_takes_the_object():
     g = torch.Generator().manual_seed(3)
     target, drafts = torch.randn(ROWS, 4, V, generator=g), torch.randint(0, V, (ROWS, 3), generator=g)
-    warpers = syncfree.SamplingParams(temperature=torch.full((ROWS,), 0.7), top_k=30, top_p=0.9)
-    got = syncfree.verify_draft(target, drafts, None, warpers, seed=torch.arange(ROWS), return_valid=True)
-    assert isinstance(got, syncfree.VerifyOutput) and got.logprobs is None
-    want = syncfree.verify_draft(target, drafts, None, seed=torch.arange(ROWS), return_valid=True,
-                                 **{k: getattr(warpers, k) for k in ("temperature", "top_k", "top_p")})
-    for a, b in zip([part for part in got if part is not None], want):
-        assert torch.equal(a, b)
-    for name in full_params().given("processing"):
-        params = syncfree.SamplingParams(**{name: getattr(full_params(), name)})
-        with pytest.raises(ValueError, match=f"^{name}: syncfree.verify_draft does not take processing"):
-            syncfree.verify_draft(target, drafts, params=params, seed=torch.arange(ROWS))
+    for params in (syncfree.SamplingParams(temperature=torch.full((ROWS,), 0.7), top_k=30, top_p=0.9), full_params()):
+        got = syncfree.verify_draft(target, drafts, None, params, seed=torch.arange(ROWS), return_valid=True)
+        assert isinstance(got, syncfree.VerifyOutput) and got.logprobs is None
+        want = syncfree.verify_draft(target, drafts, None, seed=torch.arange(ROWS), return_valid=True,
+                                     **keywords(params))
+        for a, b in zip([part for part in got if part is not None], want):
+            assert torch.equal(a, b)
 
 
 def test_distributed_sample_takes_the_object():

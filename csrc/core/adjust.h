@@ -74,6 +74,9 @@ struct Processing {
   const int64_t* bias_tokens;    // [rows, bias_len]
   const float* bias_values;      // [rows, bias_len]
   int64_t bias_len;
+  // One processing row per row (verify_draft: each position sees its own history) instead of
+  // one per parameter row (SampleParams::positions; process_row in params.h).
+  bool per_position;
   // Built before the passes when there are exceptions (tables non-null).
   ExceptionSlot* tables;  // [rows, 1 << table_bits]
   int table_bits;

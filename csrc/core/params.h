@@ -94,6 +94,10 @@ struct ShardPartial {
 SF_HD int64_t param_row(const SampleParams& p, int64_t row) { return p.positions > 1 ? row / p.positions : row; }
 SF_HD int64_t position_of(const SampleParams& p, int64_t row) { return p.positions > 1 ? row % p.positions : 0; }
 
+// The processing row of row `row` (Processing::per_position), and how many there are.
+SF_HD int64_t process_row(const SampleParams& p, int64_t row) { return p.proc.per_position ? row : param_row(p, row); }
+SF_HD int64_t process_rows(const SampleParams& p) { return p.proc.per_position ? p.rows : p.rows / p.positions; }
+
 SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   RowRace r;
   const int64_t pr = param_row(p, row);
@@ -114,7 +118,7 @@ SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
     r.stream = {p.seed, uint64_t(row), p.pos0};
   }
   r.stream.base = uint64_t(p.shard.index_base);
-  r.proc = p.probs ? no_process() : row_process(p.proc, pr);
+  r.proc = p.probs ? no_process() : row_process(p.proc, process_row(p, row));
   return r;
 }
 

@@ -9,6 +9,11 @@
 // noise syncfree.sample gives that row (SampleParams::positions: per-row
 // tensors draw as seed[b], offset[b] + j; an int seed or the generator as
 // row b (n + 1) + j of one call).
+//   Processing: position j has a processing row of its own
+//        (Processing::per_position): row b's penalties, prompt, bias and mask
+//        (or its own mask), and row b's history followed by x_0..x_{j-1}, what
+//        a sequential decode would have emitted; the passes read the processed
+//        values as syncfree.sample's do (Note [Processing in the pass]).
 //   p_j: the warped target law. Over the kept tokens, w_i = fixed_mass(e^(y_i
 //        - m)) with m the largest kept y, and p_j(i) = w_i / W, W = sum w_i:
 //        exact integers, so the CPU and the CUDA kernels take the same
@@ -25,7 +30,7 @@
 //        with x_j masked. If the residual has no mass (p_j = q_j up to
 //        rounding) the token comes from p_j.
 //   All n accepted: a bonus token from p_n, syncfree.sample's race.
-//   Greedy rows (temperature 0): accept iff x_j is the argmax of the raw
+//   Greedy rows (temperature 0): accept iff x_j is the argmax of the (processed) raw
 //        logits (lowest index on ties); the stop token is that argmax.
 //   A position with no unmasked logit: the row stops there with token 0,
 //        logprob -inf, valid false.

@@ -339,7 +339,7 @@ void warped_rows_into(const SampleParams& p, float* out) {
 void build_exceptions_cpu(SampleParams& p, ExceptionTables& tables) {
   Processing& q = p.proc;
   if (!has_exceptions(q)) return;
-  const int64_t param_rows = p.rows / p.positions;
+  const int64_t param_rows = process_rows(p);
   q.table_bits = exception_table_bits(exception_entries(q));
   q.group_words = ceil_div(ceil_div(p.vocab, kExceptionSpan), 32);
   tables.slots.assign(size_t(param_rows) << q.table_bits, ExceptionSlot{0u, 0u, 0u, 0u});

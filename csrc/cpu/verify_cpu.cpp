@@ -66,11 +66,17 @@ SF_HOST_INLINE void verify_row_body(const VerifyParams& v, int64_t b, Scratch& s
   for (int64_t j = 0; j < positions; ++j) {
     const int64_t row = b * positions + j;
     const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
-    const RowRace r = row_race(p, row);
+    const RowRace with_processing = row_race(p, row);
+    const RowProcess& proc = with_processing.proc;
+    const RowRace r = without_processing(with_processing);  // the races below read y, processed already
     const bool drafted = j < v.n;
     const int64_t draft = drafted ? v.draft_ids[b * v.draft_ids_stride + j] : -1;
     const bool in_vocab = draft >= 0 && draft < vocab;
-    for (int64_t i = 0; i < vocab; ++i) y[i] = scaled_logit(float(x[i]), r.inv_temperature);
+    if (processes(proc)) {  // Note [Processing in the pass]: this position's history, bias and mask
+      for (int64_t i = 0; i < vocab; ++i) y[i] = scaled_logit(process_logit(float(x[i]), i, proc), r.inv_temperature);
+    } else {
+      for (int64_t i = 0; i < vocab; ++i) y[i] = scaled_logit(float(x[i]), r.inv_temperature);
+    }
     if (r.greedy) {
       RowRace greedy = r;
       greedy.want_mass = logprobs != nullptr;
@@ -94,7 +100,7 @@ SF_HOST_INLINE void verify_row_body(const VerifyParams& v, int64_t b, Scratch& s
     if (point == kNoIndex && t.total == 0u) {
       if (may_overflow(r)) {  // Note [Logits past the temperature's range]
         Best raw = no_best();
-        for (int64_t i = 0; i < vocab; ++i) raw = better_of(raw, raw_entry(float(x[i]), int32_t(i)));
+        for (int64_t i = 0; i < vocab; ++i) raw = better_of(raw, raw_entry(process_logit(float(x[i]), i, proc), int32_t(i)));
         point = raw.index;
       }
       if (point == kNoIndex) {  // degenerate: stop with token 0
@@ -174,6 +180,8 @@ void verify_cpu(const VerifyParams& v, c10::ScalarType dtype, const std::optiona
     call.target.seed = draw.seed;
     call.target.pos0 = draw.pos0;
   }
+  ExceptionTables tables;  // one per position (Processing::per_position)
+  build_exceptions_cpu(call.target, tables);
   const int64_t rows = v.target.rows / (v.n + 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "syncfree_verify_cpu", [&] {
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {

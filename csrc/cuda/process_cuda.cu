@@ -324,7 +324,7 @@ c10::DataPtr build_exceptions_cuda(SampleParams& p, c10::DeviceIndex device) {
   if (!has_exceptions(q)) return c10::DataPtr();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
-  const int64_t param_rows = p.rows / p.positions;
+  const int64_t param_rows = process_rows(p);
   q.table_bits = exception_table_bits(exception_entries(q));
   q.group_words = ceil_div(ceil_div(p.vocab, kExceptionSpan), 32);
   const size_t table_bytes = (size_t(param_rows) << q.table_bits) * sizeof(ExceptionSlot);

@@ -40,10 +40,10 @@ struct VerifyArgs {
   bool aligned;       // 16-byte aligned rows: full groups through vector loads
 };
 
-// The race value of token i of a position (scaled, warped).
+// The race value of token i of a position (processed, scaled, warped).
 template <typename T>
 __device__ __forceinline__ float position_value(const T* x, int64_t i, const RowRace& r) {
-  return race_value(float(x[i]), false, r);
+  return load_value(x, i, false, r);
 }
 
 // Group g of a position's race values (-inf past the row's end), 16-byte loads where aligned.
@@ -57,7 +57,9 @@ __device__ __forceinline__ void position_group(const T* x, int64_t vocab, int64_
   }
 }
 
-template <typename T>
+// kProcess: the call has processing (each position its own history: Processing::per_position);
+// without it the processing code folds away, as in the sampling kernels.
+template <typename T, bool kProcess>
 __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(VerifyArgs a) {
   __shared__ SelectShared sh;
   __shared__ int first_inf, inf_count;
@@ -66,7 +68,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
   SampleParams p = v.target;
   take_rng(p, a.rng);
   const int64_t positions = v.n + 1, b = row / positions, j = row % positions;
-  const RowRace r = without_processing(row_race(p, row));  // verify_draft takes no processing
+  const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));
   const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
   const int64_t vocab = p.vocab;
   const bool drafted = j < v.n;
@@ -187,7 +189,7 @@ __device__ RowResult race_position(const T* x, int64_t vocab, const RowRace& r, 
   return res;
 }
 
-template <typename T>
+template <typename T, bool kProcess>
 __global__ void __launch_bounds__(kThreads) syncfree_verify_finish_kernel(VerifyArgs a) {
   __shared__ int64_t stop_at;
   __shared__ bool from_p;
@@ -207,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_finish_kernel(Verify
   const PositionLaw law = laws[j];
   const bool drafted = j < v.n;
   const int64_t draft = drafted ? v.draft_ids[b * v.draft_ids_stride + j] : -1;
-  const RowRace r = without_processing(row_race(p, row));
+  const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));
   int64_t token;
   float logprob;
   bool valid = true;
@@ -262,11 +264,12 @@ void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex 
   a.rng.from_generator = from_generator;
   if (from_generator) a.rng.philox = draw_generator_cuda(generator, device, v.target.vocab);  // for all B (n + 1) rows
   const int64_t rows = v.target.rows, batch = rows / (v.n + 1);
+  const c10::DataPtr tables = build_exceptions_cuda(a.v.target, device);  // Note [Processing in the pass]
   auto* allocator = c10::cuda::CUDACachingAllocator::get();
   c10::DataPtr keeps;
   if (v.target.warped) {
     keeps = allocator->allocate(size_t(rows) * sizeof(RowKeep));
-    select_and_sample_cuda(v.target, dtype, device, static_cast<RowKeep*>(keeps.get()), false);
+    select_and_sample_cuda(a.v.target, dtype, device, static_cast<RowKeep*>(keeps.get()), false);
     a.v.target.keeps = static_cast<const RowKeep*>(keeps.get());
   }
   c10::DataPtr laws = allocator->allocate(size_t(rows) * sizeof(PositionLaw));
@@ -275,8 +278,16 @@ void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex 
   a.aligned = reinterpret_cast<uintptr_t>(v.target.input) % 16 == 0 && (v.target.row_stride * elem) % 16 == 0;
   const auto run = [&](auto tag) {
     using T = decltype(tag);
-    launch_kernel<syncfree_verify_positions_kernel<T>>(dim3(unsigned(rows)), dim3(kThreads), 0, stream, a);
-    launch_kernel<syncfree_verify_finish_kernel<T>>(dim3(unsigned(batch)), dim3(kThreads), 0, stream, a);
+    const auto launch = [&](auto process) {
+      constexpr bool kProcess = decltype(process)::value;
+      launch_kernel<syncfree_verify_positions_kernel<T, kProcess>>(dim3(unsigned(rows)), dim3(kThreads), 0, stream, a);
+      launch_kernel<syncfree_verify_finish_kernel<T, kProcess>>(dim3(unsigned(batch)), dim3(kThreads), 0, stream, a);
+    };
+    if (has_processing(a.v.target)) {
+      launch(std::true_type{});
+    } else {
+      launch(std::false_type{});
+    }
   };
   dispatch_dtype(dtype, run);
 }

@@ -163,6 +163,16 @@ MUTANTS = [
     Mutant("verify-draft-id-at-the-vocabulary-size", "cuda/verify_cuda.cu",
            "const bool in_vocab = draft >= 0 && draft < vocab;", "const bool in_vocab = draft >= 0 && draft <= vocab;",
            "verify_draft_ids_outside"),
+    # verify_draft's processing (Note [Verifying a draft]): the stop token's race without it, and
+    # every position of a row sharing the row's history (the drafts before it left out).
+    Mutant("verify-stop-token-without-processing", "cuda/verify_cuda.cu",
+           "const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));\n  int64_t token;",
+           "const RowRace r = without_processing(row_race(p, row));\n  int64_t token;",
+           "verify_draft_with_processing"),
+    Mutant("verify-positions-share-the-row-history", "core/params.h",
+           "return p.proc.per_position ? row : param_row(p, row); }",
+           "return param_row(p, row); }",
+           "verify_draft_with_processing"),
     # Caught by the layer's own reports (Note [Guard bytes] in runtime.cpp, Note [Alignment] and Note
     # [Illegal addresses] in faults.cpp), not by a crash.
     Mutant("partials-sized-for-one-row", "cuda/plans.h",
