@@ -14,7 +14,6 @@ from .params import KEYWORDS, SampleOutput, SamplingParams, VerifyOutput, resolv
 
 Number = Union[int, float]
 _UINT64 = 1 << 64
-_INT64_MAX = (1 << 63) - 1
 
 
 def _logprob_options(return_top_logprobs, logprobs_mode):
