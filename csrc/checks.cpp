@@ -227,14 +227,24 @@ SamplingArgs SamplingArgs::from_lists(const c10::List<std::optional<Tensor>>& pa
   return a;
 }
 
-const char* SamplingArgs::first_processing_field() const {
+const char* SamplingArgs::first_penalty() const {
 #define SYNCFREE_FIRST_ROW(name, type, identity, group) \
   if (kField##group && (name.has_value() || name##_value != type(identity))) return #name;
+#define SYNCFREE_NO_LIST(name)
+  constexpr bool kFieldwarper = false, kFieldprocessing = true;  // the processing rows are the penalties
+  SYNCFREE_SAMPLING_FIELDS(SYNCFREE_FIRST_ROW, SYNCFREE_NO_LIST)
+#undef SYNCFREE_FIRST_ROW
+#undef SYNCFREE_NO_LIST
+  return nullptr;
+}
+
+const char* SamplingArgs::first_processing_field() const {
+  if (const char* penalty = first_penalty()) return penalty;
+#define SYNCFREE_NO_ROW(name, type, identity, group)
 #define SYNCFREE_FIRST_LIST(name) \
   if (name.has_value()) return #name;
-  constexpr bool kFieldwarper = false, kFieldprocessing = true;
-  SYNCFREE_SAMPLING_FIELDS(SYNCFREE_FIRST_ROW, SYNCFREE_FIRST_LIST)
-#undef SYNCFREE_FIRST_ROW
+  SYNCFREE_SAMPLING_FIELDS(SYNCFREE_NO_ROW, SYNCFREE_FIRST_LIST)
+#undef SYNCFREE_NO_ROW
 #undef SYNCFREE_FIRST_LIST
   return nullptr;
 }

@@ -67,7 +67,9 @@ struct SamplingArgs {
     return output_tokens.has_value() || prompt_tokens.has_value() || bias_tokens.has_value() ||
            allowed_mask.has_value();
   }
-  // The first processing field given (a tensor, a value other than its identity, a list), or nullptr.
+  // The first penalty given (a tensor, or a value other than its identity), or nullptr.
+  const char* first_penalty() const;
+  // The first processing field given (a penalty, or a list), or nullptr.
   const char* first_processing_field() const;
 };
 

@@ -45,11 +45,8 @@ SamplingArgs per_position(const SamplingArgs& a, const Tensor& draft_ids, int64_
   if (a.allowed_mask.has_value())
     pos.allowed_mask = a.allowed_mask->dim() == 3 ? a.allowed_mask->reshape({-1, a.allowed_mask->size(2)})
                                                   : *each(a.allowed_mask);
-  const bool penalized = a.repetition_penalty.has_value() || a.frequency_penalty.has_value() ||
-                         a.presence_penalty.has_value() || a.repetition_penalty_value != 1.0 ||
-                         a.frequency_penalty_value != 0.0 || a.presence_penalty_value != 0.0;
   pos.output_tokens = std::nullopt;  // only the penalties read the history
-  if (penalized) {
+  if (a.first_penalty() != nullptr) {
     const int64_t rows = draft_ids.size(0), n = positions - 1;
     const auto options = draft_ids.options();
     const Tensor before = at::lt(at::arange(n, options).unsqueeze(0), at::arange(positions, options).unsqueeze(1));
