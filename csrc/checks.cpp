@@ -193,12 +193,6 @@ void check_wanted(const Wanted& wanted, const Tensor& input, bool probs) {
                     "return_top_logprobs: expected an int in [0, min(20, V)], got ", wanted.top_logprobs);
 }
 
-void check_no_processing(const SamplingArgs& a, const char* op) {
-  const char* field = a.first_processing_field();
-  TORCH_CHECK_VALUE(field == nullptr, field, ": ", op, " does not take processing (penalties, histories, bias, "
-                    "allowed_mask) yet; see the README's table of entry points");
-}
-
 SamplingArgs SamplingArgs::from_lists(const c10::List<std::optional<Tensor>>& params,
                                       c10::ArrayRef<double> values, const char* op) {
   constexpr size_t kFields = 0
@@ -225,6 +219,16 @@ SamplingArgs SamplingArgs::from_lists(const c10::List<std::optional<Tensor>>& pa
 #undef SYNCFREE_FILL_ROW
 #undef SYNCFREE_FILL_LIST
   return a;
+}
+
+c10::List<std::optional<Tensor>> SamplingArgs::tensors() const {
+  c10::List<std::optional<Tensor>> list;
+#define SYNCFREE_PUSH_ROW(name, type, identity, group) list.push_back(name);
+#define SYNCFREE_PUSH_LIST(name) list.push_back(name);
+  SYNCFREE_SAMPLING_FIELDS(SYNCFREE_PUSH_ROW, SYNCFREE_PUSH_LIST)
+#undef SYNCFREE_PUSH_ROW
+#undef SYNCFREE_PUSH_LIST
+  return list;
 }
 
 const char* SamplingArgs::first_penalty() const {

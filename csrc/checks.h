@@ -43,9 +43,6 @@ void check_processing(const SamplingArgs& a, const Tensor& input, bool probs);
 // The logprob stage's options (top-n: at most min(20, V); none for probs).
 void check_wanted(const Wanted& wanted, const Tensor& input, bool probs);
 
-// An entry point that does not take processing yet: the first processing field given raises, named.
-void check_no_processing(const SamplingArgs& a, const char* op);
-
 // seed / offset / generator as the sampling ops take them (name: the input's).
 void check_rng(const RngArgs& rng, const Tensor& input, const char* name);
 

@@ -73,7 +73,7 @@ void build_exceptions_cpu(SampleParams& p, ExceptionTables& tables);
 // syncfree.distributed's steps (Note [Vocab-parallel steps] in core/shard.h);
 // the CUDA twins below.
 void shard_rows_cpu(const ShardRowsCall& c);
-void shard_pass_cpu(const ShardPassCall& c, c10::ScalarType dtype);
+void shard_pass_cpu(ShardPassCall c, c10::ScalarType dtype);
 
 #ifdef SYNCFREE_WITH_CUDA
 struct RngArgs;  // cuda/block_race.cuh
@@ -110,7 +110,7 @@ void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex 
 void generator_state_cuda(const std::optional<at::Generator>& generator, c10::DeviceIndex device, int64_t vocab,
                           int64_t* out);
 void shard_rows_cuda(const ShardRowsCall& c, c10::DeviceIndex device);
-void shard_pass_cuda(const ShardPassCall& c, c10::ScalarType dtype, c10::DeviceIndex device);
+void shard_pass_cuda(ShardPassCall c, c10::ScalarType dtype, c10::DeviceIndex device);
 #endif
 
 }  // namespace syncfree

@@ -56,6 +56,8 @@ struct SamplingArgs {
   static SamplingArgs from_lists(const c10::List<std::optional<Tensor>>& params, c10::ArrayRef<double> values,
                                  const char* op);
 
+  // The tensors as an op's `params` list (the values stay the caller's param_values).
+  c10::List<std::optional<Tensor>> tensors() const;
   // Some row may have an active top-k/top-p/min-p/typical-p.
   bool any_warper(int64_t vocab) const {
     return top_k.has_value() || top_p.has_value() || min_p.has_value() || typical_p.has_value() ||

@@ -6,19 +6,23 @@
 //   _shard_layout  the layout check over the gathered rows: each rank's span;
 //   _shard_draw    the generator draw shared by the shard calls;
 //   _shard_head, _shard_columns   the columns of the race groups a rank owns;
+//   _shard_processing  the call's processing in those columns' coordinates;
 //   _shard_begin, _shard_local, _shard_merge, _shard_finish   the steps.
 #include "ops.h"
 
 #include <ATen/core/enum_tag.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/topk.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <tuple>
 
 namespace syncfree {
@@ -28,13 +32,20 @@ namespace {
 enum LayoutColumn { kStart, kWidth, kRows, kVocab, kDtype, kFlags, kLayoutColumns };
 
 std::vector<int64_t> shard_call_op(const Tensor& x, int64_t vocab_start, int64_t vocab_size, SYNCFREE_PARAMS_ARGS,
-                                   SYNCFREE_RNG_ARGS, bool return_logprobs) {
+                                   SYNCFREE_RNG_ARGS, bool return_logprobs, const std::optional<Tensor>& out,
+                                   int64_t top_logprobs, bool raw_logprobs) {
   TORCH_CHECK_VALUE(x.dim() == 2, "local_logits: expected shape [L] or [B, L], got ", x.sizes());
   check_input(x, "local_logits", /*shard=*/true);
   const SamplingArgs w = SamplingArgs::from_lists(params, param_values, "distributed.sample");
   check_warpers(w, x);
-  check_no_processing(w, "syncfree.distributed.sample");
+  if (vocab_size >= 1 && vocab_size <= kMaxVocab) {  // else the layout check raises, on every rank
+    // Against the whole rows, [B, vocab_size]: the mask's width, the ids' range, n <= V (no memory).
+    const Tensor whole = at::empty({1}, x.options()).expand({x.size(0), vocab_size});
+    check_processing(w, whole, false);
+    check_wanted(Wanted{return_logprobs, false, top_logprobs, raw_logprobs}, whole, false);
+  }
   check_rng(SYNCFREE_RNG_STRUCT, x, "local_logits");
+  if (out.has_value()) check_out(*out, x, {x.size(0)}, read_by(w, SYNCFREE_RNG_STRUCT, {x}));
   int32_t flags = 0;
   const auto set = [&](bool on, int32_t flag) { flags |= on ? flag : 0; };
   set(w.temperature.has_value(), kCallTemperatureTensor);
@@ -46,6 +57,9 @@ std::vector<int64_t> shard_call_op(const Tensor& x, int64_t vocab_start, int64_t
   set(seed.has_value(), kCallSeedTensor);
   set(seed.has_value() || seed_value.has_value(), kCallSeed);
   set(return_logprobs, kCallLogprobs);
+  set(w.any_processing() || w.first_penalty() != nullptr, kCallProcessing);
+  set(raw_logprobs, kCallRawLogprobs);
+  flags |= int32_t(top_logprobs) << kCallTopShift;  // checked: at most kMaxTopLogprobs
   return {vocab_start, x.size(1), x.size(0), vocab_size, int64_t(x.scalar_type()), flags};
 }
 
@@ -83,7 +97,8 @@ std::vector<int64_t> shard_layout_op(const Tensor& table) {
                    list(values(kDtype), [](int64_t v) { return c10::toString(c10::ScalarType(v)); }));
   TORCH_CHECK_VALUE(values(kFlags).size() == 1,
                     "every rank must pass the same kinds of arguments (which of temperature, top_k, top_p, min_p, "
-                    "typical_p are tensors or non-identity numbers, seed or generator, return_logprobs)");
+                    "typical_p are tensors or non-identity numbers, whether any processing is given, seed or "
+                    "generator, return_logprobs, return_top_logprobs, logprobs_mode)");
   TORCH_CHECK_VALUE(values(kVocab).size() == 1, "vocab_size: ranks disagree: ", list(values(kVocab), plain));
   const int64_t vocab = rows[0][kVocab];
   TORCH_CHECK_VALUE(vocab >= 1 && vocab <= kMaxVocab, "vocab_size: expected an int in [1, ", kMaxVocab, "], got ",
@@ -164,6 +179,32 @@ std::tuple<Tensor, int64_t> shard_columns_op(const Tensor& x, at::TensorList hea
   return {pieces.size() == 1 ? pieces[0] : at::cat(pieces, 1), first};
 }
 
+// The call's processing lists in the coordinates of a rank's race columns
+// (global token base + j is column j; Note [Processing on a shard]), checked
+// by _shard_call against the whole vocabulary. ATen calls only: no sync.
+c10::List<std::optional<Tensor>> shard_processing_op(const Tensor& columns, int64_t base, SYNCFREE_PARAMS_ARGS) {
+  SamplingArgs a = SamplingArgs::from_lists(params, param_values, "distributed.sample");
+  TORCH_CHECK_VALUE(base % kGroup == 0, "base: expected a multiple of ", kGroup, ", got ", base);
+  const int64_t width = columns.size(1);
+  for (std::optional<Tensor>* ids : {&a.output_tokens, &a.prompt_tokens, &a.bias_tokens}) {
+    if (!ids->has_value()) continue;
+    const Tensor local = (**ids).sub(base);
+    *ids = local.masked_fill(local.lt(0).logical_or(local.ge(width)), -1);  // another rank's, or padding
+  }
+  if (a.allowed_mask.has_value()) {
+    // Local word k is global bits [base + 32 k, base + 32 k + 32): words first + k and first + k + 1 shifted.
+    const int64_t first = base / 32, shift = base % 32, words = ceil_div(width, int64_t(32));
+    const Tensor global = at::constant_pad_nd(a.allowed_mask->to(at::kLong).bitwise_and(0xffffffffLL), {0, 1});
+    Tensor local = global.narrow(1, first, words);
+    if (shift != 0) {
+      const Tensor next = global.narrow(1, first + 1, words);
+      local = local.bitwise_right_shift(shift).bitwise_or(next.bitwise_left_shift(32 - shift).bitwise_and(0xffffffffLL));
+    }
+    a.allowed_mask = local.to(at::kInt);  // the same 32 bits, as int32
+  }
+  return a.tensors();
+}
+
 // The rows of a _shard_begin state tensor, checked.
 ShardState state_of(const Tensor& state) {
   TORCH_CHECK_VALUE(state.scalar_type() == at::kByte && state.dim() == 2 && state.size(1) == kShardStateRowBytes,
@@ -201,15 +242,33 @@ Tensor shard_begin_op(const Tensor& x, int64_t vocab_size, SYNCFREE_PARAMS_ARGS)
 }
 
 // A step's local part: the buffer its collective takes.
+// What the race of a shard call takes: the temperature and the processing (in
+// the race columns' coordinates); the warpers' kept sets are in the state.
+SamplingArgs race_args(SamplingArgs a) {
+#define SYNCFREE_RESET_WARPER(name, type, identity, group)                           \
+  if (std::string_view(#group) == "warper" && std::string_view(#name) != "temperature") { \
+    a.name.reset();                                                                  \
+    a.name##_value = identity;                                                       \
+  }
+#define SYNCFREE_KEEP_LIST(name)
+  SYNCFREE_SAMPLING_FIELDS(SYNCFREE_RESET_WARPER, SYNCFREE_KEEP_LIST)
+#undef SYNCFREE_RESET_WARPER
+#undef SYNCFREE_KEEP_LIST
+  return a;
+}
+
+// A step's local part: the buffer its collective takes. params: as
+// _shard_processing gives them.
 template <Backend B>
-Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_t vocab_start, const Tensor& ext,
-                      int64_t base, int64_t flags, const std::optional<Tensor>& temperature, double temperature_value,
-                      const std::optional<Tensor>& seed, const std::optional<Tensor>& offset,
-                      std::optional<int64_t> seed_value, int64_t offset_value, const Tensor& rng_state) {
+Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, const Tensor& ext, int64_t base,
+                      int64_t flags, SYNCFREE_PARAMS_ARGS, const std::optional<Tensor>& seed,
+                      const std::optional<Tensor>& offset, std::optional<int64_t> seed_value, int64_t offset_value,
+                      const Tensor& rng_state) {
   const int64_t rows = x.size(0);
   TORCH_CHECK_VALUE(state.dim() == 2 && state.size(0) == rows, "state: expected one row per row of local_logits");
   const auto s = int32_t(step);
-  Tensor out = at::zeros({rows, shard_step_columns(s)}, x.options().dtype(at::kLong));
+  const int32_t top_n = call_top_n(int32_t(flags));
+  Tensor out = at::zeros({rows, shard_step_columns(s, top_n)}, x.options().dtype(at::kLong));
   if (B == Backend::kMeta || rows == 0) return out;
   ShardRowsCall c{};
   c.step = s;
@@ -222,9 +281,7 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_
   if (kind == kStepRace || kind == kStepResolve) {
     ShardCall shard{base, rng_state.numel() == 2 ? rng_state.data_ptr<int64_t>() : nullptr, nullptr, nullptr};
     const bool warped = (flags & kCallWarpers) && !(flags & kCallAllGreedy);
-    SamplingArgs w;  // the warpers are in the state's keeps
-    w.temperature = temperature;
-    w.temperature_value = temperature_value;
+    const SamplingArgs w = race_args(SamplingArgs::from_lists(params, param_values, "distributed.sample"));
     const RngArgs rng{seed, offset, seed_value, offset_value, std::nullopt};
     const auto race = [&] {
       run_sample<B>(std::nullopt, ext, false, w, rng, Wanted{/*logprobs=*/kind == kStepRace}, shard,
@@ -260,14 +317,45 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, int64_
     run_rows<B>(x, c);
     return out;
   }
-  const Tensor& input = kind == kStepTokenLogit ? x : ext;
-  ShardPassCall pass{s, c.state, input.data_ptr(), rows, input.size(1), input.size(1) > 0 ? input.stride(0) : 0,
-                     vocab_start, reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>())};
+  if (kind == kStepRawMass) {  // log_softmax's norm of the unprocessed logits: a race's masses at temperature 1
+    Tensor partials = at::empty({rows * int64_t(sizeof(ShardPartial))}, x.options().dtype(at::kByte));
+    if (c.columns > 0) {
+      RngArgs no_draw;  // any noise: only the masses are read
+      no_draw.seed_value = 0;
+      const ShardCall shard{base, nullptr, reinterpret_cast<ShardPartial*>(partials.data_ptr()), nullptr};
+      run_sample<B>(std::nullopt, ext, false, SamplingArgs{}, no_draw, Wanted{/*logprobs=*/true}, shard, nullptr);
+      c.partials = shard.partials_out;
+    }
+    c.kind = ShardRowsKind::kRawMassEntries;
+    run_rows<B>(x, c);
+    return out;
+  }
+  ShardPassCall pass{s, c.state, ext.data_ptr(), rows, ext.size(1), ext.size(1) > 0 ? ext.stride(0) : 0,
+                     base, reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>()), Processing{}};
+  SampleParams p{};
+  p.rows = rows;
+  p.vocab = ext.size(1);
+  RowTensors keep_alive;
+  set_processing(p, keep_alive, SamplingArgs::from_lists(params, param_values, "distributed.sample"), rows);
+  pass.proc = p.proc;
+  if (top_step(s)) {  // every column's entry, then this rank's best n (0: none, past a narrow shard's columns)
+    Tensor entries = at::zeros({rows, c.columns}, x.options().dtype(at::kLong));
+    pass.out = reinterpret_cast<uint64_t*>(entries.data_ptr<int64_t>());
+    if (c.columns > 0) {
+      if constexpr (B == Backend::kCpu) {
+        shard_pass_cpu(pass, ext.scalar_type());
+      } else {
+        SYNCFREE_ON_CUDA(x, shard_pass_cuda(pass, ext.scalar_type(), cuda_index(x)));
+      }
+    }
+    if (c.columns < top_n) entries = at::constant_pad_nd(entries, {0, top_n - c.columns});
+    return std::get<0>(at::topk(entries, top_n));
+  }
   if (shard_step_columns(s) > 0) {
     if constexpr (B == Backend::kCpu) {
-      shard_pass_cpu(pass, input.scalar_type());
+      shard_pass_cpu(pass, ext.scalar_type());
     } else {
-      SYNCFREE_ON_CUDA(x, shard_pass_cuda(pass, input.scalar_type(), cuda_index(x)));
+      SYNCFREE_ON_CUDA(x, shard_pass_cuda(pass, ext.scalar_type(), cuda_index(x)));
     }
   }
   return shard_step_narrow(s) ? out.to(at::kInt) : out;
@@ -278,9 +366,10 @@ template <Backend B>
 void shard_merge_op(int64_t step, const Tensor& state, const Tensor& result) {
   const int64_t rows = state.size(0);
   const Tensor v = result.to(at::kLong).contiguous();
-  const bool gathered = step_kind(int32_t(step)) == kStepMass;
-  TORCH_CHECK_VALUE(v.dim() == (gathered ? 3 : 2) && v.size(-2) == rows &&
-                        v.size(-1) == shard_step_columns(int32_t(step)),
+  const bool gathered = gathered_step(int32_t(step));
+  const bool width_ok = top_step(int32_t(step)) ? v.size(-1) >= 1 && v.size(-1) <= kMaxTopLogprobs
+                                                : v.size(-1) == shard_step_columns(int32_t(step));
+  TORCH_CHECK_VALUE(v.dim() == (gathered ? 3 : 2) && v.size(-2) == rows && width_ok,
                     "result: expected the step's buffer", gathered ? ", gathered over the ranks" : "");
   if (B == Backend::kMeta || rows == 0) return;
   ShardRowsCall c{};
@@ -294,38 +383,54 @@ void shard_merge_op(int64_t step, const Tensor& state, const Tensor& result) {
   run_rows<B>(state, c);
 }
 
+// The tokens go to out when given (checked by _shard_call; the first result is
+// then empty: an output aliasing an input is what torch.compile cannot functionalize).
 template <Backend B>
-std::tuple<Tensor, Tensor> shard_finish_op(const Tensor& state, bool return_logprobs) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> shard_finish_op(const Tensor& state, bool return_logprobs,
+                                                                   bool return_valid, const std::optional<Tensor>& out,
+                                                                   int64_t top_logprobs) {
   const int64_t rows = state.size(0);
-  Tensor tokens = at::empty({rows}, state.options().dtype(at::kLong));
+  const Tensor fresh = at::empty({out.has_value() ? 0 : rows}, state.options().dtype(at::kLong));
+  const Tensor& tokens = out.has_value() ? *out : fresh;
   Tensor logprobs = at::empty({return_logprobs ? rows : 0}, state.options().dtype(at::kFloat));
-  if (B == Backend::kMeta || rows == 0) return {tokens, logprobs};
+  Tensor valid = at::empty({return_valid ? rows : 0}, state.options().dtype(at::kBool));
+  Tensor top_ids = at::empty({rows, top_logprobs}, state.options().dtype(at::kLong));
+  Tensor top_values = at::empty({rows, top_logprobs}, state.options().dtype(at::kFloat));
+  if (B == Backend::kMeta || rows == 0) return {fresh, logprobs, valid, top_ids, top_values};
+  TORCH_CHECK_VALUE(tokens.dim() == 1 && tokens.size(0) == rows, "out: expected shape [", rows, "]");
   ShardRowsCall c{};
   c.kind = ShardRowsKind::kFinish;
   c.rows = rows;
   c.state = state_of(state);
   c.out = tokens.data_ptr<int64_t>();
+  c.out_stride = tokens.stride(0);
   c.logprobs = return_logprobs ? logprobs.data_ptr<float>() : nullptr;
+  c.valid = return_valid ? valid.data_ptr<bool>() : nullptr;
+  c.top_n = int32_t(top_logprobs);  // the top step's merge holds them (checked by _shard_call)
+  c.top_ids = top_logprobs > 0 ? top_ids.data_ptr<int64_t>() : nullptr;
+  c.top_logprobs = top_logprobs > 0 ? top_values.data_ptr<float>() : nullptr;
   run_rows<B>(state, c);
-  return {tokens, logprobs};
+  return {fresh, logprobs, valid, top_ids, top_values};
 }
 
 SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
   m.def("_shard_call(Tensor local_logits, int vocab_start, int vocab_size, " SYNCFREE_PARAMS_SCHEMA
-        ", " SYNCFREE_RNG_SCHEMA ", bool return_logprobs) -> int[]");
+        ", " SYNCFREE_RNG_SCHEMA ", bool return_logprobs, Tensor? out, int top_logprobs, bool raw_logprobs) -> int[]");
   m.def("_shard_layout(Tensor table) -> int[]");
   m.def("_shard_draw(Tensor like, Generator? generator, int vocab_size, int flags) -> Tensor", seeded);
   m.def("_shard_head(Tensor local_logits) -> Tensor");
   m.def("_shard_columns(Tensor local_logits, Tensor[] heads, int vocab_start, int vocab_size, int[] spans) -> "
         "(Tensor, int)");
+  m.def("_shard_processing(Tensor columns, int base, " SYNCFREE_PARAMS_SCHEMA ") -> Tensor?[]");
   m.def("_shard_begin(Tensor local_logits, int vocab_size, " SYNCFREE_PARAMS_SCHEMA ") -> Tensor");
-  m.def("_shard_local(int step, Tensor state, Tensor local_logits, int vocab_start, Tensor columns, int base, "
-        "int flags, Tensor? temperature, float temperature_value, Tensor? seed, Tensor? offset, int? seed_value, "
-        "int offset_value, Tensor rng_state) -> Tensor",
+  m.def("_shard_local(int step, Tensor state, Tensor local_logits, Tensor columns, int base, int flags, "
+        SYNCFREE_PARAMS_SCHEMA ", Tensor? seed, Tensor? offset, int? seed_value, int offset_value, "
+        "Tensor rng_state) -> Tensor",
         seeded);
   m.def("_shard_merge(int step, Tensor(a!) state, Tensor result) -> ()");
-  m.def("_shard_finish(Tensor state, bool return_logprobs) -> (Tensor, Tensor)");
+  m.def("_shard_finish(Tensor state, bool return_logprobs, bool return_valid, Tensor(a!)? out, int top_logprobs) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 template <Backend B>
@@ -345,6 +450,7 @@ SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CompositeExplicitAutograd, m) {
   m.impl("_shard_call", &shard_call_op);
   m.impl("_shard_head", &shard_head_op);
   m.impl("_shard_columns", &shard_columns_op);
+  m.impl("_shard_processing", &shard_processing_op);
 }
 // Reads the gathered layout on the host.
 SYNCFREE_LIBRARY_IMPL(SYNCFREE_OPS, CPU, m) { m.impl("_shard_layout", &shard_layout_op); }

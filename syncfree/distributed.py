@@ -16,6 +16,11 @@ number of shards and any uneven split, exchanging a few bytes per row:
   all-gathered and merged (logprobs agree to float rounding, tokens exactly).
 - Warpers run the single-device radix selection with each pass's histograms
   all-reduced, so the kept sets are the single-device ones.
+- Processing (mask, bias, penalties) acts per token: each rank processes the
+  columns it races, with the lists rewritten into their coordinates (Note
+  [Processing on a shard]); it exchanges nothing.
+- Top-n logprobs: each rank's best n (logprob, id) under the merged norm,
+  all-gathered; the best n of those are the row's.
 
 This module holds only the collectives and the layout cache. Every decision
 between two collectives is a private op over the extension's core (Note
@@ -38,8 +43,8 @@ import torch
 import torch.distributed as dist
 
 from . import _native
-from .params import SampleOutput, SamplingParams
-from .sampling import _keywords, _params, _rng_args
+from .params import FIELDS, SamplingParams
+from .sampling import _keywords, _logprob_options, _params, _result, _rng_args
 
 _checked_layouts = {}  # CUDA: (group, world size, this rank's layout row) -> spans
 _REDUCE = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
@@ -92,15 +97,17 @@ def _collective(kind, buffer, group):
     return buffer
 
 
-def _steps(x, vocab_start, vocab_size, params, rng, generator, return_logprobs):
+def _steps(x, vocab_start, vocab_size, params, rng, generator, return_logprobs, return_valid=False, out=None,
+           top=(0, False)):
     """One rank's part of a call, as a generator: it yields ("layout", this rank's layout row) and
     (collective, buffer) requests, receives the spans and the collectives' results, and returns
-    (tokens, logprobs). sample() answers with torch.distributed; the tests answer for several
-    simulated ranks in one process."""
+    (tokens, logprobs, valid, top_ids, top_logprobs) (tokens: `out` when given). sample() answers
+    with torch.distributed; the tests answer for several simulated ranks in one process.
+    top: (n, raw) of return_top_logprobs and logprobs_mode."""
     ops = torch.ops.syncfree
     # Every check before the first exchange: a rank that raises must not leave the others waiting.
     lists = params.op_args()
-    layout = ops._shard_call(x, vocab_start, vocab_size, *lists, *rng, generator, return_logprobs)
+    layout = ops._shard_call(x, vocab_start, vocab_size, *lists, *rng, generator, return_logprobs, out, *top)
     spans = yield "layout", layout
     flags = layout[-1]
     # The generator's draw for a single-device call over the whole vocabulary, shared by every
@@ -108,12 +115,13 @@ def _steps(x, vocab_start, vocab_size, params, rng, generator, return_logprobs):
     rng_state = ops._shard_draw(x, generator, vocab_size, flags)
     heads = yield "gather", ops._shard_head(x)
     columns, base = ops._shard_columns(x, list(heads), vocab_start, vocab_size, spans)
+    local = ops._shard_processing(columns, base, *lists), lists[1]  # in the columns' coordinates
     state = ops._shard_begin(x, vocab_size, *lists)
-    temperature = lists[0][0], lists[1][0]  # the field list's first: (tensor, value)
     for step, kind in _native._C.shard_steps(flags):
-        buffer = ops._shard_local(step, state, x, vocab_start, columns, base, flags, *temperature, *rng, rng_state)
+        buffer = ops._shard_local(step, state, x, columns, base, flags, *local, *rng, rng_state)
         ops._shard_merge(step, state, (yield kind, buffer))
-    return ops._shard_finish(state, return_logprobs)
+    tokens, *rest = ops._shard_finish(state, return_logprobs, return_valid, out, top[0])
+    return (out if out is not None else tokens, *rest)
 
 
 def _run(steps, x, group):
@@ -128,41 +136,63 @@ def _run(steps, x, group):
             return done.value
 
 
-def _arguments(local_logits, vocab_start, vocab_size, params, seed, offset, generator):
-    """(x as [B, L], whether it was [L], the parameters, the ops' seed arguments)."""
+def _one_row(value, lists):
+    """A [L] call's value as its [1, L] call takes it: a 0-dim per-row value as [1]; a processing
+    list ([K], or the mask [ceil(V / 32)]) as [1, K]."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.dim() == 0:
+        return value.reshape(1)
+    return value.unsqueeze(0) if lists and value.dim() == 1 else value
+
+
+def _arguments(local_logits, vocab_start, vocab_size, params, seed, offset, generator, out=None):
+    """(x as [B, L], whether it was [L], the parameters, the ops' seed arguments, out as [B])."""
     if not isinstance(local_logits, torch.Tensor):
         raise TypeError(f"local_logits: expected a tensor [L] or [B, L], got {type(local_logits).__name__}")
     squeeze = local_logits.dim() == 1
     x = local_logits.unsqueeze(0) if squeeze else local_logits
-    if squeeze:  # one row: a per-row value may be 0-dim, as syncfree.sample takes it
-        one_row = lambda v: v.reshape(1) if isinstance(v, torch.Tensor) and v.dim() == 0 else v  # noqa: E731
-        params = params.replace(**{name: one_row(getattr(params, name)) for name in params.given()})
-        seed, offset = one_row(seed), one_row(offset)
+    if out is not None and not isinstance(out, torch.Tensor):
+        raise TypeError(f"out: expected an int64 tensor, got {type(out).__name__}")
+    if squeeze:  # one row, as syncfree.sample takes it for a [V] input
+        lists = {f[0] for f in FIELDS if f[1] == "tensor"}
+        params = params.replace(**{name: _one_row(getattr(params, name), name in lists) for name in params.given()})
+        seed, offset = _one_row(seed, False), _one_row(offset, False)
+        out = _one_row(out, False)
     for name, value in (("vocab_start", vocab_start), ("vocab_size", vocab_size)):
         if isinstance(value, bool) or not isinstance(value, int):  # ranges: in the layout check, on every rank
             raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    return x, squeeze, params, _rng_args(seed, offset, generator)
+    return x, squeeze, params, _rng_args(seed, offset, generator), out
 
 
 def sample(local_logits: torch.Tensor, vocab_start: int, vocab_size: int,
            temperature: Union[float, torch.Tensor, SamplingParams] = 1.0, top_k=0, top_p=1.0, min_p=0.0,
            typical_p=1.0, *, params: Optional[SamplingParams] = None, group=None,
            seed: Union[None, int, torch.Tensor] = None, offset: Union[None, int, torch.Tensor] = None,
-           generator: Optional[torch.Generator] = None, return_logprobs: bool = False):
+           generator: Optional[torch.Generator] = None, return_logprobs: bool = False, return_valid: bool = False,
+           out: Optional[torch.Tensor] = None, repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0,
+           output_tokens: Optional[torch.Tensor] = None, prompt_tokens: Optional[torch.Tensor] = None,
+           bias_tokens: Optional[torch.Tensor] = None, bias_values: Optional[torch.Tensor] = None,
+           allowed_mask: Optional[torch.Tensor] = None, return_top_logprobs: int = 0, logprobs_mode: str = "processed"):
     """Samples from logits sharded by vocabulary; every rank returns the same global token ids ([B] int64).
 
     local_logits: [B, L] (or [L]) columns [vocab_start, vocab_start + L) of the [B, vocab_size] logits.
-    The parameters (a SamplingParams, or temperature and warpers as keywords), seed, offset and
-    generator: as syncfree.sample, identical on every rank (a generator must be in the same state
-    on every rank, e.g. seeded alike); processing fields raise a ValueError naming them. Every
-    rank must pass the same kinds of arguments (tensor or number) and the same numbers. Returns
-    tokens, or (tokens, logprobs) with return_logprobs; for a SamplingParams, a SampleOutput.
+    The parameters (a SamplingParams, or the same names as keywords), seed, offset, generator,
+    return_logprobs, return_valid, out, return_top_logprobs and logprobs_mode: as syncfree.sample,
+    identical on every rank (a generator must be in the same state on every rank, e.g. seeded
+    alike). The processing tensors are the whole rows' (global ids; allowed_mask
+    [B, ceil(vocab_size / 32)]) on every rank; top ids are global. Every rank must pass the same
+    kinds of arguments (tensor or number) and the same numbers. Returns as syncfree.sample: tokens,
+    or (tokens[, logprobs][, valid][, top_ids, top_logprobs]); for a SamplingParams, a SampleOutput.
     """
     params, as_object = _params(params, _keywords(locals()), "distributed.sample")
-    x, squeeze, params, rng = _arguments(local_logits, vocab_start, vocab_size, params, seed, offset, generator)
-    tokens, logprobs = _run(_steps(x, vocab_start, vocab_size, params, rng, generator, return_logprobs), x, group)
-    if squeeze:
-        tokens, logprobs = tokens[0], logprobs[0] if return_logprobs else logprobs
-    if as_object:
-        return SampleOutput(tokens, logprobs if return_logprobs else None)
-    return (tokens, logprobs) if return_logprobs else tokens
+    top = _logprob_options(return_top_logprobs, logprobs_mode)
+    x, squeeze, params, rng, out_rows = _arguments(local_logits, vocab_start, vocab_size, params, seed, offset,
+                                                   generator, out)
+    outputs = _run(_steps(x, vocab_start, vocab_size, params, rng, generator, return_logprobs, return_valid,
+                          out_rows, top), x, group)
+    if squeeze:  # a [L] call's results for its one row
+        outputs = tuple(t[0] if t.dim() > 0 and t.shape[0] == 1 else t for t in outputs)
+    if out is not None:
+        outputs = (out,) + tuple(outputs[1:])
+    return _result(as_object, outputs, return_logprobs, return_valid, top[0])

@@ -126,11 +126,17 @@ def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor, Sampli
     rng = _rng_args(seed, offset, generator)
     tokens, logprobs, valid, top_ids, top_logprobs = _call(out, logits, False, params, rng, generator,
                                                            return_logprobs, return_valid, top)
+    return _result(as_object, (tokens, logprobs, valid, top_ids, top_logprobs), return_logprobs, return_valid, top[0])
+
+
+def _result(as_object, outputs, return_logprobs, return_valid, top_n):
+    """What `sample` (and distributed.sample) return for (tokens, logprobs, valid, top_ids, top_logprobs)."""
+    tokens, logprobs, valid, top_ids, top_logprobs = outputs
     if as_object:
         return SampleOutput(tokens, logprobs if return_logprobs else None, valid if return_valid else None,
-                            top_ids if top[0] else None, top_logprobs if top[0] else None)
+                            top_ids if top_n else None, top_logprobs if top_n else None)
     packed = _pack(tokens, logprobs, valid, return_logprobs, return_valid)
-    if top[0] == 0:
+    if top_n == 0:
         return packed
     return (packed if isinstance(packed, tuple) else (packed,)) + (top_ids, top_logprobs)
 

@@ -544,6 +544,7 @@ def _distributed_rank(rank, world, port, batch, examples):
             kwargs.update(seed=data.draw(st.integers(0, 2**40)), offset=data.draw(st.integers(0, 99)))
         elif rng == "tensor":
             kwargs.update(seed=torch.arange(b) * 3 + data.draw(st.integers(0, 99)), offset=torch.arange(b))
+        processing_ok = draw_processing(data, kwargs, b, b, v, emulated=False) if data.draw(st.booleans()) else True
         if rank == 0:
             print(f"case: distributed {dtype}{(b, v)} shards {(0, cut, v)} {kwargs} rng={rng}", flush=True)
         single = dict(kwargs)
@@ -557,15 +558,23 @@ def _distributed_rank(rank, world, port, batch, examples):
                 local = local.to(torch.float16 if dtype != torch.float16 else torch.float32)
         elif bad is not None:
             kwargs[bad] = {"top_p": 0.0, "temperature": -1.0}[bad]
+        n, mode = data.draw(st.sampled_from([0, 1, min(5, v)])), data.draw(st.sampled_from(["processed", "raw"]))
+        top = dict(return_top_logprobs=n, logprobs_mode=mode)
         try:
-            tokens, logprobs = sd.sample(local, start, v, return_logprobs=True, **kwargs)
+            tokens, logprobs, valid, *top_n = sd.sample(local, start, v, return_logprobs=True, return_valid=True,
+                                                        **kwargs, **top)
         except (ValueError, TypeError) as e:
-            assert bad is not None and f"{'local_logits' if bad == 'dtype' else bad}:" in str(e), str(e)
+            assert not processing_ok or (bad is not None and f"{'local_logits' if bad == 'dtype' else bad}:" in str(e)), e
             return
-        assert bad is None, f"rank {rank}: {bad} was accepted"
-        want, want_lp = syncfree.sample(full, return_logprobs=True, **single)
+        assert bad is None and processing_ok, f"rank {rank}: {bad} or invalid processing was accepted"
+        want, want_lp, want_valid, *want_top = syncfree.sample(full, return_logprobs=True, return_valid=True, **single,
+                                                               **top)
         assert torch.equal(tokens, want), f"rank {rank}: {tokens.tolist()} against one device's {want.tolist()}"
         torch.testing.assert_close(logprobs, want_lp, atol=1e-4, rtol=1e-4)
+        assert torch.equal(valid, want_valid)
+        if n:
+            assert torch.equal(top_n[0], want_top[0]), f"rank {rank}: top ids {top_n[0].tolist()} vs {want_top[0]}"
+            torch.testing.assert_close(top_n[1], want_top[1], atol=1e-4, rtol=1e-4)
 
     try:
         fuzz()
@@ -616,11 +625,32 @@ def run_simulated(batch, examples):
             kwargs.update(seed=torch.arange(b) * 3 + data.draw(st.integers(0, 99)), offset=torch.arange(b))
         else:
             kwargs["generator_seed"] = data.draw(st.integers(0, 2**40))
+        # Processing over global ids and a whole-row mask (Note [Processing on a shard]).
+        processing_ok = draw_processing(data, kwargs, b, b, v, emulated=False) if data.draw(st.booleans()) else True
         print(f"case: simulated {dtype}{(b, v)} shards {bounds} {kwargs}", flush=True)
-        want, want_lp = one_device(full, kwargs)
-        for rank, (tokens, logprobs) in enumerate(simulate(full, bounds, **kwargs)):
-            assert torch.equal(tokens, want), f"rank {rank}: {tokens.tolist()} against one device's {want.tolist()}"
-            torch.testing.assert_close(logprobs, want_lp, atol=1e-4, rtol=1e-4)
+        if not processing_ok:  # raised on every rank, as by one device
+            for call in (lambda: one_device(full, kwargs), lambda: simulate(full, bounds, **kwargs)):
+                try:
+                    call()
+                except (ValueError, TypeError):
+                    continue
+                raise AssertionError("invalid processing was accepted")
+            return
+        n = data.draw(st.sampled_from([0, 0, 1, 3, min(20, v)]))
+        raw = data.draw(st.booleans())
+        single = {k: w for k, w in kwargs.items() if k != "generator_seed"}
+        if "generator_seed" in kwargs:
+            single["generator"] = torch.Generator().manual_seed(kwargs["generator_seed"])
+        want = syncfree.sample(full, return_logprobs=True, return_valid=True, return_top_logprobs=n,
+                               logprobs_mode="raw" if raw else "processed", **single)
+        want = want if n else (*want, None, None)
+        for rank, got in enumerate(simulate(full, bounds, top=(n, raw), **kwargs)):
+            assert torch.equal(got[0], want[0]), f"rank {rank}: {got[0].tolist()} against one device's {want[0].tolist()}"
+            torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-4)
+            assert torch.equal(got[2], want[2])
+            if n:  # top ids exactly (ranked by (logprob, id)), their logprobs to float rounding
+                assert torch.equal(got[3], want[3]), f"rank {rank}: top ids {got[3].tolist()} vs {want[3].tolist()}"
+                torch.testing.assert_close(got[4], want[4], atol=1e-4, rtol=1e-4)
 
     fuzz()
     print(f"fuzz batch {batch}: {examples} cases passed", flush=True)

@@ -16,13 +16,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def one_device(logits, kwargs):
-    """syncfree.sample (tokens, logprobs) on the unsharded logits with simulate()'s kwargs: a
-    generator_seed becomes a fresh CPU generator seeded with it, as every simulated rank gets."""
+def one_device(logits, kwargs, return_valid=False):
+    """syncfree.sample (tokens, logprobs[, valid]) on the unsharded logits with simulate()'s kwargs:
+    a generator_seed becomes a fresh CPU generator seeded with it, as every simulated rank gets."""
     single = dict(kwargs)
     if "generator_seed" in single:
         single["generator"] = torch.Generator().manual_seed(single.pop("generator_seed"))
-    return syncfree.sample(logits, return_logprobs=True, **single)
+    return syncfree.sample(logits, return_logprobs=True, return_valid=return_valid, **single)
 
 
 def _replies(kind, values):
@@ -39,19 +39,22 @@ def _replies(kind, values):
     return values
 
 
-def simulate(logits, bounds, generator_seed=None, return_logprobs=True, **kwargs):
+def simulate(logits, bounds, generator_seed=None, return_logprobs=True, return_valid=False, top=None, **kwargs):
     """syncfree.distributed.sample over shards [start, end) of logits ([B, V]), one simulated rank
-    per shard; each rank's (tokens, logprobs). generator_seed: every rank gets a CPU generator
-    seeded with it (ranks must hold generators in one state)."""
+    per shard; each rank's (tokens, logprobs), (tokens, logprobs, valid) with return_valid, or with
+    top = (return_top_logprobs, raw logprobs_mode) (tokens, logprobs, valid, top_ids, top_logprobs).
+    generator_seed: every rank gets a CPU generator seeded with it (ranks must hold generators in
+    one state). The processing tensors are the whole rows', on every rank."""
     vocab = logits.shape[-1]
     ranks = []
     for start, end in bounds:
         generator = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
         params = kwargs.get("params") or syncfree.SamplingParams(
             **{k: v for k, v in kwargs.items() if k not in ("seed", "offset", "params")})
-        x, _, params, rng = sd._arguments(logits[:, start:end], start, vocab, params, kwargs.get("seed"),
-                                          kwargs.get("offset"), generator)
-        ranks.append(sd._steps(x, start, vocab, params, rng, generator, return_logprobs))
+        x, _, params, rng, _ = sd._arguments(logits[:, start:end], start, vocab, params, kwargs.get("seed"),
+                                             kwargs.get("offset"), generator)
+        ranks.append(sd._steps(x, start, vocab, params, rng, generator, return_logprobs, return_valid or bool(top),
+                               None, top or (0, False)))
     requests = [next(r) for r in ranks]
     while True:
         kinds = {kind for kind, _ in requests}
@@ -62,7 +65,7 @@ def simulate(logits, bounds, generator_seed=None, return_logprobs=True, **kwargs
             try:
                 requests.append(rank.send(reply))
             except StopIteration as done:
-                results.append(done.value)
+                results.append(done.value if top else done.value[:3] if return_valid else done.value[:2])
         if results:
             assert len(results) == len(ranks), "some ranks finished before the others"
             return results

@@ -63,8 +63,33 @@ def cases():
     temps = torch.tensor([0.8, 1.2, 0.0, 0.7, 1.0, 0.9, 2.0, 0.5])
     out.append(("per-row warpers", w, dict(temperature=temps, seed=7, **per_row)))
     out.append(("generator", w, dict(temperature=0.8, top_p=0.9, generator="fresh:1234")))
+    out.extend(processing_cases(w, g))
     out.append(("default generator", x, dict(temperature=1.0, generator="default:99")))
     return out
+
+
+def processing_cases(w, g):
+    """Processing over global ids and a whole-row mask, with greedy rows, a row the mask empties
+    (token 0, valid False) and +inf / -inf biases; with and without warpers."""
+    rows, vocab = w.shape
+    mask = torch.randint(-2**31, 2**31, (rows, (vocab + 31) // 32), dtype=torch.int32, generator=g)
+    mask[1] = 0
+    mask[2] = -1
+    history = torch.randint(0, vocab, (rows, 40), generator=g)
+    history[:, 30:] = -1
+    bias_tokens = torch.randint(0, vocab, (rows, 6), generator=g)
+    bias_tokens[:, 5] = -1
+    bias_values = torch.randn(rows, 6, generator=g) * 5
+    bias_values[3, 0], bias_values[4, 1] = INF, -INF
+    processing = dict(allowed_mask=mask, output_tokens=history, prompt_tokens=torch.randint(0, vocab, (rows, 25),
+                                                                                             generator=g),
+                      bias_tokens=bias_tokens, bias_values=bias_values, frequency_penalty=0.4, presence_penalty=0.3,
+                      repetition_penalty=torch.tensor([1.3, 1.0, 0.8, 2.0, 1.1, 1.2, 1.0, 1.5]))
+    temps = torch.tensor([0.8, 1.2, 0.0, 0.7, 1.0, 0.0, 2.0, 0.5])
+    seeds = dict(seed=torch.arange(rows) + 11, offset=torch.arange(rows))
+    return [("processing", w, dict(temperature=temps, **seeds, **processing)),
+            ("processing and warpers", w, dict(temperature=temps, top_k=60, top_p=0.9, min_p=0.02, **seeds,
+                                               **processing))]
 
 
 def on_device(kwargs, device):
@@ -159,7 +184,9 @@ def worker(rank, world, port, result_file, layout_seed, backend="gloo", device="
                 ("dtype", lambda: sd.sample(torch.randn(2, 10, dtype=torch.float16 if rank else torch.float32),
                                             10 * rank, 10 * world, seed=1)),
                 ("kinds", lambda: sd.sample(torch.randn(2, 10), 10 * rank, 10 * world, seed=1,
-                                            top_k=5 if rank == 0 else 0))):
+                                            top_k=5 if rank == 0 else 0)),
+                ("processing kinds", lambda: sd.sample(torch.randn(2, 10), 10 * rank, 10 * world, seed=1,
+                                                       presence_penalty=0.5 if rank == 0 else 0.0))):
             if device != "cpu":
                 break
             try:
@@ -205,6 +232,7 @@ def test_sharded_sampling_is_bit_identical(world, layout_seed):
         assert "seed: expected one value per row, shape [2], got shape [3]" in errors["groupless rank"]
         assert "local_logits: every rank must pass the same dtype" in errors["dtype"]
         assert "every rank must pass the same kinds of arguments" in errors["kinds"]
+        assert "whether any processing is given" in errors["processing kinds"]
         x = cases()[0][1]
         assert torch.equal(results[r]["one row"], syncfree.sample(x[0], torch.tensor(0.7), seed=torch.tensor(3),
                                                                   top_k=torch.tensor(50)))
@@ -366,10 +394,97 @@ def simulated_cases():
 def test_simulated_ranks_match_one_device(name, logits, bounds, kwargs):
     """The steps of every rank in one process (collectives computed by the test): the same tokens
     as syncfree.sample, the logprobs to float rounding."""
-    want, want_lp = one_device(logits, kwargs)
-    for tokens, logprobs in simulate(logits, bounds, **kwargs):
-        assert torch.equal(tokens, want), f"{tokens} vs {want}"
-        torch.testing.assert_close(logprobs, want_lp, atol=1e-4, rtol=1e-4)
+    want = one_device(logits, kwargs, return_valid=True)
+    for tokens, logprobs, valid in simulate(logits, bounds, return_valid=True, **kwargs):
+        assert torch.equal(tokens, want[0]), f"{tokens} vs {want[0]}"
+        torch.testing.assert_close(logprobs, want[1], atol=1e-4, rtol=1e-4)
+        assert torch.equal(valid, want[2])
+
+
+def test_processing_is_the_single_device_processing():
+    """Processing on shards: the tokens and logprobs of syncfree.sample on the whole rows, whose
+    processing changes the answer (a test that ignored it on a shard would fail), for cuts at
+    group (16) and mask word (32) boundaries and off them."""
+    name, logits, kwargs = processing_cases(torch.randn(8, 2000, generator=torch.Generator().manual_seed(8)) * 3,
+                                            torch.Generator().manual_seed(9))[1]
+    plain = {k: v for k, v in kwargs.items() if k in ("temperature", "top_k", "top_p", "min_p", "seed", "offset")}
+    want = one_device(logits, kwargs, return_valid=True)
+    assert not torch.equal(want[0], one_device(logits, plain)[0])
+    assert want[2].tolist() == [True, False] + [True] * 6  # row 1: the mask empties it
+    for bounds in ([(0, 32), (32, 48), (48, 2000)], [(0, 7), (7, 1003), (1003, 1999), (1999, 2000)],
+                   [(1500, 2000), (0, 16), (16, 1500)]):
+        for tokens, logprobs, valid in simulate(logits, bounds, return_valid=True, **kwargs):
+            assert torch.equal(tokens, want[0])
+            torch.testing.assert_close(logprobs, want[1], atol=1e-4, rtol=1e-4)
+            assert torch.equal(valid, want[2])
+
+
+@pytest.mark.parametrize("mode", ["processed", "raw"])
+def test_top_logprobs_are_the_single_device_ones(mode):
+    """Top-n over shards: each rank's best n under the merged norm, all-gathered and merged, are
+    syncfree.sample's top n (ids exactly, logprobs to float rounding), with the chosen token's
+    logprob in the same mode; with processing, warpers, greedy rows, +inf and emptied rows."""
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(8, 2000, generator=g) * 3
+    logits[6, [5, 1500]] = INF
+    for name, x, kwargs in processing_cases(logits, g):
+        for n in (1, 7, 20):
+            want = syncfree.sample(x, return_logprobs=True, return_valid=True, return_top_logprobs=n,
+                                   logprobs_mode=mode, **kwargs)
+            for bounds in ([(0, 5), (5, 1001), (1001, 2000)], [(1990, 2000), (0, 1990)]):
+                for rank in simulate(x, bounds, top=(n, mode == "raw"), **kwargs):
+                    assert torch.equal(rank[0], want[0]) and torch.equal(rank[2], want[2]), (name, n, bounds)
+                    assert torch.equal(rank[3], want[3]), (name, n, bounds, rank[3], want[3])
+                    torch.testing.assert_close(rank[1], want[1], atol=1e-4, rtol=1e-4)
+                    torch.testing.assert_close(rank[4], want[4], atol=1e-4, rtol=1e-4)
+
+
+@contextlib.contextmanager
+def one_rank_group():
+    """A Gloo group of this process alone (no other process, no port)."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_row_out_and_return_valid():
+    """A [L] shard with [K] lists and a [ceil(V / 32)] mask, as syncfree.sample takes a [V] row;
+    out= receives the tokens (and is what is returned); return_valid as syncfree.sample's."""
+    with one_rank_group():
+        one_row_out_and_return_valid()
+
+
+def one_row_out_and_return_valid():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(100, generator=g)
+    mask = torch.randint(-2**31, 2**31, (4,), dtype=torch.int32, generator=g)
+    kwargs = dict(temperature=0.7, seed=3, allowed_mask=mask, output_tokens=torch.tensor([5, 60, -1]),
+                  presence_penalty=1.5, return_logprobs=True, return_valid=True)
+    want = syncfree.sample(x, **kwargs)
+    out = torch.full((), -5, dtype=torch.int64)
+    got = sd.sample(x, 0, 100, out=out, **kwargs)  # one rank, no group: the whole row
+    assert got[0] is out and torch.equal(out, want[0]) and torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    p = syncfree.SamplingParams(temperature=0.7, allowed_mask=torch.zeros(4, dtype=torch.int32))
+    assert sd.sample(x, 0, 100, p, seed=3, return_valid=True).valid.item() is False
+    want = syncfree.sample(x, p.replace(allowed_mask=mask), seed=3, return_top_logprobs=4, logprobs_mode="raw")
+    got = sd.sample(x, 0, 100, p.replace(allowed_mask=mask), seed=3, return_top_logprobs=4, logprobs_mode="raw")
+    assert got.top_ids.shape == (4,) and torch.equal(got.top_ids, want.top_ids)
+    torch.testing.assert_close(got.top_logprobs, want.top_logprobs)
+    with pytest.raises(ValueError, match=re.escape("return_top_logprobs: expected an int in [0, min(20, V)]")):
+        sd.sample(torch.randn(2, 10), 0, 10, seed=1, return_top_logprobs=11)
+    with pytest.raises(ValueError, match="logprobs_mode"):
+        sd.sample(torch.randn(2, 10), 0, 10, seed=1, logprobs_mode="log")
+    logits = torch.zeros(2, 10, dtype=torch.float64)
+    with pytest.raises(ValueError, match="out: overlaps an input"):
+        sd.sample(logits, 0, 10, seed=1, out=logits.view(torch.int64)[:, 0])
+    with pytest.raises(ValueError, match=re.escape("out: expected shape [2]")):
+        sd.sample(torch.randn(2, 10), 0, 10, seed=1, out=torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match=re.escape("allowed_mask: expected shape [B, ceil(V / 32)] = [2, 2]")):
+        sd.sample(torch.randn(2, 10), 0, 40, seed=1, allowed_mask=torch.zeros(2, 1, dtype=torch.int32))
+    with pytest.raises(ValueError, match="output_tokens"):  # an id past the whole vocabulary (the CPU reads ids)
+        sd.sample(torch.randn(2, 10), 0, 10, seed=1, output_tokens=torch.tensor([[3], [10]]))
 
 
 def test_distributed_holds_no_core_constant():

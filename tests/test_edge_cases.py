@@ -195,7 +195,8 @@ def test_a_winning_group_with_no_winner_answers_an_in_range_token():
     x = torch.randn(4, 40)
     # One rank of syncfree.distributed: its race picks groups, then the logits change before the
     # token race inside them (a resolve step reading a group with no unmasked token).
-    steps = sd._steps(x, 0, 40, *sd._arguments(x, 0, 40, syncfree.SamplingParams(), 3, 0, None)[2:], None, True)
+    steps = sd._steps(x, 0, 40, *sd._arguments(x, 0, 40, syncfree.SamplingParams(), 3, 0, None)[2:4], None, True,
+                      return_valid=True)
     request = next(steps)
     for _ in range(2):  # the layout and the heads: the race has run when it asks for its collective
         request = steps.send(ranks._replies(request[0], [request[1]])[0])
@@ -203,8 +204,9 @@ def test_a_winning_group_with_no_winner_answers_an_in_range_token():
     with pytest.raises(StopIteration) as done:
         while True:
             request = steps.send(ranks._replies(request[0], [request[1]])[0])
-    tokens, logprobs = done.value.value
+    tokens, logprobs, valid = done.value.value[:3]
     assert torch.equal(tokens[:2], torch.zeros(2, dtype=torch.int64)) and (logprobs[:2] == -INF).all()
+    assert valid.tolist() == [False, False, True, True]  # as syncfree.sample's return_valid says of such a row
     assert torch.equal(tokens[2:], syncfree.sample(x, seed=3)[2:])
 
 

@@ -289,6 +289,20 @@ def test_processing_captured_replays_read_the_static_inputs(layer):
 # syncfree.distributed's shard kernels
 
 
+def shard_processing():
+    """Processing for shard_cases' [3, 4096] rows: a mask, histories, biases and penalties."""
+    g = torch.Generator().manual_seed(2)
+    mask = torch.randint(-2**31, 2**31, (3, 128), dtype=torch.int32, generator=g)
+    mask[0, 0] = -1  # token 7's +inf stays
+    history = torch.randint(0, 4096, (3, 30), generator=g)
+    history[:, 0] = torch.tensor([1000, 1003, 1035])  # near the cuts
+    bias_tokens = torch.randint(0, 4096, (3, 5), generator=g)
+    bias_tokens[:, 0] = 1001
+    return dict(allowed_mask=mask, output_tokens=history, prompt_tokens=history.flip(-1)[:, :10], presence_penalty=0.7,
+                frequency_penalty=0.2, repetition_penalty=1.3, bias_tokens=bias_tokens,
+                bias_values=torch.randn(3, 5, generator=g) * 4)
+
+
 def shard_cases():
     """(name, logits, shard bounds, kwargs) for syncfree.distributed's steps."""
     x = make(3, 4096, torch.bfloat16)
@@ -303,7 +317,9 @@ def shard_cases():
            # Every shard scaled to -inf: the raw argmax (Note [Logits past the temperature's range]).
            ("overflowing temperature", negative, [(0, 500), (500, 1000)], dict(temperature=1.2e-38, seed=2)),
            ("per-row warpers", x, bounds, per_row),
-           ("generator", x, [(0, 2000), (2000, 4096)], dict(temperature=0.8, top_p=0.9, generator_seed=4))]
+           ("generator", x, [(0, 2000), (2000, 4096)], dict(temperature=0.8, top_p=0.9, generator_seed=4)),
+           # Processing in each rank's columns (Note [Processing on a shard]): its passes, race and token logit.
+           ("processing", x, [(0, 1000), (1000, 1001), (1001, 1040), (1040, 4096)], dict(per_row, **shard_processing()))]
     if not QUICK:  # one row split over blocks by the 132-SM plan, on each shard
         wide = make(1, 131072, torch.float32)
         out.append(("wide row", wide, [(0, 70001), (70001, 131072)], dict(seed=3, top_k=50, top_p=0.9, min_p=0.01)))
@@ -324,6 +340,22 @@ def test_shard_kernels(layer, case):
     if "generator_seed" not in kwargs:
         for rank in simulate(logits, bounds, **kwargs):
             assert_same(want, rank, name)
+    assert tickets_are_zero(layer)
+
+
+@pytest.mark.parametrize("mode", ["processed", "raw"])
+def test_shard_top_logprobs(layer, mode):
+    """Top-n over shards on the emulated kernels (the entries pass, the raw masses' race): the
+    emulated single-device top n, with processing and per-row warpers."""
+    name, logits, bounds, kwargs = [c for c in shard_cases() if c[0] == "processing"][0]
+    with cuda_on_cpu.emulating():
+        want = syncfree.sample(logits, return_logprobs=True, return_valid=True, return_top_logprobs=6,
+                               logprobs_mode=mode, **kwargs)
+        got = simulate(logits, bounds, top=(6, mode == "raw"), **kwargs)
+    for rank in got:
+        assert torch.equal(rank[0], want[0]) and torch.equal(rank[2], want[2]) and torch.equal(rank[3], want[3])
+        torch.testing.assert_close(rank[1], want[1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(rank[4], want[4], atol=1e-4, rtol=1e-4)
     assert tickets_are_zero(layer)
 
 

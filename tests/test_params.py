@@ -107,8 +107,11 @@ def test_distributed_sample_takes_the_object():
     for tokens, logprobs in ranks.simulate(x, [(0, 100), (100, 130), (130, V)], params=p, seed=seeds):
         assert torch.equal(tokens, want.tokens)
         torch.testing.assert_close(logprobs, want.logprobs)
-    with pytest.raises(ValueError, match="^presence_penalty: syncfree.distributed.sample does not take"):
-        ranks.simulate(x, [(0, V)], params=syncfree.SamplingParams(presence_penalty=0.5), seed=seeds)
+    p = p.replace(presence_penalty=0.5, output_tokens=x.argmax(-1, keepdim=True))
+    want = syncfree.sample(x, p, seed=seeds, return_logprobs=True)
+    for tokens, logprobs in ranks.simulate(x, [(0, 100), (100, 130), (130, V)], params=p, seed=seeds):
+        assert torch.equal(tokens, want.tokens)
+        torch.testing.assert_close(logprobs, want.logprobs)
 
 
 def test_the_choosers_build_one_per_batch():

@@ -381,4 +381,9 @@ SF_HD RowResult resolved(RowResult res, int32_t token) {
   return res;
 }
 
+// A shard's resolve (ShardCall::resolve_groups): its group's winner, or -1
+// when the group has none; the merge then makes the row degenerate (token 0,
+// valid false), as resolved() does on one device.
+SF_HD int64_t shard_resolve_token(int32_t index) { return index == kNoIndex ? int64_t(-1) : int64_t(index); }
+
 }  // namespace syncfree

@@ -21,6 +21,18 @@
 // (pack_candidate), so a max over ranks finds the best key and the lowest
 // index among equal keys. The owner of the winning group races it token by
 // token; one more max hands everyone the token.
+//
+// Note [Processing on a shard]
+// ----------------------------
+// The mask, the bias and the penalties act on each token alone, so a rank
+// processes the columns it races and nothing more is exchanged for them.
+// _shard_processing rewrites the call's lists into the coordinates of the
+// rank's race columns (column j is global token base + j): a history or bias
+// id inside them becomes j, any other id -1 (padding), and the mask's words
+// are shifted by base (a multiple of kGroup, so 0 or 16 bits). The local
+// passes, the race and the chosen token's logit then process with the
+// single-device functions (process_logit, process_group), and every global
+// token is processed once, by the rank that owns its group.
 #pragma once
 
 #include "params.h"
@@ -44,6 +56,10 @@ enum ShardStepKind : int32_t {
   kStepResolve,       // max: the token of the winning group (its owner's)
   kStepTokenLogit,    // max: the chosen token's scaled logit (its owner's)
   kStepMass,          // all-gather: each rank's log-sum-exp and +inf count
+  kStepRawTokenLogit, // max: the chosen token's raw logit (logprobs_mode "raw")
+  kStepRawMass,       // all-gather: each rank's raw log-sum-exp and +inf count
+  kStepTop,           // all-gather: each rank's best n packed (logprob, id) (Note [Top-n logprobs])
+  kStepRawTop,        // all-gather: the same under the raw logits
 };
 
 constexpr int kSelectPasses = (32 + kDigitBits - 1) / kDigitBits;
@@ -65,7 +81,21 @@ enum ShardCallFlags : int32_t {
   kCallSeedTensor = 1 << 6,
   kCallSeed = 1 << 7,
   kCallLogprobs = 1 << 8,
+  kCallProcessing = 1 << 9,  // agreed on, though it adds no collective (Note [Processing on a shard])
+  kCallRawLogprobs = 1 << 10,
 };
+// return_top_logprobs, n <= kMaxTopLogprobs, in the flags' bits from kCallTopShift.
+constexpr int32_t kCallTopShift = 11;
+static_assert(kMaxTopLogprobs < 32, "n fits 5 bits");
+SF_HD int32_t call_top_n(int32_t flags) { return (flags >> kCallTopShift) & 31; }
+SF_HD bool top_step(int32_t step) { return step_kind(step) == kStepTop || step_kind(step) == kStepRawTop; }
+SF_HD bool gathered_step(int32_t step) {
+  return top_step(step) || step_kind(step) == kStepMass || step_kind(step) == kStepRawMass;
+}
+SF_HD bool raw_step(int32_t step) {
+  const int32_t kind = step_kind(step);
+  return kind == kStepRawTokenLogit || kind == kStepRawMass || kind == kStepRawTop;
+}
 constexpr int32_t kCallWarpers = kCallTopK | kCallTopP | kCallMinP | kCallTypicalP;
 
 struct ShardStep {
@@ -91,17 +121,23 @@ inline std::vector<ShardStep> shard_steps(int32_t flags) {
   }
   steps.push_back({kStepRace * kStepStride, Collective::kMax});
   steps.push_back({kStepResolve * kStepStride, Collective::kMax});
-  if (flags & kCallLogprobs) {
-    steps.push_back({kStepTokenLogit * kStepStride, Collective::kMax});
-    steps.push_back({kStepMass * kStepStride, Collective::kGather});
-  }
+  // The chosen token's logprob and the top n, against the row's norm (processed, or raw).
+  const bool raw = (flags & kCallRawLogprobs) != 0;
+  if (flags & kCallLogprobs)
+    steps.push_back({(raw ? kStepRawTokenLogit : kStepTokenLogit) * kStepStride, Collective::kMax});
+  if ((flags & kCallLogprobs) || call_top_n(flags) > 0)
+    steps.push_back({(raw ? kStepRawMass : kStepMass) * kStepStride, Collective::kGather});
+  if (call_top_n(flags) > 0) steps.push_back({(raw ? kStepRawTop : kStepTop) * kStepStride, Collective::kGather});
   return steps;
 }
 
-// int64 columns of a step's per-row buffer. Top-k's counts travel as int32
-// (V < 2^31): half the bytes.
-SF_HD int shard_step_columns(int32_t step) {
+// int64 columns of a step's per-row buffer (a top step's: the call's n). Top-k's
+// counts travel as int32 (V < 2^31): half the bytes.
+SF_HD int shard_step_columns(int32_t step, int32_t top_n = 0) {
   switch (step_kind(step)) {
+    case kStepTop:
+    case kStepRawTop:
+      return top_n;
     case kStepTopK:
     case kStepTopP:
     case kStepTypical:
@@ -110,6 +146,7 @@ SF_HD int shard_step_columns(int32_t step) {
       return 0;
     case kStepResolve:
     case kStepTokenLogit:
+    case kStepRawTokenLogit:
       return 1;
     default:
       return 2;
@@ -135,11 +172,14 @@ struct ShardRow {
   LogSumExp mass;
   int32_t inf_count;
   int32_t overflowed;  // the token is the raw argmax of Note [Logits past the temperature's range]
+  int32_t valid;       // as syncfree.sample's return_valid: false for a degenerate row
   int64_t mine;        // best global token (greedy, +inf) or group (sampled), or kNoIndex
   int64_t overflow;    // the raw argmax, or kNoIndex
   int64_t token;
-  float token_y;
+  float token_y;   // the chosen token's scaled (or raw) logit
   float logprob;
+  RowNorm norm;    // what the logprobs are measured against, merged (Note [Top-n logprobs])
+  TopList top;     // the merged top n
 };
 
 static_assert(sizeof(ShardRow) % 8 == 0 && std::is_trivially_copyable_v<ShardRow>,
@@ -302,9 +342,10 @@ SF_HD int64_t resolve_group(const ShardRow& r, int64_t base, int64_t columns) {
   return r.sampled && group >= 0 && group * kGroup < columns ? group : -1;
 }
 
-// Folds a step's collective result (for kStepMass: `ranks` gathered rows,
-// `rows` apart) into row state.
-SF_HD void shard_merge(RowKeep& keep, ShardRow& r, int32_t step, const int64_t* v, int64_t ranks, int64_t rows) {
+// Folds a step's collective result (`width` int64s; for the gathered steps
+// `ranks` of them, `rows` rows apart) into row state.
+SF_HD void shard_merge(RowKeep& keep, ShardRow& r, int32_t step, const int64_t* v, int64_t width, int64_t ranks,
+                       int64_t rows) {
   switch (step_kind(step)) {
     case kStepRowMax:
       r.m = max_key_value(v[0], -kInf) + 0.0f;
@@ -336,51 +377,81 @@ SF_HD void shard_merge(RowKeep& keep, ShardRow& r, int32_t step, const int64_t* 
     case kStepResolve: {
       // v[0]: the owner's global token, or -1 (Note [A winning group with no winner]).
       int64_t token = r.sampled ? v[0] : r.mine;
-      if (r.mine == kNoIndex || token < 0) token = 0;
+      const bool found = r.mine != kNoIndex && token >= 0;
       r.overflowed = r.mine == kNoIndex && r.overflow != kNoIndex;
-      r.token = r.overflowed ? r.overflow : token;
+      r.valid = found || r.overflowed;
+      r.token = r.overflowed ? r.overflow : found ? token : 0;
       break;
     }
     case kStepTokenLogit:
+    case kStepRawTokenLogit:
       r.token_y = max_key_value(v[0], -kInf);
       break;
-    case kStepMass: {
+    case kStepMass:
+    case kStepRawMass: {
       LogSumExp mass = no_mass();
       int64_t infs = 0;
       for (int64_t k = 0; k < ranks; ++k) {  // in rank order: every rank rounds alike
-        const int64_t* g = v + k * rows * 2;
+        const int64_t* g = v + k * rows * width;
         mass = merge_mass(mass, {bits_float(uint32_t(g[0])), bits_float(uint32_t(uint64_t(g[0]) >> 32))});
         infs += g[1];
       }
-      if (r.overflowed) {
-        r.logprob = 0.0f;
-      } else if (infs > 0) {
-        r.logprob = -log_positive(float(infs));
-      } else {
-        r.logprob = r.mine == kNoIndex ? -kInf : chosen_logprob(r.token_y, mass);
+      const Infinities counted{kNoIndex, int32_t(infs)};
+      if (step_kind(step) == kStepMass) {  // the race's norm, with its point mass
+        r.norm = {mass, counted, r.overflowed ? int32_t(r.token) : -1};
+      } else {  // a degenerate row has no raw logprobs either
+        r.norm = r.valid ? RowNorm{mass, counted, -1} : empty_norm();
       }
+      r.logprob = r.valid ? token_logprob(r.token_y, r.token, r.norm) : -kInf;
       break;
     }
+    case kStepTop:
+    case kStepRawTop:
+      r.top = empty_top(int(width));
+      for (int64_t k = 0; k < ranks; ++k) {
+        const int64_t* g = v + k * rows * width;
+        for (int64_t j = 0; j < width; ++j)  // 0: a shard narrower than n had no more
+          if (g[j] != 0) top_insert(r.top, TopEntry{uint32_t(g[j] >> 31), int32_t(packed_index(g[j]))});
+      }
+      break;
     default:
       break;
   }
 }
 
-// kStepMass's local part: this rank's log-sum-exp (bits of max, then sum) and +inf count.
-SF_HD void mass_entry(const ShardRow& r, int64_t* out) {
-  out[0] = int64_t(uint64_t(float_bits(r.mass.max)) | (uint64_t(float_bits(r.mass.sum)) << 32));
-  out[1] = r.inf_count;
+// kStepMass's (kStepRawMass's) local part: this rank's log-sum-exp (bits of max, then sum) and +inf count.
+SF_HD void mass_entry(const LogSumExp& mass, int32_t inf_count, int64_t* out) {
+  out[0] = int64_t(uint64_t(float_bits(mass.max)) | (uint64_t(float_bits(mass.sum)) << 32));
+  out[1] = inf_count;
 }
 
 
-// kStepTokenLogit's local part: the order key of the chosen token's scaled
-// logit where this rank holds it (columns [first_column, first_column +
-// columns)), else 0 (none).
+// A local pass's value of column i: processed (proc in the columns' own
+// coordinates: Note [Processing on a shard]), then scaled, as the race reads it.
+SF_HD float shard_value(float x, int64_t i, const ShardRow& r, const RowProcess& proc) {
+  return scaled_logit(process_logit(x, i, proc), r.inv_temperature);
+}
+
+// kStepTokenLogit's (kStepRawTokenLogit's) local part: the order key of the
+// chosen token's processed, scaled (raw) logit where this rank owns it
+// (columns [first_column, first_column + columns) of its race columns), else 0 (none).
 template <typename T>
-SF_HD int64_t token_logit_entry(const ShardRow& r, const T* row, int64_t first_column, int64_t columns) {
+SF_HD int64_t token_logit_entry(const ShardRow& r, int32_t step, const T* row, int64_t first_column,
+                                int64_t columns, const RowProcess& proc) {
   const int64_t column = r.token - first_column;
   if (column < 0 || column >= columns) return 0;
-  return int64_t(order_key(scaled_logit(float(row[column]), r.inv_temperature)));
+  const float x = float(row[column]);
+  return int64_t(order_key(raw_step(step) ? raw_value(x) : shard_value(x, column, r, proc)));
+}
+
+// A top step's local entry for column i (global id first_column + i): its
+// logprob under the merged norm and its id, packed as the race's candidates
+// are, so the best n of every rank's best n are the row's top n. Values: the
+// race's (processed, scaled, kept) or, for kStepRawTop, the raw logits.
+SF_HD int64_t top_candidate(float x, int64_t i, int32_t step, const RowKeep& keep, const ShardRow& r,
+                            const RowProcess& proc, int64_t first_column) {
+  const float y = raw_step(step) ? raw_value(x) : apply_keep(shard_value(x, i, r, proc), keep);
+  return pack_candidate(token_logprob(y, first_column + i, r.norm), first_column + i);
 }
 
 // The per-row parts of the steps, as one call over every row (CPU loop or
@@ -392,7 +463,9 @@ enum class ShardRowsKind : int32_t {
   kResolveGroups,   // state -> out [rows]: the local group to race, or -1
   kResolveTokens,   // in [rows] local tokens -> out [rows] global tokens, or -1
   kMassEntries,     // state -> out [rows, 2]
-  kFinish,          // state -> out [rows] tokens, logprobs [rows] (may be null)
+  kRawMassEntries,  // partials (null: the shard owns no group) of the raw logits -> out [rows, 2]
+  kFinish,          // state -> out [rows] tokens (stride out_stride), logprobs and valid [rows], top_ids and
+                    // top_logprobs [rows, top_n] (each may be null)
 };
 
 struct ShardRowsCall {
@@ -407,7 +480,12 @@ struct ShardRowsCall {
   int64_t base;     // global index of the extended shard's column 0
   int64_t columns;  // the extended shard's width
   int64_t* out;
+  int64_t out_stride;  // kFinish: the tokens' stride (out=)
   float* logprobs;
+  bool* valid;
+  int64_t* top_ids;
+  float* top_logprobs;
+  int32_t top_n;
 };
 
 SF_HD void run_shard_row(const ShardRowsCall& c, int64_t row) {
@@ -418,7 +496,7 @@ SF_HD void run_shard_row(const ShardRowsCall& c, int64_t row) {
       shard_begin(c.params, row, keep, r);
       break;
     case ShardRowsKind::kMerge:
-      shard_merge(keep, r, c.step, c.in + row * c.in_width, c.ranks, c.rows);
+      shard_merge(keep, r, c.step, c.in + row * c.in_width, c.in_width, c.ranks, c.rows);
       break;
     case ShardRowsKind::kRaceCandidates:
       race_candidates(r, c.partials != nullptr ? c.partials[row] : ShardPartial{empty_partial(), no_best()}, c.base,
@@ -431,11 +509,21 @@ SF_HD void run_shard_row(const ShardRowsCall& c, int64_t row) {
       c.out[row] = c.in[row] >= 0 ? c.in[row] + c.base : -1;
       break;
     case ShardRowsKind::kMassEntries:
-      mass_entry(r, c.out + row * 2);
+      mass_entry(r.mass, r.inf_count, c.out + row * 2);
       break;
+    case ShardRowsKind::kRawMassEntries: {
+      const RacePartial raw = c.partials != nullptr ? c.partials[row].race : empty_partial();
+      mass_entry(raw.mass, raw.infs.count, c.out + row * 2);
+      break;
+    }
     case ShardRowsKind::kFinish:
-      c.out[row] = r.token;
+      c.out[row * c.out_stride] = r.token;
       if (c.logprobs != nullptr) c.logprobs[row] = r.logprob;
+      if (c.valid != nullptr) c.valid[row] = r.valid != 0;
+      for (int j = 0; j < c.top_n; ++j) {
+        c.top_ids[row * c.top_n + j] = r.top.e[j].index;
+        c.top_logprobs[row * c.top_n + j] = key_value(r.top.e[j].key);
+      }
       break;
   }
 }
@@ -446,10 +534,11 @@ SF_HD void run_shard_row(const ShardRowsCall& c, int64_t row) {
 struct ShardPassCall {
   int32_t step;
   ShardState state;
-  const void* input;  // [rows, columns], last dim contiguous
+  const void* input;  // the race columns [rows, columns], last dim contiguous
   int64_t rows, columns, row_stride;
   int64_t first_column;  // kStepTokenLogit: the global index of column 0
   uint64_t* out;
+  Processing proc;  // in the columns' coordinates; its tables built by shard_pass_cpu/_cuda
 };
 
 }  // namespace syncfree

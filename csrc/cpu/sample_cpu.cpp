@@ -260,18 +260,17 @@ std::vector<RowKeep> row_thresholds(const SampleParams& p) {
 }
 
 // Shard calls (syncfree.distributed): each row's winning group, raced token
-// by token; -1 for rows whose group lies elsewhere.
+// by token; -1 for rows whose group lies elsewhere (shard_resolve_token).
 template <typename T, bool kProbs>
 void resolve_rows(const SampleParams& p) {
   const T* input = static_cast<const T*>(p.input);
   at::parallel_for(0, p.rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t group = p.shard.resolve_groups[row];
-      // A group with no winner (Note [A winning group with no winner]) answers 0: in range.
       const int64_t token =
           group < 0 ? -1
-                    : resolved({}, race_in_group<T, kProbs>(p, row_race(p, row), input + row * p.row_stride, group).index)
-                          .token;
+                    : shard_resolve_token(
+                          race_in_group<T, kProbs>(p, row_race(p, row), input + row * p.row_stride, group).index);
       p.tokens[row * p.tokens_stride] = token;
     }
   });

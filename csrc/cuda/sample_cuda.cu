@@ -107,11 +107,11 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kProcess)) syncfree_sa
 }
 
 // Shard calls with resolve_groups (syncfree.distributed): a warp per row
-// races the row's given group token by token and writes the local token, or
-// -1 for a row whose group lies on another shard.
+// races the row's given group token by token (processed: Note [Processing on
+// a shard]) and writes the local token, or -1 (shard_resolve_token).
 constexpr int kResolveRowsPerBlock = 4;
 
-template <typename T, bool kProbs>
+template <typename T, bool kProbs, bool kProcess>
 __global__ void __launch_bounds__(32 * kResolveRowsPerBlock) syncfree_resolve_group_kernel(KernelArgs a) {
   const int64_t row = int64_t(blockIdx.x) * kResolveRowsPerBlock + threadIdx.x / 32;
   if (row >= a.p.rows) return;  // whole warps leave together
@@ -119,12 +119,11 @@ __global__ void __launch_bounds__(32 * kResolveRowsPerBlock) syncfree_resolve_gr
   take_rng(p, a.rng);
   const int64_t group = p.shard.resolve_groups[row];
   int64_t token = -1;
-  if (group >= 0) {  // a group with no winner answers 0 (Note [A winning group with no winner])
+  if (group >= 0) {
+    const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));
     float y;
-    token = resolved({}, race_group_warp<T, kProbs>(p, without_processing(row_race(p, row)),
-                                                    static_cast<const T*>(p.input) + row * p.row_stride, group, &y)
-                             .index)
-                .token;
+    token = shard_resolve_token(
+        race_group_warp<T, kProbs>(p, r, static_cast<const T*>(p.input) + row * p.row_stride, group, &y).index);
   }
   if (threadIdx.x % 32 == 0) p.tokens[row * p.tokens_stride] = token;
 }
@@ -188,9 +187,11 @@ void launch(const KernelArgs& args, int64_t blocks, bool aligned, cudaStream_t s
   if (args.p.shard.resolve_groups != nullptr) {
     const dim3 grid(unsigned(ceil_div(args.p.rows, kResolveRowsPerBlock))), block(32 * kResolveRowsPerBlock);
     if (args.p.probs) {
-      launch_kernel<syncfree_resolve_group_kernel<T, true>>(grid, block, 0, stream, args);
+      launch_kernel<syncfree_resolve_group_kernel<T, true, false>>(grid, block, 0, stream, args);
+    } else if (has_processing(args.p)) {
+      launch_kernel<syncfree_resolve_group_kernel<T, false, true>>(grid, block, 0, stream, args);
     } else {
-      launch_kernel<syncfree_resolve_group_kernel<T, false>>(grid, block, 0, stream, args);
+      launch_kernel<syncfree_resolve_group_kernel<T, false, false>>(grid, block, 0, stream, args);
     }
     return;
   }

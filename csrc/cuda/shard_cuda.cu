@@ -40,10 +40,18 @@ __global__ void __launch_bounds__(kPassThreads) syncfree_shard_pass_kernel(Shard
   const T* x = static_cast<const T*>(c.input) + row * c.row_stride;
   const RowKeep keep = c.state.keeps[row];
   const ShardRow& r = c.state.rows[row];
+  const RowProcess proc = row_process(c.proc, row);
   const int columns = shard_step_columns(c.step);
-  if (step_kind(c.step) == kStepTokenLogit) {
+  if (step_kind(c.step) == kStepTokenLogit || step_kind(c.step) == kStepRawTokenLogit) {
     if (blockIdx.y == 0 && threadIdx.x == 0)
-      c.out[row] = uint64_t(token_logit_entry(r, x, c.first_column, c.columns));
+      c.out[row] = uint64_t(token_logit_entry(r, c.step, x, c.first_column, c.columns, proc));
+    return;
+  }
+  if (top_step(c.step)) {  // every column's entry: out is [rows, c.columns]
+    auto* entries = reinterpret_cast<int64_t*>(c.out) + row * c.columns;
+    for (int64_t i = int64_t(blockIdx.y) * kPassThreads + threadIdx.x; i < c.columns;
+         i += int64_t(gridDim.y) * kPassThreads)
+      entries[i] = top_candidate(float(x[i]), i, c.step, keep, r, proc, c.first_column);
     return;
   }
   if (!shard_row_in(r, c.step)) return;  // the whole block: no barrier is skipped by some threads only
@@ -53,7 +61,7 @@ __global__ void __launch_bounds__(kPassThreads) syncfree_shard_pass_kernel(Shard
   SharedSink sink{&bins};
   for (int64_t i = int64_t(blockIdx.y) * kPassThreads + threadIdx.x; i < c.columns;
        i += int64_t(gridDim.y) * kPassThreads)
-    shard_token(keep, r, c.step, spread, scaled_logit(float(x[i]), r.inv_temperature), sink);
+    shard_token(keep, r, c.step, spread, shard_value(float(x[i]), i, r, proc), sink);
   __syncthreads();
   const bool is_max = step_kind(c.step) == kStepRowMax;
   auto* out = reinterpret_cast<unsigned long long*>(c.out + row * columns);
@@ -78,12 +86,19 @@ void shard_rows_cuda(const ShardRowsCall& c, c10::DeviceIndex device) {
                                             stream, c);
 }
 
-void shard_pass_cuda(const ShardPassCall& c, c10::ScalarType dtype, c10::DeviceIndex device) {
+void shard_pass_cuda(ShardPassCall c, c10::ScalarType dtype, c10::DeviceIndex device) {
   if (c.rows == 0 || c.columns == 0) return;
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device);
+  SampleParams p{};  // the exception tables of c.proc (Note [Processing on a shard])
+  p.rows = c.rows;
+  p.vocab = c.columns;
+  p.proc = c.proc;
+  const c10::DataPtr tables = build_exceptions_cuda(p, device);
+  c.proc = p.proc;
   // About 8 elements a thread, at most 64 chunks a row.
-  const unsigned chunks = step_kind(c.step) == kStepTokenLogit
+  const bool one_token = step_kind(c.step) == kStepTokenLogit || step_kind(c.step) == kStepRawTokenLogit;
+  const unsigned chunks = one_token
                               ? 1u
                               : unsigned(std::min<int64_t>(ceil_div(c.columns, 8 * kPassThreads), 64));
   const dim3 grid(unsigned(c.rows), chunks);

@@ -118,6 +118,24 @@ MUTANTS = [
     Mutant("shard-pass-skips-a-chunk", "cuda/shard_cuda.cu",
            "i += int64_t(gridDim.y) * kPassThreads)", "i += int64_t(gridDim.y + 1) * kPassThreads)",
            "shard_kernels"),
+    # A shard's passes on unprocessed logits (Note [Processing on a shard]): other kept sets and masses.
+    Mutant("shard-pass-ignores-processing", "cuda/shard_cuda.cu",
+           "shard_token(keep, r, c.step, spread, shard_value(float(x[i]), i, r, proc), sink);",
+           "shard_token(keep, r, c.step, spread, shard_value(float(x[i]), i, r, no_process()), sink);",
+           "shard_kernels and processing"),
+    Mutant("shard-resolve-without-processing", "cuda/sample_cuda.cu",
+           "const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));\n    float y;",
+           "const RowRace r = without_processing(row_race(p, row));\n    float y;",
+           "shard_kernels and processing"),
+    # Top-n over shards from the first rank's list only.
+    Mutant("shard-top-merges-one-rank", "core/shard.h",
+           "      for (int64_t k = 0; k < ranks; ++k) {\n        const int64_t* g = v + k * rows * width;\n        for",
+           "      for (int64_t k = 0; k < 1; ++k) {\n        const int64_t* g = v + k * rows * width;\n        for",
+           "shard_top_logprobs"),
+    # The mask of a shard whose race columns start mid-word, not shifted to its columns.
+    Mutant("shard-mask-not-shifted", "shard_ops.cpp",
+           "local = local.bitwise_right_shift(shift).bitwise_or(", "local = local.bitwise_or(",
+           "shard_kernels and processing"),
     # syncfree.verify_draft's kernels.
     Mutant("verify-stop-ignores-rejections", "cuda/verify_cuda.cu",
            "while (j < v.n && laws[j].accepted) ++j;", "while (j < v.n) ++j;",
