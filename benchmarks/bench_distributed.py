@@ -11,7 +11,9 @@ measures the path's own cost), each holding columns [start, end) of the same
 [B, V] float32 logits, and times per call, side by side and interleaved:
 
   sf.dist   syncfree.distributed.sample on the shard (per-row seed/offset tensors, T=0.8;
-            rows marked "all" add top_k=50, top_p=0.9, min_p=0.05, typical_p=0.95);
+            rows marked "all" add top_k=50, top_p=0.9, min_p=0.05, typical_p=0.95; rows marked
+            "proc" add a grammar-style mask, a 64-token history with the three penalties, the
+            chosen token's logprob and the top 20);
   ag+sample dist.all_gather of the [B, L] shards into the full [B, V] logits on every
             rank (padded to the widest shard: Gloo gathers equal sizes only), then
             syncfree.sample on it with the same seeds/offsets.
@@ -53,6 +55,7 @@ import syncfree.distributed as sd  # noqa: E402
 
 TEMPERATURE = 0.8
 WARPERS = dict(top_k=50, top_p=0.9, min_p=0.05, typical_p=0.95)  # the "all" rows
+TOP_N = 20  # the "proc" rows' top logprobs
 PASS_BINS = (2048, 2048, 1024)  # radix histogram bins per pass (select.h: 11, 11, 10 bits)
 DTYPE = torch.float32
 GROUP = syncfree._C.group_size  # syncfree.distributed's race group (columns per group)
@@ -73,10 +76,22 @@ def split_bounds(vocab, world, kind):
     return [0] + cuts + [vocab]
 
 
+def processing(batch, vocab, gen, device):
+    """The "proc" rows' extra arguments: a mask allowing about half the tokens, a 64-token history
+    (global ids) with the three penalties, logprobs and the top TOP_N."""
+    mask = torch.randint(-2**31, 2**31, (batch, (vocab + 31) // 32), generator=gen, dtype=torch.int64)
+    return dict(allowed_mask=mask.to(torch.int32).to(device),
+                output_tokens=torch.randint(0, vocab, (batch, 64), generator=gen).to(device),
+                repetition_penalty=1.1, frequency_penalty=0.3, presence_penalty=0.5, return_logprobs=True,
+                return_top_logprobs=TOP_N)
+
+
 def syncfree_bytes(world, batch, elem=4, device="cpu", warpers=None):
-    """Bytes of collective results per rank for one syncfree.distributed.sample call (logprobs off),
-    term by term as syncfree/distributed.py exchanges them."""
+    """Bytes of collective results per rank for one syncfree.distributed.sample call, term by term
+    as syncfree/distributed.py exchanges them (processing exchanges nothing)."""
     warpers = warpers or {}
+    top_n = warpers.get("return_top_logprobs", 0)
+    logprobs = warpers.get("return_logprobs", False)
     selections = sum(name in warpers for name in ("top_k", "top_p", "typical_p"))
     return {
         # warpers: the row max and the lowest finite logit (order keys, int64 each) all-reduced per row
@@ -96,6 +111,11 @@ def syncfree_bytes(world, batch, elem=4, device="cpu", warpers=None):
         "best_packed": batch * 16,
         # all_reduce MAX of the token raced inside the winning group by its owner, int64 [B]
         "token": batch * 8,
+        # logprobs: all_reduce MAX of the chosen token's logit (an order key, int64 [B]); with logprobs
+        # or top-n, all_gather of every rank's (max, sum) and +inf count, int64 [B, 2]
+        "logprobs": batch * 8 * logprobs + world * batch * 16 * (logprobs or top_n > 0),
+        # top-n: all_gather of every rank's best n packed (logprob, id), int64 [B, n]
+        "top": world * batch * top_n * 8,
     }
 
 
@@ -130,7 +150,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_config(rank, world, batch, vocab, split, warped, budget_s, min_repeats, max_repeats, device="cpu"):
+def run_config(rank, world, batch, vocab, split, kind, budget_s, min_repeats, max_repeats, device="cpu"):
     bounds = split_bounds(vocab, world, split)
     start, end = bounds[rank], bounds[rank + 1]
     widths = [bounds[r + 1] - bounds[r] for r in range(world)]
@@ -146,10 +166,11 @@ def run_config(rank, world, batch, vocab, split, warped, budget_s, min_repeats, 
     offsets = torch.arange(batch, dtype=torch.int64, device=device)
     parts = [torch.empty(batch, max_width, dtype=DTYPE, device=device) for _ in range(world)]  # gather buffers
 
-    warpers = WARPERS if warped else {}
+    warpers = {"-": {}, "all": WARPERS, "proc": processing(batch, vocab, gen, device)}[kind]
 
     def sf_dist(i):
-        return sd.sample(shards[i], start, vocab, TEMPERATURE, seed=seeds[i], offset=offsets, **warpers)
+        out = sd.sample(shards[i], start, vocab, TEMPERATURE, seed=seeds[i], offset=offsets, **warpers)
+        return out[0] if isinstance(out, tuple) else out
 
     def all_gather_sample(i):
         mine = shards[i]
@@ -157,7 +178,8 @@ def run_config(rank, world, batch, vocab, split, warped, budget_s, min_repeats, 
             mine = F.pad(mine, (0, max_width - mine.shape[1]))
         dist.all_gather(parts, mine)
         logits = torch.cat([p[:, :w] for p, w in zip(parts, widths)], 1)
-        return syncfree.sample(logits, TEMPERATURE, seed=seeds[i], offset=offsets, **warpers)
+        out = syncfree.sample(logits, TEMPERATURE, seed=seeds[i], offset=offsets, **warpers)
+        return out[0] if isinstance(out, tuple) else out
 
     methods = [sf_dist, all_gather_sample]
     times = [[], []]
@@ -207,7 +229,7 @@ def run_config(rank, world, batch, vocab, split, warped, budget_s, min_repeats, 
     ag_us = 1e6 * statistics.median(times[1])
     spread = {f"{name}_{stat}_us": 1e6 * fn(t) for name, t in (("sf_dist", times[0]), ("allgather_sample", times[1]))
               for stat, fn in (("min", min), ("p90", lambda v: sorted(v)[int(0.9 * (len(v) - 1))]))}
-    return dict(world=world, B=batch, V=vocab, split=split, warpers="all" if warped else "-", bounds=bounds,
+    return dict(world=world, B=batch, V=vocab, split=split, warpers=kind, bounds=bounds,
                 repeats=repeats,
                 sf_dist_us=sf_us, allgather_sample_us=ag_us, time_ratio=ag_us / sf_us,
                 sf_dist_bytes=sf_total, sf_dist_bytes_terms=sf_terms, sf_dist_bytes_counted=counter[0],
@@ -248,8 +270,8 @@ def worker(rank, world, port, configs, budget_s, min_repeats, max_repeats, resul
             print(f"  world {world}: after a barrier, a 4-byte all_reduce takes {latency_us['all_reduce']:.0f} us, "
                   f"an all_gather of int64 [4] {latency_us['all_gather']:.0f} us (medians)", flush=True)
         rows = []
-        for batch, vocab, split, warped in configs:
-            row = run_config(rank, world, batch, vocab, split, warped, budget_s, min_repeats, max_repeats, device)
+        for batch, vocab, split, kind in configs:
+            row = run_config(rank, world, batch, vocab, split, kind, budget_s, min_repeats, max_repeats, device)
             row["collective_latency_us"] = latency_us
             rows.append(row)
             if rank == 0:
@@ -293,8 +315,8 @@ def plot(rows, path, title):
     for b, v, w in series:
         pts = sorted((r["world"], r["time_ratio"], r["bytes_ratio"]) for r in rows
                      if (r["B"], r["V"], r["warpers"], r["split"]) == (b, v, w, "even"))
-        label = f"B={b} V={v}" + (" all warpers" if w == "all" else "")
-        style = "--" if w == "all" else "-"
+        label = f"B={b} V={v}" + {"-": "", "all": " all warpers", "proc": " processing + top-20"}[w]
+        style = {"-": "-", "all": "--", "proc": ":"}[w]
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label)
         axes[1].plot([p[0] for p in pts], [p[2] for p in pts], style, marker="o", label=label)
     for ax, what in zip(axes, ("time: all-gather + sample / sf.dist", "bytes per rank: all-gather / sf.dist")):
@@ -344,9 +366,10 @@ def main():
             sys.exit("--device cuda: no GPU")
         worlds = [w for w in worlds if w <= gpus] or [1]
         batches = sorted(set(batches) | {64, 256}) if not args.quick else batches
-    configs = [(b, v, s, False) for b in batches for v in vocabs for s in ("even", "uneven")]
-    # The four warpers together, on the largest vocabulary, even split.
-    configs += [(b, max(vocabs), "even", True) for b in batches]
+    configs = [(b, v, s, "-") for b in batches for v in vocabs for s in ("even", "uneven")]
+    # The four warpers together, and processing with logprobs and the top 20, on the largest
+    # vocabulary, even split.
+    configs += [(b, max(vocabs), "even", kind) for kind in ("all", "proc") for b in batches]
     cores = os.cpu_count() or 1
 
     meta = timing.run_meta(device, TEMPERATURE, syncfree, "", None)

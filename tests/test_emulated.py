@@ -294,6 +294,7 @@ def shard_processing():
     g = torch.Generator().manual_seed(2)
     mask = torch.randint(-2**31, 2**31, (3, 128), dtype=torch.int32, generator=g)
     mask[0, 0] = -1  # token 7's +inf stays
+    mask[2] = 0x00020002  # one token a group: the winning group's race must process (a raw one picks another)
     history = torch.randint(0, 4096, (3, 30), generator=g)
     history[:, 0] = torch.tensor([1000, 1003, 1035])  # near the cuts
     bias_tokens = torch.randint(0, 4096, (3, 5), generator=g)
