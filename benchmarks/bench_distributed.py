@@ -95,7 +95,7 @@ def syncfree_bytes(world, batch, elem=4, device="cpu", warpers=None):
     selections = sum(name in warpers for name in ("top_k", "top_p", "typical_p"))
     return {
         # warpers: the row max and the lowest finite logit (order keys, int64 each) all-reduced per row
-        "row_max": batch * 16 if warpers else 0,
+        "row_max": batch * 16 if any(name in warpers for name in WARPERS) else 0,
         # typical-p: mass and gap totals (int64 each); top-p's total is its first pass's sum
         "mass_totals": batch * 16 * ("typical_p" in warpers),
         # each selection: 3 radix passes of a [B, bins] histogram all-reduced: int32 counts for

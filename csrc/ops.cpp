@@ -127,7 +127,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   p.logprobs = return_logprobs ? o.logprobs.data_ptr<float>() : nullptr;
   p.valid = return_valid ? o.valid.data_ptr<bool>() : nullptr;
 
-  const bool drawn = from_generator(a, rng, probs) && shard.rng_state == nullptr;
+  const bool drawn = from_generator(a, rng, probs) && shard.streams == nullptr;
   if constexpr (B == Backend::kCpu) {
     sample_cpu(p, input.scalar_type(), rng.generator, drawn);
   } else {

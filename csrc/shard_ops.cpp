@@ -222,10 +222,16 @@ void run_rows(const Tensor& like, const ShardRowsCall& c) {
   }
 }
 
+// The state of a call: every row's warpers, temperature and noise stream, set
+// once (rng_state: _shard_draw's, [2] or [0]).
 template <Backend B>
-Tensor shard_begin_op(const Tensor& x, int64_t vocab_size, SYNCFREE_PARAMS_ARGS) {
+Tensor shard_begin_op(const Tensor& x, int64_t vocab_size, SYNCFREE_PARAMS_ARGS, const std::optional<Tensor>& seed,
+                      const std::optional<Tensor>& offset, std::optional<int64_t> seed_value, int64_t offset_value,
+                      const Tensor& rng_state) {
   const SamplingArgs w = SamplingArgs::from_lists(params, param_values, "distributed.sample");
   check_warpers(w, x);
+  const RngArgs rng{seed, offset, seed_value, offset_value, std::nullopt};
+  check_rng(rng, x, "local_logits");
   const int64_t rows = x.size(0);
   Tensor state = at::empty({rows, kShardStateRowBytes}, x.options().dtype(at::kByte));
   if (B == Backend::kMeta) return state;
@@ -237,18 +243,20 @@ Tensor shard_begin_op(const Tensor& x, int64_t vocab_size, SYNCFREE_PARAMS_ARGS)
   c.params.vocab = vocab_size;
   RowTensors keep_alive;
   set_warpers(c.params, keep_alive, w, rows);
+  set_rng(c.params, keep_alive, rng, rows);
+  c.rng_state = rng_state.numel() == 2 ? rng_state.data_ptr<int64_t>() : nullptr;
   run_rows<B>(x, c);
   return state;
 }
 
-// A step's local part: the buffer its collective takes.
-// What the race of a shard call takes: the temperature and the processing (in
-// the race columns' coordinates); the warpers' kept sets are in the state.
+// What the race of a shard call takes from the call's parameters: the processing
+// (in the race columns' coordinates); the kept sets, the temperatures and the
+// noise streams are the state's.
 SamplingArgs race_args(SamplingArgs a) {
-#define SYNCFREE_RESET_WARPER(name, type, identity, group)                           \
-  if (std::string_view(#group) == "warper" && std::string_view(#name) != "temperature") { \
-    a.name.reset();                                                                  \
-    a.name##_value = identity;                                                       \
+#define SYNCFREE_RESET_WARPER(name, type, identity, group) \
+  if (std::string_view(#group) == "warper") {              \
+    a.name.reset();                                        \
+    a.name##_value = identity;                             \
   }
 #define SYNCFREE_KEEP_LIST(name)
   SYNCFREE_SAMPLING_FIELDS(SYNCFREE_RESET_WARPER, SYNCFREE_KEEP_LIST)
@@ -261,9 +269,7 @@ SamplingArgs race_args(SamplingArgs a) {
 // _shard_processing gives them.
 template <Backend B>
 Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, const Tensor& ext, int64_t base,
-                      int64_t flags, SYNCFREE_PARAMS_ARGS, const std::optional<Tensor>& seed,
-                      const std::optional<Tensor>& offset, std::optional<int64_t> seed_value, int64_t offset_value,
-                      const Tensor& rng_state) {
+                      int64_t flags, SYNCFREE_PARAMS_ARGS) {
   const int64_t rows = x.size(0);
   TORCH_CHECK_VALUE(state.dim() == 2 && state.size(0) == rows, "state: expected one row per row of local_logits");
   const auto s = int32_t(step);
@@ -279,10 +285,10 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, const 
   c.out = out.data_ptr<int64_t>();
   const int32_t kind = step_kind(s);
   if (kind == kStepRace || kind == kStepResolve) {
-    ShardCall shard{base, rng_state.numel() == 2 ? rng_state.data_ptr<int64_t>() : nullptr, nullptr, nullptr};
+    ShardCall shard{base, c.state.streams, c.state.temperatures, nullptr, nullptr};
     const bool warped = (flags & kCallWarpers) && !(flags & kCallAllGreedy);
     const SamplingArgs w = race_args(SamplingArgs::from_lists(params, param_values, "distributed.sample"));
-    const RngArgs rng{seed, offset, seed_value, offset_value, std::nullopt};
+    const RngArgs rng;  // the state's streams
     const auto race = [&] {
       run_sample<B>(std::nullopt, ext, false, w, rng, Wanted{/*logprobs=*/kind == kStepRace}, shard,
                     warped ? c.state.keeps : nullptr);
@@ -322,7 +328,7 @@ Tensor shard_local_op(int64_t step, const Tensor& state, const Tensor& x, const 
     if (c.columns > 0) {
       RngArgs no_draw;  // any noise: only the masses are read
       no_draw.seed_value = 0;
-      const ShardCall shard{base, nullptr, reinterpret_cast<ShardPartial*>(partials.data_ptr()), nullptr};
+      const ShardCall shard{base, nullptr, nullptr, reinterpret_cast<ShardPartial*>(partials.data_ptr()), nullptr};
       run_sample<B>(std::nullopt, ext, false, SamplingArgs{}, no_draw, Wanted{/*logprobs=*/true}, shard, nullptr);
       c.partials = shard.partials_out;
     }
@@ -423,11 +429,10 @@ SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   m.def("_shard_columns(Tensor local_logits, Tensor[] heads, int vocab_start, int vocab_size, int[] spans) -> "
         "(Tensor, int)");
   m.def("_shard_processing(Tensor columns, int base, " SYNCFREE_PARAMS_SCHEMA ") -> Tensor?[]");
-  m.def("_shard_begin(Tensor local_logits, int vocab_size, " SYNCFREE_PARAMS_SCHEMA ") -> Tensor");
+  m.def("_shard_begin(Tensor local_logits, int vocab_size, " SYNCFREE_PARAMS_SCHEMA ", Tensor? seed, Tensor? offset, "
+        "int? seed_value, int offset_value, Tensor rng_state) -> Tensor");
   m.def("_shard_local(int step, Tensor state, Tensor local_logits, Tensor columns, int base, int flags, "
-        SYNCFREE_PARAMS_SCHEMA ", Tensor? seed, Tensor? offset, int? seed_value, int offset_value, "
-        "Tensor rng_state) -> Tensor",
-        seeded);
+        SYNCFREE_PARAMS_SCHEMA ") -> Tensor");
   m.def("_shard_merge(int step, Tensor(a!) state, Tensor result) -> ()");
   m.def("_shard_finish(Tensor state, bool return_logprobs, bool return_valid, Tensor(a!)? out, int top_logprobs) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor)");

@@ -116,9 +116,9 @@ def _steps(x, vocab_start, vocab_size, params, rng, generator, return_logprobs, 
     heads = yield "gather", ops._shard_head(x)
     columns, base = ops._shard_columns(x, list(heads), vocab_start, vocab_size, spans)
     local = ops._shard_processing(columns, base, *lists), lists[1]  # in the columns' coordinates
-    state = ops._shard_begin(x, vocab_size, *lists)
+    state = ops._shard_begin(x, vocab_size, *lists, *rng, rng_state)  # temperatures and noise, once
     for step, kind in _native._C.shard_steps(flags):
-        buffer = ops._shard_local(step, state, x, columns, base, flags, *local, *rng, rng_state)
+        buffer = ops._shard_local(step, state, x, columns, base, flags, *local)
         ops._shard_merge(step, state, (yield kind, buffer))
     tokens, *rest = ops._shard_finish(state, return_logprobs, return_valid, out, top[0])
     return (out if out is not None else tokens, *rest)

@@ -13,9 +13,11 @@ struct ShardCall {
   // Global index of token 0, a multiple of kGroup (See Note [syncfree RNG
   // counter layout]).
   int64_t index_base;
-  // Set: seed and pos0 are read from memory on the input's device ([2]
-  // int64), one generator draw shared by every shard call.
-  const int64_t* rng_state;
+  // Set: each row's noise stream and temperature (the shard state's, set
+  // once per call; base is index_base), instead of the call's seeds and
+  // temperatures: no generator draw.
+  const RowStream* streams;
+  const float* temperatures;
   // Set: each row's merged partial is written here instead of a token.
   struct ShardPartial* partials_out;
   // Set: only group resolve_groups[row] is raced, token by token, and the
@@ -98,6 +100,23 @@ SF_HD int64_t position_of(const SampleParams& p, int64_t row) { return p.positio
 SF_HD int64_t process_row(const SampleParams& p, int64_t row) { return p.proc.per_position ? row : param_row(p, row); }
 SF_HD int64_t process_rows(const SampleParams& p) { return p.proc.per_position ? p.rows : p.rows / p.positions; }
 
+// Row `row`'s temperature as given (set_temperature reads it).
+SF_HD float row_temperature(const SampleParams& p, int64_t row) {
+  if (p.shard.temperatures != nullptr) return p.shard.temperatures[row];
+  return p.temperatures != nullptr ? p.temperatures[param_row(p, row)] : p.temperature;
+}
+
+// Row `row`'s noise stream (Note [syncfree RNG counter layout]), base 0.
+SF_HD RowStream row_stream(const SampleParams& p, int64_t row) {
+  if (p.seeds != nullptr) {
+    // Position j of a per-row seed draws as offset[row] + j (Note [Verifying a draft]).
+    const int64_t pr = param_row(p, row);
+    const uint64_t offset = p.offsets != nullptr ? uint64_t(p.offsets[pr]) : 0u;
+    return {uint64_t(p.seeds[pr]), offset + uint64_t(position_of(p, row)), 0u};
+  }
+  return {p.seed, uint64_t(row), p.pos0};
+}
+
 SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   RowRace r;
   const int64_t pr = param_row(p, row);
@@ -108,15 +127,9 @@ SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
     r.greedy = false;
     r.inv_temperature = 1.0f;
   } else {
-    set_temperature(r, p.temperatures != nullptr ? p.temperatures[pr] : p.temperature);
+    set_temperature(r, row_temperature(p, row));
   }
-  if (p.seeds != nullptr) {
-    // Position j of a per-row seed draws as offset[row] + j (Note [Verifying a draft]).
-    const uint64_t offset = p.offsets != nullptr ? uint64_t(p.offsets[pr]) : 0u;
-    r.stream = {uint64_t(p.seeds[pr]), offset + uint64_t(position_of(p, row)), 0u};
-  } else {
-    r.stream = {p.seed, uint64_t(row), p.pos0};
-  }
+  r.stream = p.shard.streams != nullptr ? p.shard.streams[row] : row_stream(p, row);
   r.stream.base = uint64_t(p.shard.index_base);
   r.proc = p.probs ? no_process() : row_process(p.proc, process_row(p, row));
   return r;

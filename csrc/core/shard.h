@@ -185,30 +185,42 @@ struct ShardRow {
 static_assert(sizeof(ShardRow) % 8 == 0 && std::is_trivially_copyable_v<ShardRow>,
               "ShardRows sit 8-byte aligned in a byte tensor and are copied as plain bytes");
 
-// A call's state is a byte tensor [rows, kShardStateRowBytes]: the kept sets
-// first (as the race reads them, RowKeep[rows]), then the ShardRows, 16-byte
-// aligned. Each row's bytes leave room for its RowKeep and the alignment.
-SF_HD int64_t shard_rows_offset(int64_t rows) { return (rows * int64_t(sizeof(RowKeep)) + 15) / 16 * 16; }
-constexpr int64_t kShardStateRowBytes = int64_t(sizeof(ShardRow)) + 16;
-static_assert(sizeof(RowKeep) <= 16, "rows * 16 bytes hold the kept sets and their alignment");
+// A call's state is a byte tensor [rows, kShardStateRowBytes]: arrays of
+// what the race reads (the kept sets, the noise streams, the temperatures:
+// set once by _shard_begin), then the ShardRows, each array 16-byte aligned.
+// Each row's bytes leave room for its entries and the alignments.
+SF_HD int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+constexpr int64_t kShardStateRowBytes =
+    int64_t(sizeof(RowKeep) + sizeof(RowStream) + sizeof(float) + sizeof(ShardRow)) + 3 * 16;
 
 struct ShardState {
   RowKeep* keeps;
+  RowStream* streams;
+  float* temperatures;
   ShardRow* rows;
 };
 
 SF_HD ShardState shard_state(void* base, int64_t rows) {
   char* b = static_cast<char*>(base);
-  return {reinterpret_cast<RowKeep*>(b), reinterpret_cast<ShardRow*>(b + shard_rows_offset(rows))};
+  const int64_t streams = align16(rows * int64_t(sizeof(RowKeep)));
+  const int64_t temperatures = streams + align16(rows * int64_t(sizeof(RowStream)));
+  const int64_t shard_rows = temperatures + align16(rows * int64_t(sizeof(float)));
+  return {reinterpret_cast<RowKeep*>(b), reinterpret_cast<RowStream*>(b + streams),
+          reinterpret_cast<float*>(b + temperatures), reinterpret_cast<ShardRow*>(b + shard_rows)};
 }
 
-// A row's start: its clamped warpers (p.vocab: the whole vocabulary) and temperature.
-SF_HD void shard_begin(const SampleParams& p, int64_t row, RowKeep& keep, ShardRow& r) {
+// A row's start: its clamped warpers (p.vocab: the whole vocabulary), its
+// temperature and noise stream (p's seeds, or p.seed and p.pos0 as the call's
+// generator draw set them), stored once for every step.
+SF_HD void shard_begin(const SampleParams& p, int64_t row, const ShardState& s) {
+  ShardRow& r = s.rows[row];
   r = ShardRow{};
-  keep = keep_all();
+  s.keeps[row] = keep_all();
+  s.temperatures[row] = row_temperature(p, row);
+  s.streams[row] = row_stream(p, row);
   r.w = row_warpers(p, row);
   RowRace race;
-  set_temperature(race, p.temperatures != nullptr ? p.temperatures[row] : p.temperature);
+  set_temperature(race, s.temperatures[row]);
   r.inv_temperature = race.inv_temperature;
   r.greedy = race.greedy;
   r.selecting = !r.greedy && any_warper(r.w);
@@ -474,6 +486,7 @@ struct ShardRowsCall {
   int64_t rows;
   ShardState state;
   SampleParams params;
+  const int64_t* rng_state;  // kBegin: the generator draw (seed, position) in the device's memory, or null
   const int64_t* in;
   int64_t in_width, ranks;
   const ShardPartial* partials;
@@ -492,9 +505,15 @@ SF_HD void run_shard_row(const ShardRowsCall& c, int64_t row) {
   RowKeep& keep = c.state.keeps[row];
   ShardRow& r = c.state.rows[row];
   switch (c.kind) {
-    case ShardRowsKind::kBegin:
-      shard_begin(c.params, row, keep, r);
+    case ShardRowsKind::kBegin: {
+      SampleParams p = c.params;
+      if (c.rng_state != nullptr) {
+        p.seed = uint64_t(c.rng_state[0]);
+        p.pos0 = uint64_t(c.rng_state[1]);
+      }
+      shard_begin(p, row, c.state);
       break;
+    }
     case ShardRowsKind::kMerge:
       shard_merge(keep, r, c.step, c.in + row * c.in_width, c.in_width, c.ranks, c.rows);
       break;

@@ -403,9 +403,6 @@ void sample_cpu(SampleParams p, c10::ScalarType dtype, const std::optional<at::G
     const GeneratorDraw draw = draw_generator_cpu(generator);
     p.seed = draw.seed;
     p.pos0 = draw.pos0;
-  } else if (p.shard.rng_state != nullptr) {
-    p.seed = uint64_t(p.shard.rng_state[0]);
-    p.pos0 = uint64_t(p.shard.rng_state[1]);
   }
   ExceptionTables tables;
   build_exceptions_cpu(p, tables);

@@ -187,9 +187,6 @@ __device__ __forceinline__ void take_rng(SampleParams& p, const RngArgs& a) {
     const auto seed_offset = at::cuda::philox::unpack(a.philox);
     p.seed = std::get<0>(seed_offset);
     p.pos0 = std::get<1>(seed_offset);
-  } else if (p.shard.rng_state != nullptr) {
-    p.seed = uint64_t(p.shard.rng_state[0]);
-    p.pos0 = uint64_t(p.shard.rng_state[1]);
   }
 }
 
