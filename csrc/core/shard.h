@@ -440,8 +440,10 @@ SF_HD void mass_entry(const LogSumExp& mass, int32_t inf_count, int64_t* out) {
 
 // A local pass's value of column i: processed (proc in the columns' own
 // coordinates: Note [Processing on a shard]), then scaled, as the race reads it.
+// kProcess false: a call without processing, whose lookups compile away.
+template <bool kProcess = true>
 SF_HD float shard_value(float x, int64_t i, const ShardRow& r, const RowProcess& proc) {
-  return scaled_logit(process_logit(x, i, proc), r.inv_temperature);
+  return scaled_logit(kProcess ? process_logit(x, i, proc) : x, r.inv_temperature);
 }
 
 // kStepTokenLogit's (kStepRawTokenLogit's) local part: the order key of the

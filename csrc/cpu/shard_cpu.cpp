@@ -6,6 +6,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../device_api.h"
 
@@ -43,8 +44,15 @@ void pass_rows(const ShardPassCall& c) {  // c.proc: tables built
       if (!shard_row_in(r, c.step)) continue;
       const float spread = row_spread(keep, r);
       RowSink sink{out};
-      for (int64_t i = 0; i < c.columns; ++i)
-        shard_token(keep, r, c.step, spread, shard_value(float(x[i]), i, r, proc), sink);
+      const auto tokens = [&](auto process) {  // std::bool_constant: the loop without lookups when false
+        for (int64_t i = 0; i < c.columns; ++i)
+          shard_token(keep, r, c.step, spread, shard_value<process()>(float(x[i]), i, r, proc), sink);
+      };
+      if (processes(proc)) {
+        tokens(std::true_type{});
+      } else {
+        tokens(std::false_type{});
+      }
     }
   });
 }

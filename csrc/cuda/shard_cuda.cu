@@ -9,6 +9,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../device_api.h"
 #include "block_select.cuh"
@@ -59,9 +60,16 @@ __global__ void __launch_bounds__(kPassThreads) syncfree_shard_pass_kernel(Shard
   __syncthreads();
   const float spread = row_spread(keep, r);
   SharedSink sink{&bins};
-  for (int64_t i = int64_t(blockIdx.y) * kPassThreads + threadIdx.x; i < c.columns;
-       i += int64_t(gridDim.y) * kPassThreads)
-    shard_token(keep, r, c.step, spread, shard_value(float(x[i]), i, r, proc), sink);
+  const auto tokens = [&](auto process) {  // std::bool_constant: the loop without lookups when false
+    for (int64_t i = int64_t(blockIdx.y) * kPassThreads + threadIdx.x; i < c.columns;
+         i += int64_t(gridDim.y) * kPassThreads)
+      shard_token(keep, r, c.step, spread, shard_value<process()>(float(x[i]), i, r, proc), sink);
+  };
+  if (processes(proc)) {  // uniform over the block
+    tokens(std::true_type{});
+  } else {
+    tokens(std::false_type{});
+  }
   __syncthreads();
   const bool is_max = step_kind(c.step) == kStepRowMax;
   auto* out = reinterpret_cast<unsigned long long*>(c.out + row * columns);

@@ -116,12 +116,13 @@ MUTANTS = [
            "warpers_keep_the_same_sets or warper_edge_rows"),
     # A pass over a shard that skips part of the row: wrong histograms, wrong kept sets.
     Mutant("shard-pass-skips-a-chunk", "cuda/shard_cuda.cu",
-           "i += int64_t(gridDim.y) * kPassThreads)", "i += int64_t(gridDim.y + 1) * kPassThreads)",
+           "i += int64_t(gridDim.y) * kPassThreads)\n      shard_token",
+           "i += int64_t(gridDim.y + 1) * kPassThreads)\n      shard_token",
            "shard_kernels"),
     # A shard's passes on unprocessed logits (Note [Processing on a shard]): other kept sets and masses.
     Mutant("shard-pass-ignores-processing", "cuda/shard_cuda.cu",
-           "shard_token(keep, r, c.step, spread, shard_value(float(x[i]), i, r, proc), sink);",
-           "shard_token(keep, r, c.step, spread, shard_value(float(x[i]), i, r, no_process()), sink);",
+           "  if (processes(proc)) {  // uniform over the block\n    tokens(std::true_type{});",
+           "  if (processes(proc)) {  // uniform over the block\n    tokens(std::false_type{});",
            "shard_kernels and processing"),
     Mutant("shard-resolve-without-processing", "cuda/sample_cuda.cu",
            "const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));\n    float y;",
