@@ -39,12 +39,14 @@ def _replies(kind, values):
     return values
 
 
-def simulate(logits, bounds, generator_seed=None, return_logprobs=True, return_valid=False, top=None, **kwargs):
+def simulate(logits, bounds, generator_seed=None, return_logprobs=True, return_valid=False, top=None, out=None,
+             **kwargs):
     """syncfree.distributed.sample over shards [start, end) of logits ([B, V]), one simulated rank
     per shard; each rank's (tokens, logprobs), (tokens, logprobs, valid) with return_valid, or with
     top = (return_top_logprobs, raw logprobs_mode) (tokens, logprobs, valid, top_ids, top_logprobs).
     generator_seed: every rank gets a CPU generator seeded with it (ranks must hold generators in
-    one state). The processing tensors are the whole rows', on every rank."""
+    one state). The processing tensors are the whole rows', on every rank. out: a function giving
+    each rank its out= tensor."""
     vocab = logits.shape[-1]
     ranks = []
     for start, end in bounds:
@@ -54,7 +56,7 @@ def simulate(logits, bounds, generator_seed=None, return_logprobs=True, return_v
         x, _, params, rng, _ = sd._arguments(logits[:, start:end], start, vocab, params, kwargs.get("seed"),
                                              kwargs.get("offset"), generator)
         ranks.append(sd._steps(x, start, vocab, params, rng, generator, return_logprobs, return_valid or bool(top),
-                               None, top or (0, False)))
+                               out() if out else None, top or (0, False)))
     requests = [next(r) for r in ranks]
     while True:
         kinds = {kind for kind, _ in requests}

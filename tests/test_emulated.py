@@ -357,6 +357,12 @@ def test_shard_top_logprobs(layer, mode):
         assert torch.equal(rank[0], want[0]) and torch.equal(rank[2], want[2]) and torch.equal(rank[3], want[3])
         torch.testing.assert_close(rank[1], want[1], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(rank[4], want[4], atol=1e-4, rtol=1e-4)
+    # out=: a strided column of a wider tensor receives every rank's tokens.
+    outs = []
+    with cuda_on_cpu.emulating():
+        simulate(logits, bounds, out=lambda: outs.append(torch.full((len(logits), 3), -5)) or outs[-1][:, 1], **kwargs)
+    for o in outs:
+        assert torch.equal(o[:, 1], want[0]) and (o[:, [0, 2]] == -5).all()
     assert tickets_are_zero(layer)
 
 
