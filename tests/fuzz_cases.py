@@ -636,7 +636,7 @@ def run_simulated(batch, examples):
                     continue
                 raise AssertionError("invalid processing was accepted")
             return
-        n = data.draw(st.sampled_from([0, 0, 1, 3, min(20, v)]))
+        n = data.draw(st.sampled_from([n for n in (0, 0, 1, 3, min(20, v)) if n <= v]))  # n <= V
         raw = data.draw(st.booleans())
         single = {k: w for k, w in kwargs.items() if k != "generator_seed"}
         if "generator_seed" in kwargs:
