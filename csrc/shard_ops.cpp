@@ -198,7 +198,8 @@ c10::List<std::optional<Tensor>> shard_processing_op(const Tensor& columns, int6
     Tensor local = global.narrow(1, first, words);
     if (shift != 0) {
       const Tensor next = global.narrow(1, first + 1, words);
-      local = local.bitwise_right_shift(shift).bitwise_or(next.bitwise_left_shift(32 - shift).bitwise_and(0xffffffffLL));
+      local = local.bitwise_right_shift(shift).bitwise_or(
+          next.bitwise_left_shift(32 - shift).bitwise_and(0xffffffffLL));
     }
     a.allowed_mask = local.to(at::kInt);  // the same 32 bits, as int32
   }
