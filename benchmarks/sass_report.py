@@ -14,6 +14,7 @@ instructions and instructions per element. tests/test_compiled_code.py asserts t
 make memory speed possible.
 """
 import argparse
+import bisect
 import dataclasses
 import json
 import os
@@ -147,14 +148,19 @@ def main_loop(instructions, elem):
             m = re.search(r"0x([0-9a-f]+)", operands)
             if m and int(m.group(1), 16) <= address:
                 loops.append((int(m.group(1), 16), address))
+    addresses = [a for a, _, _ in instructions]  # increasing
     best = None
     for start, end in loops:
-        nested = [(s, e) for s, e in loops if s >= start and e <= end and (s, e) != (start, end)]
-        own = [op for a, op, _ in instructions
-               if start <= a <= end and not any(s <= a <= e for s, e in nested)]
+        first, last = bisect.bisect_left(addresses, start), bisect.bisect_right(addresses, end)
+        in_nested = [False] * (last - first)
+        for s, e in loops:
+            if start <= s and e <= end and (s, e) != (start, end):
+                for i in range(bisect.bisect_left(addresses, s), bisect.bisect_right(addresses, e)):
+                    in_nested[i - first] = True
+        own = [op for (_, op, _), nested in zip(instructions[first:last], in_nested) if not nested]
         # Row loads: 16-byte vectors or one element wide (histograms and parameters load other widths).
         load_bytes = sum(w for w in (load_width(op) for op in own if op.startswith("LDG")) if w in (16, elem))
-        size = sum(1 for a, _, _ in instructions if start <= a <= end)
+        size = last - first
         if load_bytes and (best is None or (load_bytes, -size) > (best.load_bytes, -best.instructions)):
             best = Loop(size, load_bytes, load_bytes / elem)
     return best
@@ -169,6 +175,17 @@ def parse_min_blocks(ptx):
     return out
 
 
+def dump(cuobjdump, option, cubin):
+    """cuobjdump's output for a cubin, kept beside it (the cubin's name holds its sources' digest)."""
+    kept = cubin.with_name(f"{cubin.name}{option}.txt")
+    if not kept.exists():
+        text = subprocess.run([cuobjdump, option, str(cubin)], check=True, capture_output=True, text=True).stdout
+        tmp = kept.with_name(f"{kept.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, kept)
+    return kept.read_text()
+
+
 def kernel_reports(csrc=None):
     """{kernel name: KernelReport} for every kernel of csrc/cuda, or None without nvcc/cuobjdump."""
     from cuda_on_cpu import resources
@@ -181,10 +198,8 @@ def kernel_reports(csrc=None):
         threads = resources.parse_ptx(ptx_path.read_text())
         min_blocks = parse_min_blocks(ptx_path.read_text())
         ptxas = resources.parse_ptxas(log_path.read_text())
-        usage = parse_resources(subprocess.run([cuobjdump, "-res-usage", str(cubin)], check=True,
-                                               capture_output=True, text=True).stdout)
-        sass = parse_sass(subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True,
-                                         text=True).stdout)
+        usage = parse_resources(dump(cuobjdump, "-res-usage", cubin))
+        sass = parse_sass(dump(cuobjdump, "-sass", cubin))
         names = list(threads)
         for mangled, demangled in zip(names, resources._demangle(names)):
             name = resources._kernel_name(demangled)

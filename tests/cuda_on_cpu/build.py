@@ -65,6 +65,18 @@ def _sources(csrc):
             + [(LAYER / f"{name}.cpp", "layer") for name in ("fibers", "blocks", "runtime", "faults", "module")])
 
 
+def object_variant(variant, kind):
+    """The variant a source of `kind` is compiled as in a build of `variant`: the sanitizers
+    instrument the code they check and link the plain objects for the rest, which the plain
+    build (the quick tier's) has already compiled. ASan: all but the CPU path, which the
+    emulated ops never run. TSan: the emulated kernels and launchers (the races it looks for are
+    between their threads, fibers of one OS thread) and the layer (uninstrumented, but built
+    with its annotations); the op files run on the host thread alone."""
+    if variant == "asan" and kind == "cpu" or variant == "tsan" and kind in ("cpu", "cxx"):
+        return "plain"
+    return variant
+
+
 def _flags(variant, kind, csrc, defines, includes):
     # The shared rounding flags, at the variant's own optimisation level (compile time, sanitizers).
     rounding = [f for f in shared_flags(csrc, "CXX") if not f.startswith("-O")]
@@ -84,11 +96,12 @@ def _flags(variant, kind, csrc, defines, includes):
     return flags
 
 
-def _project_files(compiler, flags, source, csrc):
-    """The project files `source` includes, itself first (g++ -MM). -MM preprocesses torch's headers,
-    a second or two a file, so the list is remembered by source, flags and the digest of its files,
-    and reused while none of them changed (a mutant's copy of csrc/ rescans only the files that
-    include what it changed; ccache's direct mode does the same)."""
+def project_files(scan, source, csrc, under_csrc=False):
+    """The project files `source` includes, itself first, as the dependency scan `scan` (g++ -MM,
+    nvcc -M; `source` is appended) lists them; with under_csrc, only those under csrc. A scan
+    preprocesses torch's headers, a second or two a file, so the list is remembered by source, scan
+    and the digest of its files, and reused while none of them changed (a mutant's copy of csrc/
+    rescans only the files that include what it changed; ccache's direct mode does the same)."""
     roots = {"csrc": pathlib.Path(csrc), "layer": LAYER}
 
     def portable(f):
@@ -108,7 +121,8 @@ def _project_files(compiler, flags, source, csrc):
             h.update(f.encode() + b"\0" + local(f).read_bytes())
         return h.hexdigest()
 
-    entry_key = hashlib.sha256(" ".join([portable(source)] + [f for f in flags if not f.startswith(("-I", "/"))])
+    entry_key = hashlib.sha256(" ".join([portable(source), pathlib.Path(scan[0]).name]
+                                        + [f for f in scan[1:] if not f.startswith(("-I", "/"))])
                                .encode()).hexdigest()[:24]
     entry = CACHE / "deps" / f"{entry_key}.json"
     try:
@@ -117,9 +131,10 @@ def _project_files(compiler, flags, source, csrc):
             return [local(f) for f in saved["files"]]
     except (OSError, ValueError, KeyError):
         pass
-    deps = subprocess.run([compiler, *flags, "-MM", str(source)], check=True, capture_output=True, text=True,
-                          env=tool_env()).stdout
+    deps = subprocess.run([*scan, str(source)], check=True, capture_output=True, text=True, env=tool_env()).stdout
     files = [portable(d) for d in deps.replace("\\\n", " ").split()[1:]]
+    if under_csrc:
+        files = [f for f in files if f.startswith("csrc:")]
     files = list(dict.fromkeys(files))  # the source first, then its headers, once each
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.with_suffix(f".{os.getpid()}.tmp")
@@ -130,7 +145,7 @@ def _project_files(compiler, flags, source, csrc):
 
 def _key(compiler, flags, source, version, csrc):
     """Hash of the flags (minus paths), the source and every project header it includes."""
-    files = sorted({str(f) for f in _project_files(compiler, flags, source, csrc)})
+    files = sorted({str(f) for f in project_files([compiler, *flags, "-MM"], source, csrc)})
     h = hashlib.sha256()
     h.update(version.encode())
     h.update(" ".join(f for f in flags if not f.startswith(("-I", "/"))).encode())
@@ -185,12 +200,13 @@ def _build(variant, csrc, jobs, quiet):
     objects_dir.mkdir(parents=True, exist_ok=True)
 
     def compile_one(source, kind):
-        flags = _flags(variant, kind, csrc, defines, includes)
+        own = object_variant(variant, kind)
+        flags = _flags(own, kind, csrc, defines, includes)
         key = _key(compiler, flags, source, version, csrc)
-        obj = objects_dir / f"{source.stem}-{variant}-{key}.o"
+        obj = objects_dir / f"{source.stem}-{own}-{key}.o"
         if not obj.exists():
             if not quiet:
-                print(f"cuda_on_cpu: compiling {source.name} ({variant})", flush=True)
+                print(f"cuda_on_cpu: compiling {source.name} ({own})", flush=True)
             tmp = obj.with_suffix(f".{os.getpid()}.tmp")
             subprocess.run([compiler, *flags, "-c", str(source), "-o", str(tmp)], check=True, env=tool_env())
             if kind == "cuda":

@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 
-from .build import CACHE, ROOT, shared_flags, tool_env
+from .build import CACHE, ROOT, project_files, shared_flags, tool_env
 from build_env import find_cuda_home, nvidia_wheel_includes  # tools/, on sys.path through .build
 
 ARCH = "sm_90"
@@ -88,9 +88,8 @@ def compile_all(csrc=None):
     cache.mkdir(parents=True, exist_ok=True)
     out = {}
     for source in sorted((csrc / "cuda").glob("*.cu")):
-        deps = subprocess.run([str(home / "bin" / "nvcc"), *flags, "-M", str(source)], check=True,
-                              capture_output=True, text=True, env=tool_env()).stdout
-        project = sorted({d for d in deps.replace("\\\n", " ").split()[1:] if d.startswith(str(csrc))})
+        project = sorted({str(f) for f in project_files([str(home / "bin" / "nvcc"), *flags, "-M"], source, csrc,
+                                                        under_csrc=True)})
         h = hashlib.sha256(" ".join(flags[:6]).encode())
         for f in project:
             h.update(pathlib.Path(f).name.encode() + pathlib.Path(f).read_bytes())
