@@ -41,6 +41,12 @@ def test_a_planted_bug_is_caught(mutant, request):
     assert caught, f"mutant {mutant.name} was not caught:\n{output[-4000:]}"
 
 
+@pytest.mark.mutants
+def test_the_unmutated_sources_pass_as_a_mutant_is_built():
+    passed, output = mutations.run_control()
+    assert passed, f"the unmutated sources fail the mutants' selections:\n{output[-4000:]}"
+
+
 @pytest.mark.sanitizers
 @pytest.mark.parametrize("variant, selection", [
     ("asan", None),  # every quick case

@@ -94,13 +94,13 @@ def capture(graph):
         graph.capture_end()
 
 
-def run_variant(variant, pytest_args, timeout, env=None):
+def run_variant(variant, pytest_args, timeout, env=None, fresh_opt=None):
     """Runs pytest in a subprocess over the given variant's build (sanitizer runtime preloaded);
-    env: variables for it on top of os.environ (SYNCFREE_EMULATION_CSRC picks the sources)."""
+    env: variables for it on top of os.environ (SYNCFREE_EMULATION_CSRC picks the sources);
+    fresh_opt: see build.build."""
     env = dict(os.environ, **(env or {}))
-    env.update(SYNCFREE_EMULATION_VARIANT=variant, PYTHONUNBUFFERED="1",
-               SYNCFREE_EMULATION_MODULE=str(_build.build(variant, csrc=env.get("SYNCFREE_EMULATION_CSRC"),
-                                                          quiet=True)))
+    module = _build.build(variant, csrc=env.get("SYNCFREE_EMULATION_CSRC"), quiet=True, fresh_opt=fresh_opt)
+    env.update(SYNCFREE_EMULATION_VARIANT=variant, PYTHONUNBUFFERED="1", SYNCFREE_EMULATION_MODULE=str(module))
     runtime = _build.sanitizer_runtime(variant) if variant != "plain" else None
     if variant != "plain":
         if runtime is None:

@@ -122,7 +122,7 @@ def project_files(scan, source, csrc, under_csrc=False):
         return h.hexdigest()
 
     entry_key = hashlib.sha256(" ".join([portable(source), pathlib.Path(scan[0]).name]
-                                        + [f for f in scan[1:] if not f.startswith(("-I", "/"))])
+                                        + [f for f in scan[1:] if not f.startswith(("-I", "/", "-O"))])
                                .encode()).hexdigest()[:24]
     entry = CACHE / "deps" / f"{entry_key}.json"
     try:
@@ -186,13 +186,15 @@ def cache_lock():
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build(variant="plain", csrc=None, jobs=None, quiet=False):
-    """Compiles (or finds in the cache) the layer's module for `variant`; returns its path."""
+def build(variant="plain", csrc=None, jobs=None, quiet=False, fresh_opt=None):
+    """Compiles (or finds in the cache) the layer's module for `variant`; returns its path.
+    fresh_opt ("-O1"): the optimisation level of an object the cache lacks at the variant's own
+    (Note [A mutant's build] in mutations.py)."""
     with cache_lock():
-        return _build(variant, csrc, jobs, quiet)
+        return _build(variant, csrc, jobs, quiet, fresh_opt)
 
 
-def _build(variant, csrc, jobs, quiet):
+def _build(variant, csrc, jobs, quiet, fresh_opt):
     csrc = pathlib.Path(csrc or ROOT / "csrc").resolve()
     compiler = os.environ.get("CXX", "g++")
     defines, includes, torch_lib, version = _torch_flags()
@@ -202,8 +204,10 @@ def _build(variant, csrc, jobs, quiet):
     def compile_one(source, kind):
         own = object_variant(variant, kind)
         flags = _flags(own, kind, csrc, defines, includes)
-        key = _key(compiler, flags, source, version, csrc)
-        obj = objects_dir / f"{source.stem}-{own}-{key}.o"
+        obj = objects_dir / f"{source.stem}-{own}-{_key(compiler, flags, source, version, csrc)}.o"
+        if not obj.exists() and fresh_opt and kind != "cpu":
+            flags = [fresh_opt if f.startswith("-O") else f for f in flags]
+            obj = objects_dir / f"{source.stem}-{own}-{_key(compiler, flags, source, version, csrc)}.o"
         if not obj.exists():
             if not quiet:
                 print(f"cuda_on_cpu: compiling {source.name} ({own})", flush=True)

@@ -23,6 +23,14 @@ from .build import ROOT
 TESTS = ROOT / "tests"
 
 
+# Note [A mutant's build]
+# A mutant recompiles only the translation units its change reaches (build.py caches objects by
+# the content of their sources and headers) and links them with the cached objects of the rest;
+# the builds take the cache's lock one at a time, so they set the tier's pace (~13 s a mutant at
+# -O2 on 2 cores, ~40 s for a core header). The units it recompiles are built at -O1, about 60%
+# of -O2's time: what the layer checks does not depend on the optimisation level (the ASan +
+# UBSan build, which looks for the undefined behaviour that would make it, is -O1 throughout).
+#
 # Note [A mutant's resource report]
 # The layer checks each launch against the kernel's __launch_bounds__ and registers, read from
 # nvcc's sm_90 build of the sources (resources.py): 15-20 s of nvcc a changed .cu file, half a
@@ -254,7 +262,7 @@ def run(mutant, timeout=900):
         if mutant.keeps_launch_bounds():
             env["SYNCFREE_EMULATION_RESOURCES_CSRC"] = str(ROOT / "csrc")
         result = run_variant(mutant.variant, [str(TESTS / "test_emulated.py"), "-x", "-q", "-k", mutant.tests],
-                             timeout, env)
+                             timeout, env, fresh_opt="-O1")
     if result is None:
         return None, f"no {mutant.variant} runtime here"
     output = result.stdout + result.stderr
@@ -264,6 +272,25 @@ def run(mutant, timeout=900):
     ran = " passed" in output or " failed" in output or "Sanitizer" in output
     caught = failed_test and built and ran and mutant.expect in output
     return caught, output
+
+
+def run_control(timeout=1800):
+    """(passed, output): the unmutated sources, every kernel file recompiled as a mutant's are
+    (Note [A mutant's build]), through every plain mutant's selection at once: a mutant counts as
+    caught only if this passes."""
+    from . import run_variant
+    selection = " or ".join(f"({m.tests})" for m in MUTANTS if m.variant == "plain" and m.quick)
+    with tempfile.TemporaryDirectory(prefix="mutant-control-") as tmp:
+        csrc = pathlib.Path(tmp) / "csrc"
+        shutil.copytree(ROOT / "csrc", csrc)
+        for source in (csrc / "cuda").glob("*.cu"):  # a new digest: built afresh, at -O1
+            source.write_text(source.read_text() + "\n// the mutants' control\n")
+        env = {"SYNCFREE_EMULATION_CSRC": str(csrc), "SYNCFREE_EMULATION_QUICK": "1",
+               "SYNCFREE_EMULATION_RESOURCES_CSRC": str(ROOT / "csrc")}
+        result = run_variant("plain", [str(TESTS / "test_emulated.py"), "-q", "-k", selection], timeout, env,
+                             fresh_opt="-O1")
+    output = result.stdout + result.stderr
+    return result.returncode == 0 and " passed" in output, output
 
 
 def run_all(mutants, workers=None):

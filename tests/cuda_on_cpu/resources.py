@@ -5,7 +5,9 @@ gives each kernel's __launch_bounds__ (.maxntid), and ptxas -v on it the registe
 static shared memory. Results are cached by the sources' content. Needs a CUDA toolkit
 (nvcc, ptxas, c++filt); without one report() returns None and launches go unchecked.
 """
+import fcntl
 import hashlib
+import os
 import pathlib
 import re
 import shutil
@@ -96,13 +98,18 @@ def compile_all(csrc=None):
         key = h.hexdigest()[:24]
         ptx_path, log_path = cache / f"{source.stem}-{key}.ptx", cache / f"{source.stem}-{key}.ptxas"
         cubin_path = cache / f"{source.stem}-{key}.cubin"
-        if not (log_path.exists() and cubin_path.exists()):
-            print(f"cuda_on_cpu: nvcc resource report for {source.name}", flush=True)
-            subprocess.run([str(home / "bin" / "nvcc"), *flags, "-ptx", str(source), "-o", str(ptx_path)], check=True,
-                           env=tool_env())
-            log = subprocess.run([str(home / "bin" / "ptxas"), f"-arch={ARCH}", "-v", str(ptx_path), "-o",
-                                  str(cubin_path)], check=True, capture_output=True, text=True, env=tool_env())
-            log_path.write_text(log.stdout + log.stderr)
+        # One compile a file: the background build's report and the compiled-code tests may ask at once.
+        with open(cache / f"{source.stem}-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (log_path.exists() and cubin_path.exists()):
+                print(f"cuda_on_cpu: nvcc resource report for {source.name}", flush=True)
+                subprocess.run([str(home / "bin" / "nvcc"), *flags, "-ptx", str(source), "-o", str(ptx_path)],
+                               check=True, env=tool_env())
+                log = subprocess.run([str(home / "bin" / "ptxas"), f"-arch={ARCH}", "-v", str(ptx_path), "-o",
+                                      str(cubin_path)], check=True, capture_output=True, text=True, env=tool_env())
+                tmp = log_path.with_name(f"{log_path.name}.{os.getpid()}.tmp")
+                tmp.write_text(log.stdout + log.stderr)
+                os.replace(tmp, log_path)
         out[source.stem] = (ptx_path, log_path, cubin_path)
     return out
 
