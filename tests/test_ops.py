@@ -72,12 +72,19 @@ def test_fake_tensor_mode():
         assert tokens.shape == (3,) and logprobs.shape == (3,)
 
 
-def test_torch_compile_fullgraph_matches_eager():
+# Inductor generates and compiles C++ for the code around the ops: ~20 s the first time on a fresh
+# machine, so its runs are in the slow tier; aot_eager traces the same graph (fake kernels,
+# functionalization of out=) without code generation.
+BACKENDS = ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_matches_eager(backend):
     def step(logits, temperature, seeds, offsets):
         tokens, logprobs = syncfree.sample(logits, temperature, seed=seeds, offset=offsets, return_logprobs=True)
         return tokens + 1, logprobs * 2
 
-    compiled = torch.compile(step, fullgraph=True, backend="inductor")
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
     x = torch.randn(8, 3000)
     temps, seeds, offsets = torch.rand(8) + 0.2, torch.arange(8) * 11, torch.arange(8)
     eager = step(x, temps, seeds, offsets)
@@ -86,11 +93,12 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(got[1], eager[1])
 
 
-def test_torch_compile_fullgraph_default_generator_and_scalars():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_default_generator_and_scalars(backend):
     def step(logits):
         return syncfree.sample(logits, 0.8, out=None), syncfree.sample(logits, 0.0)
 
-    compiled = torch.compile(step, fullgraph=True)
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
     x = torch.randn(4, 500)
     torch.manual_seed(3)
     got = compiled(x)
@@ -107,12 +115,13 @@ def test_import_against_another_torch_says_how_to_rebuild(monkeypatch):
         _native._load()
 
 
-def test_torch_compile_with_out():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_with_out(backend):
     def step(logits, seeds, out):
         syncfree.sample(logits, 0.9, seed=seeds, out=out)
         return out * 2
 
-    compiled = torch.compile(step, fullgraph=True)
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
     x, seeds = torch.randn(5, 700), torch.arange(5)
     out = torch.full((5,), -1, dtype=torch.int64)
     doubled = compiled(x, seeds, out)

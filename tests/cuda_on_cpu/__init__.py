@@ -37,7 +37,7 @@ def build_in_background():
     code = ("import os, cuda_on_cpu.build as b, cuda_on_cpu.resources as r; "
             "csrc = os.environ.get('SYNCFREE_EMULATION_CSRC'); "
             "b.build(os.environ.get('SYNCFREE_EMULATION_VARIANT', 'plain'), csrc=csrc)\n"
-            "with b.cache_lock(): r.report(csrc=os.environ.get('SYNCFREE_EMULATION_RESOURCES_CSRC') or csrc)")
+            "r.report(csrc=os.environ.get('SYNCFREE_EMULATION_RESOURCES_CSRC') or csrc)")
     with open(_build.CACHE / "background.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-c", code], cwd=pathlib.Path(__file__).resolve().parent.parent,
                                    stdout=log, stderr=subprocess.STDOUT, env=_build.tool_env())
@@ -59,8 +59,9 @@ def load(variant=None, csrc=None):
         spec = importlib.util.spec_from_file_location("_cuda_on_cpu", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        with _build.cache_lock():  # a mutant may take its unmutated sources' report (mutations.py)
-            report = _resources.report(csrc=os.environ.get("SYNCFREE_EMULATION_RESOURCES_CSRC") or csrc)
+        # Not under the cache's lock (resources.py locks each file it compiles): a mutant's tests
+        # need not wait for another mutant's build. A mutant may take its unmutated sources' report.
+        report = _resources.report(csrc=os.environ.get("SYNCFREE_EMULATION_RESOURCES_CSRC") or csrc)
         if report is not None:
             module.set_kernel_resources(report)
             module.configure(require_resources=True)

@@ -7,7 +7,7 @@ build error does not count). tests/test_mutants.py runs them (the `mutants` tier
 "Tests"), and its quick tier checks that each mutant's text still occurs exactly once in csrc/;
 by hand, before a kernel change:
 
-    python -m cuda_on_cpu.mutations [name ...]      # from tests/; about a minute a mutant (2 cores)
+    python -m cuda_on_cpu.mutations [name ...]      # from tests/; 10-50 s a mutant (2 cores)
 """
 import concurrent.futures
 import dataclasses
