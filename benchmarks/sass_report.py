@@ -177,12 +177,11 @@ def parse_min_blocks(ptx):
 
 def dump(cuobjdump, option, cubin):
     """cuobjdump's output for a cubin, kept beside it (the cubin's name holds its sources' digest)."""
+    from cuda_on_cpu.build import write_whole
     kept = cubin.with_name(f"{cubin.name}{option}.txt")
     if not kept.exists():
-        text = subprocess.run([cuobjdump, option, str(cubin)], check=True, capture_output=True, text=True).stdout
-        tmp = kept.with_name(f"{kept.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, kept)
+        write_whole(kept, subprocess.run([cuobjdump, option, str(cubin)], check=True, capture_output=True,
+                                         text=True).stdout)
     return kept.read_text()
 
 

@@ -214,13 +214,19 @@ def test_per_row_warpers_with_clamped_values(target):
     parity.check_per_row_warpers(target, cases(48, 8))
 
 
-def test_warper_candidates_fitting_and_overflowing(target):
-    # Quick runs (the sanitizers, the mutants) keep top-p alone (the mass pass, rows that fit) and
-    # the per-row configuration (both paths); ThreadSanitizer, ~40 times slower than a plain run
-    # here, the per-row one alone.
-    configs = parity.CANDIDATE_CONFIGS
-    quick = [configs[-1]] if os.environ.get("SYNCFREE_EMULATION_VARIANT") == "tsan" else [configs[1], configs[-1]]
-    x, temps = parity.check_warper_candidates(target, cases(configs, quick))
+def candidate_config_id(config):
+    if any(isinstance(v, list) for v in config.values()):
+        return "per_row"
+    return "-".join(f"{k}{v}" for k, v in config.items())
+
+
+# Quick runs (the sanitizers, the mutants) keep top-p alone (the mass pass, rows that fit) and the
+# per-row configuration (both paths; ThreadSanitizer runs it alone).
+@pytest.mark.parametrize("config", cases(parity.CANDIDATE_CONFIGS, [parity.CANDIDATE_CONFIGS[1],
+                                                                    parity.CANDIDATE_CONFIGS[-1]]),
+                         ids=candidate_config_id)
+def test_warper_candidates_fitting_and_overflowing(target, config):
+    x, temps = parity.check_warper_candidates(target, [config])
     # Both paths ran: the napkin model (the kernels' decisions on the host) says which rows fit.
     fits = [select_napkin(x[r] / temps[r], 50, 1.0, 0.0, 1.0, rows=6, sm_count=SM_COUNT)["fits"]
             for r in range(6)]

@@ -52,8 +52,8 @@ def test_the_unmutated_sources_pass_as_a_mutant_is_built():
     ("asan", None),  # every quick case
     # ThreadSanitizer is ~40 times slower than a plain run: a case of each kernel's synchronisation
     # (the races it finds do not depend on the element type).
-    ("tsan", "(tokens_logprobs_and_valid and float32) or warper_edge_rows or warper_candidates or shard_kernels "
-             "or (processing_matches and 7x3000)"),
+    ("tsan", "(tokens_logprobs_and_valid and float32) or warper_edge_rows or (warper_candidates and per_row) "
+             "or shard_kernels or (processing_matches and 7x3000)"),
 ])
 def test_the_emulated_kernels_under_sanitizers(variant, selection, monkeypatch):
     monkeypatch.setenv("SYNCFREE_EMULATION_QUICK", "1")

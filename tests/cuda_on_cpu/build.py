@@ -96,6 +96,13 @@ def _flags(variant, kind, csrc, defines, includes):
     return flags
 
 
+def write_whole(path, text):
+    """Writes a cache file so that a reader sees all of it or none (another process may be reading)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def project_files(scan, source, csrc, under_csrc=False):
     """The project files `source` includes, itself first, as the dependency scan `scan` (g++ -MM,
     nvcc -M; `source` is appended) lists them; with under_csrc, only those under csrc. A scan
@@ -137,9 +144,7 @@ def project_files(scan, source, csrc, under_csrc=False):
         files = [f for f in files if f.startswith("csrc:")]
     files = list(dict.fromkeys(files))  # the source first, then its headers, once each
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"files": files, "digest": digest(files)}))
-    os.replace(tmp, entry)
+    write_whole(entry, json.dumps({"files": files, "digest": digest(files)}))
     return [local(f) for f in files]
 
 

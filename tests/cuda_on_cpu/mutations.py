@@ -251,18 +251,24 @@ MUTANTS = [
 ]
 
 
-def run(mutant, timeout=900):
-    """(caught, output) of the emulated tests over a copy of csrc/ with the mutant planted."""
+def _run_on_a_copy(edit, variant, pytest_args, quick, own_report, timeout):
+    """The emulated tests over a copy of csrc/ that edit(csrc) changes, built as a mutant's are (Note
+    [A mutant's build]); None where the variant's runtime is missing."""
     from . import run_variant
-    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
         csrc = pathlib.Path(tmp) / "csrc"
         shutil.copytree(ROOT / "csrc", csrc)
-        mutant.apply(csrc)
-        env = {"SYNCFREE_EMULATION_CSRC": str(csrc), "SYNCFREE_EMULATION_QUICK": "1" if mutant.quick else "0"}
-        if mutant.keeps_launch_bounds():
+        edit(csrc)
+        env = {"SYNCFREE_EMULATION_CSRC": str(csrc), "SYNCFREE_EMULATION_QUICK": "1" if quick else "0"}
+        if not own_report:
             env["SYNCFREE_EMULATION_RESOURCES_CSRC"] = str(ROOT / "csrc")
-        result = run_variant(mutant.variant, [str(TESTS / "test_emulated.py"), "-x", "-q", "-k", mutant.tests],
-                             timeout, env, fresh_opt="-O1")
+        return run_variant(variant, [str(TESTS / "test_emulated.py"), *pytest_args], timeout, env, fresh_opt="-O1")
+
+
+def run(mutant, timeout=900):
+    """(caught, output) of the emulated tests over a copy of csrc/ with the mutant planted."""
+    result = _run_on_a_copy(mutant.apply, mutant.variant, ["-x", "-q", "-k", mutant.tests], mutant.quick,
+                            not mutant.keeps_launch_bounds(), timeout)
     if result is None:
         return None, f"no {mutant.variant} runtime here"
     output = result.stdout + result.stderr
@@ -275,20 +281,14 @@ def run(mutant, timeout=900):
 
 
 def run_control(timeout=1800):
-    """(passed, output): the unmutated sources, every kernel file recompiled as a mutant's are
-    (Note [A mutant's build]), through every plain mutant's selection at once: a mutant counts as
-    caught only if this passes."""
-    from . import run_variant
-    selection = " or ".join(f"({m.tests})" for m in MUTANTS if m.variant == "plain" and m.quick)
-    with tempfile.TemporaryDirectory(prefix="mutant-control-") as tmp:
-        csrc = pathlib.Path(tmp) / "csrc"
-        shutil.copytree(ROOT / "csrc", csrc)
-        for source in (csrc / "cuda").glob("*.cu"):  # a new digest: built afresh, at -O1
+    """(passed, output): the unmutated sources, every kernel file recompiled as a mutant's are,
+    through every plain mutant's selection at once: a mutant counts as caught only if this passes."""
+    def touch_kernel_files(csrc):  # a new digest: built afresh, at -O1
+        for source in (csrc / "cuda").glob("*.cu"):
             source.write_text(source.read_text() + "\n// the mutants' control\n")
-        env = {"SYNCFREE_EMULATION_CSRC": str(csrc), "SYNCFREE_EMULATION_QUICK": "1",
-               "SYNCFREE_EMULATION_RESOURCES_CSRC": str(ROOT / "csrc")}
-        result = run_variant("plain", [str(TESTS / "test_emulated.py"), "-q", "-k", selection], timeout, env,
-                             fresh_opt="-O1")
+
+    selection = " or ".join(f"({m.tests})" for m in MUTANTS if m.variant == "plain" and m.quick)
+    result = _run_on_a_copy(touch_kernel_files, "plain", ["-q", "-k", selection], True, False, timeout)
     output = result.stdout + result.stderr
     return result.returncode == 0 and " passed" in output, output
 

@@ -7,13 +7,12 @@ static shared memory. Results are cached by the sources' content. Needs a CUDA t
 """
 import fcntl
 import hashlib
-import os
 import pathlib
 import re
 import shutil
 import subprocess
 
-from .build import CACHE, ROOT, project_files, shared_flags, tool_env
+from .build import CACHE, ROOT, project_files, shared_flags, tool_env, write_whole
 from build_env import find_cuda_home, nvidia_wheel_includes  # tools/, on sys.path through .build
 
 ARCH = "sm_90"
@@ -107,9 +106,7 @@ def compile_all(csrc=None):
                                check=True, env=tool_env())
                 log = subprocess.run([str(home / "bin" / "ptxas"), f"-arch={ARCH}", "-v", str(ptx_path), "-o",
                                       str(cubin_path)], check=True, capture_output=True, text=True, env=tool_env())
-                tmp = log_path.with_name(f"{log_path.name}.{os.getpid()}.tmp")
-                tmp.write_text(log.stdout + log.stderr)
-                os.replace(tmp, log_path)
+                write_whole(log_path, log.stdout + log.stderr)
         out[source.stem] = (ptx_path, log_path, cubin_path)
     return out
 
