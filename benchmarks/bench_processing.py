@@ -15,13 +15,13 @@ exponential race; 'x sf' = its time / syncfree's, CPU bar >= 10x for 'all' at 64
 Configurations: pen = repetition 1.2, frequency 0.5, presence 0.5 over T = 256 output tokens
 (half from the row's 64 largest logits, with repeats) and a P = 256 prompt; bias = K = 16
 tokens in [-10, 10); mask = random bits (about half allowed); top20 / top20raw = the top-20
-logprobs, "processed" / "raw"; k50+p0.9 = top-k 50 + top-p 0.9; all = everything;
-all-top20 = all without the logprobs.
+logprobs, "processed" / "raw" (top20rank: raw and the chosen token's rank, as vLLM asks);
+k50+p0.9 = top-k 50 + top-p 0.9; all = everything; all-top20 = all without the logprobs.
 Before timing, each shape checks the PyTorch pipeline against syncfree: greedy ids under mask +
 bias + penalties, the top-20 ids and logprobs and the chosen logprob (processed, with and
-without top-k + top-p, and raw), ids differing only between logprobs tied within 1e-4 (the
-top-p check counts on float32 only: vLLM's top-p cut splits tied logits in sort order, syncfree
-keeps ties together, and bfloat16 ties often).
+without top-k + top-p, and raw with the rank), ids differing only between logprobs tied within
+1e-4 (the top-p check counts on float32 only: vLLM's top-p cut splits tied logits in sort order,
+syncfree keeps ties together, and bfloat16 ties often).
 Napkin model next to each time: 'passes' = full reads of the logits (CPU: race, warpers,
 logprob stage; CUDA: the sampling kernel, the selection plan's reads of the worst row, the
 logprob stage's passes), 'MB read', 'MB extra' (mask, history, bias, exception tables) and
@@ -69,11 +69,12 @@ CONFIGS = {
     "mask": dict(mask=True),
     "top20": dict(top_n=TOP_N),
     "top20raw": dict(top_n=TOP_N, raw=True),
+    "top20rank": dict(top_n=TOP_N, raw=True, rank=True),
     "k50+p0.9": dict(top_k=50, top_p=0.9),
     "all": dict(pen=True, bias=True, mask=True, top_n=TOP_N, top_k=50, top_p=0.9),
     "all-top20": dict(pen=True, bias=True, mask=True, top_k=50, top_p=0.9),
 }
-IDENTITY = dict(pen=False, bias=False, mask=False, top_n=0, raw=False, top_k=0, top_p=1.0)
+IDENTITY = dict(pen=False, bias=False, mask=False, top_n=0, raw=False, rank=False, top_k=0, top_p=1.0)
 
 
 @dataclasses.dataclass
@@ -129,7 +130,7 @@ def syncfree_kwargs(cfg, pc):
         kw.update(allowed_mask=pc.allowed_mask)
     if cfg["top_n"]:
         kw.update(return_logprobs=True, return_top_logprobs=cfg["top_n"],
-                  logprobs_mode="raw" if cfg["raw"] else "processed")
+                  logprobs_mode="raw" if cfg["raw"] else "processed", return_rank=cfg["rank"])
     return kw
 
 
@@ -209,7 +210,7 @@ def process_torch(cfg, pc, temperature):
 
 
 def torch_pipeline(cfg, pc, temperature=TEMPERATURE):
-    """ids, or (ids, logprob, top ids, top logprobs) with top-n: what syncfree returns."""
+    """ids, or (ids, logprob, top ids, top logprobs[, vLLM's rank]) with top-n: what syncfree returns."""
     x = process_torch(cfg, pc, temperature)
     if temperature == 0:
         ids = x.argmax(dim=-1)
@@ -221,7 +222,8 @@ def torch_pipeline(cfg, pc, temperature=TEMPERATURE):
     source = pc.case.logits.float() if cfg["raw"] else x
     logprobs = source.log_softmax(dim=-1)
     top = logprobs.topk(cfg["top_n"], dim=-1)
-    return ids, logprobs.gather(-1, ids[:, None]).squeeze(-1), top.indices, top.values
+    chosen = logprobs.gather(-1, ids[:, None])
+    return (ids, chosen.squeeze(-1), top.indices, top.values) + (((logprobs >= chosen).sum(-1),) if cfg["rank"] else ())
 
 
 # --- faithfulness check ---------------------------------------------------------------------
@@ -254,8 +256,8 @@ def check_pipeline(pc):
     # token's logprob. Under top-p only float32 counts (the tie rule differs; see the docstring).
     processed = {**IDENTITY, "pen": True, "bias": True, "mask": True, "top_n": TOP_N}
     low_precision = pc.case.logits.dtype != torch.float32
-    for name, cfg in (("pen+bias+mask", processed), ("all", full_cfg("all")), ("raw", full_cfg("top20raw"))):
-        sf_ids, sf_lp, sf_top, sf_top_lp = syncfree_call(cfg, pc)
+    for name, cfg in (("pen+bias+mask", processed), ("all", full_cfg("all")), ("raw", full_cfg("top20rank"))):
+        sf_ids, sf_lp, sf_top, sf_top_lp, *sf_rank = syncfree_call(cfg, pc)
         source = pc.case.logits.float() if cfg["raw"] else process_torch(cfg, pc, TEMPERATURE)
         ref_lp = source.log_softmax(dim=-1)
         ref_top = ref_lp.topk(cfg["top_n"], dim=-1)
@@ -265,13 +267,15 @@ def check_pipeline(pc):
         err = (ref_top.values[finite] - sf_top_lp[finite]).abs().max().item() if finite.any() else 0.0
         chosen = ref_lp.gather(-1, sf_ids[:, None]).squeeze(-1)
         lp_err = (chosen - sf_lp).abs().max().item() if torch.isfinite(chosen).all() else float("inf")
-        good = bad == 0 and same_inf and err <= 1e-3 and lp_err <= 1e-3
+        rank_bad = int((sf_rank[0] != (ref_lp >= chosen[:, None]).sum(-1)).sum()) if sf_rank else 0
+        good = bad == 0 and same_inf and err <= 1e-3 and lp_err <= 1e-3 and rank_bad == 0
         informative = name == "all" and low_precision
         if not informative:
             ok &= good
         notes.append(f"top-{cfg['top_n']} {'raw' if cfg['raw'] else 'processed (' + name + ')'}: "
                      f"{int((sf_top == ref_top.indices).sum())}/{sf_top.numel()} ids equal, "
                      f"{bad} true mismatches, max |dlogprob| {err:.1e}, chosen {lp_err:.1e}"
+                     + (f", ranks {len(sf_ids) - rank_bad}/{len(sf_ids)} equal" if sf_rank else "")
                      + ("" if same_inf else ", -inf positions differ")
                      + (f" ({'agrees' if good else 'differs'}; for information: top-p's tie rule)"
                         if informative else ""))
@@ -292,6 +296,7 @@ def napkin(cfg, pc, device, sm_count):
     exceptions = cfg["pen"] or cfg["bias"]
     top_reads_cpu = (2 if cfg["raw"] else 1) if cfg["top_n"] else 0  # raw: its mass pass, then the top pass
     top_reads_cuda = (2 + (1 if cfg["raw"] else 0)) if cfg["top_n"] else 0  # scan + compaction (+ raw mass)
+    # The rank is counted in the top pass (CPU) and in the scan (CUDA): no read, no launch of its own.
     reads_cuda, launches, fits = 1, 1, b
     if warped:
         y = process_torch({**cfg, "top_k": 0, "top_p": 1.0}, pc, TEMPERATURE).cpu()
@@ -499,8 +504,7 @@ def main():
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    device = args.device
-    check_device(device)
+    check_device(device := args.device)
     config_names = [c for c in args.configs.split(",") if c]
     unknown = [c for c in config_names if c not in CONFIGS]
     if unknown:
@@ -532,8 +536,7 @@ def main():
                     ok, note = check_pipeline(cases[0])
                     checks.append(dict(base, ok=ok, note=note))
                     print(f"  check {dname} B={batch} V={vocab}: {'ok' if ok else 'FAILED'}: {note}", flush=True)
-                shape_rows = []
-                temp_us = None
+                shape_rows, temp_us = [], None
                 for config, cfg, methods in [("temp", dict(IDENTITY), baseline_methods())] + \
                         [(n, c, build_methods(c)) for n, c in configs.items()]:
                     config_rows = []
@@ -541,8 +544,7 @@ def main():
                         us, synced, error = measure(m, cases, device, budget_s, cpu_timer)
                         config_rows.append(dict(base, config=config, method=m.name, us=us,
                                                 synced=synced, error=error))
-                    if config == "temp":
-                        temp_us = config_rows[0]["us"]
+                    temp_us = config_rows[0]["us"] if config == "temp" else temp_us
                     sf_us = config_rows[0]["us"]
                     config_rows[0].update(napkin(cfg, cases[0], device, sms))
                     for r in config_rows:
@@ -585,15 +587,13 @@ def main():
     paths = {k: os.path.join(args.out, f"{k}_processing_{device}.{ext}")
              for k, ext in [("table", "txt"), ("results", "json")]}
     paths["plot"] = os.path.join(args.out, f"processing_{device}.png")
-    with open(paths["table"], "w") as f:
-        f.write(text)
-    with open(paths["results"], "w") as f:
+    with open(paths["table"], "w") as table, open(paths["results"], "w") as f:
+        table.write(text)
         json.dump({"meta": meta, "configs": {n: CONFIGS[n] for n in config_names},
                    "checks": checks, "results": results}, f, indent=1)
     plotted = not args.no_plot and write_plot(paths["plot"], results, meta, list(configs))
     print("wrote " + ", ".join(p for k, p in paths.items() if k != "plot" or plotted))
-    if failed:
-        sys.exit(1)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

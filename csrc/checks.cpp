@@ -189,6 +189,7 @@ void check_processing(const SamplingArgs& a, const Tensor& input, bool probs) {
 void check_wanted(const Wanted& wanted, const Tensor& input, bool probs) {
   TORCH_CHECK_VALUE(!probs || (wanted.top_logprobs == 0 && !wanted.raw_logprobs),
                     "probs: top-n logprobs and logprobs_mode apply to logits only");
+  TORCH_CHECK_VALUE(!probs || !wanted.rank, "return_rank: ranks apply to logits only");
   TORCH_CHECK_VALUE(wanted.top_logprobs >= 0 && wanted.top_logprobs <= 20 && wanted.top_logprobs <= input.size(-1),
                     "return_top_logprobs: expected an int in [0, min(20, V)], got ", wanted.top_logprobs);
 }

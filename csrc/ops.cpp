@@ -104,6 +104,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   top_shape.push_back(wanted.top_logprobs);
   o.top_ids = at::empty(top_shape, options.dtype(at::kLong));
   o.top_logprobs = at::empty(top_shape, options.dtype(at::kFloat));
+  o.rank = at::empty(wanted.rank ? batch_shape : std::vector<int64_t>{0}, options.dtype(at::kLong));
   if (B == Backend::kMeta || rows == 0) return o;
 
   SampleParams p{};
@@ -120,6 +121,7 @@ Outputs run_sample(const std::optional<Tensor>& out, const Tensor& input, bool p
   p.raw_logprobs = wanted.raw_logprobs;
   p.top_ids = p.top_n > 0 ? o.top_ids.data_ptr<int64_t>() : nullptr;
   p.top_logprobs = p.top_n > 0 ? o.top_logprobs.data_ptr<float>() : nullptr;
+  p.ranks = wanted.rank ? o.rank.data_ptr<int64_t>() : nullptr;
   p.shard = shard;
   p.keeps = keeps;
   p.tokens = o.tokens.data_ptr<int64_t>();
@@ -147,23 +149,27 @@ SYNCFREE_INSTANTIATE(Backend::kMeta)
 namespace {
 
 template <Backend B>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sample_op(const Tensor& input, bool probs, SYNCFREE_PARAMS_ARGS,
-                                                             SYNCFREE_RNG_ARGS, bool return_logprobs,
-                                                             bool return_valid, int64_t top_logprobs,
-                                                             bool raw_logprobs) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sample_op(const Tensor& input, bool probs,
+                                                                     SYNCFREE_PARAMS_ARGS, SYNCFREE_RNG_ARGS,
+                                                                     bool return_logprobs, bool return_valid,
+                                                                     int64_t top_logprobs, bool raw_logprobs,
+                                                                     bool return_rank) {
   Outputs o = run_sample<B>(std::nullopt, input, probs, SamplingArgs::from_lists(params, param_values, "sample"),
-                            SYNCFREE_RNG_STRUCT, Wanted{return_logprobs, return_valid, top_logprobs, raw_logprobs});
-  return {o.tokens, o.logprobs, o.valid, o.top_ids, o.top_logprobs};
+                            SYNCFREE_RNG_STRUCT,
+                            Wanted{return_logprobs, return_valid, top_logprobs, raw_logprobs, return_rank});
+  return {o.tokens, o.logprobs, o.valid, o.top_ids, o.top_logprobs, o.rank};
 }
 
 template <Backend B>
-std::tuple<Tensor, Tensor, Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool probs,
-                                                          SYNCFREE_PARAMS_ARGS, SYNCFREE_RNG_ARGS,
-                                                          bool return_logprobs, bool return_valid,
-                                                          int64_t top_logprobs, bool raw_logprobs) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sample_into_op(Tensor& out, const Tensor& input, bool probs,
+                                                                  SYNCFREE_PARAMS_ARGS, SYNCFREE_RNG_ARGS,
+                                                                  bool return_logprobs, bool return_valid,
+                                                                  int64_t top_logprobs, bool raw_logprobs,
+                                                                  bool return_rank) {
   Outputs o = run_sample<B>(out, input, probs, SamplingArgs::from_lists(params, param_values, "sample"),
-                            SYNCFREE_RNG_STRUCT, Wanted{return_logprobs, return_valid, top_logprobs, raw_logprobs});
-  return {o.logprobs, o.valid, o.top_ids, o.top_logprobs};
+                            SYNCFREE_RNG_STRUCT,
+                            Wanted{return_logprobs, return_valid, top_logprobs, raw_logprobs, return_rank});
+  return {o.logprobs, o.valid, o.top_ids, o.top_logprobs, o.rank};
 }
 
 // The warped, temperature-scaled logits of every row in float32 (removed
@@ -209,16 +215,17 @@ std::tuple<Tensor, Tensor> warp_op(const Tensor& logits, SYNCFREE_PARAMS_ARGS) {
 
 #define SYNCFREE_SAMPLE_SCHEMA                                                                   \
   "Tensor input, bool probs, " SYNCFREE_PARAMS_SCHEMA ", " SYNCFREE_RNG_SCHEMA                  \
-  ", bool return_logprobs, bool return_valid, int top_logprobs, bool raw_logprobs"
+  ", bool return_logprobs, bool return_valid, int top_logprobs, bool raw_logprobs, bool return_rank"
 
 SYNCFREE_LIBRARY_FRAGMENT(SYNCFREE_OPS, m) {
   const std::vector<at::Tag> seeded = {at::Tag::nondeterministic_seeded};
   m.def("sample(" SYNCFREE_SAMPLE_SCHEMA
-        ") -> (Tensor tokens, Tensor logprobs, Tensor valid, Tensor top_ids, Tensor top_logprobs)", seeded);
+        ") -> (Tensor tokens, Tensor logprobs, Tensor valid, Tensor top_ids, Tensor top_logprobs, Tensor rank)",
+        seeded);
   // Not a sample.out overload: that would return `out` (Tensor(a!)), and torch.compile cannot
   // functionalize a custom op whose output aliases an input.
   m.def("sample_into(Tensor(a!) out, " SYNCFREE_SAMPLE_SCHEMA
-        ") -> (Tensor logprobs, Tensor valid, Tensor top_ids, Tensor top_logprobs)", seeded);
+        ") -> (Tensor logprobs, Tensor valid, Tensor top_ids, Tensor top_logprobs, Tensor rank)", seeded);
   m.def("warp(Tensor logits, " SYNCFREE_PARAMS_SCHEMA ") -> (Tensor warped, Tensor logprobs)");
 }
 

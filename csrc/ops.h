@@ -93,7 +93,7 @@ inline bool from_generator(const SamplingArgs& a, const RngArgs& rng, bool probs
 }
 
 struct Outputs {
-  Tensor tokens, logprobs, valid, top_ids, top_logprobs;
+  Tensor tokens, logprobs, valid, top_ids, top_logprobs, rank;
 };
 
 // One sampling call: every check, then backend B's implementation. `shard`

@@ -80,6 +80,7 @@ struct Wanted {
   bool logprobs = false, valid = false;
   int64_t top_logprobs = 0;
   bool raw_logprobs = false;
+  bool rank = false;  // the chosen token's rank (Note [Top-n logprobs])
 };
 
 // The noise arguments: per-row seed/offset tensors, scalars, or a generator.

@@ -113,6 +113,7 @@ class SampleOutput(NamedTuple):
     valid: Optional[torch.Tensor] = None
     top_ids: Optional[torch.Tensor] = None
     top_logprobs: Optional[torch.Tensor] = None
+    rank: Optional[torch.Tensor] = None
 
 
 class VerifyOutput(NamedTuple):

@@ -72,13 +72,15 @@ def _params(params, keywords, where):
     return resolve(params, keywords, where), params is not None
 
 
-def _call(out, x, probs, params, rng, generator, return_logprobs, return_valid, top=(0, False)):
+def _call(out, x, probs, params, rng, generator, return_logprobs, return_valid, top=(0, False), rank=False):
+    """The op's (tokens, logprobs, valid, top_ids, top_logprobs, rank)."""
     _check_tensor(x, "probs" if probs else "logits")
-    args = (x, probs, *params.op_args(), *rng, generator, return_logprobs, return_valid, *top)
+    if not isinstance(rank, bool):
+        raise TypeError(f"return_rank: expected a bool, got {type(rank).__name__}")
+    args = (x, probs, *params.op_args(), *rng, generator, return_logprobs, return_valid, *top, rank)
     if out is None:
         return torch.ops.syncfree.sample(*args)
-    logprobs, valid, top_ids, top_logprobs = torch.ops.syncfree.sample_into(out, *args)
-    return out, logprobs, valid, top_ids, top_logprobs
+    return (out,) + tuple(torch.ops.syncfree.sample_into(out, *args))
 
 
 def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor, SamplingParams] = 1.0,
@@ -91,7 +93,7 @@ def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor, Sampli
            presence_penalty: Union[Number, torch.Tensor] = 0.0, output_tokens: Optional[torch.Tensor] = None,
            prompt_tokens: Optional[torch.Tensor] = None, bias_tokens: Optional[torch.Tensor] = None,
            bias_values: Optional[torch.Tensor] = None, allowed_mask: Optional[torch.Tensor] = None,
-           return_top_logprobs: int = 0, logprobs_mode: str = "processed"):
+           return_top_logprobs: int = 0, logprobs_mode: str = "processed", return_rank: bool = False):
     """Samples one token per row of `logits` ([V] or [B, V]) without a GPU->CPU sync.
 
     Token = argmax(logits / temperature + Gumbel noise) (the exponential race),
@@ -114,31 +116,35 @@ def sample(logits: torch.Tensor, temperature: Union[Number, torch.Tensor, Sampli
     return_valid: False for rows with no unmasked token; return_top_logprobs=n
     (0..20): (top_ids [B, n] int64, top_logprobs [B, n] float32), highest first,
     ties to the lower id; logprobs_mode "processed" measures logprobs on the
-    distribution sampled from, "raw" on log_softmax of the unprocessed logits.
+    distribution sampled from, "raw" on log_softmax of the unprocessed logits;
+    return_rank: the chosen token's 1-based rank among the same logprobs, int64,
+    counting every token whose logprob is at least its own (ties included, as
+    vLLM counts; V for a row with nothing left).
 
     Returns, for a SamplingParams, a SampleOutput (tokens, logprobs, valid,
-    top_ids, top_logprobs; None where not asked for). The keyword form returns
-    int64 ids of shape logits.shape[:-1], or a tuple (ids[, logprobs][, valid]
-    [, top_ids, top_logprobs]) of what was asked for.
+    top_ids, top_logprobs, rank; None where not asked for). The keyword form
+    returns int64 ids of shape logits.shape[:-1], or a tuple (ids[, logprobs]
+    [, valid][, top_ids, top_logprobs][, rank]) of what was asked for.
     """
     params, as_object = _params(params, _keywords(locals()), "sample")
     top = _logprob_options(return_top_logprobs, logprobs_mode)
     rng = _rng_args(seed, offset, generator)
-    tokens, logprobs, valid, top_ids, top_logprobs = _call(out, logits, False, params, rng, generator,
-                                                           return_logprobs, return_valid, top)
-    return _result(as_object, (tokens, logprobs, valid, top_ids, top_logprobs), return_logprobs, return_valid, top[0])
+    outputs = _call(out, logits, False, params, rng, generator, return_logprobs, return_valid, top, return_rank)
+    return _result(as_object, outputs, return_logprobs, return_valid, top[0], return_rank)
 
 
-def _result(as_object, outputs, return_logprobs, return_valid, top_n):
-    """What `sample` (and distributed.sample) return for (tokens, logprobs, valid, top_ids, top_logprobs)."""
-    tokens, logprobs, valid, top_ids, top_logprobs = outputs
+def _result(as_object, outputs, return_logprobs, return_valid, top_n, return_rank=False):
+    """What `sample` (and distributed.sample) return for (tokens, logprobs, valid, top_ids, top_logprobs[, rank])."""
+    tokens, logprobs, valid, top_ids, top_logprobs = outputs[:5]
+    rank = outputs[5] if return_rank else None
     if as_object:
         return SampleOutput(tokens, logprobs if return_logprobs else None, valid if return_valid else None,
-                            top_ids if top_n else None, top_logprobs if top_n else None)
+                            top_ids if top_n else None, top_logprobs if top_n else None, rank)
     packed = _pack(tokens, logprobs, valid, return_logprobs, return_valid)
-    if top_n == 0:
+    extra = ((top_ids, top_logprobs) if top_n else ()) + ((rank,) if return_rank else ())
+    if not extra:
         return packed
-    return (packed if isinstance(packed, tuple) else (packed,)) + (top_ids, top_logprobs)
+    return (packed if isinstance(packed, tuple) else (packed,)) + extra
 
 
 def sample_probs(probs: torch.Tensor, *, generator: Optional[torch.Generator] = None,
@@ -150,7 +156,7 @@ def sample_probs(probs: torch.Tensor, *, generator: Optional[torch.Generator] = 
     generator, `out` and `valid` as in `sample`.
     """
     rng = _rng_args(seed, offset, generator)
-    tokens, _, valid, _, _ = _call(out, probs, True, SamplingParams(), rng, generator, False, return_valid)
+    tokens, _, valid, *_ = _call(out, probs, True, SamplingParams(), rng, generator, False, return_valid)
     return _pack(tokens, None, valid, False, return_valid)
 
 

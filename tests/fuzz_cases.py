@@ -31,13 +31,15 @@ from reference import is_greedy, reference_keep, scaled_logits
 INF, NAN = float("inf"), float("nan")
 ARGUMENTS = ("logits", "probs", "temperature", "top_k", "top_p", "min_p", "typical_p", "seed", "offset",
              "generator", "out", "repetition_penalty", "frequency_penalty", "presence_penalty", "output_tokens",
-             "prompt_tokens", "bias_tokens", "bias_values", "allowed_mask", "return_top_logprobs", "logprobs_mode")
+             "prompt_tokens", "bias_tokens", "bias_values", "allowed_mask", "return_top_logprobs", "logprobs_mode",
+             "return_rank")
 PROCESSING = ("repetition_penalty", "frequency_penalty", "presence_penalty", "output_tokens", "prompt_tokens",
               "bias_tokens", "bias_values", "allowed_mask")
 # The sorting reference judges rows with temperatures above TINY_T (below, logit / T may
-# overflow: README "Semantics") whose scaled logits spread over more than 1e-9 or not at all
-# (a narrower spread is below float64's resolution of the probabilities, while the float32
-# logits still differ: README "Warpers").
+# overflow: README "Semantics") whose scaled logits spread over more than 1e-9 or not at all,
+# and whose distinct scaled logits with mass have distinct float64 probabilities (closer
+# logits are below float64's resolution of the probabilities, while the float32 logits still
+# differ: README "Warpers"; e.g. logits of 0.01 and -3e38 at a temperature of 1e30).
 TINY_T = 1e-30
 # Around the greedy threshold (README "API"): the smallest subnormal, the largest subnormal, FLT_MIN
 # (the smallest temperature that samples) and a value whose scaling overflows ordinary logits.
@@ -49,7 +51,10 @@ def judgeable(y):
     if finite.numel() == 0 or (y == INF).any():
         return False
     spread = (finite.max() - finite.min()).item()
-    return spread == 0 or spread > 1e-9
+    distinct = torch.unique(finite.double())  # sorted
+    p = torch.exp(distinct - distinct[-1])
+    merged = ((p[1:] == p[:-1]) & (p[1:] > 0)).any().item()
+    return spread == 0 or (spread > 1e-9 and not merged)
 
 
 def draw_row(data, v):
@@ -232,6 +237,10 @@ def draw_case(data, emulated=False):
         if mode != "processed":
             kwargs["logprobs_mode"] = mode if mode == "raw" else "max"
             valid = valid and mode == "raw"
+        rank = data.draw(st.sampled_from([False, False, True, "bad"]))
+        if rank:
+            kwargs["return_rank"] = rank is True or 1  # 1: not a bool
+            valid = valid and rank is True
     if op != "warp":
         rng = data.draw(st.sampled_from(["none", "int", "tensor", "generator", "bad"]))
         if rng == "int":
@@ -279,6 +288,19 @@ def clamp_warpers(kwargs, rows, v):
     return out
 
 
+def check_rank(rank, tokens, valid, v, top):
+    """A rank is in [1, V], V where nothing was left, and at least 1 + the number of top-n
+    entries listed before the chosen token (each has a logprob at least its own)."""
+    assert rank.shape == tokens.shape and rank.dtype == torch.int64, "rank's shape or dtype"
+    assert ((rank >= 1) & (rank <= v)).all(), f"rank out of [1, V]: {rank}"
+    assert (valid | (rank == v)).all(), f"a row with nothing left ranks V: {rank}"
+    if top is not None:
+        top_ids, n = top
+        for ids, token, r in zip(top_ids.reshape(-1, n).tolist(), tokens.reshape(-1).tolist(), rank.reshape(-1).tolist()):
+            ahead = ids.index(token) if token in ids else n
+            assert r >= ahead + 1, f"rank {r} below the {ahead} top entries listed before token {token}"
+
+
 def check(op, x, kwargs, result):
     """The invariants of a call that returned."""
     if op == "warp":
@@ -304,6 +326,7 @@ def check(op, x, kwargs, result):
         return
     tokens, *rest = result if isinstance(result, tuple) else (result,)
     v = x.shape[-1]
+    rank = rest.pop() if kwargs.get("return_rank") else None
     top = kwargs.get("return_top_logprobs", 0)
     if top:
         rest, (top_ids, top_logprobs) = rest[:-2], rest[-2:]
@@ -314,6 +337,8 @@ def check(op, x, kwargs, result):
         assert (flat_lp[:, 1:] <= flat_lp[:, :-1]).all(), "top logprobs not highest first"
         assert all(len(set(row)) == top for row in flat_ids.tolist()), "a top id listed twice"
     valid = rest[-1]
+    if rank is not None:
+        check_rank(rank, tokens, valid, v, (top_ids, top) if top else None)
     if any(kwargs.get(name) is not None for name in PROCESSING):
         return check_processed(x, kwargs, tokens, valid)
     assert tokens.dtype == torch.int64 and ((tokens >= 0) & (tokens < v)).all(), f"ids out of range: {tokens}"

@@ -368,8 +368,9 @@ def processing_case(b, v, seed=0):
 
 
 def check_processing(target, shape, dtype, n=8):
-    """Mask, bias and penalties with per-row warpers and greedy rows, top-n logprobs in both
-    modes: tokens, valid and top ids bit for bit, logprobs to float rounding; the warped logits."""
+    """Mask, bias and penalties with per-row warpers and greedy rows, top-n logprobs and ranks in
+    both modes (ranks alone too: the scan without the top-n's passes): tokens, valid, top ids and
+    ranks bit for bit, logprobs to float rounding; the warped logits."""
     b, v = shape
     x = make(b, v, dtype)
     process = processing_case(b, v)
@@ -380,11 +381,10 @@ def check_processing(target, shape, dtype, n=8):
     seeds = torch.arange(b) * 3
     for mode in ("processed", "raw"):
         for config in ({}, warpers):
-            want = syncfree.sample(x, temps, seed=seeds, return_logprobs=True, return_valid=True,
-                                   return_top_logprobs=n, logprobs_mode=mode, **process, **config)
-            got = target.call(syncfree.sample, x, temps, seed=seeds, return_logprobs=True, return_valid=True,
-                              return_top_logprobs=n, logprobs_mode=mode, **process, **config)
-            assert_same(want, got, f"processing {shape} {dtype} {mode} {list(config)}")
+            for top in (dict(return_top_logprobs=n, return_logprobs=True, return_valid=True), {}):
+                kwargs = dict(seed=seeds, logprobs_mode=mode, return_rank=True, **top, **process, **config)
+                assert_same(syncfree.sample(x, temps, **kwargs), target.call(syncfree.sample, x, temps, **kwargs),
+                            f"processing {shape} {dtype} {mode} {list(config)} {list(top)}")
     assert_same(syncfree.sample(x, 0.8, seed=1, **process), target.call(syncfree.sample, x, 0.8, seed=1, **process))
     want_w, _ = syncfree.warp(x, temps, **process, **warpers)
     assert torch.equal(want_w, target.call(syncfree.warp, x, temps, **process, **warpers)[0]), "processed logits differ"
@@ -404,7 +404,7 @@ def check_top_logprob_edges(target, vocab=20000):
     for mode in ("processed", "raw"):
         for top_k in (3, 0):
             kwargs = dict(seed=torch.arange(6), return_logprobs=True, return_valid=True, return_top_logprobs=20,
-                          logprobs_mode=mode, top_k=top_k)
+                          logprobs_mode=mode, top_k=top_k, return_rank=True)
             assert_same(syncfree.sample(x, temps, **kwargs), target.call(syncfree.sample, x, temps, **kwargs),
                         f"top-n edges {mode} top_k={top_k}")
     kwargs = dict(seed=5, repetition_penalty=1.3, frequency_penalty=0.5, output_tokens=torch.tensor([[1, 2, 3]] * 6),
@@ -432,7 +432,7 @@ def check_logprob_stage_edges(target, vocab=3000):
         for n in (1, 3):
             for extra in ({}, dict(allowed_mask=mask)):
                 kwargs = dict(seed=torch.arange(6), return_logprobs=True, return_valid=True, return_top_logprobs=n,
-                              logprobs_mode=mode, **extra)
+                              logprobs_mode=mode, return_rank=True, **extra)
                 assert_same(syncfree.sample(x, 0.9, **kwargs), target.call(syncfree.sample, x, 0.9, **kwargs),
                             f"logprob stage edges {mode} top-{n} {list(extra)}")
 

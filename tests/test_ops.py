@@ -7,10 +7,10 @@ import syncfree
 
 
 def op_args(x, probs=False, seed=None, offset=None, seed_value=None, offset_value=0, logprobs=False, valid=False,
-            top=0, raw=False, **params):
+            top=0, raw=False, rank=False, **params):
     """The sample op's arguments: the parameters' two lists come from SamplingParams, as in the wrappers."""
     return (x, probs, *syncfree.SamplingParams(**params).op_args(), seed, offset, seed_value, offset_value, None,
-            logprobs, valid, top, raw)
+            logprobs, valid, top, raw, rank)
 
 
 CASES = [
@@ -22,7 +22,8 @@ CASES = [
                     logprobs=True),
     lambda: op_args(torch.randn(3, 99), seed=torch.arange(3), top_k=torch.tensor([0, 5, 50]),
                     top_p=torch.tensor([1.0, 0.5, 0.9]), min_p=torch.zeros(3), typical_p=torch.ones(3)),
-    lambda: op_args(torch.randn(3, 70), seed=torch.arange(3), top_k=10, logprobs=True, top=5, raw=True,
+    lambda: op_args(torch.randn(5, 40), seed=torch.arange(5), top_k=4, rank=True),
+    lambda: op_args(torch.randn(3, 70), seed=torch.arange(3), top_k=10, logprobs=True, top=5, raw=True, rank=True,
                     repetition_penalty=torch.tensor([1.0, 1.3, 0.8]), frequency_penalty=0.5, presence_penalty=0.25,
                     output_tokens=torch.tensor([[1, 2, 2, -1]] * 3), prompt_tokens=torch.tensor([[5, 6]] * 3),
                     bias_tokens=torch.tensor([[3], [4], [-1]]), bias_values=torch.tensor([[2.0], [-1.0], [0.0]]),

@@ -152,11 +152,11 @@ def test_the_ops_reject_lists_of_another_length():
     tensors, values = syncfree.SamplingParams().op_args()
     with pytest.raises(ValueError, match=f"^sample: expected {len(FIELDS)} params and param_values"):
         torch.ops.syncfree.sample(torch.randn(3, 10), False, tensors[:-1], values[:-1], None, None, None, 0, None,
-                                  False, False, 0, False)
+                                  False, False, 0, False, False)
 
 
 def test_processing_fields_with_probs_raise():
     with pytest.raises(ValueError, match="^probs: repetition_penalty: penalties"):
         tensors, values = syncfree.SamplingParams(repetition_penalty=1.5).op_args()
         torch.ops.syncfree.sample(torch.rand(3, 10), True, tensors, values, None, None, None, 0, None, False, False,
-                                  0, False)
+                                  0, False, False)

@@ -140,6 +140,54 @@ def test_chosen_logprobs_and_top_n(names, warpers, mode):
     torch.testing.assert_close(top_lp.double(), expected_lp, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["processed", "raw"])
+@pytest.mark.parametrize("warpers", ["none", "chain"])
+@pytest.mark.parametrize("top_n", [0, 10])
+def test_rank_counts_the_tokens_at_least_as_likely(top_n, warpers, mode):
+    """The chosen token's rank: how many tokens have a logprob >= its own under the mode's
+    distribution (float64 reference; random logits, so no ties within float32 rounding),
+    greedy rows included, with top-n or alone; in raw mode also vLLM's own count over float32
+    log_softmax. Masked tokens (-inf) never count ahead of a chosen token with mass."""
+    logits, lib, ref = case(ARGS, per_row=True, seed=2)
+    law, _, _ = sampling_logprobs(logits, TEMPERATURES, **WARPERS[warpers], **ref)
+    out = syncfree.sample(logits, TEMPERATURES, **WARPERS[warpers], **lib, seed=torch.arange(B) + 4,
+                          return_top_logprobs=top_n, logprobs_mode=mode, return_rank=True)
+    ids, rank = out[0], out[-1]
+    assert rank.shape == (B,) and rank.dtype == torch.int64
+    measured = law if mode == "processed" else torch.log_softmax(logits.double(), -1)
+    chosen = measured.gather(-1, ids[:, None])
+    assert torch.equal(rank, (measured >= chosen).sum(-1))
+    if mode == "processed":  # greedy rows take the argmax (raw mode measures the unprocessed logits)
+        assert torch.equal(rank[TEMPERATURES == 0], torch.ones(2, dtype=torch.int64))
+    assert (rank > 1).any()  # the sampled rows do not all take their top token
+    if mode == "raw":
+        lp = torch.log_softmax(logits, -1)
+        assert torch.equal(rank, (lp >= lp.gather(-1, ids[:, None])).sum(-1))
+
+
+def test_rank_with_ties_infinities_and_empty_rows():
+    """Ties count (the chosen token and every token as likely); a +inf row ranks by the +inf
+    count; a row with nothing left ranks V; a point mass (every logit past the temperature's
+    range) ranks 1."""
+    v = 50
+    logits = torch.randn(5, v, generator=torch.Generator().manual_seed(3))
+    logits[0, [4, 9, 31]] = 6.0               # a three-way tie on top, greedy picks id 4
+    logits[1, [2, 40]] = INF                  # two +inf tokens
+    allowed = torch.ones(5, v, dtype=torch.bool)
+    allowed[2] = False                        # nothing left
+    logits[3] = -torch.rand(v, generator=torch.Generator().manual_seed(4)) - 5  # T = 1.2e-38: a point mass
+    temperature = torch.tensor([0.0, 1.0, 1.0, 1.2e-38, 1.0])
+    for mode in ("processed", "raw"):
+        tokens, valid, rank = syncfree.sample(logits, temperature, seed=torch.arange(5), return_valid=True,
+                                              allowed_mask=pack_mask(allowed), logprobs_mode=mode, return_rank=True)
+        assert tokens[0] == 4 and rank[0] == 3
+        assert tokens[1] in (2, 40) and rank[1] == 2
+        assert not valid[2] and rank[2] == v
+        assert valid[3] and rank[3] == (1 if mode == "processed" else (logits[3] >= logits[3, tokens[3]]).sum())
+    with pytest.raises(TypeError, match="return_rank"):
+        syncfree.sample(logits, return_rank=1)
+
+
 def test_top_n_ties_and_rows_with_few_kept_tokens():
     """Equal logprobs rank the lower id first; past the kept tokens the rest follow at -inf, lowest ids first."""
     v, n = 40, 6
@@ -178,6 +226,12 @@ def test_result_tuple_layout():
     assert len(full) == 5 and torch.equal(full[0], ids) and full[2].dtype == torch.bool
     assert torch.equal(full[3], only[1]) and torch.equal(full[4], only[2])
     assert torch.equal(full[3][:, 0], logits.argmax(-1))
+    ranked = syncfree.sample(logits, seed=7, return_logprobs=True, return_top_logprobs=4, return_rank=True)
+    assert len(ranked) == 5 and torch.equal(ranked[2], only[1]) and ranked[4].shape == (3,)
+    alone = syncfree.sample(logits, seed=7, return_rank=True)
+    assert len(alone) == 2 and torch.equal(alone[1], ranked[4])
+    params = syncfree.sample(logits, syncfree.SamplingParams(), seed=7, return_rank=True)
+    assert torch.equal(params.rank, alone[1]) and params.top_ids is None
 
 
 def draw(row, n, seed, temperature=1.0, warpers=None, **lib):

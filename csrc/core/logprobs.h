@@ -13,7 +13,9 @@
 // raw mode's normaliser replaced by empty_norm(). The rank is a
 // pure function of (logprob, id), so any selection order (the CPU's insertion
 // list, the CUDA radix passes) finds the same ids; the logprobs themselves
-// carry the row normaliser's float rounding.
+// carry the row normaliser's float rounding. The chosen token's rank is the
+// count of tokens whose logprob key is at least its own (itself and every
+// tie included: vLLM's definition), in [1, V]; a degenerate row's is V.
 #pragma once
 
 #include "select.h"

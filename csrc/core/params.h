@@ -77,11 +77,14 @@ struct SampleParams {
   bool raw_logprobs;
   int64_t* top_ids;      // [rows, top_n]
   float* top_logprobs;   // [rows, top_n]
+  int64_t* ranks;        // [rows] or null: the chosen token's rank in the same logprobs
   RowNorm* norms;        // CUDA: [rows], each row's RowNorm for the logprob stage, or null
 };
 
 // Whether a call needs the logprob stage after the race.
-SF_HD bool logprob_stage(const SampleParams& p) { return p.top_n > 0 || (p.raw_logprobs && p.logprobs != nullptr); }
+SF_HD bool logprob_stage(const SampleParams& p) {
+  return p.top_n > 0 || p.ranks != nullptr || (p.raw_logprobs && p.logprobs != nullptr);
+}
 
 // What a shard call writes for a row: its merged race partial, and when that
 // is degenerate while the row may overflow, the shard's raw argmax (local
@@ -120,7 +123,7 @@ SF_HD RowStream row_stream(const SampleParams& p, int64_t row) {
 SF_HD RowRace row_race(const SampleParams& p, int64_t row) {
   RowRace r;
   const int64_t pr = param_row(p, row);
-  r.want_mass = (p.logprobs != nullptr || p.top_n > 0) && !p.probs;
+  r.want_mass = (p.logprobs != nullptr || p.top_n > 0 || p.ranks != nullptr) && !p.probs;
   r.warped = p.keeps != nullptr;
   r.keep = p.keeps != nullptr ? p.keeps[row] : keep_all();
   if (p.probs) {

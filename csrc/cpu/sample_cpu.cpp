@@ -151,27 +151,33 @@ SF_HOST_INLINE float logprob_stage_body(const SampleParams& p, int64_t row_index
     norm = res.valid ? norm_of(raw) : empty_norm();  // a degenerate row has no logprobs (Note [Top-n logprobs])
     logprob = token_logprob(load_value(row, res.token, false, r), res.token, norm);
   }
-  if (p.top_n > 0) {
-    // A group whose best logprob cannot enter the full list is skipped whole: the logprob
-    // grows with the value except in +inf and point-mass rows, which rank every token.
-    const bool monotone = norm.infs.count == 0 && norm.point < 0;
-    TopList top = empty_top(p.top_n);
-    for (int64_t g = 0; g < groups; ++g) {
-      load_group_scalar(row, p.vocab, g, false, r, v);
-      if (monotone && top.size == top.n) {
-        float scratch[kGroup];
-        for (int k = 0; k < kGroup; ++k) scratch[k] = v[k];
-        const TopEntry best{order_key(token_logprob(tree_max(scratch), g * kGroup, norm)), int32_t(g * kGroup)};
-        if (!ranks_before(best, top.e[top.n - 1])) continue;  // no token of the group ranks before the last
-      }
-      const int n = group_size(p.vocab, g);
-      for (int k = 0; k < n; ++k) top_insert(top, top_entry(v[k], g * kGroup + k, norm));
+  if (p.top_n == 0 && p.ranks == nullptr) return logprob;
+  // The rank counts every token whose key is at least the chosen one's (ties included).
+  const uint32_t chosen = top_entry(load_value(row, res.token, false, r), res.token, norm).key;
+  int64_t rank = 0;
+  // A group whose best logprob cannot enter the full list is skipped whole: the logprob
+  // grows with the value except in +inf and point-mass rows, which rank every token.
+  const bool monotone = norm.infs.count == 0 && norm.point < 0;
+  TopList top = empty_top(p.top_n);
+  for (int64_t g = 0; g < groups; ++g) {
+    load_group_scalar(row, p.vocab, g, false, r, v);
+    const int n = group_size(p.vocab, g);
+    if (p.ranks != nullptr)
+      for (int k = 0; k < n; ++k) rank += top_entry(v[k], g * kGroup + k, norm).key >= chosen;
+    if (p.top_n == 0) continue;
+    if (monotone && top.size == top.n) {
+      float scratch[kGroup];
+      for (int k = 0; k < kGroup; ++k) scratch[k] = v[k];
+      const TopEntry best{order_key(token_logprob(tree_max(scratch), g * kGroup, norm)), int32_t(g * kGroup)};
+      if (!ranks_before(best, top.e[top.n - 1])) continue;  // no token of the group ranks before the last
     }
-    for (int j = 0; j < p.top_n; ++j) {
-      p.top_ids[row_index * p.top_n + j] = top.e[j].index;
-      p.top_logprobs[row_index * p.top_n + j] = key_value(top.e[j].key);
-    }
+    for (int k = 0; k < n; ++k) top_insert(top, top_entry(v[k], g * kGroup + k, norm));
   }
+  for (int j = 0; j < p.top_n; ++j) {
+    p.top_ids[row_index * p.top_n + j] = top.e[j].index;
+    p.top_logprobs[row_index * p.top_n + j] = key_value(top.e[j].key);
+  }
+  if (p.ranks != nullptr) p.ranks[row_index] = rank;
   return logprob;
 }
 

@@ -10,15 +10,17 @@
 //   1. raw mass (rows x chunks, raw logprobs only): each block's log-sum-exp
 //      of the unprocessed logits; the row's last block (a ticket) merges the
 //      chunks in chunk order into the raw RowNorm.
-//   2. scan (rows x chunks, top-n only): every token's logprob as an order
-//      key, counted into the first digit's histogram (the row's is the sum
-//      of its blocks'); the last block picks the digit of the n-th key.
-//   3. compact (rows x chunks): the tokens from that bin up, as in Note
-//      [Selection passes on CUDA], into the row's candidate buffer.
+//   2. scan (rows x chunks, top-n or ranks): every token's logprob as an
+//      order key, counted into the first digit's histogram (the row's is the
+//      sum of its blocks'); the last block picks the digit of the n-th key.
+//      With ranks, each block also counts the keys at least the chosen
+//      token's and adds its count to the row's (one atomic a block).
+//   3. compact (rows x chunks, top-n only): the tokens from that bin up, as
+//      in Note [Selection passes on CUDA], into the row's candidate buffer.
 //   4. finish (one block per row): the n-th key by radix selection over the
 //      candidates (over the row when they overflow the buffer), the keys above
-//      it, and the lowest ids among those equal to it; sorted, written; and
-//      the chosen token's raw logprob.
+//      it, and the lowest ids among those equal to it; sorted, written; the
+//      chosen token's raw logprob, and its rank.
 // Every decision is a function of (logprob key, id), so the ids are those of
 // the CPU's insertion list.
 #include <ATen/core/Tensor.h>
@@ -71,6 +73,7 @@ __global__ void __launch_bounds__(kTableThreads) syncfree_build_exceptions_kerne
 struct TopRow {
   unsigned tickets[2];  // raw mass and scan: blocks done
   unsigned candidates;  // tokens compacted (may exceed the buffer)
+  unsigned rank;        // tokens whose key is at least the chosen token's
   SelectState first;    // after the first digit's pick
 };
 
@@ -167,12 +170,27 @@ __global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(true)) syncfree_
   }
 
   // kTopScan: every token counts, masked ones at a logprob of -inf.
-  clear_hist(sh);
+  const bool top = a.p.top_n > 0, ranks = a.p.ranks != nullptr;
+  uint32_t chosen = 0u;
+  if (ranks) {
+    const T* x = static_cast<const T*>(a.p.input) + row * a.p.row_stride;
+    chosen = stage_key(a, x, a.p.tokens[row * a.p.tokens_stride], r, norm);
+  }
+  if (top) clear_hist(sh);
   __syncthreads();
+  unsigned at_least = 0u;  // this thread's keys >= chosen
   for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t i) {
-    if (i < a.p.vocab) atomicAdd(&sh.hist.lo[key_digit(top_entry(y, i, norm).key, SelectState{0u, 0, 0u})], 1u);
+    if (i >= a.p.vocab) return;
+    const uint32_t key = top_entry(y, i, norm).key;
+    if (top) atomicAdd(&sh.hist.lo[key_digit(key, SelectState{0u, 0, 0u})], 1u);
+    at_least += key >= chosen ? 1u : 0u;
   });
+  if (ranks) {
+    const uint64_t count = block_sum(at_least, sh);  // its barriers also end the histogram's adds
+    if (t == 0 && count > 0u) atomicAdd(&state.rank, unsigned(count));
+  }
   __syncthreads();
+  if (!top) return;
   if (splits > 1) {  // a row over several blocks: its histogram is the sum of theirs
     unsigned long long* hist = a.hists + row * kBins;
     add_hist_to(sh, hist);
@@ -267,6 +285,7 @@ __global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(true)) syncfree_
     const int64_t token = p.tokens[row * p.tokens_stride];
     p.logprobs[row] = valid ? token_logprob(raw_value(float(x[token])), token, norm) : -kInf;
   }
+  if (p.ranks != nullptr && t == 0) p.ranks[row] = int64_t(a.rows[row].rank);
   const int n = p.top_n;
   if (n == 0) return;
   const TopRow& state = a.rows[row];
@@ -368,10 +387,9 @@ void logprob_stage_cuda(const SampleParams& p, c10::ScalarType dtype, c10::Devic
     using T = decltype(tag);
     const dim3 grid(unsigned(a.plan.blocks)), block(kSelectThreads);
     if (p.raw_logprobs) launch_kernel<syncfree_top_pass_kernel<T>>(grid, block, 0, stream, a, int(kTopRawMass));
-    if (p.top_n > 0) {
+    if (p.top_n > 0 || p.ranks != nullptr)
       launch_kernel<syncfree_top_pass_kernel<T>>(grid, block, 0, stream, a, int(kTopScan));
-      launch_kernel<syncfree_top_pass_kernel<T>>(grid, block, 0, stream, a, int(kTopCompact));
-    }
+    if (p.top_n > 0) launch_kernel<syncfree_top_pass_kernel<T>>(grid, block, 0, stream, a, int(kTopCompact));
     launch_kernel<syncfree_top_finish_kernel<T>>(dim3(unsigned(p.rows)), block, 0, stream, a);
   });
 }

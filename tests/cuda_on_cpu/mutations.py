@@ -241,6 +241,18 @@ MUTANTS = [
            "no ticket\n      if (t == 0) a.raw_norms[row] = has_distribution(a.norms[row]) ? norm_of(acc) : empty_norm();",
            "no ticket\n      if (t == 0) a.raw_norms[row] = norm_of(acc);",
            "rules_at_the_limits"),
+    # The chosen token's rank (Note [Top-n logprobs]): without its ties and itself; one block's
+    # count for a row over several; padding lanes counted where the chosen key is -inf.
+    Mutant("rank-counts-only-greater-keys", "cuda/process_cuda.cu",
+           "at_least += key >= chosen ? 1u : 0u;", "at_least += key > chosen ? 1u : 0u;",
+           "processing_matches and 7x3000"),
+    Mutant("rank-from-one-block", "cuda/process_cuda.cu",
+           "if (t == 0 && count > 0u) atomicAdd(&state.rank", "if (t == 0 && count > 0u && split == 0) atomicAdd(&state.rank",
+           "processing_matches and 1x128256"),
+    Mutant("rank-counts-padding-lanes", "cuda/process_cuda.cu",
+           "    if (i >= a.p.vocab) return;\n    const uint32_t key = top_entry(y, i, norm).key;",
+           "    const uint32_t key = top_entry(y, i, norm).key;",
+           "top_logprobs_where_candidates_overflow or logprob_stage_on_point_masses"),
     Mutant("shared-sum-drops-the-high-word", "cuda/block_select.cuh",
            "  if (high + carry != 0u) atomicAdd(&c.hi[i], high + carry);\n", "",
            "warpers_keep_the_same_sets or warper_edge_rows"),
