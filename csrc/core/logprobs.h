@@ -35,13 +35,28 @@ struct RowNorm {
 
 SF_HD RowNorm empty_norm() { return {no_mass(), no_infinities(), -1}; }
 
+// A row's norm with the log of its sum taken once, for the passes that measure
+// every token: token_logprob over it is token_logprob over the norm bit for bit
+// (chosen_logprob's operations in its order), without a log a token.
+struct RowLogprobs {
+  RowNorm norm;
+  float log_sum;  // log_positive(norm.mass.sum) where the row has mass
+};
+
+SF_HD RowLogprobs row_logprobs(const RowNorm& n) {
+  return {n, n.mass.max != -kInf ? log_positive(n.mass.sum) : 0.0f};
+}
+
 // Token i's logprob, its value y under the row's values (scaled, warped, or raw).
-SF_HD float token_logprob(float y, int64_t i, const RowNorm& n) {
+SF_HD float token_logprob(float y, int64_t i, const RowLogprobs& l) {
+  const RowNorm& n = l.norm;
   if (n.infs.count > 0) return y == kInf ? -log_positive(float(n.infs.count)) : -kInf;
   if (n.point >= 0) return i == n.point ? 0.0f : -kInf;
   if (y == -kInf || n.mass.max == -kInf) return -kInf;
-  return chosen_logprob(y, n.mass);
+  return y - n.mass.max - l.log_sum;  // chosen_logprob(y, n.mass)
 }
+
+SF_HD float token_logprob(float y, int64_t i, const RowNorm& n) { return token_logprob(y, i, row_logprobs(n)); }
 
 // An entry of a top-n list: ordered by logprob (as an order key), then by the lower id.
 struct TopEntry {
@@ -49,8 +64,23 @@ struct TopEntry {
   int32_t index;
 };
 
-SF_HD TopEntry top_entry(float y, int64_t i, const RowNorm& n) {
-  return {order_key(token_logprob(y, i, n)), int32_t(i)};
+SF_HD TopEntry top_entry(float y, int64_t i, const RowLogprobs& l) {
+  return {order_key(token_logprob(y, i, l)), int32_t(i)};
+}
+
+// How many of group values v[0, n) (tokens first, first + 1, ...) have a key at least `chosen`
+// (a rank's count, Note [Top-n logprobs]). In a row with mass and neither +inf nor a point mass
+// every token's logprob is y - max - log_sum (-inf for y = -inf): a loop without branches.
+SF_HD int count_at_least(const float (&v)[kGroup], int n, int64_t first, const RowLogprobs& l, uint32_t chosen) {
+  const RowNorm& m = l.norm;
+  int count = 0;
+  if (m.infs.count == 0 && m.point < 0 && m.mass.max != -kInf) {
+    SF_SIMD
+    for (int k = 0; k < kGroup; ++k) count += (k < n) & (order_key(v[k] - m.mass.max - l.log_sum) >= chosen);
+    return count;
+  }
+  for (int k = 0; k < n; ++k) count += top_entry(v[k], first + k, l).key >= chosen;
+  return count;
 }
 
 SF_HD bool ranks_before(const TopEntry& a, const TopEntry& b) {

@@ -152,8 +152,9 @@ SF_HOST_INLINE float logprob_stage_body(const SampleParams& p, int64_t row_index
     logprob = token_logprob(load_value(row, res.token, false, r), res.token, norm);
   }
   if (p.top_n == 0 && p.ranks == nullptr) return logprob;
+  const RowLogprobs lp = row_logprobs(norm);
   // The rank counts every token whose key is at least the chosen one's (ties included).
-  const uint32_t chosen = top_entry(load_value(row, res.token, false, r), res.token, norm).key;
+  const uint32_t chosen = top_entry(load_value(row, res.token, false, r), res.token, lp).key;
   int64_t rank = 0;
   // A group whose best logprob cannot enter the full list is skipped whole: the logprob
   // grows with the value except in +inf and point-mass rows, which rank every token.
@@ -162,16 +163,15 @@ SF_HOST_INLINE float logprob_stage_body(const SampleParams& p, int64_t row_index
   for (int64_t g = 0; g < groups; ++g) {
     load_group_scalar(row, p.vocab, g, false, r, v);
     const int n = group_size(p.vocab, g);
-    if (p.ranks != nullptr)
-      for (int k = 0; k < n; ++k) rank += top_entry(v[k], g * kGroup + k, norm).key >= chosen;
+    if (p.ranks != nullptr) rank += count_at_least(v, n, g * kGroup, lp, chosen);
     if (p.top_n == 0) continue;
     if (monotone && top.size == top.n) {
       float scratch[kGroup];
       for (int k = 0; k < kGroup; ++k) scratch[k] = v[k];
-      const TopEntry best{order_key(token_logprob(tree_max(scratch), g * kGroup, norm)), int32_t(g * kGroup)};
+      const TopEntry best = top_entry(tree_max(scratch), g * kGroup, lp);
       if (!ranks_before(best, top.e[top.n - 1])) continue;  // no token of the group ranks before the last
     }
-    for (int k = 0; k < n; ++k) top_insert(top, top_entry(v[k], g * kGroup + k, norm));
+    for (int k = 0; k < n; ++k) top_insert(top, top_entry(v[k], g * kGroup + k, lp));
   }
   for (int j = 0; j < p.top_n; ++j) {
     p.top_ids[row_index * p.top_n + j] = top.e[j].index;

@@ -99,13 +99,14 @@ struct TopArgs {
 // How the stage reads row `row`: the race's values, or the raw logits.
 __device__ RowRace stage_race(const SampleParams& p, int64_t row) { return logprob_race(p, row_race(p, row)); }
 
-__device__ const RowNorm& stage_norm(const TopArgs& a, int64_t row) {
-  return a.p.raw_logprobs ? a.raw_norms[row] : a.norms[row];
+// What the stage measures row `row`'s logprobs against (its log taken once).
+__device__ RowLogprobs stage_logprobs(const TopArgs& a, int64_t row) {
+  return row_logprobs(a.p.raw_logprobs ? a.raw_norms[row] : a.norms[row]);
 }
 
 template <typename T>
-__device__ uint32_t stage_key(const TopArgs& a, const T* x, int64_t i, const RowRace& r, const RowNorm& n) {
-  return top_entry(load_value(x, i, false, r), i, n).key;
+__device__ uint32_t stage_key(const T* x, int64_t i, const RowRace& r, const RowLogprobs& l) {
+  return top_entry(load_value(x, i, false, r), i, l).key;
 }
 
 // The logprob stage reads the processed values: planned and bounded as a processing kernel.
@@ -157,13 +158,13 @@ __global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(true)) syncfree_
     return;
   }
 
-  const RowNorm norm = stage_norm(a, row);
+  const RowLogprobs lp = stage_logprobs(a, row);
   if (phase == kTopCompact) {
     const uint32_t floor = state.first.prefix;
     const int64_t cap = a.plan.candidates;
     TopCandidate* out = a.candidates + row * cap;
     for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t i) {
-      const uint32_t key = top_entry(y, i, norm).key;
+      const uint32_t key = top_entry(y, i, lp).key;
       warp_append(i < a.p.vocab && key >= floor, TopCandidate{key, int32_t(i)}, &state.candidates, out, cap);
     });
     return;
@@ -174,14 +175,14 @@ __global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(true)) syncfree_
   uint32_t chosen = 0u;
   if (ranks) {
     const T* x = static_cast<const T*>(a.p.input) + row * a.p.row_stride;
-    chosen = stage_key(a, x, a.p.tokens[row * a.p.tokens_stride], r, norm);
+    chosen = stage_key(x, a.p.tokens[row * a.p.tokens_stride], r, lp);
   }
   if (top) clear_hist(sh);
   __syncthreads();
   unsigned at_least = 0u;  // this thread's keys >= chosen
   for_each_chunk_value<T, kSelectThreads>(a.p, a.plan.split, a.aligned, row, split, r, [&](float y, int64_t i) {
     if (i >= a.p.vocab) return;
-    const uint32_t key = top_entry(y, i, norm).key;
+    const uint32_t key = top_entry(y, i, lp).key;
     if (top) atomicAdd(&sh.hist.lo[key_digit(key, SelectState{0u, 0, 0u})], 1u);
     at_least += key >= chosen ? 1u : 0u;
   });
@@ -276,14 +277,14 @@ __global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(true)) syncfree_
   const int t = threadIdx.x;
   const SampleParams& p = a.p;
   const RowRace r = stage_race(p, row);
-  const RowNorm norm = stage_norm(a, row);
+  const RowLogprobs lp = stage_logprobs(a, row);
   const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
   if (p.raw_logprobs && p.logprobs != nullptr && t == 0) {
     // The chosen token's raw logprob; a degenerate row keeps -inf.
     const RowNorm& processed = a.norms[row];
     const bool valid = processed.infs.count > 0 || processed.point >= 0 || processed.mass.max != -kInf;
     const int64_t token = p.tokens[row * p.tokens_stride];
-    p.logprobs[row] = valid ? token_logprob(raw_value(float(x[token])), token, norm) : -kInf;
+    p.logprobs[row] = valid ? token_logprob(raw_value(float(x[token])), token, lp) : -kInf;
   }
   if (p.ranks != nullptr && t == 0) p.ranks[row] = int64_t(a.rows[row].rank);
   const int n = p.top_n;
@@ -293,7 +294,7 @@ __global__ void __launch_bounds__(kSelectThreads, blocks_per_sm(true)) syncfree_
   const bool fits = int64_t(state.candidates) <= cap;
   const TopCandidate* c = a.candidates + row * cap;
   const auto candidate = [&](int64_t j) { return TopEntry{c[j].key, c[j].index}; };
-  const auto token = [&](int64_t i) { return TopEntry{stage_key(a, x, i, r, norm), int32_t(i)}; };
+  const auto token = [&](int64_t i) { return TopEntry{stage_key(x, i, r, lp), int32_t(i)}; };
   const int64_t count = fits ? int64_t(state.candidates) : p.vocab;
   // The n-th key u, resuming after the scan's first digit.
   uint32_t u = 0u;
