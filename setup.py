@@ -54,11 +54,14 @@ setup(
     name="syncfree",
     version="0.1.0",
     description="Sync-free LLM token sampling for PyTorch (exponential race, CPU and CUDA)",
-    packages=["syncfree"],
+    packages=["syncfree", "syncfree.integrations"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
     python_requires=">=3.10",
     # numpy: torch warns at import ("Failed to initialize NumPy") where it is missing.
     install_requires=["torch>=2.11", "numpy"],
     extras_require={"test": ["pytest", "numpy", "scipy", "hypothesis"], "bench": ["matplotlib", "numpy"]},
+    # vLLM calls it in each of its processes; it does nothing unless SYNCFREE_VLLM=1 (README "Using syncfree
+    # in vLLM"). Declared here, not in pyproject.toml: a [project] table there would take over the metadata.
+    entry_points={"vllm.general_plugins": ["syncfree = syncfree.integrations.vllm:register"]},
 )
