@@ -2,6 +2,7 @@
 #include "checks.h"
 
 #include <ATen/MemoryOverlap.h>
+#include <ATen/ops/arange.h>
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <utility>
 
 #include "core/race.h"
+#include "core/verify.h"
 
 namespace syncfree {
 
@@ -305,37 +307,82 @@ void check_out(const Tensor& out, const Tensor& input, const std::vector<int64_t
   }
 }
 
+namespace {
+
+// draft_ids (and a tree's parents): int64 [B, columns] on the target's device.
+void check_node_ids(const Tensor& t, const char* name, const Tensor& target, int64_t columns, const char* shape) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, ": expected an int64 tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == target.device(), name, ": expected a tensor on ", target.device(),
+                    " (the device of target_logits), got ", t.device());
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == target.size(0) && t.size(1) == columns, name, ": expected shape ",
+                    shape, " = [", target.size(0), ", ", columns, "] (target_logits is ", target.sizes(), "), got ",
+                    t.sizes());
+}
+
+void check_draft_probs(const std::optional<Tensor>& draft_probs, const Tensor& target, int64_t laws,
+                       const char* shape) {
+  if (!draft_probs.has_value()) return;
+  const Tensor& q = *draft_probs;
+  const int64_t rows = target.size(0), vocab = target.size(2);
+  TORCH_CHECK_TYPE(q.scalar_type() == at::kFloat, "draft_probs: expected a float32 tensor, got ", q.scalar_type());
+  TORCH_CHECK_VALUE(q.device() == target.device(), "draft_probs: expected a tensor on ", target.device(),
+                    " (the device of target_logits), got ", q.device());
+  TORCH_CHECK_VALUE(q.dim() == 3 && q.size(0) == rows && q.size(1) == laws && q.size(2) == vocab,
+                    "draft_probs: expected shape ", shape, " = [", rows, ", ", laws, ", ", vocab, "], got ", q.sizes());
+  TORCH_CHECK_VALUE(q.stride(2) == 1 || vocab <= 1, "draft_probs: the last dim must be contiguous (stride 1), got "
+                    "stride ", q.stride(2), "; call .contiguous() first");
+}
+
+void check_ids_in_vocab(const Tensor& ids, int64_t vocab) {
+  if (ids.numel() == 0) return;
+  const int64_t low = ids.min().item<int64_t>(), high = ids.max().item<int64_t>();
+  TORCH_CHECK_VALUE(low >= 0 && high < vocab, "draft_ids: expected ids in [0, V) = [0, ", vocab, "), got ",
+                    low < 0 ? low : high);
+}
+
+}  // namespace
+
 void check_verify(const Tensor& target, const Tensor& draft_ids, const std::optional<Tensor>& draft_probs) {
   TORCH_CHECK_VALUE(target.dim() == 3, "target_logits: expected shape [B, n + 1, V], got ", target.dim(), " dims ",
                     target.sizes());
-  const int64_t rows = target.size(0), n = target.size(1) - 1, vocab = target.size(2);
+  const int64_t rows = target.size(0), n = target.size(1) - 1;
   TORCH_CHECK_VALUE(n >= 1, "target_logits: expected n + 1 >= 2 positions (at least one drafted token), got n + 1 = ",
                     n + 1);
   TORCH_CHECK_VALUE(rows * (n + 1) <= int64_t(INT32_MAX), "target_logits: at most ", INT32_MAX,
                     " positions in all, got ", rows * (n + 1));
   check_input(target.select(1, 0), "target_logits");
-  TORCH_CHECK_TYPE(draft_ids.scalar_type() == at::kLong, "draft_ids: expected an int64 tensor, got ",
-                   draft_ids.scalar_type());
-  TORCH_CHECK_VALUE(draft_ids.device() == target.device(), "draft_ids: expected a tensor on ", target.device(),
-                    " (the device of target_logits), got ", draft_ids.device());
-  TORCH_CHECK_VALUE(draft_ids.dim() == 2 && draft_ids.size(0) == rows && draft_ids.size(1) == n,
-                    "draft_ids: expected shape [B, n] = [", rows, ", ", n, "] (target_logits is [B, n + 1, V]), got ",
-                    draft_ids.sizes());
-  if (draft_probs.has_value()) {
-    const Tensor& q = *draft_probs;
-    TORCH_CHECK_TYPE(q.scalar_type() == at::kFloat, "draft_probs: expected a float32 tensor, got ", q.scalar_type());
-    TORCH_CHECK_VALUE(q.device() == target.device(), "draft_probs: expected a tensor on ", target.device(),
-                      " (the device of target_logits), got ", q.device());
-    TORCH_CHECK_VALUE(q.dim() == 3 && q.size(0) == rows && q.size(1) == n && q.size(2) == vocab,
-                      "draft_probs: expected shape [B, n, V] = [", rows, ", ", n, ", ", vocab, "], got ", q.sizes());
-    TORCH_CHECK_VALUE(q.stride(2) == 1 || vocab <= 1, "draft_probs: the last dim must be contiguous (stride 1), got "
-                      "stride ", q.stride(2), "; call .contiguous() first");
+  check_node_ids(draft_ids, "draft_ids", target, n, "[B, n]");
+  check_draft_probs(draft_probs, target, n, "[B, n, V]");
+  if (checks_values(draft_ids)) check_ids_in_vocab(draft_ids, target.size(2));  // CUDA rejects them instead
+}
+
+void check_verify_tree(const Tensor& target, const Tensor& draft_ids, const Tensor& parents,
+                       const std::optional<Tensor>& draft_probs) {
+  TORCH_CHECK_VALUE(target.dim() == 3, "target_logits: expected shape [B, N, V] (N tree nodes), got ", target.dim(),
+                    " dims ", target.sizes());
+  const int64_t rows = target.size(0), nodes = target.size(1);
+  TORCH_CHECK_VALUE(nodes >= 1 && nodes <= kMaxTreeNodes, "target_logits: expected 1 <= N <= ", kMaxTreeNodes,
+                    " tree nodes, got N = ", nodes);
+  TORCH_CHECK_VALUE(rows * nodes <= int64_t(INT32_MAX), "target_logits: at most ", INT32_MAX, " nodes in all, got ",
+                    rows * nodes);
+  check_input(target.select(1, 0), "target_logits");
+  check_node_ids(draft_ids, "draft_ids", target, nodes, "[B, N]");
+  check_node_ids(parents, "parents", target, nodes, "[B, N]");
+  check_draft_probs(draft_probs, target, nodes, "[B, N, V]");
+  if (!checks_values(parents) || rows == 0) return;  // CUDA leaves such nodes unreached instead
+  const Tensor root = parents.select(1, 0);
+  TORCH_CHECK_VALUE(root.eq(-1).all().item<bool>(), "parents: node 0 is the root, expected parents[:, 0] = -1, got ",
+                    root.ne(-1).nonzero().numel() > 0 ? root.masked_select(root.ne(-1))[0].item<int64_t>() : -1);
+  const Tensor index = at::arange(nodes, parents.options()).unsqueeze(0);
+  const Tensor bad = parents.lt(-1).logical_or(parents.ge(index)).logical_and(index.gt(0));
+  if (bad.any().item<bool>()) {
+    const Tensor at_node = bad.nonzero()[0];
+    const int64_t b = at_node[0].item<int64_t>(), i = at_node[1].item<int64_t>();
+    TORCH_CHECK_VALUE(false, "parents: expected parents[b, i] in [-1, i) (an earlier node, or -1 for padding), got "
+                      "parents[", b, ", ", i, "] = ", parents[b][i].item<int64_t>(),
+                      " (a forward or self parent would make a cycle)");
   }
-  if (checks_values(draft_ids) && draft_ids.numel() > 0) {  // CUDA (and its emulation) rejects them instead
-    const int64_t low = draft_ids.min().item<int64_t>(), high = draft_ids.max().item<int64_t>();
-    TORCH_CHECK_VALUE(low >= 0 && high < vocab, "draft_ids: expected ids in [0, V) = [0, ", vocab, "), got ",
-                      low < 0 ? low : high);
-  }
+  check_ids_in_vocab(draft_ids.masked_select(parents.ge(0)), target.size(2));  // the nodes that can be reached
 }
 
 void check_verify_processing(const SamplingArgs& a, const Tensor& target) {

@@ -60,6 +60,13 @@ std::vector<std::optional<Tensor>> read_by(const SamplingArgs& a, const RngArgs&
 // (in [0, V); on CUDA that would need a sync: README "Speculative decoding").
 void check_verify(const Tensor& target_logits, const Tensor& draft_ids, const std::optional<Tensor>& draft_probs);
 
+// syncfree.verify_tree's tensors: target_logits [B, N, V] (1 <= N <= kMaxTreeNodes, core/verify.h), draft_ids
+// and parents [B, N] int64, draft_probs [B, N, V] float32 or None; on the CPU also the values
+// (Note [Verifying a tree]): parents[:, 0] = -1, parents[:, i] in [-1, i), and the ids of the
+// nodes with a parent in [0, V). CUDA leaves a node with a parent outside [0, i) unreached.
+void check_verify_tree(const Tensor& target_logits, const Tensor& draft_ids, const Tensor& parents,
+                       const std::optional<Tensor>& draft_probs);
+
 // syncfree.verify_draft's processing: as sample's for the [B, V] rows, and allowed_mask may also be
 // one mask per position, [B, n + 1, ceil(V / 32)].
 void check_verify_processing(const SamplingArgs& a, const Tensor& target_logits);

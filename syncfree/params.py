@@ -122,3 +122,12 @@ class VerifyOutput(NamedTuple):
     num_accepted: torch.Tensor
     logprobs: Optional[torch.Tensor] = None
     valid: Optional[torch.Tensor] = None
+
+
+class TreeOutput(NamedTuple):
+    """What `verify_tree` returns for a SamplingParams: fields not asked for are None."""
+    tokens: torch.Tensor
+    path: torch.Tensor
+    num_accepted: torch.Tensor
+    logprobs: Optional[torch.Tensor] = None
+    valid: Optional[torch.Tensor] = None

@@ -10,7 +10,7 @@ from typing import Optional, Union
 import torch
 
 from . import _native  # noqa: F401  (loads the ops)
-from .params import KEYWORDS, SampleOutput, SamplingParams, VerifyOutput, resolve
+from .params import KEYWORDS, SampleOutput, SamplingParams, TreeOutput, VerifyOutput, resolve
 
 Number = Union[int, float]
 _UINT64 = 1 << 64
@@ -226,3 +226,51 @@ def verify_draft(target_logits: torch.Tensor, draft_ids: torch.Tensor, draft_pro
     if as_object:
         return VerifyOutput(tokens, accepted, logprobs if return_logprobs else None, valid if return_valid else None)
     return (tokens, accepted) + ((logprobs,) if return_logprobs else ()) + ((valid,) if return_valid else ())
+
+
+def verify_tree(target_logits: torch.Tensor, draft_ids: torch.Tensor, parents: torch.Tensor,
+                draft_probs: Optional[torch.Tensor] = None,
+                temperature: Union[Number, torch.Tensor, SamplingParams] = 1.0, top_k: Union[int, torch.Tensor] = 0,
+                top_p: Union[Number, torch.Tensor] = 1.0, min_p: Union[Number, torch.Tensor] = 0.0,
+                typical_p: Union[Number, torch.Tensor] = 1.0, *, params: Optional[SamplingParams] = None,
+                generator: Optional[torch.Generator] = None, seed: Union[None, int, torch.Tensor] = None,
+                offset: Union[None, int, torch.Tensor] = None, return_logprobs: bool = False,
+                return_valid: bool = False, out: Optional[torch.Tensor] = None,
+                repetition_penalty: Union[Number, torch.Tensor] = 1.0,
+                frequency_penalty: Union[Number, torch.Tensor] = 0.0,
+                presence_penalty: Union[Number, torch.Tensor] = 0.0, output_tokens: Optional[torch.Tensor] = None,
+                prompt_tokens: Optional[torch.Tensor] = None, bias_tokens: Optional[torch.Tensor] = None,
+                bias_values: Optional[torch.Tensor] = None, allowed_mask: Optional[torch.Tensor] = None):
+    """Verification of a draft tree (EAGLE, Medusa, SpecInfer), without a sync (README "Draft trees").
+
+    target_logits [B, N, V]: the target's logits at each node (the law of the token after it);
+    draft_ids [B, N] int64: node i's token (node 0, the root, is the last accepted token: its id
+    is not read); parents [B, N] int64: -1 for the root, parents[b, i] in [0, i) for a node, -1
+    for padding; siblings are tried in node order. draft_probs [B, N, V] float32: the law each
+    node's token was drawn from (children of a node independent), or None for proposed
+    children (one-hot). Parameters, processing (node i sees the row's output_tokens followed by
+    the tokens of its path), noise (node i of a row with per-row seed/offset tensors draws as
+    offset[b] + i) and `out` as in `verify_draft`. Returns (tokens [B, N] int64: the accepted
+    path's tokens, the stop or bonus token, then -1; path [B, N] int64: the root, the accepted
+    nodes, then -1 (the KV-cache entries to keep); num_accepted [B])[, logprobs [B, N]][,
+    valid [B]]; for a SamplingParams, a TreeOutput with None where not asked for.
+    """
+    params, as_object = _params(params, _keywords(locals()), "verify_tree")
+    for name, value, what in (("target_logits", target_logits, "a tensor [B, N, V]"),
+                              ("draft_ids", draft_ids, "an int64 tensor [B, N]"),
+                              ("parents", parents, "an int64 tensor [B, N]")):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}: expected {what}, got {type(value).__name__}")
+    if draft_probs is not None and not isinstance(draft_probs, torch.Tensor):
+        raise TypeError(f"draft_probs: expected a float32 tensor [B, N, V] or None, got {type(draft_probs).__name__}")
+    args = (target_logits, draft_ids, parents, draft_probs, *params.op_args(), *_rng_args(seed, offset, generator),
+            generator, return_logprobs, return_valid)
+    if out is None:
+        tokens, path, accepted, logprobs, valid = torch.ops.syncfree.verify_tree(*args)
+    else:
+        path, accepted, logprobs, valid = torch.ops.syncfree.verify_tree_into(out, *args)
+        tokens = out
+    if as_object:
+        return TreeOutput(tokens, path, accepted, logprobs if return_logprobs else None,
+                          valid if return_valid else None)
+    return (tokens, path, accepted) + ((logprobs,) if return_logprobs else ()) + ((valid,) if return_valid else ())

@@ -338,6 +338,88 @@ def check_verify_ids_outside_the_vocabulary(target, rows=4, n=3, vocab=2999):
         assert (got[1] <= torch.tensor([0, 1, 2, 0])).all(), got[1]
 
 
+def tree_case(rows, nodes, vocab, g):
+    """Random trees padded to `nodes` (a chain, a star, duplicate siblings among them), target
+    logits with peaked rows whose children carry the argmax (deep paths), a +inf node, a
+    degenerate one; proposals and draft_probs [B, N, V]."""
+    from trees import pad, random_tree
+    shapes = [list(range(-1, nodes - 1)), [-1] + [0] * (nodes - 1)]
+    shapes += [random_tree(int(torch.randint(2, nodes + 1, (1,), generator=g)), g) for _ in range(rows - 2)]
+    parents = torch.tensor([pad(t, nodes) for t in shapes])
+    x = torch.randn(rows, nodes, vocab, generator=g) * 3
+    x[::3] *= 4
+    q = torch.softmax(torch.randn(rows, nodes, vocab, generator=g) * 3, -1)
+    ids = torch.multinomial(q.view(-1, vocab), 1, generator=g).view(rows, nodes)
+    for row in range(0, rows, 3):
+        for c in range(1, nodes):
+            if parents[row, c] >= 0:
+                ids[row, c] = x[row, parents[row, c]].argmax()
+    for row in range(1, rows, 3):  # siblings sharing most of the mass, the drafter's law unlike the target's:
+        for node in range(nodes):      # rejections followed by acceptances, multi-round residuals
+            kids = (parents[row] == node).nonzero().squeeze(1)
+            if kids.numel() > 0:
+                x[row, node, ids[row, kids]] = 12 + torch.randn(kids.numel(), generator=g) * 0.7
+                law = torch.softmax(torch.randn(vocab, generator=g), -1) * 0.2
+                law[ids[row, kids]] += 0.8 * torch.softmax(-2 * x[row, node, ids[row, kids]], -1)  # the unlikely ones
+                q[row, kids] = law
+    ids[1, 2] = ids[1, 1]  # duplicate siblings under the star's root
+    if rows >= 6:
+        x[3, 0, 17] = float("inf")
+        x[5, 1] = -float("inf")
+    return x, ids, parents, q
+
+
+def check_verify_tree(target, rows=16, nodes=12, vocab=3000, processing=False):
+    """syncfree.verify_tree: tokens, path, counts, logprobs and valid bit for bit, with proposals
+    and draft_probs (several rejections per node: the residual totals' passes), warpers, greedy
+    rows, per-row and int seeds; with processing, each node's path in its history."""
+    g = torch.Generator().manual_seed(31)
+    x, ids, parents, q = tree_case(rows, nodes, vocab, g)
+    temps = torch.rand(rows, generator=g) + 0.5
+    temps[min(6, rows - 1)] = 0.0
+    options = [dict(top_k=torch.randint(0, 80, (rows,), generator=g), top_p=0.9, min_p=0.01)]
+    if processing:
+        options = [dict(repetition_penalty=1.3, frequency_penalty=0.6, presence_penalty=torch.rand(rows, generator=g),
+                        output_tokens=torch.randint(0, vocab, (rows, 4), generator=g),
+                        bias_tokens=torch.randint(0, vocab, (rows, 2), generator=g), bias_values=torch.randn(rows, 2))]
+    else:
+        options.append({})
+    for draft_probs in (q, None):
+        for kwargs in (dict(seed=torch.randint(0, 2**62, (rows,), generator=g), offset=torch.arange(rows)),
+                       dict(seed=77)):
+            for extra in options:
+                want = syncfree.verify_tree(x, ids, parents, draft_probs, temps, return_logprobs=True,
+                                            return_valid=True, **kwargs, **extra)
+                got = target.call(syncfree.verify_tree, x, ids, parents, draft_probs, temps, return_logprobs=True,
+                                  return_valid=True, **kwargs, **extra)
+                assert_same(want, got, f"verify_tree {'q' if draft_probs is not None else 'proposals'} "
+                                       f"{sorted(kwargs)} {sorted(extra)}")
+    return want
+
+
+def check_verify_tree_unchecked(target, rows=4, nodes=6, vocab=2999):
+    """What CUDA cannot check without a sync (README "Draft trees"): a node whose parent is not an
+    earlier node (a forward, self or out-of-range parent) is never reached, as padding is; a
+    draft id outside [0, V) is rejected. The CPU reference: those parents as -1, and the ids as
+    the extra token of a vocabulary one wider whose logit is -inf."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(rows, nodes, vocab, generator=g) * 10
+    parents = torch.tensor([[-1, 0, 1, 2, 3, 4]] * rows)
+    ids = torch.cat([torch.zeros(rows, 1, dtype=torch.int64), x[:, :nodes - 1].argmax(-1)], 1)  # all likely
+    parents[0, 2], parents[1, 3], parents[2, 4], parents[3, 1] = 5, 3, -7, 2**32  # 2^32: 0 in 32 bits
+    parents[0, 0] = 3  # the root's parent is not read
+    ids[1, 1], ids[2, 1], ids[3, 2] = vocab, -(2**40), -1
+    fixed = parents.where((parents >= 0) & (parents < torch.arange(nodes)), -1)
+    fixed[:, 0] = -1
+    wider = torch.cat([x, torch.full((rows, nodes, 1), -float("inf"))], -1)
+    kwargs = dict(seed=torch.arange(rows) + 3, offset=torch.arange(rows), return_logprobs=True, return_valid=True)
+    for temperature in (1.0, 0.0):
+        want = syncfree.verify_tree(wider, ids.where((ids >= 0) & (ids < vocab), vocab).where(fixed >= 0, 0), fixed,
+                                    None, temperature, **kwargs)
+        got = target.call(syncfree.verify_tree, x, ids, parents, None, temperature, **kwargs)
+        assert_same(want, got, f"verify_tree, unchecked parents and ids, temperature {temperature}")
+
+
 def processing_case(b, v, seed=0):
     """Processing arguments for b rows of v tokens: per-row penalties (off in some rows, NaN and
     negative clamped), histories with -1 padding and duplicates, a bias with duplicates and ±inf,

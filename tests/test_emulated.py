@@ -393,6 +393,18 @@ def test_verify_draft_ids_outside_the_vocabulary_are_rejected(target):
     parity.check_verify_ids_outside_the_vocabulary(target)
 
 
+def test_verify_tree_matches_the_cpu(target):
+    parity.check_verify_tree(target)
+
+
+def test_verify_tree_with_processing_matches_the_cpu(target):
+    parity.check_verify_tree(target, rows=6, nodes=9, vocab=2050, processing=True)
+
+
+def test_verify_tree_unchecked_parents_and_ids(target):
+    parity.check_verify_tree_unchecked(target)
+
+
 def test_verify_draft_captured_replays_with_fresh_noise(layer):
     """A captured verify_draft with warpers (the selection's memset and launches included) replays
     with the per-row offsets and the generator's position of each replay."""

@@ -62,8 +62,9 @@ SF_HD Words4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
 //   - token words: token i uses position pos0 + i;
 //   - group words: group g (tokens [16g, 16g + 16)) uses lane 0 of block
 //     kGroupDomain + pos0 / 4 + g, far above any token position;
-//   - acceptance words (syncfree.verify_draft, core/verify.h): lane 0 of
-//     block kAcceptDomain + pos0 / 4, above the group words.
+//   - acceptance words (syncfree.verify_draft and verify_tree, core/verify.h):
+//     the k-th child tried at a node uses lane 0 of block kAcceptDomain +
+//     pos0 / 4 + k, above the group words.
 // A row held in pieces (syncfree.distributed: a shard of the vocabulary)
 // numbers its tokens from `base`, the global index of its first token (a
 // multiple of kGroup): token i is global token base + i and its group global

@@ -46,29 +46,107 @@
 
 namespace syncfree {
 
-// One verify_draft call (raw pointers, no torch types).
+// Note [Verifying a tree]
+// -----------------------
+// syncfree.verify_tree: row b holds N nodes; node 0 is the root (the last
+// accepted token), node i > 0 has parent parents[b, i] in [0, i) and token
+// draft_ids[b, i]; a node whose parent is outside [0, i) (-1: padding) is
+// never reached. Node i is a sampling row of its own, as a chain's position
+// (row b N + i, noise as offset[b] + i), and p_i, its warped law, is the law
+// of the token after the path root..i (its processing sees the row's history
+// followed by the tokens of the path's nodes after the root). The walk starts
+// at the root; at node i the children c_1 < c_2 < ... (node order: the
+// drafter's ranking) are tried in turn with the k-th one's acceptance word
+// (k = 0, 1, ...: lane 0 of block kAcceptDomain + pos0 / 4 + k of node i's
+// stream, k = 0 being the chain's word):
+//   draft_probs None (the children are proposals, q one-hot): accept c_k with
+//        probability r_{k-1}(x) where r_0 = p_i and r_k is r_{k-1} without
+//        x_k, renormalised: u (W - sum of the rejected tokens' w) < w_x, in
+//        integers up to the last product (a token already rejected has
+//        r(x) = 0).
+//   draft_probs (c_k's token drawn from q_k = draft_probs[b, c_k], the
+//        children independent given the node): SpecInfer's multi-round rule,
+//        accept iff u q_k(x) < r_{k-1}(x), r_k = normalize(max(0, r_{k-1} -
+//        q_k)); as integers: R_0 = w, R_k(x) = R_{k-1}(x) - min(R_{k-1}(x),
+//        trunc(q_k(x) T_{k-1})), T_k = sum R_k (residual_mass).
+//   An accepted child becomes the node; when every child is rejected the row
+//        stops with a token from the residual: syncfree.sample's race over p_i
+//        with the rejected tokens masked (one-hot), or the probability race
+//        over residual_weight(R_{k-1} / T_{k-1}, q_k); a residual with no mass
+//        falls back to p_i. A leaf (no child) emits the bonus token from p_i.
+//   Greedy nodes accept the first child whose token is the argmax; point
+//        masses the first child whose token is the point; degenerate nodes
+//        stop as a chain's positions do.
+// Why the law is the target's: at node i the token emitted next is x with
+// probability p_i(x). One-hot: child k is reached with probability
+// prod_{j<k} (1 - r_{j-1}(x_j)) = 1 - sum_{j<k} p_i(x_j) over distinct
+// tokens (induction: r_{k-1} = p_i / (1 - sum_{j<k} p_i(x_j)) off the rejected
+// tokens), so c_k's token is emitted with probability p_i(x_k) (0 for a
+// repeat), and the residual gives every other x probability p_i(x). With
+// draft_probs this is SpecInfer's theorem (Miao et al. 2024, Thm. 4.2): each
+// round leaves the emitted token's law at r_{k-1} whatever q_k is, so by
+// induction at p_i. After an accepted child the walk repeats at the child,
+// whose law is the target's given the emitted prefix: the emitted sequence
+// follows the target's sequential law, the bonus token included. A chain
+// (parents[b, i] = i - 1) is verify_draft: one child per node, k = 0, so
+// verify_draft runs this walk with node i + 1 holding draft x_i.
+
+// At most this many nodes per tree (the CUDA walk keeps a node's children in
+// shared memory).
+constexpr int64_t kMaxTreeNodes = 512;
+
+// One verify_draft or verify_tree call (raw pointers, no torch types).
 struct VerifyParams {
-  // The target positions as sampling rows: rows = B (n + 1), positions = n + 1,
-  // the temperature, warpers and noise of row b for each of its positions.
+  // The nodes as sampling rows: rows = B N, positions = N, the temperature,
+  // warpers and noise of row b for each of its nodes.
   SampleParams target;
-  int64_t n;                  // drafted tokens per row
-  const int64_t* draft_ids;   // [B, n], row stride draft_ids_stride
+  int64_t nodes;              // N (a chain: n + 1)
+  const int64_t* parents;     // [B, N], row stride parents_stride; null: a chain
+  int64_t parents_stride;
+  const int64_t* draft_ids;   // tree: [B, N] (node i's token); chain: [B, n] (node i's at i - 1)
   int64_t draft_ids_stride;
-  const float* draft_probs;   // [B, n, V] rows of stride draft_probs_stride, or null (one-hot)
+  const float* draft_probs;   // rows of stride draft_probs_stride (node i's law, indexed as draft_ids), or null
   int64_t draft_probs_stride;
-  int64_t* tokens;            // [B, n + 1] contiguous: accepted, the stop token, then -1
+  int64_t* tokens;            // [B, N] contiguous: the accepted tokens, the stop token, then -1
+  int64_t* path;              // [B, N] or null: the root, the accepted nodes, then -1
   int64_t* num_accepted;      // [B]
-  float* logprobs;            // [B, n + 1] or null: -inf past the stop token
+  float* logprobs;            // [B, N] or null: -inf past the stop token
   bool* valid;                // [B] or null
 };
+
+// Node i's parent (Note [Verifying a tree]); -1 when it cannot be reached.
+SF_HD int64_t node_parent(const VerifyParams& v, int64_t b, int64_t i) {
+  if (v.parents == nullptr) return i - 1;
+  const int64_t parent = v.parents[b * v.parents_stride + i];
+  return parent >= 0 && parent < i ? parent : -1;
+}
+
+// Node i's token and the row of its draft law (i >= 1).
+SF_HD int64_t node_token(const VerifyParams& v, int64_t b, int64_t i) {
+  return v.draft_ids[b * v.draft_ids_stride + (v.parents != nullptr ? i : i - 1)];
+}
+SF_HD const float* node_draft_law(const VerifyParams& v, int64_t b, int64_t i) {
+  if (v.draft_probs == nullptr) return nullptr;
+  const int64_t law_row = v.parents != nullptr ? b * v.nodes + i : b * (v.nodes - 1) + i - 1;
+  return v.draft_probs + law_row * v.draft_probs_stride;
+}
+
+// The first child of `node` after node `after` (node order), or -1.
+SF_HD int64_t next_child(const VerifyParams& v, int64_t b, int64_t node, int64_t after) {
+  if (v.parents == nullptr) return after < node + 1 && node + 1 < v.nodes ? node + 1 : -1;
+  for (int64_t c = after + 1; c < v.nodes; ++c) {
+    if (node_parent(v, b, c) == node) return c;
+  }
+  return -1;
+}
 
 // The acceptance words: lane 0 of block kAcceptDomain + pos0 / 4 of a
 // position's stream, above the token and group words (Note [syncfree RNG
 // counter layout]).
 constexpr uint64_t kAcceptDomain = uint64_t(3) << 61;
 
-SF_HD double accept_uniform(const RowStream& s) {
-  const uint32_t word = stream_block(s, kAcceptDomain + (s.pos0 >> 2)).w0;
+SF_HD double accept_uniform(const RowStream& s, uint64_t k) {  // the k-th child tried
+  const uint32_t word = stream_block(s, kAcceptDomain + (s.pos0 >> 2) + k).w0;
   return double(word) * 0x1p-32;  // exact: [0, 1) in steps of 2^-32
 }
 
@@ -106,6 +184,13 @@ SF_HD float target_logprob(const TargetMass& t, float y) {
 
 // Whether x is accepted: u q < p, with q the draft's probability of x.
 SF_HD bool accepts(double u, double q, double p) { return u * q < p; }
+
+// R_k(x) from R_{k-1}(x), the rejected child's q_k(x) and T_{k-1} (Note
+// [Verifying a tree]): one product and one truncation, the same on both paths.
+SF_HD uint64_t residual_mass(uint64_t r, float q, uint64_t total) {
+  const double taken = double(clean_weight(q)) * double(total);
+  return taken >= double(r) ? 0u : r - uint64_t(int64_t(taken));  // taken < r <= 2^62
+}
 
 // The residual weight max(0, p_i - q_i) of a kept token, in float.
 SF_HD float residual_weight(double p, float q) {

@@ -76,19 +76,20 @@ __device__ __forceinline__ float block_max(float v, SelectShared& sh) {
 // Sum of v over the block; integer, so exact in any order: a shuffle tree
 // per warp, one slot per warp, and every thread adds the slots (no atomics;
 // Note [64-bit sums in shared memory]).
-__device__ __forceinline__ uint64_t block_sum(uint64_t v, SelectShared& sh) {
+__device__ __forceinline__ uint64_t block_sum(uint64_t v, unsigned long long (&warp_sums)[kSelectThreads / 32]) {
   constexpr int kWarps = kSelectThreads / 32;
   unsigned long long x = v;
 #pragma unroll
   for (int delta = 16; delta > 0; delta >>= 1) x += __shfl_down_sync(0xffffffffu, x, delta);
-  if (threadIdx.x % 32 == 0) sh.warp_sums[threadIdx.x / 32] = x;
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = x;
   __syncthreads();
   uint64_t total = 0u;
 #pragma unroll 4
-  for (int w = 0; w < kWarps; ++w) total += sh.warp_sums[w];
+  for (int w = 0; w < kWarps; ++w) total += warp_sums[w];
   __syncthreads();
   return total;
 }
+__device__ __forceinline__ uint64_t block_sum(uint64_t v, SelectShared& sh) { return block_sum(v, sh.warp_sums); }
 
 // pick_bin (select.h) over the histogram sh.hist of the digit after s.done,
 // block-parallel: the highest non-empty bin whose cumulative weight from the

@@ -1,10 +1,12 @@
-// syncfree.verify_draft on CUDA (Note [Verifying a draft] in core/verify.h):
-// the warpers' selection over all B (n + 1) positions (warpers_cuda.cu), then
-//   positions: one block per position: its law (first +inf, max, fixed-point
-//              total), or for a greedy row its argmax, and the draft's
-//              acceptance; every position of every row at once;
-//   finish:    one block per row: the first rejection, the accepted tokens,
-//              and the stop token's race over that one position.
+// syncfree.verify_draft and verify_tree on CUDA (Note [Verifying a draft],
+// Note [Verifying a tree] in core/verify.h): the warpers' selection over all
+// B N nodes (warpers_cuda.cu), then
+//   positions: one block per node: its law (first +inf, max, fixed-point
+//              total), or for a greedy row its argmax; every node at once;
+//   finish:    one block per row: the walk from the root (each child's value
+//              and q read in one parallel pass, the acceptances in order,
+//              a pass for each multi-round residual total), the accepted
+//              tokens, and the stop token's race over the node it stops at.
 // So a call is the selection's launches (with warpers) and two more, no sync.
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
@@ -24,13 +26,12 @@ namespace {
 
 constexpr int kThreads = kSelectThreads;
 
-// What the positions kernel finds for one position.
+// What the positions kernel finds for one node.
 struct PositionLaw {
   TargetMass law;
   int32_t point;      // a point mass (first +inf, overflow argmax, greedy argmax), or kNoIndex
   bool degenerate;    // no unmasked logit
-  bool accepted;      // the draft at this position (none at the last)
-  float logprob;      // log p of the accepted draft, or of the point
+  float logprob;      // a greedy node's: log p of its argmax
 };
 
 struct VerifyArgs {
@@ -57,24 +58,19 @@ __device__ __forceinline__ void position_group(const T* x, int64_t vocab, int64_
   }
 }
 
-// kProcess: the call has processing (each position its own history: Processing::per_position);
+// kProcess: the call has processing (each node its own history: Processing::per_position);
 // without it the processing code folds away, as in the sampling kernels.
 template <typename T, bool kProcess>
 __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(VerifyArgs a) {
   __shared__ SelectShared sh;
   __shared__ int first_inf, inf_count;
   const int64_t row = blockIdx.x;
-  const VerifyParams& v = a.v;
-  SampleParams p = v.target;
+  SampleParams p = a.v.target;
   take_rng(p, a.rng);
-  const int64_t positions = v.n + 1, b = row / positions, j = row % positions;
   const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));
   const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
   const int64_t vocab = p.vocab;
-  const bool drafted = j < v.n;
-  const int64_t draft = drafted ? v.draft_ids[b * v.draft_ids_stride + j] : -1;
-  const bool in_vocab = draft >= 0 && draft < vocab;
-  PositionLaw out{{-kInf, 0u, mass_shift(vocab), kNoIndex, 0}, kNoIndex, false, false, 0.0f};
+  PositionLaw out{{-kInf, 0u, mass_shift(vocab), kNoIndex, 0}, kNoIndex, false, 0.0f};
 
   if (r.greedy) {  // the argmax of the raw logits and its logprob, as syncfree.sample's greedy rows
     RowRace greedy = r;
@@ -91,7 +87,6 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
       out.degenerate = !res.valid;
       out.point = int32_t(res.token);
       out.logprob = res.logprob;
-      out.accepted = res.valid && drafted && draft == res.token;
       a.laws[row] = out;
     }
     return;
@@ -135,122 +130,228 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
     out.point = raw_argmax_warp(x, vocab, r.proc).index;  // Note [Logits past the temperature's range]
   if (threadIdx.x != 0) return;
   out.degenerate = out.point == kNoIndex && out.law.total == 0u;
-  if (out.degenerate || !drafted) {
-    a.laws[row] = out;
-    return;
-  }
-  const double q = v.draft_probs == nullptr ? 1.0
-                   : in_vocab ? double(clean_weight(v.draft_probs[(b * v.n + j) * v.draft_probs_stride + draft]))
-                              : 0.0;
-  const float y = in_vocab ? position_value(x, draft, r) : -kInf;
-  const double pd = !in_vocab ? 0.0 : out.point != kNoIndex ? (draft == out.point ? 1.0 : 0.0)
-                                                            : target_probability(out.law, y);
-  out.accepted = accepts(accept_uniform(r.stream), q, pd);
-  out.logprob = out.point != kNoIndex ? point_logprob(out.law) : out.accepted ? target_logprob(out.law, y) : 0.0f;
   a.laws[row] = out;
 }
 
-// The stop token's race over one position: the logits race over the race
-// values with `masked` removed, or (q_row set) the probability race over the
-// residual weights; the same groups, noise and resolve as syncfree.sample's.
-// Every thread calls; the result is in warp 0 (other threads get an invalid one).
-template <typename T>
-__device__ RowResult race_position(const T* x, int64_t vocab, const RowRace& r, const TargetMass& law,
-                                   const float* q_row, int64_t masked) {
-  const bool probs = q_row != nullptr;
-  const auto value = [&](int64_t i) {
-    const float y = position_value(x, i, r);
-    if (probs) return residual_weight(target_probability(law, y), q_row[i]);
-    return i == masked ? -kInf : y;
-  };
+// The stop token's race over one node: value(i) is a race value, or (kProbs) a
+// weight; the same groups, noise and resolve as syncfree.sample's. Every
+// thread calls; the result is in warp 0 (other threads get an invalid one).
+template <bool kProbs, typename Value>
+__device__ RowResult race_node(int64_t vocab, const RowRace& r, Value value) {
   RowRace plain = r;
   plain.want_mass = false;
   RacePartial acc = empty_partial();
   float g[kGroup];
   for (int64_t q = threadIdx.x; q < ceil_div(vocab, kGroup); q += kThreads) {
     const int n = group_size(vocab, q);
-    for (int k = 0; k < kGroup; ++k) g[k] = k < n ? value(q * kGroup + k) : masked_value(probs);
-    if (probs) {
-      visit_group<true>(acc, g, int32_t(q * kGroup), plain);
-    } else {
-      visit_group<false>(acc, g, int32_t(q * kGroup), plain);
-    }
+    for (int k = 0; k < kGroup; ++k) g[k] = k < n ? value(q * kGroup + k) : masked_value(kProbs);
+    visit_group<kProbs>(acc, g, int32_t(q * kGroup), plain);
   }
   acc = block_merge<kThreads>(acc);
   if (threadIdx.x >= 32) return RowResult{0, 0.0f, false, false};
   acc = broadcast_lane0(acc);
-  RowResult res = finish_row(acc, plain, probs);
+  RowResult res = finish_row(acc, plain, kProbs);
   if (res.needs_resolve) {  // the winning group's tokens, one per lane
     float y;
-    const Best winner = probs ? race_group_values_warp<true>(vocab, plain, res.token, value, &y)
-                              : race_group_values_warp<false>(vocab, plain, res.token, value, &y);
-    res = resolved(res, winner.index);
+    res = resolved(res, race_group_values_warp<kProbs>(vocab, plain, res.token, value, &y).index);
   }
   return res;
 }
 
+enum WalkAction : int { kTry, kTotal, kStop, kDone };
+
+// The finish kernel's walk (Note [Verifying a tree]), in shared memory: the
+// tree read once, and the current node's state.
+struct TreeWalk {
+  int32_t parent[kMaxTreeNodes];          // node_parent
+  int64_t token[kMaxTreeNodes];           // node_token
+  float value[kMaxTreeNodes];             // the token's race value at its parent (-inf outside [0, V))
+  float q[kMaxTreeNodes];                 // its draft probability; 1 without draft_probs
+  int32_t rejected[kMaxTreeNodes];        // the current node's rejected children, in order
+  unsigned long long totals[kMaxTreeNodes];  // T_k of its residual (draft_probs); totals[0] = W
+  unsigned long long warp_sums[kThreads / 32];
+  unsigned long long rejected_mass;       // one-hot: the rejected tokens' mass
+  int64_t node, accepted, child;          // the current node, the accepted count, the last child tried
+  int tried, known;                       // children tried at the node (k), totals known
+  int action;
+  bool from_p;
+};
+
+__device__ __forceinline__ int64_t walk_next_child(const TreeWalk& w, int64_t nodes, int64_t after) {
+  for (int64_t c = after + 1; c < nodes; ++c) {
+    if (w.parent[c] == w.node) return c;
+  }
+  return -1;
+}
+
+// R_k(x) of the current node (draft_probs): R_0 = w_x, then one residual_mass per rejected child.
+__device__ __forceinline__ uint64_t residual_at(const VerifyParams& v, int64_t b, const TreeWalk& w,
+                                                const TargetMass& law, float y, int64_t x, int k) {
+  uint64_t mass = target_fixed_mass(law, y);
+  for (int j = 0; j < k; ++j) mass = residual_mass(mass, node_draft_law(v, b, w.rejected[j])[x], w.totals[j]);
+  return mass;
+}
+
+// One token of the current node's stop, written by thread 0; ends the walk.
+__device__ void write_stop(const VerifyParams& v, int64_t b, TreeWalk& w, int64_t token, float logprob, bool valid) {
+  const int64_t nodes = v.nodes, j = w.accepted;
+  v.tokens[b * nodes + j] = token;
+  if (v.logprobs != nullptr) v.logprobs[b * nodes + j] = logprob;
+  for (int64_t k = j + 1; k < nodes; ++k) {
+    v.tokens[b * nodes + k] = -1;
+    if (v.path != nullptr) v.path[b * nodes + k] = -1;
+    if (v.logprobs != nullptr) v.logprobs[b * nodes + k] = -kInf;
+  }
+  v.num_accepted[b] = j;
+  if (v.valid != nullptr) v.valid[b] = valid;
+  w.action = kDone;
+}
+
+// Thread 0's part of the walk: tries the current node's children in order until one is accepted
+// (the walk moves to it: kTry), a residual total is missing (kTotal), or none is left (kStop, or
+// the stop written when it needs no race).
+template <bool kProcess>
+__device__ void walk_step(const VerifyArgs& a, const SampleParams& p, int64_t b, TreeWalk& w) {
+  const VerifyParams& v = a.v;
+  const int64_t nodes = v.nodes, row = b * nodes + w.node;
+  const PositionLaw law = a.laws[row];
+  if (law.degenerate) return write_stop(v, b, w, 0, -kInf, false);
+  const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));
+  const bool point = law.point != kNoIndex;
+  for (int64_t c = walk_next_child(w, nodes, w.child); c >= 0; c = walk_next_child(w, nodes, c)) {
+    const int k = w.tried;
+    const int64_t draft = w.token[c];
+    const bool in_vocab = draft >= 0 && draft < p.vocab;
+    bool accepted = r.greedy && draft == law.point;
+    if (!r.greedy) {
+      const bool probs = v.draft_probs != nullptr;
+      if (!point && probs && w.known <= k) {
+        w.action = kTotal;  // T_k first
+        return;
+      }
+      bool repeat = false;
+      for (int j = 0; j < k; ++j) repeat = repeat || w.token[w.rejected[j]] == draft;
+      double pd = 0.0;
+      if (in_vocab && point) {
+        pd = draft == law.point ? 1.0 : 0.0;
+      } else if (in_vocab && probs) {
+        const TargetMass residual{law.law.m, w.totals[k], law.law.shift, kNoIndex, 0};
+        pd = mass_probability(residual, residual_at(v, b, w, law.law, w.value[c], draft, k));
+      } else if (in_vocab && !repeat) {
+        const TargetMass residual{law.law.m, law.law.total - w.rejected_mass, law.law.shift, kNoIndex, 0};
+        pd = mass_probability(residual, target_fixed_mass(law.law, w.value[c]));
+      }
+      accepted = accepts(accept_uniform(r.stream, uint64_t(k)), double(w.q[c]), pd);
+      if (!accepted && in_vocab && !point && !probs && !repeat)
+        w.rejected_mass += target_fixed_mass(law.law, w.value[c]);
+    }
+    if (accepted) {
+      const int64_t j = w.accepted;
+      v.tokens[b * nodes + j] = draft;
+      if (v.logprobs != nullptr)
+        v.logprobs[b * nodes + j] = r.greedy ? law.logprob : point ? point_logprob(law.law)
+                                                                  : target_logprob(law.law, w.value[c]);
+      if (v.path != nullptr) v.path[b * nodes + j + 1] = c;
+      w.accepted = j + 1;
+      w.node = c;
+      w.child = c;  // children come after their parent
+      w.tried = 0;
+      w.known = 1;
+      w.rejected_mass = 0u;
+      w.totals[0] = a.laws[b * nodes + c].law.total;
+      w.action = kTry;
+      return;
+    }
+    w.rejected[k] = int32_t(c);
+    w.tried = k + 1;
+    w.child = c;
+  }
+  if (r.greedy) return write_stop(v, b, w, law.point, law.logprob, true);
+  if (point) return write_stop(v, b, w, law.point, point_logprob(law.law), true);
+  w.action = kStop;
+}
+
 template <typename T, bool kProcess>
 __global__ void __launch_bounds__(kThreads) syncfree_verify_finish_kernel(VerifyArgs a) {
-  __shared__ int64_t stop_at;
-  __shared__ bool from_p;
+  __shared__ TreeWalk w;
   const int64_t b = blockIdx.x;
   const VerifyParams& v = a.v;
   SampleParams p = v.target;
   take_rng(p, a.rng);
-  const int64_t positions = v.n + 1;
-  const PositionLaw* laws = a.laws + b * positions;
+  const int64_t nodes = v.nodes, vocab = p.vocab;
+  const auto input = [&](int64_t node) { return static_cast<const T*>(p.input) + (b * nodes + node) * p.row_stride; };
+  const auto race_of = [&](int64_t node) {
+    const RowRace r = row_race(p, b * nodes + node);
+    return kProcess ? r : without_processing(r);
+  };
+  // The tree, each token's value at its parent and its q: one parallel read.
+  for (int64_t c = threadIdx.x; c < nodes; c += kThreads) {
+    const int64_t parent = c == 0 ? -1 : node_parent(v, b, c);
+    const int64_t draft = c == 0 ? -1 : node_token(v, b, c);
+    const bool in_vocab = draft >= 0 && draft < vocab;
+    const float* q_row = c == 0 ? nullptr : node_draft_law(v, b, c);
+    w.parent[c] = int32_t(parent);
+    w.token[c] = draft;
+    w.value[c] = parent >= 0 && in_vocab ? position_value(input(parent), draft, race_of(parent)) : -kInf;
+    w.q[c] = q_row == nullptr ? 1.0f : in_vocab ? clean_weight(q_row[draft]) : 0.0f;
+  }
   if (threadIdx.x == 0) {
-    int64_t j = 0;
-    while (j < v.n && laws[j].accepted) ++j;
-    stop_at = j;
+    w.node = 0;
+    w.accepted = 0;
+    w.child = 0;
+    w.tried = 0;
+    w.known = 1;
+    w.rejected_mass = 0u;
+    w.totals[0] = a.laws[b * nodes].law.total;
+    if (v.path != nullptr) v.path[b * nodes] = 0;
   }
   __syncthreads();
-  const int64_t j = stop_at, row = b * positions + j;
-  const PositionLaw law = laws[j];
-  const bool drafted = j < v.n;
-  const int64_t draft = drafted ? v.draft_ids[b * v.draft_ids_stride + j] : -1;
-  const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));
-  int64_t token;
-  float logprob;
-  bool valid = true;
-  if (law.degenerate) {
-    token = 0;
-    logprob = -kInf;
-    valid = false;
-  } else if (law.point != kNoIndex) {
-    token = law.point;
-    logprob = r.greedy ? law.logprob : point_logprob(law.law);
-  } else {
-    const T* x = static_cast<const T*>(p.input) + row * p.row_stride;
-    const bool in_vocab = draft >= 0 && draft < p.vocab;
-    RowResult res{0, 0.0f, false, false};
-    if (drafted && v.draft_probs != nullptr) {
-      res = race_position(x, p.vocab, r, law.law, v.draft_probs + (b * v.n + j) * v.draft_probs_stride, -1);
-    } else if (drafted && in_vocab) {
-      res = race_position(x, p.vocab, r, law.law, static_cast<const float*>(nullptr), draft);
-    }
-    if (threadIdx.x == 0) from_p = !res.valid;  // the bonus, or a residual with no mass
+  for (;;) {
+    if (threadIdx.x == 0) walk_step<kProcess>(a, p, b, w);
     __syncthreads();
-    if (from_p) res = race_position(x, p.vocab, r, law.law, static_cast<const float*>(nullptr), -1);
-    if (threadIdx.x >= 32) return;
-    token = res.token;
-    logprob = target_logprob(law.law, position_value(x, token, r));
+    const int action = w.action;
+    if (action == kDone || action == kStop) break;
+    if (action == kTotal) {  // T_k = sum R_k over the node's tokens (Note [Verifying a tree])
+      const int k = w.known;
+      const TargetMass law = a.laws[b * nodes + w.node].law;
+      const T* x = input(w.node);
+      const RowRace r = race_of(w.node);
+      uint64_t local = 0u;
+      for (int64_t i = threadIdx.x; i < vocab; i += kThreads) local += residual_at(v, b, w, law, position_value(x, i, r), i, k);
+      const uint64_t total = block_sum(local, w.warp_sums);
+      if (threadIdx.x == 0) {
+        w.totals[k] = total;
+        w.known = k + 1;
+      }
+    }
+    __syncthreads();
   }
-  if (threadIdx.x != 0) return;
-  int64_t* tokens = v.tokens + b * positions;
-  float* logprobs = v.logprobs != nullptr ? v.logprobs + b * positions : nullptr;
-  for (int64_t k = 0; k < j; ++k) {
-    tokens[k] = v.draft_ids[b * v.draft_ids_stride + k];
-    if (logprobs != nullptr) logprobs[k] = laws[k].logprob;
+  if (w.action == kDone) return;
+  // The stop token: the bonus (p), or the residual (Note [Verifying a tree]).
+  const int64_t node = w.node;
+  const int k = w.tried;
+  const TargetMass law = a.laws[b * nodes + node].law;
+  const T* x = input(node);
+  const RowRace r = race_of(node);
+  const auto y = [&](int64_t i) { return position_value(x, i, r); };
+  RowResult res{0, 0.0f, false, false};
+  if (k > 0 && v.draft_probs != nullptr) {  // the probability race over max(0, r_{k-1} - q_k)
+    const TargetMass residual{law.m, w.totals[k - 1], law.shift, kNoIndex, 0};
+    const float* last_q = node_draft_law(v, b, w.rejected[k - 1]);
+    res = race_node<true>(vocab, r, [&](int64_t i) {
+      return residual_weight(mass_probability(residual, residual_at(v, b, w, law, y(i), i, k - 1)), last_q[i]);
+    });
+  } else if (k > 0) {  // p without the rejected tokens
+    res = race_node<false>(vocab, r, [&](int64_t i) {
+      bool rejected = false;
+      for (int j = 0; j < k; ++j) rejected = rejected || w.token[w.rejected[j]] == i;
+      return rejected ? -kInf : y(i);
+    });
   }
-  tokens[j] = token;
-  if (logprobs != nullptr) logprobs[j] = logprob;
-  for (int64_t k = j + 1; k < positions; ++k) {
-    tokens[k] = -1;
-    if (logprobs != nullptr) logprobs[k] = -kInf;
-  }
-  v.num_accepted[b] = j;
-  if (v.valid != nullptr) v.valid[b] = valid;
+  if (threadIdx.x == 0) w.from_p = !res.valid;  // the bonus, or a residual with no mass
+  __syncthreads();
+  if (w.from_p) res = race_node<false>(vocab, r, y);
+  if (threadIdx.x == 0) write_stop(v, b, w, res.token, target_logprob(law, y(res.token)), true);
 }
 
 }  // namespace
@@ -263,7 +364,7 @@ void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex 
   a.v = v;
   a.rng.from_generator = from_generator;
   if (from_generator) a.rng.philox = draw_generator_cuda(generator, device, v.target.vocab);  // for all B (n + 1) rows
-  const int64_t rows = v.target.rows, batch = rows / (v.n + 1);
+  const int64_t rows = v.target.rows, batch = rows / v.nodes;
   const c10::DataPtr tables = build_exceptions_cuda(a.v.target, device);  // Note [Processing in the pass]
   auto* allocator = c10::cuda::CUDACachingAllocator::get();
   c10::DataPtr keeps;
