@@ -137,13 +137,14 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
 // weight; the same groups, noise and resolve as syncfree.sample's. Every
 // thread calls; the result is in warp 0 (other threads get an invalid one).
 template <bool kProbs, typename Value>
-__device__ RowResult race_node(int64_t vocab, const RowRace& r, Value value) {
+__device__ __forceinline__ RowResult race_node(int64_t vocab, const RowRace& r, Value value) {
   RowRace plain = r;
   plain.want_mass = false;
   RacePartial acc = empty_partial();
   float g[kGroup];
   for (int64_t q = threadIdx.x; q < ceil_div(vocab, kGroup); q += kThreads) {
     const int n = group_size(vocab, q);
+#pragma unroll  // a rolled loop would index g at run time: a stack array in local memory
     for (int k = 0; k < kGroup; ++k) g[k] = k < n ? value(q * kGroup + k) : masked_value(kProbs);
     visit_group<kProbs>(acc, g, int32_t(q * kGroup), plain);
   }
@@ -193,7 +194,7 @@ __device__ __forceinline__ uint64_t residual_at(const VerifyParams& v, int64_t b
 }
 
 // One token of the current node's stop, written by thread 0; ends the walk.
-__device__ void write_stop(const VerifyParams& v, int64_t b, TreeWalk& w, int64_t token, float logprob, bool valid) {
+__device__ __forceinline__ void write_stop(const VerifyParams& v, int64_t b, TreeWalk& w, int64_t token, float logprob, bool valid) {
   const int64_t nodes = v.nodes, j = w.accepted;
   v.tokens[b * nodes + j] = token;
   if (v.logprobs != nullptr) v.logprobs[b * nodes + j] = logprob;
@@ -211,7 +212,7 @@ __device__ void write_stop(const VerifyParams& v, int64_t b, TreeWalk& w, int64_
 // (the walk moves to it: kTry), a residual total is missing (kTotal), or none is left (kStop, or
 // the stop written when it needs no race).
 template <bool kProcess>
-__device__ void walk_step(const VerifyArgs& a, const SampleParams& p, int64_t b, TreeWalk& w) {
+__device__ __forceinline__ void walk_step(const VerifyArgs& a, const SampleParams& p, int64_t b, TreeWalk& w) {
   const VerifyParams& v = a.v;
   const int64_t nodes = v.nodes, row = b * nodes + w.node;
   const PositionLaw law = a.laws[row];
