@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from .params import SamplingParams
-from .sampling import sample, verify_draft
+from .sampling import sample, verify_draft, verify_tree
 
 _GREEDY_WARNING = ("temperature 0 with do_sample=True means greedy decoding; the other warpers are ignored "
                    "(pass do_sample=False to say so)")
@@ -279,6 +279,21 @@ class HeterogeneousNextTokenChooser:
         self._append(tokens, accepted + 1)
         self.steps += accepted + 1
         return tokens, accepted, logprobs
+
+    def verify_tree(self, target_logits: torch.Tensor, draft_ids: torch.Tensor, parents: torch.Tensor,
+                    draft_probs: Optional[torch.Tensor] = None):
+        """A speculative step over a draft tree: syncfree.verify_tree with each request's parameters
+        and seed. target_logits [B, N, V], draft_ids and parents [B, N], draft_probs [B, N, V] or
+        None -> (tokens [B, N]: the accepted path's tokens, one more, then -1; path [B, N]: the
+        root, the accepted nodes, then -1; num_accepted [B]; logprobs [B, N]). Node i of a request
+        draws at its step + i; the step advances by the tokens emitted, num_accepted + 1, which join
+        its history (no sync, graph-safe). With penalties or bias each node sees the history plus
+        its path's tokens, as `verify` does for a chain."""
+        tokens, path, accepted, logprobs = verify_tree(target_logits, draft_ids, parents, draft_probs, self.params,
+                                                       seed=self.seeds, offset=self.steps, return_logprobs=True)[:4]
+        self._append(tokens, accepted + 1)
+        self.steps += accepted + 1
+        return tokens, path, accepted, logprobs
 
     def filter(self, indices):
         """Keeps the requests at `indices`, in that order: a list of ints in [-B, B), or a 1-D integer

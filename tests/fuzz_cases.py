@@ -1,6 +1,7 @@
 """The fuzz suite's cases and invariants; tests/test_fuzz.py runs them in subprocesses.
 
-    python tests/fuzz_cases.py BATCH EXAMPLES [--emulated | --choosers | --distributed]
+    python tests/fuzz_cases.py BATCH EXAMPLES [--emulated | --choosers | --distributed | --simulated |
+                                               --verify [--emulated] | --tree [--emulated]]
 
 Each case is drawn by hypothesis (seeded by BATCH: deterministic) and printed before it
 runs, so a crash or a hang names its input. Invariants, on every call: an exception
@@ -12,7 +13,9 @@ float64 log-softmax of the warped logits. With --emulated the calls run the CUDA
 on the CPU (tests/cuda_on_cpu) and must also equal the CPU path. --choosers fuzzes the
 next-token choosers (errors, ids in range, filter/concatenate keep each request's tokens);
 --distributed runs two Gloo ranks over random uneven shards, bit-identical to one device,
-every error raised on both ranks.
+every error raised on both ranks, and --simulated one to six ranks in one process
+(fuzz_distributed.py); --verify and --tree fuzz verify_draft and verify_tree
+(fuzz_verify.py).
 """
 import contextlib
 import functools
@@ -24,7 +27,6 @@ import torch
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-import parity
 import syncfree
 from reference import is_greedy, reference_keep, scaled_logits
 
@@ -539,303 +541,21 @@ def run_choosers(batch, examples):
     print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
 
 
-def _distributed_rank(rank, world, port, batch, examples):
-    import os
-    import torch.distributed as dist
-    import syncfree.distributed as sd
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-
-    @seed(batch)
-    @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.data())
-    def fuzz(data):
-        b, v = data.draw(st.integers(1, 4)), data.draw(st.sampled_from([3, 17, 40, 333, 1000]))
-        dtype = data.draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
-        full = torch.stack([draw_row(data, v) for _ in range(b)]).to(dtype)
-        cut = data.draw(st.integers(1, v - 1)) if v > 1 else 1
-        first = data.draw(st.booleans())  # which rank holds the head
-        start, end = ((0, cut), (cut, v))[rank if first else 1 - rank]
-        kwargs = {}
-        t = data.draw(st.sampled_from([0.0, 1e-46, 1e-39, 0.7, 1.0, "tensor"]))
-        kwargs["temperature"] = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.3, 1e-39, NAN]),
-                                                                 min_size=b, max_size=b))) if t == "tensor" else t
-        for name, values in (("top_k", [0, 2, 50]), ("top_p", [1.0, 0.8]), ("min_p", [0.0, 0.1]),
-                             ("typical_p", [1.0, 0.7])):
-            kwargs[name] = data.draw(st.sampled_from(values))
-        rng = data.draw(st.sampled_from(["int", "tensor", "generator"]))
-        if rng == "int":
-            kwargs.update(seed=data.draw(st.integers(0, 2**40)), offset=data.draw(st.integers(0, 99)))
-        elif rng == "tensor":
-            kwargs.update(seed=torch.arange(b) * 3 + data.draw(st.integers(0, 99)), offset=torch.arange(b))
-        processing_ok = draw_processing(data, kwargs, b, b, v, emulated=False) if data.draw(st.booleans()) else True
-        if rank == 0:
-            print(f"case: distributed {dtype}{(b, v)} shards {(0, cut, v)} {kwargs} rng={rng}", flush=True)
-        single = dict(kwargs)
-        if rng == "generator":
-            s = data.draw(st.integers(0, 2**40))
-            kwargs["generator"], single["generator"] = torch.Generator().manual_seed(s), torch.Generator().manual_seed(s)
-        bad = data.draw(st.sampled_from([None] * 6 + ["top_p", "temperature", "dtype"]))
-        local = full[:, start:end]
-        if bad == "dtype":  # ranks disagree: both must raise, neither may hang in a collective
-            if rank == 1:
-                local = local.to(torch.float16 if dtype != torch.float16 else torch.float32)
-        elif bad is not None:
-            kwargs[bad] = {"top_p": 0.0, "temperature": -1.0}[bad]
-        n, mode = data.draw(st.sampled_from([0, 1, min(5, v)])), data.draw(st.sampled_from(["processed", "raw"]))
-        top = dict(return_top_logprobs=n, logprobs_mode=mode)
-        try:
-            tokens, logprobs, valid, *top_n = sd.sample(local, start, v, return_logprobs=True, return_valid=True,
-                                                        **kwargs, **top)
-        except (ValueError, TypeError) as e:
-            assert not processing_ok or (bad is not None and f"{'local_logits' if bad == 'dtype' else bad}:" in str(e)), e
-            return
-        assert bad is None and processing_ok, f"rank {rank}: {bad} or invalid processing was accepted"
-        want, want_lp, want_valid, *want_top = syncfree.sample(full, return_logprobs=True, return_valid=True, **single,
-                                                               **top)
-        assert torch.equal(tokens, want), f"rank {rank}: {tokens.tolist()} against one device's {want.tolist()}"
-        torch.testing.assert_close(logprobs, want_lp, atol=1e-4, rtol=1e-4)
-        assert torch.equal(valid, want_valid)
-        if n:
-            assert torch.equal(top_n[0], want_top[0]), f"rank {rank}: top ids {top_n[0].tolist()} vs {want_top[0]}"
-            torch.testing.assert_close(top_n[1], want_top[1], atol=1e-4, rtol=1e-4)
-
-    try:
-        fuzz()
-    finally:
-        dist.destroy_process_group()
-
-
-def run_distributed(batch, examples):
-    import torch.multiprocessing as mp
-    from ranks import free_port
-    mp.start_processes(_distributed_rank, args=(2, free_port(), batch, examples), nprocs=2, start_method="spawn")
-    print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
-
-
-def run_simulated(batch, examples):
-    """syncfree.distributed over 1 to 6 simulated ranks in one process (tests/ranks.py): any cut of
-    the vocabulary, shards in any order, every argument kind; each rank's tokens must equal one
-    device's and its logprobs agree to float rounding."""
-    from ranks import one_device, simulate
-
-    @seed(batch)
-    @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.data())
-    def fuzz(data):
-        b, v = data.draw(st.integers(1, 4)), data.draw(st.sampled_from([1, 3, 17, 40, 333, 1000, 4099]))
-        dtype = data.draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
-        full = torch.stack([draw_row(data, v) for _ in range(b)]).to(dtype)
-        ranks = data.draw(st.integers(1, min(6, v)))
-        cuts = sorted(data.draw(st.sets(st.integers(1, v - 1), min_size=ranks - 1, max_size=ranks - 1))) if v > 1 else []
-        bounds = list(zip([0] + cuts, cuts + [v]))
-        bounds = data.draw(st.permutations(bounds))  # ranks hold their shards in any order
-        kwargs = {}
-        t = data.draw(st.sampled_from([0.0, 1e-46, 1e-39, 0.7, 1.0, 50.0, "tensor"]))
-        kwargs["temperature"] = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.3, 1e-39, NAN, INF]),
-                                                                 min_size=b, max_size=b))) if t == "tensor" else t
-        for name, values in (("top_k", [0, 1, 2, 50, 10**6]), ("top_p", [1.0, 0.8, 0.3]), ("min_p", [0.0, 0.1, 1.0]),
-                             ("typical_p", [1.0, 0.7, 0.2])):
-            if data.draw(st.booleans()):
-                kwargs[name] = data.draw(st.sampled_from(values))
-            elif data.draw(st.booleans()):  # per-row values, out-of-range ones clamped (README "Bad input")
-                row_values = st.sampled_from(values + ([-3] if name == "top_k" else [NAN, -0.5, 1.5]))
-                tensor = torch.tensor(data.draw(st.lists(row_values, min_size=b, max_size=b)))
-                kwargs[name] = tensor if name == "top_k" else tensor.float()
-        rng = data.draw(st.sampled_from(["int", "tensor", "generator"]))
-        if rng == "int":
-            kwargs.update(seed=data.draw(st.integers(0, 2**40)), offset=data.draw(st.integers(0, 99)))
-        elif rng == "tensor":
-            kwargs.update(seed=torch.arange(b) * 3 + data.draw(st.integers(0, 99)), offset=torch.arange(b))
-        else:
-            kwargs["generator_seed"] = data.draw(st.integers(0, 2**40))
-        # Processing over global ids and a whole-row mask (Note [Processing on a shard]).
-        processing_ok = draw_processing(data, kwargs, b, b, v, emulated=False) if data.draw(st.booleans()) else True
-        print(f"case: simulated {dtype}{(b, v)} shards {bounds} {kwargs}", flush=True)
-        if not processing_ok:  # raised on every rank, as by one device
-            for call in (lambda: one_device(full, kwargs), lambda: simulate(full, bounds, **kwargs)):
-                try:
-                    call()
-                except (ValueError, TypeError):
-                    continue
-                raise AssertionError("invalid processing was accepted")
-            return
-        n = data.draw(st.sampled_from([n for n in (0, 0, 1, 3, min(20, v)) if n <= v]))  # n <= V
-        raw = data.draw(st.booleans())
-        single = {k: w for k, w in kwargs.items() if k != "generator_seed"}
-        if "generator_seed" in kwargs:
-            single["generator"] = torch.Generator().manual_seed(kwargs["generator_seed"])
-        want = syncfree.sample(full, return_logprobs=True, return_valid=True, return_top_logprobs=n,
-                               logprobs_mode="raw" if raw else "processed", **single)
-        want = want if n else (*want, None, None)
-        # out=: a strided column of a wider tensor on some cases; the tokens land there, nowhere else.
-        outs = []
-        out = (lambda: outs.append(torch.full((b, 2), -7)) or outs[-1][:, 0]) if data.draw(st.booleans()) else None
-        for rank, got in enumerate(simulate(full, bounds, top=(n, raw), out=out, **kwargs)):
-            assert torch.equal(got[0], want[0]), f"rank {rank}: {got[0].tolist()} against one device's {want[0].tolist()}"
-            if out is not None:
-                assert got[0].data_ptr() == outs[rank].data_ptr() and (outs[rank][:, 1] == -7).all()
-            torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-4)
-            assert torch.equal(got[2], want[2])
-            if n:  # top ids exactly (ranked by (logprob, id)), their logprobs to float rounding
-                assert torch.equal(got[3], want[3]), f"rank {rank}: top ids {got[3].tolist()} vs {want[3].tolist()}"
-                torch.testing.assert_close(got[4], want[4], atol=1e-4, rtol=1e-4)
-
-    fuzz()
-    print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
-
-
-def draw_verify_processing(data, g, b, n, v):
-    """verify_draft's processing: penalties (numbers or per-row tensors with NaN), a history with
-    padding, a bias, a mask per row or per position (some positions with nothing allowed)."""
-    kwargs = {}
-    for name, values in (("repetition_penalty", [1.0, 1.5, 0.7, NAN]), ("frequency_penalty", [0.0, 0.5, -1.0]),
-                         ("presence_penalty", [0.0, 2.0])):
-        if data.draw(st.booleans()):
-            as_tensor = data.draw(st.booleans())
-            kwargs[name] = torch.tensor(data.draw(st.lists(st.sampled_from(values), min_size=b, max_size=b))) \
-                if as_tensor else data.draw(st.sampled_from([x for x in values if x == x]))
-    if data.draw(st.booleans()):
-        kwargs["output_tokens"] = torch.randint(-1, v, (b, data.draw(st.integers(0, 6))), generator=g)
-    if data.draw(st.booleans()):
-        k = data.draw(st.integers(1, 3))
-        kwargs["bias_tokens"] = torch.randint(-1, v, (b, k), generator=g)
-        kwargs["bias_values"] = torch.tensor(data.draw(st.lists(st.sampled_from([-INF, -2.0, 0.5, 30.0, INF]),
-                                                                min_size=b * k, max_size=b * k))).view(b, k)
-    mask = data.draw(st.sampled_from([None, "row", "position"]))
-    if mask is not None:
-        shape = (b, (v + 31) // 32) if mask == "row" else (b, n + 1, (v + 31) // 32)
-        bits = torch.randint(-2**31, 2**31, shape, generator=g, dtype=torch.int64).to(torch.int32)
-        if data.draw(st.booleans()):
-            bits.view(-1)[0] = 0  # a position (or row) that may allow nothing
-        kwargs["allowed_mask"] = bits
-    return kwargs
-
-
-def run_verify(batch, examples, emulated):
-    """syncfree.verify_draft: random targets (every row kind of draw_row), drafts, draft
-    probabilities with NaN, negative and zero entries, warpers and seeds. Invariants: errors name
-    their argument; accepted tokens are the drafts; the stop token is in [0, V), kept by the
-    warped target at its position (0 with valid False for a degenerate one), the argmax on
-    greedy rows; -1 after it; a seeded call repeats itself; with --emulated, the CPU's result."""
-    import cuda_on_cpu
-    if emulated:
-        cuda_on_cpu.load()
-
-    @seed(batch)
-    @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.data())
-    def fuzz(data):
-        b, n = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-        v = data.draw(st.sampled_from([1, 2, 17, 40, 333, 4099, 20000]))
-        dtype = data.draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
-        target = torch.stack([torch.stack([draw_row(data, v) for _ in range(n + 1)]) for _ in range(b)]).to(dtype)
-        g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
-        ids = torch.randint(0, v, (b, n), generator=g)
-        take_argmax = data.draw(st.booleans())
-        if take_argmax:  # drafts a greedy target would accept
-            ids = target[:, :n].float().nan_to_num(nan=-INF).argmax(-1)
-        q = None
-        if data.draw(st.booleans()):
-            q = torch.softmax(torch.randn(b, n, v, generator=g) * data.draw(st.sampled_from([0.1, 3.0])), -1)
-            kind = data.draw(st.sampled_from(["plain", "nan", "negative", "zeros"]))
-            if kind != "plain":
-                q[torch.rand(b, n, v, generator=g) < 0.3] = {"nan": NAN, "negative": -1.0, "zeros": 0.0}[kind]
-        kwargs = {}
-        t = data.draw(st.sampled_from([0.0, 1e-39, 0.7, 1.0, 50.0, "tensor"] + TINY_TEMPERATURES))
-        kwargs["temperature"] = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.3, 1e-39, NAN, INF]
-                                                                                 + TINY_TEMPERATURES),
-                                                                 min_size=b, max_size=b))) if t == "tensor" else t
-        for name, values in (("top_k", [0, 1, 5, 10**6]), ("top_p", [1.0, 0.8]), ("min_p", [0.0, 0.1]),
-                             ("typical_p", [1.0, 0.7])):
-            if data.draw(st.booleans()):
-                kwargs[name] = data.draw(st.sampled_from(values))
-        rng = data.draw(st.sampled_from(["int", "tensor"]))
-        if rng == "int":
-            kwargs.update(seed=data.draw(st.integers(0, 2**40)), offset=data.draw(st.integers(0, 99)))
-        else:
-            kwargs.update(seed=torch.arange(b) * 7 + data.draw(st.integers(0, 99)), offset=torch.arange(b))
-        bad = data.draw(st.sampled_from([None] * 6 + ["draft_ids", "top_p", "draft_probs"]))
-        outside = False
-        if bad == "draft_ids":
-            ids = ids + v
-            if emulated:  # CUDA cannot check them without a sync: they are rejected (README "Speculative decoding")
-                bad, outside = None, True
-        elif bad == "top_p":
-            kwargs["top_p"] = 0.0
-        elif bad == "draft_probs":
-            q = torch.rand(b, n, v + 1, generator=g)
-        processing = {}
-        if bad is None and not outside and data.draw(st.booleans(), label="processing"):
-            processing = draw_verify_processing(data, g, b, n, v)
-            kwargs.update(processing)
-        print(f"case: verify {dtype}{(b, n, v)} q={q is not None} argmax={take_argmax} {kwargs} bad={bad}", flush=True)
-        def call(*args, **kw):
-            with cuda_on_cpu.emulating() if emulated else contextlib.nullcontext():
-                return syncfree.verify_draft(*args, **kw)
-
-        try:
-            tokens, accepted, logprobs, valid = call(target, ids, q, return_logprobs=True, return_valid=True, **kwargs)
-        except (ValueError, TypeError) as e:
-            assert bad is not None and f"{bad}:" in str(e), str(e)
-            return
-        assert bad is None, f"{bad} was accepted"
-        again = call(target, ids, q, return_logprobs=True, return_valid=True, **kwargs)
-        assert torch.equal(again[0], tokens) and torch.equal(again[1], accepted), "a seeded call did not repeat"
-        if emulated and not outside:
-            want = syncfree.verify_draft(target, ids, q, return_logprobs=True, return_valid=True, **kwargs)
-            for w, got in zip(want, (tokens, accepted, logprobs, valid)):
-                if w.dtype == torch.float32:
-                    torch.testing.assert_close(got, w, atol=1e-4, rtol=1e-4)
-                else:
-                    assert torch.equal(got, w), f"emulated CUDA {got.tolist()} against the CPU's {w.tolist()}"
-        temps = kwargs["temperature"]
-        temps = temps if isinstance(temps, torch.Tensor) else torch.full((b,), float(temps))
-        warpers = {k: kwargs[k] for k in ("top_k", "top_p", "min_p", "typical_p") if k in kwargs}
-        if processing:  # the reference: the processing written out, then verify_draft without it
-            params = syncfree.SamplingParams(**{k: kwargs[k] for k in syncfree.params.KEYWORDS if k in kwargs})
-            target = parity.processed_copy(target, ids, params)
-            want = syncfree.verify_draft(target, ids, q, parity.warpers_of(params), return_logprobs=True,
-                                         return_valid=True, **{k: v for k, v in kwargs.items() if k in ("seed", "offset")})
-            for w, got in zip(want, (tokens, accepted, logprobs, valid)):
-                if w.dtype == torch.float32:
-                    torch.testing.assert_close(got, w, atol=1e-4, rtol=1e-4)
-                else:
-                    assert torch.equal(got, w), f"processing in the passes {got.tolist()}, written out {w.tolist()}"
-        for row in range(b):
-            k = accepted[row].item()
-            assert 0 <= k <= n and torch.equal(tokens[row, :k], ids[row, :k]), (tokens[row], ids[row])
-            assert ((tokens[row, :k] >= 0) & (tokens[row, :k] < v)).all(), f"an id outside [0, {v}) was accepted"
-            assert (tokens[row, k + 1:] == -1).all()
-            token = tokens[row, k].item()
-            assert 0 <= token < v, f"id {token} outside [0, {v})"
-            if not valid[row]:
-                assert token == 0
-                continue
-            raw = target[row, k].double()
-            assert not torch.isnan(raw[token]) and raw[token] != -INF, f"a masked token {token} was emitted"
-            t_row = temps[row].item()
-            if is_greedy(t_row):  # greedy: the argmax of the raw logits
-                assert raw.nan_to_num(nan=-INF)[token] == raw.nan_to_num(nan=-INF).max()
-                continue
-            warped = syncfree.warp(target[row, k][None], t_row, **warpers)[0][0]
-            if (warped > -INF).any():  # (else every logit / T overflowed: the raw argmax)
-                assert warped[token] > -INF, f"token {token} was removed by the warpers"
-
-    fuzz()
-    print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
-
-
 if __name__ == "__main__":
     batch_arg, examples_arg = int(sys.argv[1]), int(sys.argv[2])
     if "--choosers" in sys.argv:
         run_choosers(batch_arg, examples_arg)
     elif "--distributed" in sys.argv:
-        run_distributed(batch_arg, examples_arg)
+        import fuzz_distributed
+        fuzz_distributed.run_distributed(batch_arg, examples_arg)
     elif "--simulated" in sys.argv:
-        run_simulated(batch_arg, examples_arg)
+        import fuzz_distributed
+        fuzz_distributed.run_simulated(batch_arg, examples_arg)
     elif "--verify" in sys.argv:
-        run_verify(batch_arg, examples_arg, "--emulated" in sys.argv)
+        import fuzz_verify
+        fuzz_verify.run_verify(batch_arg, examples_arg, "--emulated" in sys.argv)
+    elif "--tree" in sys.argv:
+        import fuzz_verify
+        fuzz_verify.run_verify_tree(batch_arg, examples_arg, "--emulated" in sys.argv)
     else:
         run(batch_arg, examples_arg, "--emulated" in sys.argv)

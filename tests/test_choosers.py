@@ -465,3 +465,33 @@ def test_penalized_choosers_no_sync_and_graph_replay_on_cuda():
         want, _ = cpu(favourite_logits(n, v, step))
         assert torch.equal(out["ids"].cpu(), want), step
     assert torch.equal(graphed.history.cpu(), cpu.history) and graphed.steps.tolist() == [5] * n
+
+
+def test_verify_tree_walks_each_request_and_appends_its_path():
+    """verify_tree: greedy requests with penalties follow the argmax path of the processed logits,
+    where node i sees the history plus its path's tokens (not its siblings'); the steps advance by
+    the tokens emitted and the history gains them, so the next call continues each request."""
+    from trees import greedy_walk
+    rows = [dict(repetition=1.5), dict(frequency=1.0, presence=0.5), dict()]
+    chooser = chooser_for(rows, history_size=8)
+    outputs = [[] for _ in rows]
+    ids, _ = chooser(favourite_logits(3, 64, 0))
+    for r in range(3):
+        outputs[r].append(ids[r].item())
+    parents = [-1, 0, 0, 1, 1, 2, 3]
+    target = torch.stack([favourite_logits(3, 64, 10 + j) for j in range(7)], 1)  # [3, 7, 64]
+    draft = torch.tensor([0, 0, 1, 1, 2, 0, 2]).expand(3, 7).contiguous()
+    tokens, path, accepted, logprobs = chooser.verify_tree(target, draft, torch.tensor(parents).expand(3, 7))
+    for r in range(3):
+        # The processed logits of each node, with the history plus the path's tokens.
+        prefixes = [[]]
+        for i in range(1, 7):
+            prefixes.append(prefixes[parents[i]] + [draft[r, i].item()])
+        x = torch.stack([processed(target[r, i], outputs[r] + prefixes[i], **rows[r]) for i in range(7)])
+        want, want_path = greedy_walk(x, draft[r], parents)
+        assert tokens[r, :len(want)].tolist() == want and path[r, :len(want)].tolist() == want_path, r
+        assert accepted[r].item() == len(want) - 1
+        outputs[r] += want
+    assert len(set(accepted.tolist())) > 1, "the requests stopped at different depths"
+    assert chooser.steps.tolist() == [len(o) for o in outputs]
+    assert chooser.history.tolist() == [ring(o, 8) for o in outputs]

@@ -405,6 +405,28 @@ def test_verify_tree_unchecked_parents_and_ids(target):
     parity.check_verify_tree_unchecked(target)
 
 
+def test_verify_tree_captured_replays_with_fresh_noise(layer):
+    """A captured verify_tree with warpers and draft_probs replays with the per-row offsets of each
+    replay, into the same output tensors."""
+    g = torch.Generator().manual_seed(3)
+    parents = torch.tensor([[-1, 0, 0, 1, 1, 2]] * 2)
+    x = torch.randn(2, 6, 5000, generator=g) * 3
+    ids = torch.cat([torch.zeros(2, 1, dtype=torch.int64), x[:, [0, 0, 1, 1, 2]].argmax(-1)], 1)
+    q = torch.softmax(torch.randn(2, 6, 5000, generator=g), -1)
+    seeds, offsets = torch.tensor([4, 9]), torch.zeros(2, dtype=torch.int64)
+    out = torch.full((2, 6), -7, dtype=torch.int64)
+    graph = layer.Graph()
+    with cuda_on_cpu.capture(graph):
+        path, accepted = emulated(syncfree.verify_tree, x, ids, parents, q, 0.9, top_k=40, seed=seeds,
+                                  offset=offsets, out=out)[1:3]
+    assert out.eq(-7).all(), "a captured launch ran during the capture"
+    for replay in range(3):
+        offsets.fill_(replay * 5)
+        graph.replay()
+        want = syncfree.verify_tree(x, ids, parents, q, 0.9, top_k=40, seed=seeds, offset=offsets)
+        assert torch.equal(out, want[0]) and torch.equal(path, want[1]) and torch.equal(accepted, want[2])
+
+
 def test_verify_draft_captured_replays_with_fresh_noise(layer):
     """A captured verify_draft with warpers (the selection's memset and launches included) replays
     with the per-row offsets and the generator's position of each replay."""

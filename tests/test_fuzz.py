@@ -5,7 +5,7 @@ case that caused it. SYNCFREE_FUZZ_EXAMPLES (default 200) sets the cases per CPU
 emulated CUDA batches and the two-rank Gloo batch run a quarter of that, the chooser batch and
 the simulated-ranks batch (syncfree.distributed over 1 to 6 ranks in one process) half. CI's
 budget: 1200 CPU cases, 100 emulated, 100 chooser, 100 simulated-ranks and 50 two-rank ones;
-verify_draft gets 100 CPU cases and 25 emulated ones.
+verify_draft and verify_tree get 100 CPU cases and 25 emulated ones each.
 """
 import os
 import pathlib
@@ -70,6 +70,15 @@ def test_fuzz_verify_draft():
 @pytest.mark.emulated
 def test_fuzz_verify_draft_on_the_emulated_cuda_path():
     run_batch(600, max(EXAMPLES // 8, 1), "verify --emulated", timeout=900)
+
+
+def test_fuzz_verify_tree():
+    run_batch(700, max(EXAMPLES // 2, 1), "tree", timeout=600)
+
+
+@pytest.mark.emulated
+def test_fuzz_verify_tree_on_the_emulated_cuda_path():
+    run_batch(800, max(EXAMPLES // 8, 1), "tree --emulated", timeout=900)
 
 
 def test_the_invariants_catch_bad_results():

@@ -128,3 +128,27 @@ def test_torch_compile_with_out(backend):
     doubled = compiled(x, seeds, out)
     expected = syncfree.sample(x, 0.9, seed=seeds)
     assert torch.equal(out, expected) and torch.equal(doubled, expected * 2)
+
+
+def verify_args(tree, q=True, **params):
+    """verify_draft's or verify_tree's op arguments, as the wrappers build them."""
+    g = torch.Generator().manual_seed(1)
+    target = torch.randn(3, 5, 60, generator=g)
+    ids = torch.randint(0, 60, (3, 5 if tree else 4), generator=g)
+    draft_probs = torch.softmax(torch.randn(3, ids.shape[1], 60, generator=g), -1) if q else None
+    parents = (torch.tensor([[-1, 0, 0, 1, 2]] * 3),) if tree else ()
+    return (target, ids, *parents, draft_probs, *syncfree.SamplingParams(**params).op_args(), torch.arange(3),
+            torch.arange(3), None, 0, None, True, True)
+
+
+VERIFY_CASES = [dict(), dict(q=False, temperature=torch.tensor([0.0, 0.7, 1.2]), top_k=5),
+                dict(top_p=0.9, repetition_penalty=1.2, output_tokens=torch.tensor([[1, 2, -1]] * 3))]
+
+
+@pytest.mark.parametrize("case", range(len(VERIFY_CASES)))
+@pytest.mark.parametrize("op", ["verify_draft", "verify_tree"])
+def test_opcheck_verify(op, case):
+    args = verify_args(op == "verify_tree", **VERIFY_CASES[case])
+    torch.library.opcheck(getattr(torch.ops.syncfree, op).default, args)
+    out = torch.empty(3, 5, dtype=torch.int64)
+    torch.library.opcheck(getattr(torch.ops.syncfree, op + "_into").default, (out, *args))
