@@ -3,6 +3,7 @@ table cells and the command line they have in common. Timers live in _timing.py.
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import traceback
@@ -165,3 +166,12 @@ def default_out():
 def check_device(device):
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("CUDA is not available; use --device cpu")
+
+
+def write_table(out_dir, name, device, text, meta, results):
+    """Prints the table and writes table_<name>_<device>.txt and results_<name>_<device>.json."""
+    print("\n" + text)
+    with open(os.path.join(out_dir, f"table_{name}_{device}.txt"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out_dir, f"results_{name}_{device}.json"), "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)

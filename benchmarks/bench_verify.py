@@ -21,7 +21,6 @@ MB of target logits and draft probabilities in the call, full reads syncfree mak
 Writes table_verify_<device>.txt and results_verify_<device>.json (no plot: one table).
 """
 
-import json
 import os
 import sys
 
@@ -30,7 +29,7 @@ import torch
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 import _timing as timing  # noqa: E402
-from _common import base_parser, check_device, fmt  # noqa: E402
+from _common import base_parser, check_device, fmt, write_table  # noqa: E402
 
 syncfree, SYNCFREE_MISSING, _ = timing.import_subjects()
 TEMPERATURE = 0.8
@@ -124,11 +123,7 @@ def main():
         verdict.append(f"GPU bar, within 1.5x of syncfree.sample over the same logits: worst {slowest:.2f}x -> "
                        + ("met" if slowest <= 1.5 else "NOT met"))
     text = "\n".join(header + lines + [""] + verdict) + "\n"
-    print("\n" + text)
-    with open(os.path.join(args.out, f"table_verify_{device}.txt"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, f"results_verify_{device}.json"), "w") as f:
-        json.dump({"meta": meta, "results": rows}, f, indent=1)
+    write_table(args.out, "verify", device, text, meta, rows)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@
 #                  bench_sample.py (temperature only) and bench_warpers.py (top-k + top-p +
 #                  min-p) at B 1 and 64, V 128256, float32 and bfloat16, against torch.multinomial,
 #                  the exponential trick and the sort-based chain; copy bandwidth; then
-#                  bench_verify.py's quick grid (speculative decoding)    -> bench.log, bench.json
+#                  bench_verify.py's and bench_tree.py's quick grids (speculative decoding)
+#                                                                         -> bench.log, bench.json
 #   demo           examples/generate.py --device cuda                        -> demo.log
 #   pytest-rest    the rest of the suite (pytest -m "not cuda and not emulated"), in the time left
 #   summary        each step's rc and seconds, ptxas registers/spills per kernel, pytest's last
@@ -157,10 +158,12 @@ if [ "${RC[build]}" = 0 ]; then
     # --- 4. benchmarks ----------------------------------------------------------------------
     run_step bench 75 "$F_BENCH" $((F_WARPERS + F_DEMO)) "$OUT/bench.log" \
         "$PYTHON" -P benchmarks/bench_sample.py "${BENCH_GRID[@]}" --methods "syncfree,sf.seed,multinomial,exp.eager"
-    # bench_warpers' 'all' configuration, then bench_verify's quick grid (B 1 and 8, n 1 and 5).
+    # bench_warpers' 'all' configuration, then bench_verify's quick grid (B 1 and 8, n 1 and 5) and
+    # bench_tree's (B 1 and 8, N 8 and 64).
     run_step bench-warpers 60 "$F_WARPERS" "$F_DEMO" "$OUT/bench.log" \
         bash -c '"$0" -P benchmarks/bench_warpers.py "${@:2}" --configs all &&
-                 "$0" -P benchmarks/bench_verify.py --device "$1" --quick --batches 1,8 --out "${@: -1}"' \
+                 "$0" -P benchmarks/bench_verify.py --device "$1" --quick --batches 1,8 --out "${@: -1}" &&
+                 "$0" -P benchmarks/bench_tree.py --device "$1" --quick --out "${@: -1}"' \
         "$PYTHON" "$DEV" "${BENCH_GRID[@]}"
     # --- 5. the decode demo -----------------------------------------------------------------
     run_step demo 45 "$F_DEMO" 0 "$OUT/demo.log" "$PYTHON" -P examples/generate.py "${DEMO_ARGS[@]}"

@@ -17,7 +17,7 @@ Kernels and the variants reached (csrc/cuda/*.cu):
   syncfree_apply_thresholds_kernel<T>       syncfree.warp with and without warpers, scaled_logits;
   syncfree_resolve_group_kernel<T, false>   the race on shards (syncfree.distributed's steps);
   syncfree_shard_pass_kernel<T>, syncfree_shard_rows_kernel   every step of those calls (csrc/cuda/shard_cuda.cu);
-  syncfree_verify_positions_kernel<T, kProcess>, syncfree_verify_finish_kernel<T, kProcess>   verify_draft;
+  syncfree_verify_positions_kernel<T, kProcess>, syncfree_verify_finish_kernel<T, kProcess>   verify_draft, verify_tree;
   syncfree_build_exceptions_kernel, the kProcess variants, syncfree_top_pass_kernel<T>,
   syncfree_top_finish_kernel<T>             processing (mask, bias, penalties) and top-n / raw
                                             logprobs, rows split and not, candidates fitting and not.
@@ -306,8 +306,9 @@ def section_shards(run):
 
 
 def section_verify(run):
-    """syncfree.verify_draft: the selection over every position, the positions and finish kernels;
-    drafts with and without probabilities, greedy and warped rows, a degenerate position."""
+    """syncfree.verify_draft and verify_tree: the selection over every position, the positions and
+    finish kernels; drafts with and without probabilities, greedy and warped rows, a degenerate
+    position, a tree with siblings and padding."""
     for dtype in DTYPES:
         name = str(dtype).replace("torch.", "")
         g = torch.Generator().manual_seed(70)
@@ -332,6 +333,18 @@ def section_verify(run):
             got = syncfree.verify_draft(run.on(x), run.on(ids), run.on(draft_probs), run.on(temps), **run.kwargs_on(kwargs))
             for part, w, r in zip(("tokens", "accepted", "logprobs", "valid"), want, got):
                 (run.close if part == "logprobs" else run.equal)(f"verify {name} {label} {part}", r, w)
+        # verify_tree over a tree with siblings, padding and a chain (the finish kernel's walk).
+        parents = torch.tensor([[-1, 0, 0, 1], [-1, 0, 1, 2], [-1, 0, 0, 0], [-1, 0, -1, -1]])
+        tree_ids = torch.cat([ids[:, :1], ids], 1)
+        tree_q = torch.cat([q[:, :1], q], 1)
+        for label, draft_probs in (("q", tree_q), ("one-hot", None)):
+            kwargs = dict(seed=torch.arange(b), offset=torch.arange(b), return_logprobs=True, return_valid=True,
+                          top_k=40)
+            want = syncfree.verify_tree(x, tree_ids, parents, draft_probs, temps, **kwargs)
+            got = syncfree.verify_tree(run.on(x), run.on(tree_ids), run.on(parents), run.on(draft_probs),
+                                       run.on(temps), **run.kwargs_on(kwargs))
+            for part, w, r in zip(("tokens", "path", "accepted", "logprobs", "valid"), want, got):
+                (run.close if part == "logprobs" else run.equal)(f"verify_tree {name} {label} {part}", r, w)
 
 
 def section_processing(run):

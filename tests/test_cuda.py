@@ -313,6 +313,33 @@ def test_verify_draft_no_sync_and_graph_capture():
         assert torch.equal(out, syncfree.verify_draft(x, ids, q, 0.8, top_k=50, seed=seeds, offset=offsets)[0])
 
 
+def test_verify_tree_cpu_and_cuda_identical_no_sync_and_graph_capture():
+    parity.check_verify_tree(CUDA)
+    parity.check_verify_tree(CUDA, rows=6, nodes=9, vocab=2050, processing=True)
+    parity.check_verify_tree_unchecked(CUDA)
+    g = torch.Generator().manual_seed(3)
+    parents = torch.tensor([[-1, 0, 0, 1, 1, 2]] * 8, device="cuda")
+    x = (torch.randn(8, 6, 32000, generator=g) * 3).cuda()
+    ids = torch.cat([torch.zeros(8, 1, dtype=torch.int64), x[:, [0, 0, 1, 1, 2]].argmax(-1).cpu()], 1).cuda()
+    q = torch.softmax(x, -1)
+    seeds, offsets = torch.arange(8, device="cuda"), torch.zeros(8, dtype=torch.int64, device="cuda")
+    out = torch.empty(8, 6, dtype=torch.int64, device="cuda")
+    syncfree.verify_tree(x, ids, parents, q, 0.8, top_k=50, seed=seeds, offset=offsets, out=out)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        syncfree.verify_tree(x, ids, parents, q, 0.8, top_k=50, top_p=0.9, out=out)
+        syncfree.verify_tree(x, ids, parents, None, 0.0, out=out)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    graph = capture(lambda: syncfree.verify_tree(x, ids, parents, q, 0.8, top_k=50, seed=seeds, offset=offsets,
+                                                 out=out))
+    for step in range(3):
+        offsets.fill_(step)
+        graph.replay()
+        assert torch.equal(out, syncfree.verify_tree(x, ids, parents, q, 0.8, top_k=50, seed=seeds,
+                                                     offset=offsets)[0])
+
+
 @pytest.mark.parametrize("shape", [(4, 17), (7, 3000), (1, 128256), (64, 32000)])
 def test_processing_cpu_and_cuda_identical(shape):
     parity.check_processing(CUDA, shape, torch.bfloat16)
