@@ -6,8 +6,9 @@
 
 For (B, N) in {(1, 8), (1, 64), (8, 8), (8, 64), (64, 8)} (B N <= 512: the target and the draft
 laws are B N V floats each), V = 128,256, float32 target logits, temperature 0.8, an EAGLE-like
-tree (four children at the root, two below, breadth first), proposals (one-hot) and draft
-probabilities, it times side by side in one run:
+tree (four children at the root, two below, breadth first) and a drafter whose law is the
+target's perturbed: proposals (its best tokens in rank order, one-hot) and draft probabilities
+(independent draws, each with its law), it times side by side in one run:
   syncfree   syncfree.verify_tree with per-row seed/offset tensors;
   torch.ref  the SpecInfer rule in plain PyTorch, vectorised over rows with a Python loop per
              level and per sibling rank: softmax of the target over [B, N, V], then at each level
@@ -96,16 +97,28 @@ def torch_reference(target, ids, parents, q, temperature=TEMPERATURE):
 
 
 def make_case(b, n, device, seed):
+    """A case of each mode on one target: the drafter's law after each node is the target's there,
+    perturbed; proposals are its best tokens in rank order (as EAGLE's top-k), draft_probs
+    children are independent draws from it (SpecInfer), each carrying that law."""
     g = torch.Generator().manual_seed(seed)
     parents = eagle_like(n)
     target = torch.randn(b, n, V, generator=g) * 3
-    # The drafter: the target's law at the parent, perturbed, so some children are accepted.
-    q = torch.softmax((target[:, [max(x, 0) for x in parents]] + torch.randn(b, n, V, generator=g)) / TEMPERATURE,
-                      -1)
-    ids = torch.multinomial(q.view(-1, V), 1, generator=g).view(b, n)
-    return dict(target=target.to(device), ids=ids.to(device), q=q.to(device), parents=parents,
-                parents_t=torch.tensor(parents, device=device).expand(b, n).contiguous(),
-                seed=torch.arange(b, device=device), offset=torch.zeros(b, dtype=torch.int64, device=device))
+    drafter = torch.softmax((target + torch.randn(b, n, V, generator=g)) / TEMPERATURE, -1)  # after each node
+    ranked = drafter.topk(4, dim=-1).indices  # [B, N, 4]
+    proposals = torch.zeros(b, n, dtype=torch.int64)
+    samples = torch.zeros(b, n, dtype=torch.int64)
+    q = torch.zeros(b, n, V)
+    for c in range(1, n):
+        parent = parents[c]
+        rank = sum(1 for s in range(1, c) if parents[s] == parent)
+        proposals[:, c] = ranked[:, parent, rank]
+        samples[:, c] = torch.multinomial(drafter[:, parent], 1, generator=g).squeeze(-1)
+        q[:, c] = drafter[:, parent]
+    common = dict(target=target.to(device), parents=parents, seed=torch.arange(b, device=device),
+                  parents_t=torch.tensor(parents, device=device).expand(b, n).contiguous(),
+                  offset=torch.zeros(b, dtype=torch.int64, device=device))
+    return {"proposals": dict(common, ids=proposals.to(device), q=None),
+            "draft_probs": dict(common, ids=samples.to(device), q=q.to(device))}
 
 
 def main():
@@ -119,13 +132,13 @@ def main():
     meta = timing.run_meta(device, TEMPERATURE, syncfree, SYNCFREE_MISSING, None)
     results = []
     for b, n in shapes:
-        cases = [make_case(b, n, device, seed) for seed in range(2)]
+        both = [make_case(b, n, device, seed) for seed in range(2)]
         for mode in ("proposals", "draft_probs"):
-            q = (lambda c: c["q"]) if mode == "draft_probs" else (lambda c: None)
-            sf = lambda c: syncfree.verify_tree(c["target"], c["ids"], c["parents_t"], q(c), TEMPERATURE,
+            cases = [case[mode] for case in both]
+            sf = lambda c: syncfree.verify_tree(c["target"], c["ids"], c["parents_t"], c["q"], TEMPERATURE,
                                                 seed=c["seed"], offset=c["offset"])
             us_sf = timer(sf, cases, budget_s=budget)
-            us_ref = timer(lambda c: torch_reference(c["target"], c["ids"], c["parents"], q(c)), cases,
+            us_ref = timer(lambda c: torch_reference(c["target"], c["ids"], c["parents"], c["q"]), cases,
                            budget_s=budget)
             accepted = sf(cases[0])[2].float()
             emitted = (accepted + 1).mean().item()
