@@ -346,8 +346,8 @@ void check_verify(const Tensor& target, const Tensor& draft_ids, const std::opti
   TORCH_CHECK_VALUE(target.dim() == 3, "target_logits: expected shape [B, n + 1, V], got ", target.dim(), " dims ",
                     target.sizes());
   const int64_t rows = target.size(0), n = target.size(1) - 1;
-  TORCH_CHECK_VALUE(n >= 1, "target_logits: expected n + 1 >= 2 positions (at least one drafted token), got n + 1 = ",
-                    n + 1);
+  TORCH_CHECK_VALUE(n >= 1 && n + 1 <= kMaxTreeNodes, "target_logits: expected 2 <= n + 1 <= ", kMaxTreeNodes,
+                    " positions (at least one drafted token), got n + 1 = ", n + 1);
   TORCH_CHECK_VALUE(rows * (n + 1) <= int64_t(INT32_MAX), "target_logits: at most ", INT32_MAX,
                     " positions in all, got ", rows * (n + 1));
   check_input(target.select(1, 0), "target_logits");

@@ -54,7 +54,7 @@ void check_out(const Tensor& out, const Tensor& input, const std::vector<int64_t
 std::vector<std::optional<Tensor>> read_by(const SamplingArgs& a, const RngArgs& rng,
                                            std::vector<std::optional<Tensor>> inputs);
 
-// syncfree.verify_draft's tensors: target_logits [B, n + 1, V] (n >= 1; each
+// syncfree.verify_draft's tensors: target_logits [B, n + 1, V] (2 <= n + 1 <= kMaxTreeNodes; each
 // position as check_input checks a sampling input), draft_ids [B, n] int64,
 // draft_probs [B, n, V] float32 or None; on the CPU also the draft ids' values
 // (in [0, V); on CUDA that would need a sync: README "Speculative decoding").

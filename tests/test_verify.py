@@ -196,6 +196,8 @@ def test_out_generator_and_int_seed():
 @pytest.mark.parametrize("call, match", [
     (lambda t, i, q: syncfree.verify_draft(t[:, 0], i, q), "target_logits: expected shape"),
     (lambda t, i, q: syncfree.verify_draft(t[:, :1], i[:, :0], None), "at least one drafted token"),
+    (lambda t, i, q: syncfree.verify_draft(torch.zeros(1, 513, 50), torch.zeros(1, 512, dtype=torch.int64)),
+     r"2 <= n \+ 1 <= 512"),
     (lambda t, i, q: syncfree.verify_draft(t, i[:, :1], q), "draft_ids: expected shape"),
     (lambda t, i, q: syncfree.verify_draft(t, i.float(), q), "draft_ids: expected an int64"),
     (lambda t, i, q: syncfree.verify_draft(t, i, q.double()), "draft_probs: expected a float32"),

@@ -168,6 +168,7 @@ struct TreeWalk {
   int64_t token[kMaxTreeNodes];           // node_token
   float value[kMaxTreeNodes];             // the token's race value at its parent (-inf outside [0, V))
   float q[kMaxTreeNodes];                 // its draft probability; 1 without draft_probs
+  double u[kMaxTreeNodes];                // its acceptance uniform: its parent's word for its sibling rank
   int32_t rejected[kMaxTreeNodes];        // the current node's rejected children, in order
   unsigned long long totals[kMaxTreeNodes];  // T_k of its residual (draft_probs); totals[0] = W
   unsigned long long warp_sums[kThreads / 32];
@@ -210,21 +211,20 @@ __device__ __forceinline__ void write_stop(const VerifyParams& v, int64_t b, Tre
 
 // Thread 0's part of the walk: tries the current node's children in order until one is accepted
 // (the walk moves to it: kTry), a residual total is missing (kTotal), or none is left (kStop, or
-// the stop written when it needs no race).
-template <bool kProcess>
-__device__ __forceinline__ void walk_step(const VerifyArgs& a, const SampleParams& p, int64_t b, TreeWalk& w) {
+// the stop written when it needs no race). Its only global load is the node's law: the tree,
+// the values and the uniforms are in shared memory, and a row's nodes share its temperature.
+__device__ __forceinline__ void walk_step(const VerifyArgs& a, int64_t b, bool greedy, TreeWalk& w) {
   const VerifyParams& v = a.v;
   const int64_t nodes = v.nodes, row = b * nodes + w.node;
   const PositionLaw law = a.laws[row];
   if (law.degenerate) return write_stop(v, b, w, 0, -kInf, false);
-  const RowRace r = kProcess ? row_race(p, row) : without_processing(row_race(p, row));
   const bool point = law.point != kNoIndex;
   for (int64_t c = walk_next_child(w, nodes, w.child); c >= 0; c = walk_next_child(w, nodes, c)) {
     const int k = w.tried;
     const int64_t draft = w.token[c];
-    const bool in_vocab = draft >= 0 && draft < p.vocab;
-    bool accepted = r.greedy && draft == law.point;
-    if (!r.greedy) {
+    const bool in_vocab = draft >= 0 && draft < v.target.vocab;
+    bool accepted = greedy && draft == law.point;
+    if (!greedy) {
       const bool probs = v.draft_probs != nullptr;
       if (!point && probs && w.known <= k) {
         w.action = kTotal;  // T_k first
@@ -242,7 +242,7 @@ __device__ __forceinline__ void walk_step(const VerifyArgs& a, const SampleParam
         const TargetMass residual{law.law.m, law.law.total - w.rejected_mass, law.law.shift, kNoIndex, 0};
         pd = mass_probability(residual, target_fixed_mass(law.law, w.value[c]));
       }
-      accepted = accepts(accept_uniform(r.stream, uint64_t(k)), double(w.q[c]), pd);
+      accepted = accepts(w.u[c], double(w.q[c]), pd);
       if (!accepted && in_vocab && !point && !probs && !repeat)
         w.rejected_mass += target_fixed_mass(law.law, w.value[c]);
     }
@@ -250,8 +250,8 @@ __device__ __forceinline__ void walk_step(const VerifyArgs& a, const SampleParam
       const int64_t j = w.accepted;
       v.tokens[b * nodes + j] = draft;
       if (v.logprobs != nullptr)
-        v.logprobs[b * nodes + j] = r.greedy ? law.logprob : point ? point_logprob(law.law)
-                                                                  : target_logprob(law.law, w.value[c]);
+        v.logprobs[b * nodes + j] = greedy ? law.logprob : point ? point_logprob(law.law)
+                                                                : target_logprob(law.law, w.value[c]);
       if (v.path != nullptr) v.path[b * nodes + j + 1] = c;
       w.accepted = j + 1;
       w.node = c;
@@ -267,7 +267,7 @@ __device__ __forceinline__ void walk_step(const VerifyArgs& a, const SampleParam
     w.tried = k + 1;
     w.child = c;
   }
-  if (r.greedy) return write_stop(v, b, w, law.point, law.logprob, true);
+  if (greedy) return write_stop(v, b, w, law.point, law.logprob, true);
   if (point) return write_stop(v, b, w, law.point, point_logprob(law.law), true);
   w.action = kStop;
 }
@@ -285,6 +285,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_finish_kernel(Verify
     const RowRace r = row_race(p, b * nodes + node);
     return kProcess ? r : without_processing(r);
   };
+  const bool greedy = race_of(0).greedy;  // one temperature per row
   // The tree, each token's value at its parent and its q: one parallel read.
   for (int64_t c = threadIdx.x; c < nodes; c += kThreads) {
     const int64_t parent = c == 0 ? -1 : node_parent(v, b, c);
@@ -295,6 +296,15 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_finish_kernel(Verify
     w.token[c] = draft;
     w.value[c] = parent >= 0 && in_vocab ? position_value(input(parent), draft, race_of(parent)) : -kInf;
     w.q[c] = q_row == nullptr ? 1.0f : in_vocab ? clean_weight(q_row[draft]) : 0.0f;
+  }
+  __syncthreads();
+  // Each node's acceptance uniform: the k-th child tried at a node is its k-th child in node order.
+  for (int64_t c = 1 + threadIdx.x; c < nodes; c += kThreads) {
+    const int32_t parent = w.parent[c];
+    if (parent < 0) continue;
+    uint64_t k = 0;
+    for (int64_t s = parent + 1; s < c; ++s) k += w.parent[s] == parent ? 1u : 0u;
+    w.u[c] = accept_uniform(row_race(p, b * nodes + parent).stream, k);
   }
   if (threadIdx.x == 0) {
     w.node = 0;
@@ -308,7 +318,7 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_finish_kernel(Verify
   }
   __syncthreads();
   for (;;) {
-    if (threadIdx.x == 0) walk_step<kProcess>(a, p, b, w);
+    if (threadIdx.x == 0) walk_step(a, b, greedy, w);
     __syncthreads();
     const int action = w.action;
     if (action == kDone || action == kStop) break;

@@ -162,14 +162,15 @@ MUTANTS = [
            "shard_kernels and processing"),
     # syncfree.verify_draft's kernels.
     Mutant("verify-accepts-every-draft", "cuda/verify_cuda.cu",
-           "accepted = accepts(accept_uniform(r.stream, uint64_t(k)), double(w.q[c]), pd);", "accepted = true;",
+           "accepted = accepts(w.u[c], double(w.q[c]), pd);", "accepted = true;",
            "verify_draft"),
     Mutant("verify-residual-keeps-the-draft", "cuda/verify_cuda.cu",
            "return rejected ? -kInf : y(i);", "return y(i);",
            "verify_draft"),
     # verify_tree's walk (Note [Verifying a tree]).
     Mutant("tree-siblings-share-an-acceptance-word", "cuda/verify_cuda.cu",
-           "accept_uniform(r.stream, uint64_t(k))", "accept_uniform(r.stream, 0)",
+           "w.u[c] = accept_uniform(row_race(p, b * nodes + parent).stream, k);",
+           "w.u[c] = accept_uniform(row_race(p, b * nodes + parent).stream, 0);",
            "verify_tree_matches"),
     Mutant("tree-proposal-residual-not-renormalised", "cuda/verify_cuda.cu",
            "law.law.total - w.rejected_mass,", "law.law.total,",
