@@ -394,11 +394,16 @@ def test_verify_draft_ids_outside_the_vocabulary_are_rejected(target):
 
 
 def test_verify_tree_matches_the_cpu(target):
+    parity.check_verify_tree(target, quick=True)  # each kind of draft and of seed; the product is slow
+
+
+@pytest.mark.slow
+def test_verify_tree_every_combination_against_the_cpu(target):
     parity.check_verify_tree(target)
 
 
 def test_verify_tree_with_processing_matches_the_cpu(target):
-    parity.check_verify_tree(target, rows=6, nodes=9, vocab=2050, processing=True)
+    parity.check_verify_tree(target, rows=6, nodes=9, vocab=2050, processing=True, quick=QUICK)
 
 
 def test_verify_tree_unchecked_parents_and_ids(target):

@@ -222,7 +222,9 @@ __device__ __forceinline__ void walk_step(const VerifyArgs& a, int64_t b, bool g
   for (int64_t c = walk_next_child(w, nodes, w.child); c >= 0; c = walk_next_child(w, nodes, c)) {
     const int k = w.tried;
     const int64_t draft = w.token[c];
-    const bool in_vocab = draft >= 0 && draft < v.target.vocab;
+    // A token outside [0, V) has the value -inf (the parallel pass read nothing for it): p = 0,
+    // as for a masked token, and no q row is read for it.
+    const bool live = w.value[c] != -kInf;
     bool accepted = greedy && draft == law.point;
     if (!greedy) {
       const bool probs = v.draft_probs != nullptr;
@@ -233,17 +235,17 @@ __device__ __forceinline__ void walk_step(const VerifyArgs& a, int64_t b, bool g
       bool repeat = false;
       for (int j = 0; j < k; ++j) repeat = repeat || w.token[w.rejected[j]] == draft;
       double pd = 0.0;
-      if (in_vocab && point) {
+      if (point) {
         pd = draft == law.point ? 1.0 : 0.0;
-      } else if (in_vocab && probs) {
+      } else if (live && probs) {
         const TargetMass residual{law.law.m, w.totals[k], law.law.shift, kNoIndex, 0};
         pd = mass_probability(residual, residual_at(v, b, w, law.law, w.value[c], draft, k));
-      } else if (in_vocab && !repeat) {
+      } else if (live && !repeat) {
         const TargetMass residual{law.law.m, law.law.total - w.rejected_mass, law.law.shift, kNoIndex, 0};
         pd = mass_probability(residual, target_fixed_mass(law.law, w.value[c]));
       }
       accepted = accepts(w.u[c], double(w.q[c]), pd);
-      if (!accepted && in_vocab && !point && !probs && !repeat)
+      if (!accepted && !point && !probs && !repeat)
         w.rejected_mass += target_fixed_mass(law.law, w.value[c]);
     }
     if (accepted) {

@@ -181,8 +181,10 @@ MUTANTS = [
     Mutant("tree-children-of-the-root-only", "cuda/verify_cuda.cu",
            "if (w.parent[c] == w.node) return c;", "if (w.parent[c] == 0) return c;",
            "verify_tree_matches"),
-    Mutant("tree-forward-parent-followed", "core/verify.h",
-           "return parent >= 0 && parent < i ? parent : -1;", "return parent >= 0 ? parent : -1;",
+    # (In the kernel's file: a core header would rebuild every kernel for one mutant.)
+    Mutant("tree-forward-parent-followed", "cuda/verify_cuda.cu",
+           "const int64_t parent = c == 0 ? -1 : node_parent(v, b, c);",
+           "const int64_t parent = c == 0 ? -1 : v.parents != nullptr ? v.parents[b * v.parents_stride + c] : c - 1;",
            "verify_tree_unchecked"),
     # Processing (process_cuda.cu): the exception tables and the logprob stage.
     Mutant("exception-table-drops-the-last-entry", "cuda/process_cuda.cu",
