@@ -42,6 +42,31 @@ def draw_verify_processing(data, g, b, n, v):
     return kwargs
 
 
+def draw_draft_probs(data, g, b, laws, v):
+    """None, or draft probabilities [b, laws, V]: a softmax, sharp or flat, some with NaN,
+    negative or zero entries."""
+    if not data.draw(st.booleans()):
+        return None
+    q = torch.softmax(torch.randn(b, laws, v, generator=g) * data.draw(st.sampled_from([0.1, 3.0])), -1)
+    kind = data.draw(st.sampled_from(["plain", "nan", "negative", "zeros"]))
+    if kind != "plain":
+        q[torch.rand(b, laws, v, generator=g) < 0.3] = {"nan": NAN, "negative": -1.0, "zeros": 0.0}[kind]
+    return q
+
+
+def check_stop_token(logits, token, temperature, warpers):
+    """The token a row stops with, at the position or node whose logits [V] it was drawn from:
+    not masked, the argmax on a greedy row, else kept by the warpers."""
+    raw = logits.double()
+    assert not torch.isnan(raw[token]) and raw[token] != -INF, f"a masked token {token} was emitted"
+    if is_greedy(temperature):  # greedy: the argmax of the raw logits
+        assert raw.nan_to_num(nan=-INF)[token] == raw.nan_to_num(nan=-INF).max()
+        return
+    warped = syncfree.warp(logits[None], temperature, **warpers)[0][0]
+    if (warped > -INF).any():  # (else every logit / T overflowed: the raw argmax)
+        assert warped[token] > -INF, f"token {token} was removed by the warpers"
+
+
 def run_verify(batch, examples, emulated):
     """syncfree.verify_draft: random targets (every row kind of draw_row), drafts, draft
     probabilities with NaN, negative and zero entries, warpers and seeds. Invariants: errors name
@@ -65,12 +90,7 @@ def run_verify(batch, examples, emulated):
         take_argmax = data.draw(st.booleans())
         if take_argmax:  # drafts a greedy target would accept
             ids = target[:, :n].float().nan_to_num(nan=-INF).argmax(-1)
-        q = None
-        if data.draw(st.booleans()):
-            q = torch.softmax(torch.randn(b, n, v, generator=g) * data.draw(st.sampled_from([0.1, 3.0])), -1)
-            kind = data.draw(st.sampled_from(["plain", "nan", "negative", "zeros"]))
-            if kind != "plain":
-                q[torch.rand(b, n, v, generator=g) < 0.3] = {"nan": NAN, "negative": -1.0, "zeros": 0.0}[kind]
+        q = draw_draft_probs(data, g, b, n, v)
         kwargs = {}
         t = data.draw(st.sampled_from([0.0, 1e-39, 0.7, 1.0, 50.0, "tensor"] + TINY_TEMPERATURES))
         kwargs["temperature"] = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.3, 1e-39, NAN, INF]
@@ -142,15 +162,7 @@ def run_verify(batch, examples, emulated):
             if not valid[row]:
                 assert token == 0
                 continue
-            raw = target[row, k].double()
-            assert not torch.isnan(raw[token]) and raw[token] != -INF, f"a masked token {token} was emitted"
-            t_row = temps[row].item()
-            if is_greedy(t_row):  # greedy: the argmax of the raw logits
-                assert raw.nan_to_num(nan=-INF)[token] == raw.nan_to_num(nan=-INF).max()
-                continue
-            warped = syncfree.warp(target[row, k][None], t_row, **warpers)[0][0]
-            if (warped > -INF).any():  # (else every logit / T overflowed: the raw argmax)
-                assert warped[token] > -INF, f"token {token} was removed by the warpers"
+            check_stop_token(target[row, k], token, temps[row].item(), warpers)
 
     fuzz()
     print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
@@ -207,12 +219,7 @@ def run_verify_tree(batch, examples, emulated):
             bad = bad if (parents >= 0).any() else None  # (a lone root: no id is read)
         if bad == "parents" and nodes == 1:
             bad = None
-        q = None
-        if data.draw(st.booleans()):
-            q = torch.softmax(torch.randn(b, nodes, v, generator=g) * data.draw(st.sampled_from([0.1, 3.0])), -1)
-            kind = data.draw(st.sampled_from(["plain", "nan", "negative", "zeros"]))
-            if kind != "plain":
-                q[torch.rand(b, nodes, v, generator=g) < 0.3] = {"nan": NAN, "negative": -1.0, "zeros": 0.0}[kind]
+        q = draw_draft_probs(data, g, b, nodes, v)
         if bad == "draft_probs":
             q = torch.rand(b, nodes + 1, v, generator=g)
         kwargs = {}
@@ -282,16 +289,8 @@ def run_verify_tree(batch, examples, emulated):
                 assert token == 0
                 continue
             stop = path[row, k].item()
-            raw = target[row, stop].double()
-            if processing:  # (the mask and bias move the kept set: parity and the law tests hold these)
-                continue
-            assert not torch.isnan(raw[token]) and raw[token] != -INF, f"a masked token {token} was emitted"
-            if is_greedy(temps[row].item()):
-                assert raw.nan_to_num(nan=-INF)[token] == raw.nan_to_num(nan=-INF).max()
-                continue
-            warped = syncfree.warp(target[row, stop][None], temps[row].item(), **warpers)[0][0]
-            if (warped > -INF).any():  # (else every logit / T overflowed: the raw argmax)
-                assert warped[token] > -INF, f"token {token} was removed by the warpers"
+            if not processing:  # (the mask and bias move the kept set: parity and the law tests hold these)
+                check_stop_token(target[row, stop], token, temps[row].item(), warpers)
 
     fuzz()
     print(f"fuzz batch {batch}: {examples} cases passed", flush=True)
