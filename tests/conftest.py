@@ -54,11 +54,14 @@ def _restore_threads():
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config, items):
-    """The emulated tests run last, and tests/cuda_on_cpu builds their module in the background
-    meanwhile, on the cores the CPU tests leave idle (README "Tests")."""
-    emulated = [item for item in items if item.get_closest_marker("emulated")]
-    if not emulated:
+    """The emulated tests and the compiled-code checks run last, and tests/cuda_on_cpu builds the
+    emulated module and nvcc's report in the background meanwhile, on the cores the CPU tests leave
+    idle (README "Tests")."""
+    def late(item):
+        return item.get_closest_marker("emulated") is not None or item.path.name == "test_compiled_code.py"
+
+    if not any(item.get_closest_marker("emulated") for item in items):
         return
-    items[:] = [item for item in items if not item.get_closest_marker("emulated")] + emulated
+    items[:] = [item for item in items if not late(item)] + [item for item in items if late(item)]
     if not config.option.collectonly and not os.environ.get("SYNCFREE_EMULATION_MODULE"):
         cuda_on_cpu.build_in_background()

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 
 LAYER = pathlib.Path(__file__).resolve().parent
 ROOT = LAYER.parent.parent
@@ -103,58 +104,84 @@ def write_whole(path, text):
     os.replace(tmp, path)
 
 
-def project_files(scan, source, csrc, under_csrc=False):
-    """The project files `source` includes, itself first, as the dependency scan `scan` (g++ -MM,
+class _Deps:
+    """The project files a source includes, itself first, as the dependency scan `scan` (g++ -MM,
     nvcc -M; `source` is appended) lists them; with under_csrc, only those under csrc. A scan
     preprocesses torch's headers, a second or two a file, so the list is remembered by source, scan
     and the digest of its files, and reused while none of them changed (a mutant's copy of csrc/
-    rescans only the files that include what it changed; ccache's direct mode does the same)."""
-    roots = {"csrc": pathlib.Path(csrc), "layer": LAYER}
+    rescans only the files that include what it changed; ccache's direct mode does the same). Where
+    none is remembered, a compile writes the list as it goes (g++ -MMD): no scan of its own."""
 
-    def portable(f):
+    def __init__(self, scan, source, csrc, under_csrc=False):
+        self.scan, self.source, self.under_csrc = scan, source, under_csrc
+        self.roots = {"csrc": pathlib.Path(csrc).resolve(), "layer": LAYER.resolve()}
+        entry_key = hashlib.sha256(" ".join([self._portable(source), pathlib.Path(scan[0]).name]
+                                            + [f for f in scan[1:] if not f.startswith(("-I", "/", "-O"))])
+                                   .encode()).hexdigest()[:24]
+        self.entry = CACHE / "deps" / f"{entry_key}.json"
+
+    def _portable(self, f):
         f = pathlib.Path(f).resolve()
-        for name, root in roots.items():
-            if f.is_relative_to(root.resolve()):
-                return f"{name}:{f.relative_to(root.resolve())}"
+        for name, root in self.roots.items():
+            if f.is_relative_to(root):
+                return f"{name}:{f.relative_to(root)}"
         return str(f)
 
-    def local(name):
+    def _local(self, name):
         root, _, rel = name.partition(":")
-        return roots[root] / rel if root in roots and rel else pathlib.Path(name)
+        return self.roots[root] / rel if root in self.roots and rel else pathlib.Path(name)
 
-    def digest(files):
+    def _digest(self, files):
         h = hashlib.sha256()
         for f in files:
-            h.update(f.encode() + b"\0" + local(f).read_bytes())
+            h.update(f.encode() + b"\0" + self._local(f).read_bytes())
         return h.hexdigest()
 
-    entry_key = hashlib.sha256(" ".join([portable(source), pathlib.Path(scan[0]).name]
-                                        + [f for f in scan[1:] if not f.startswith(("-I", "/", "-O"))])
-                               .encode()).hexdigest()[:24]
-    entry = CACHE / "deps" / f"{entry_key}.json"
-    try:
-        saved = json.loads(entry.read_text())
-        if digest(saved["files"]) == saved["digest"]:
-            return [local(f) for f in saved["files"]]
-    except (OSError, ValueError, KeyError):
-        pass
-    deps = subprocess.run([*scan, str(source)], check=True, capture_output=True, text=True, env=tool_env()).stdout
-    files = [portable(d) for d in deps.replace("\\\n", " ").split()[1:]]
-    if under_csrc:
-        files = [f for f in files if f.startswith("csrc:")]
-    files = list(dict.fromkeys(files))  # the source first, then its headers, once each
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    write_whole(entry, json.dumps({"files": files, "digest": digest(files)}))
-    return [local(f) for f in files]
+    def remembered(self):
+        """The list, if remembered and none of its files changed since; else None."""
+        try:
+            saved = json.loads(self.entry.read_text())
+            if self._digest(saved["files"]) == saved["digest"]:
+                return [self._local(f) for f in saved["files"]]
+        except (OSError, ValueError, KeyError):
+            pass
+        return None
+
+    def remember(self, make_rule):
+        """Remembers, and returns, the list that a make rule (a scan's output, a -MMD file) gives."""
+        files = [self._portable(d) for d in make_rule.replace("\\\n", " ").split()[1:]]
+        if self.under_csrc:
+            files = [f for f in files if f.startswith("csrc:")]
+        files = list(dict.fromkeys(files))  # the source first, then its headers, once each
+        self.entry.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(self.entry, json.dumps({"files": files, "digest": self._digest(files)}))
+        return [self._local(f) for f in files]
+
+    def files(self):
+        """The list: remembered, or scanned now."""
+        found = self.remembered()
+        if found is None:
+            found = self.remember(subprocess.run([*self.scan, str(self.source)], check=True, capture_output=True,
+                                                 text=True, env=tool_env()).stdout)
+        return found
 
 
-def _key(compiler, flags, source, version, csrc):
-    """Hash of the flags (minus paths), the source and every project header it includes."""
-    files = sorted({str(f) for f in project_files([compiler, *flags, "-MM"], source, csrc)})
+def project_files(scan, source, csrc, under_csrc=False):
+    """The project files `source` includes, itself first (_Deps)."""
+    return _Deps(scan, source, csrc, under_csrc).files()
+
+
+def source_key(compiler, flags, source, version, csrc):
+    """_key of `source` compiled with `flags`, its project files scanned (or remembered)."""
+    return _key(project_files([compiler, *flags, "-MM"], source, csrc), flags, version)
+
+
+def _key(files, flags, version):
+    """Hash of the flags (minus paths), the source and every project header it includes (files)."""
     h = hashlib.sha256()
     h.update(version.encode())
     h.update(" ".join(f for f in flags if not f.startswith(("-I", "/"))).encode())
-    for f in files:
+    for f in sorted({str(f) for f in files}):
         h.update(pathlib.Path(f).name.encode())
         h.update(pathlib.Path(f).read_bytes())
     return h.hexdigest()[:24]
@@ -209,18 +236,31 @@ def _build(variant, csrc, jobs, quiet, fresh_opt):
     def compile_one(source, kind):
         own = object_variant(variant, kind)
         flags = _flags(own, kind, csrc, defines, includes)
-        obj = objects_dir / f"{source.stem}-{own}-{_key(compiler, flags, source, version, csrc)}.o"
-        if not obj.exists() and fresh_opt and kind != "cpu":
+        deps = _Deps([compiler, *flags, "-MM"], source, csrc)
+        files = deps.remembered()
+        if files is not None:
+            obj = objects_dir / f"{source.stem}-{own}-{_key(files, flags, version)}.o"
+            if obj.exists():
+                return obj
+        if fresh_opt and kind != "cpu":
             flags = [fresh_opt if f.startswith("-O") else f for f in flags]
-            obj = objects_dir / f"{source.stem}-{own}-{_key(compiler, flags, source, version, csrc)}.o"
-        if not obj.exists():
-            if not quiet:
-                print(f"cuda_on_cpu: compiling {source.name} ({own})", flush=True)
-            tmp = obj.with_suffix(f".{os.getpid()}.tmp")
-            subprocess.run([compiler, *flags, "-c", str(source), "-o", str(tmp)], check=True, env=tool_env())
-            if kind == "cuda":
-                _gather_shared(tmp)
-            os.replace(tmp, obj)
+            if files is not None:
+                obj = objects_dir / f"{source.stem}-{own}-{_key(files, flags, version)}.o"
+                if obj.exists():
+                    return obj
+        if not quiet:
+            print(f"cuda_on_cpu: compiling {source.name} ({own})", flush=True)
+        tmp = objects_dir / f"{source.stem}-{own}.{os.getpid()}.{threading.get_ident()}.tmp"
+        depfile = tmp.with_suffix(".d")
+        subprocess.run([compiler, *flags, "-MMD", "-MF", str(depfile), "-c", str(source), "-o", str(tmp)],
+                       check=True, env=tool_env())
+        if files is None:  # the compile's own list of what it read
+            files = deps.remember(depfile.read_text())
+        depfile.unlink()
+        obj = objects_dir / f"{source.stem}-{own}-{_key(files, flags, version)}.o"
+        if kind == "cuda":
+            _gather_shared(tmp)
+        os.replace(tmp, obj)
         return obj
 
     with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count()) as pool:

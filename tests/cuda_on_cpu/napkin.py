@@ -31,7 +31,7 @@ def _library():
     flags = ["-std=c++20", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", *rounding, f"-I{csrc}"]
     source = _build.LAYER / "napkin.cpp"
     with _build.cache_lock():
-        out = _build.CACHE / "napkin" / f"napkin-{_build._key(compiler, flags, source, 'napkin', csrc)}.so"
+        out = _build.CACHE / "napkin" / f"napkin-{_build.source_key(compiler, flags, source, 'napkin', csrc)}.so"
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(f".{os.getpid()}.tmp")

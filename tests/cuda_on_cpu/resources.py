@@ -5,8 +5,10 @@ gives each kernel's __launch_bounds__ (.maxntid), and ptxas -v on it the registe
 static shared memory. Results are cached by the sources' content. Needs a CUDA toolkit
 (nvcc, ptxas, c++filt); without one report() returns None and launches go unchecked.
 """
+import concurrent.futures
 import fcntl
 import hashlib
+import os
 import pathlib
 import re
 import shutil
@@ -87,8 +89,8 @@ def compile_all(csrc=None):
     flags = _nvcc_flags(csrc)
     cache = CACHE / "ptx"
     cache.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for source in sorted((csrc / "cuda").glob("*.cu")):
+
+    def compile_one(source):
         project = sorted({str(f) for f in project_files([str(home / "bin" / "nvcc"), *flags, "-M"], source, csrc,
                                                         under_csrc=True)})
         h = hashlib.sha256(" ".join(flags[:6]).encode())
@@ -107,8 +109,12 @@ def compile_all(csrc=None):
                 log = subprocess.run([str(home / "bin" / "ptxas"), f"-arch={ARCH}", "-v", str(ptx_path), "-o",
                                       str(cubin_path)], check=True, capture_output=True, text=True, env=tool_env())
                 write_whole(log_path, log.stdout + log.stderr)
-        out[source.stem] = (ptx_path, log_path, cubin_path)
-    return out
+        return source.stem, (ptx_path, log_path, cubin_path)
+
+    # The largest first, as many at once as there are cores: the last to finish is a small one.
+    sources = sorted((csrc / "cuda").glob("*.cu"), key=lambda f: -f.stat().st_size)
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        return dict(sorted(pool.map(compile_one, sources)))
 
 
 def report(csrc=None, verbose=False):
