@@ -106,9 +106,13 @@ SF_HD RowNorm norm_of(const RacePartial& acc) { return {acc.mass, acc.infs, -1};
 // Whether a row's processed norm leaves it any token (else it is degenerate).
 SF_HD bool has_distribution(const RowNorm& n) { return n.infs.count > 0 || n.point >= 0 || n.mass.max != -kInf; }
 
+// How many candidates past the top n the CPU's raw pass keeps (Note [Raw top-n
+// in the mass's pass], sample_cpu.cpp).
+constexpr int kTopSlack = 4;
+
 // The best n entries seen so far, best first (the CPU's selection).
 struct TopList {
-  TopEntry e[kMaxTopLogprobs];
+  TopEntry e[kMaxTopLogprobs + kTopSlack];
   int n, size;
 };
 

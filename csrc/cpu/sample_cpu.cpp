@@ -133,34 +133,46 @@ Best race_in_group(const SampleParams& p, const RowRace& r, const T* row, int64_
   return winner;
 }
 
-// The logprob stage of a row (Note [Top-n logprobs]): its top n and, for raw
-// logprobs, the chosen token's; returns the chosen token's logprob.
+// Note [Raw top-n in the mass's pass]
+// -----------------------------------
+// Raw logprobs are measured against a normaliser that only a pass over the row
+// finds, and the top n and the rank against those logprobs. A token's logprob,
+// fl(fl(y - max) - log_sum), never decreases as its raw value y grows, so the
+// pass that sums the raw mass also keeps candidates by raw value: the
+// n + kTopSlack best by (y, then the lower id), and for the rank the count of
+// tokens with y at least the chosen token's plus the kTopSlack largest values
+// below it. Then, with the normaliser known: a token outside the candidates has
+// a y, so a logprob, no greater than the last candidate's; where that logprob
+// is below the n-th best candidate's (the chosen token's, for the rank) no such
+// token can enter, and the answer is the exact one. Where it is not (rounding
+// has merged more than kTopSlack values into one logprob; +inf rows, which rank
+// by id; rows with no distribution), a second pass measures every token, as
+// processed mode's one pass does.
+// The raw pass's candidates (Note [Raw top-n in the mass's pass]).
+struct RawCandidates {
+  TopList top;  // by raw value: entries {order_key(y), id}
+  float below[kTopSlack];  // the largest values below the chosen one's, highest first
+  int below_size = 0;
+  int64_t at_least = 0;  // tokens with y >= the chosen one's y
+};
+
+SF_HOST_INLINE void keep_below(RawCandidates& c, float y) {
+  if (c.below_size == kTopSlack && !(y > c.below[kTopSlack - 1])) return;
+  int j = c.below_size < kTopSlack ? c.below_size++ : kTopSlack - 1;
+  for (; j > 0 && y > c.below[j - 1]; --j) c.below[j] = c.below[j - 1];
+  c.below[j] = y;
+}
+
+// The top n and the rank from a pass over every token (the row's logprobs known).
 template <typename T>
-SF_HOST_INLINE float logprob_stage_body(const SampleParams& p, int64_t row_index, const RowRace& race, const T* row,
-                                        RowNorm norm, const RowResult& res) {
-  const RowRace r = logprob_race(p, race);
-  float logprob = res.logprob;
-  float v[kGroup];
-  const int64_t groups = ceil_div(p.vocab, kGroup);
-  if (p.raw_logprobs) {
-    RacePartial raw = empty_partial();
-    for (int64_t g = 0; g < groups; ++g) {
-      load_group_scalar(row, p.vocab, g, false, r, v);
-      raw_group_mass(raw, v, int32_t(g * kGroup));
-    }
-    norm = res.valid ? norm_of(raw) : empty_norm();  // a degenerate row has no logprobs (Note [Top-n logprobs])
-    logprob = token_logprob(load_value(row, res.token, false, r), res.token, norm);
-  }
-  if (p.top_n == 0 && p.ranks == nullptr) return logprob;
-  const RowLogprobs lp = row_logprobs(norm);
-  // The rank counts every token whose key is at least the chosen one's (ties included).
-  const uint32_t chosen = top_entry(load_value(row, res.token, false, r), res.token, lp).key;
-  int64_t rank = 0;
+SF_HOST_INLINE void measure_every_token(const SampleParams& p, const T* row, const RowRace& r, const RowLogprobs& lp,
+                                        uint32_t chosen, TopList& top, int64_t& rank) {
   // A group whose best logprob cannot enter the full list is skipped whole: the logprob
   // grows with the value except in +inf and point-mass rows, which rank every token.
-  const bool monotone = norm.infs.count == 0 && norm.point < 0;
-  TopList top = empty_top(p.top_n);
-  for (int64_t g = 0; g < groups; ++g) {
+  const bool monotone = lp.norm.infs.count == 0 && lp.norm.point < 0;
+  float v[kGroup];
+  rank = 0;
+  for (int64_t g = 0; g < ceil_div(p.vocab, kGroup); ++g) {
     load_group_scalar(row, p.vocab, g, false, r, v);
     const int n = group_size(p.vocab, g);
     if (p.ranks != nullptr) rank += count_at_least(v, n, g * kGroup, lp, chosen);
@@ -173,6 +185,143 @@ SF_HOST_INLINE float logprob_stage_body(const SampleParams& p, int64_t row_index
     }
     for (int k = 0; k < n; ++k) top_insert(top, top_entry(v[k], g * kGroup + k, lp));
   }
+}
+
+// The raw pass reads kRawGroups groups at a time: their max, then one sum of
+// exps and one merge (a scalar exp) a block, where a group at a time pays the
+// merge every 16 tokens. (The sum's order is fixed: the same bits on any
+// machine, README "Random numbers".)
+constexpr int kRawGroups = 8;
+using RawBlock = float[kRawGroups][kGroup];
+
+// A block's raw mass (its +inf tokens counted apart) into acc; returns the
+// block's max, +inf included.
+SF_HOST_INLINE float raw_block_mass(RacePartial& acc, const RawBlock& v, int32_t first) {
+  float lanes[kGroup];
+  for (int k = 0; k < kGroup; ++k) lanes[k] = v[0][k];
+  for (int j = 1; j < kRawGroups; ++j) {
+    SF_SIMD
+    for (int k = 0; k < kGroup; ++k) lanes[k] = v[j][k] > lanes[k] ? v[j][k] : lanes[k];
+  }
+  const float block_max = tree_max(lanes);
+  float m = block_max;
+  if (m == kInf) {  // +inf tokens are rare: counted, and left out of the finite max
+    Infinities infs = no_infinities();
+    m = -kInf;
+    for (int j = 0; j < kRawGroups; ++j)
+      for (int k = 0; k < kGroup; ++k) {
+        if (v[j][k] == kInf) {
+          infs.first = infs.count == 0 ? first + j * kGroup + k : infs.first;
+          infs.count += 1;
+        } else {
+          m = v[j][k] > m ? v[j][k] : m;
+        }
+      }
+    acc.infs = merge_infinities(acc.infs, infs);
+  }
+  if (m == -kInf) return block_max;
+  float sums[kGroup] = {};
+  for (int j = 0; j < kRawGroups; ++j) {
+    SF_SIMD
+    for (int k = 0; k < kGroup; ++k) sums[k] += exp_nonpositive(finite_value(v[j][k], false) - m);
+  }
+  acc.mass = merge_mass(acc.mass, {m, tree_sum(sums)});
+  return block_max;
+}
+
+// The raw pass: the raw mass, and the candidates of the top n and the rank.
+template <typename T>
+SF_HOST_INLINE RacePartial raw_pass(const SampleParams& p, const T* row, const RowRace& r, float chosen_y,
+                                    RawCandidates& c) {
+  RacePartial raw = empty_partial();
+  const int64_t groups = ceil_div(p.vocab, kGroup);
+  RawBlock v;
+  for (int64_t g0 = 0; g0 < groups; g0 += kRawGroups) {
+    const int32_t first = int32_t(g0 * kGroup);
+    const int n = int(std::min<int64_t>(kRawGroups * kGroup, p.vocab - first));  // tokens in the block
+    for (int j = 0; j < kRawGroups; ++j) {
+      if (g0 + j < groups) {
+        load_group_scalar(row, p.vocab, g0 + j, false, r, v[j]);
+      } else {
+        for (int k = 0; k < kGroup; ++k) v[j][k] = -kInf;
+      }
+    }
+    const float block_max = raw_block_mass(raw, v, first);
+    if (p.ranks != nullptr) {
+      int at_least = 0;
+      float under[kGroup];  // per lane, the largest value below the chosen one's
+      for (int k = 0; k < kGroup; ++k) under[k] = -kInf;
+      for (int j = 0; j < kRawGroups; ++j) {
+        SF_SIMD
+        for (int k = 0; k < kGroup; ++k) {
+          const bool in = j * kGroup + k < n;
+          at_least += in & (v[j][k] >= chosen_y);
+          under[k] = in && v[j][k] < chosen_y && v[j][k] > under[k] ? v[j][k] : under[k];
+        }
+      }
+      c.at_least += at_least;
+      const float below = tree_max(under);
+      if (below != -kInf && (c.below_size < kTopSlack || below > c.below[kTopSlack - 1]))
+        for (int i = 0; i < n; ++i)
+          if (v[i / kGroup][i % kGroup] < chosen_y) keep_below(c, v[i / kGroup][i % kGroup]);
+    }
+    if (p.top_n == 0) continue;
+    if (c.top.size == c.top.n && !ranks_before({order_key(block_max), first}, c.top.e[c.top.n - 1])) continue;
+    for (int j = 0; j < kRawGroups && j * kGroup < n; ++j) {  // the block's groups that can enter, token by token
+      const int32_t group_first = first + j * kGroup;
+      if (c.top.size == c.top.n && !ranks_before({order_key(group_max(v[j])), group_first}, c.top.e[c.top.n - 1]))
+        continue;
+      for (int k = 0; k < kGroup && j * kGroup + k < n; ++k) top_insert(c.top, {order_key(v[j][k]), group_first + k});
+    }
+  }
+  return raw;
+}
+
+// The top n and the rank from the raw pass's candidates; false where they may
+// not hold the answer (Note [Raw top-n in the mass's pass]).
+SF_HOST_INLINE bool measure_candidates(const SampleParams& p, const RawCandidates& c, const RowLogprobs& lp,
+                                       uint32_t chosen, TopList& top, int64_t& rank) {
+  if (lp.norm.infs.count > 0 || lp.norm.mass.max == -kInf) return false;
+  const auto key = [&](uint32_t raw_key, int32_t id) { return top_entry(key_value(raw_key), id, lp).key; };
+  if (p.top_n > 0) {
+    for (int j = 0; j < c.top.size; ++j) top_insert(top, {key(c.top.e[j].key, c.top.e[j].index), c.top.e[j].index});
+    const TopEntry& last = c.top.e[c.top.size - 1];
+    if (c.top.size == c.top.n && !(key(last.key, last.index) < top.e[p.top_n - 1].key)) return false;
+  }
+  if (p.ranks != nullptr) {
+    rank = c.at_least;
+    for (int j = 0; j < c.below_size; ++j) rank += key(order_key(c.below[j]), 0) >= chosen;
+    if (c.below_size == kTopSlack && key(order_key(c.below[kTopSlack - 1]), 0) >= chosen) return false;
+  }
+  return true;
+}
+
+// The logprob stage of a row (Note [Top-n logprobs]): its top n and, for raw
+// logprobs, the chosen token's; returns the chosen token's logprob.
+template <typename T>
+SF_HOST_INLINE float logprob_stage_body(const SampleParams& p, int64_t row_index, const RowRace& race, const T* row,
+                                        RowNorm norm, const RowResult& res) {
+  const RowRace r = logprob_race(p, race);
+  float logprob = res.logprob;
+  const float chosen_y = load_value(row, res.token, false, r);
+  TopList top = empty_top(p.top_n);
+  int64_t rank = 0;
+  bool measured = false;
+  if (p.raw_logprobs) {
+    RawCandidates c;
+    c.top = empty_top(p.top_n + kTopSlack);
+    const RacePartial raw = raw_pass(p, row, r, chosen_y, c);
+    norm = res.valid ? norm_of(raw) : empty_norm();  // a degenerate row has no logprobs (Note [Top-n logprobs])
+    logprob = token_logprob(chosen_y, res.token, norm);
+    if (p.top_n == 0 && p.ranks == nullptr) return logprob;
+    const RowLogprobs lp = row_logprobs(norm);
+    measured = measure_candidates(p, c, lp, top_entry(chosen_y, res.token, lp).key, top, rank);
+    if (!measured) top = empty_top(p.top_n);
+  }
+  if (p.top_n == 0 && p.ranks == nullptr) return logprob;
+  const RowLogprobs lp = row_logprobs(norm);
+  // The rank counts every token whose key is at least the chosen one's (ties included).
+  if (!measured) measure_every_token(p, row, r, lp, top_entry(chosen_y, res.token, lp).key, top, rank);
   for (int j = 0; j < p.top_n; ++j) {
     p.top_ids[row_index * p.top_n + j] = top.e[j].index;
     p.top_logprobs[row_index * p.top_n + j] = key_value(top.e[j].key);
@@ -295,7 +444,14 @@ void sample_rows(const SampleParams& p) {
   const std::vector<RowKeep> keeps = !kProbs && p.warped ? row_thresholds<T>(p) : std::vector<RowKeep>();
   SampleParams warped = p;
   warped.keeps = keeps.empty() ? p.keeps : keeps.data();  // p.keeps: kept sets given by the caller
-  const auto race_of = [&](int64_t row) { return row_race(warped, row); };
+  // Raw logprobs take the mass of the logprob stage's own pass: the race skips its exps where
+  // a group cannot win (Note [Groups that cannot win]), as it does without logprobs.
+  const bool race_mass = !p.raw_logprobs || p.shard.partials_out != nullptr;
+  const auto race_of = [&](int64_t row) {
+    RowRace r = row_race(warped, row);
+    r.want_mass = r.want_mass && race_mass;
+    return r;
+  };
 
   at::parallel_for(0, tasks, tasks_per_grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
