@@ -294,7 +294,8 @@ def napkin(cfg, pc, device, sm_count):
     logits_bytes = logits.numel() * logits.element_size()
     warped = bool(cfg["top_k"] or cfg["top_p"] < 1.0)
     exceptions = cfg["pen"] or cfg["bias"]
-    top_reads_cpu = (2 if cfg["raw"] else 1) if cfg["top_n"] else 0  # raw: its mass pass, then the top pass
+    # One pass (raw: the mass's, its candidates kept; a second only where rounding ties past them).
+    top_reads_cpu = 1 if cfg["top_n"] else 0
     top_reads_cuda = (2 + (1 if cfg["raw"] else 0)) if cfg["top_n"] else 0  # scan + compaction (+ raw mass)
     # The rank is counted in the top pass (CPU) and in the scan (CUDA): no read, no launch of its own.
     reads_cuda, launches, fits = 1, 1, b

@@ -110,7 +110,7 @@ class _Deps:
     preprocesses torch's headers, a second or two a file, so the list is remembered by source, scan
     and the digest of its files, and reused while none of them changed (a mutant's copy of csrc/
     rescans only the files that include what it changed; ccache's direct mode does the same). Where
-    none is remembered, a compile writes the list as it goes (g++ -MMD): no scan of its own."""
+    none was ever remembered, a compile writes the list as it goes (g++ -MMD): no scan of its own."""
 
     def __init__(self, scan, source, csrc, under_csrc=False):
         self.scan, self.source, self.under_csrc = scan, source, under_csrc
@@ -237,7 +237,9 @@ def _build(variant, csrc, jobs, quiet, fresh_opt):
         own = object_variant(variant, kind)
         flags = _flags(own, kind, csrc, defines, includes)
         deps = _Deps([compiler, *flags, "-MM"], source, csrc)
-        files = deps.remembered()
+        # A list remembered for other contents (a mutant's copy, an edit) is scanned again: the
+        # object may be cached. With none at all (a fresh clone) the compile writes it.
+        files = deps.files() if deps.entry.exists() else None
         if files is not None:
             obj = objects_dir / f"{source.stem}-{own}-{_key(files, flags, version)}.o"
             if obj.exists():
