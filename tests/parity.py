@@ -563,3 +563,38 @@ def check_limits(target, vocab=3000):
         kwargs = dict(seed=torch.arange(3), offset=torch.arange(3), return_logprobs=True, return_valid=True)
         assert_same(syncfree.verify_draft(target_logits, drafts, None, t, **kwargs),
                     target.call(syncfree.verify_draft, target_logits, drafts, None, t, **kwargs), f"verify +inf {t}")
+
+
+def merged_logprob_rows(b=192, v=4096):
+    """Rows whose raw logprobs float32 rounding merges: one top token (id 7, logit 1.0) and a
+    cluster of 8..55 logits 0.75 + k * 2^-24..2^-21 at spread ids, rising with the id, so a tie of
+    logprobs goes to the lower id, which has the lower logit. The logprobs lie in [-8, -4), where
+    a float32 step is 2^-21: ties up to 8 logits wide, wider than the CPU's kTopSlack (4)."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.rand(b, v, generator=g) * 4 - 6
+    x[:, 7] = 1.0
+    for row in range(b):
+        size = 8 + row % 48
+        ids = 100 + torch.arange(size) * 61
+        x[row, ids] = 0.75 + 2.0 ** -(24 - row % 4) * torch.arange(size, dtype=torch.float32)
+    return x
+
+
+def check_merged_raw_logprobs(target, rows=192):
+    """Raw top-n and the rank on merged_logprob_rows, against every token measured in plain PyTorch
+    with the call's own normaliser: the top token's logprob is 0 - log_sum, exactly -log_sum, and
+    float32 subtraction rounds as the kernels and the CPU path do."""
+    x = merged_logprob_rows(rows)
+    for n in (20, 5, 1):
+        tokens, top_ids, top_lp, rank = target.call(syncfree.sample, x, 1.0, seed=torch.arange(x.shape[0]),
+                                                    return_rank=True, return_top_logprobs=n, logprobs_mode="raw")
+        assert (top_ids[:, 0] == 7).all()
+        logprobs = (x - 1.0) - (-top_lp[:, :1])
+        expected = torch.sort(-logprobs, dim=-1, stable=True).indices[:, :n]  # ties keep the lower id first
+        assert torch.equal(top_ids, expected), n
+        assert torch.equal(top_lp, logprobs.gather(-1, expected))
+        chosen = logprobs.gather(-1, tokens[:, None])
+        assert torch.equal(rank, (logprobs >= chosen).sum(-1))
+        if n == 20:  # the rows do merge logprobs across the top n's edge, and around chosen tokens
+            assert (expected != torch.sort(-x, dim=-1, stable=True).indices[:, :n]).any()
+            assert ((logprobs == chosen).sum(-1) > 1).sum() > rows // 20

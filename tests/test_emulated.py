@@ -259,6 +259,11 @@ def test_top_logprobs_where_candidates_overflow(target):
     parity.check_top_logprob_edges(target)
 
 
+def test_raw_top_n_where_rounding_merges_logprobs(target):
+    """The radix selection's ties of merged logprobs go to the lower id, as the CPU's (its own normaliser)."""
+    parity.check_merged_raw_logprobs(target, rows=48)
+
+
 @pytest.mark.parametrize("vocab", cases([3000, pytest.param(128256, marks=pytest.mark.slow)], [3000]))
 def test_logprob_stage_on_point_masses_and_infinite_rows(target, vocab):
     parity.check_logprob_stage_edges(target, vocab)
