@@ -53,9 +53,11 @@ def test_the_unmutated_sources_pass_as_a_mutant_is_built():
     # ThreadSanitizer is ~40 times slower than a plain run: a case of each kernel's synchronisation
     # (the races it finds do not depend on the element type): the race with split rows, the warpers'
     # passes where candidates fit and overflow, the shard kernels with and without processing, the
-    # processing and logprob stage. (The warpers' edge rows, 85 s here, meet the same barriers.)
+    # processing and logprob stage, a tree's positions and walk. (The warpers' edge rows, 85 s here,
+    # meet the same barriers.)
     ("tsan", "(tokens_logprobs_and_valid and float32) or (warper_candidates and per_row) "
-             "or (shard_kernels and (race or processing or overflowing)) or (processing_matches and 7x3000)"),
+             "or (shard_kernels and (race or processing or overflowing)) or (processing_matches and 7x3000) "
+             "or verify_tree_with_processing"),
 ])
 def test_the_emulated_kernels_under_sanitizers(variant, selection, monkeypatch):
     monkeypatch.setenv("SYNCFREE_EMULATION_QUICK", "1")
