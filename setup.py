@@ -7,6 +7,7 @@ SYNCFREE_PTXAS_VERBOSE=1             prints ptxas register/spill reports
 TORCH_CUDA_ARCH_LIST="9.0"           overrides the default architectures
 """
 import glob
+import json
 import os
 import shutil
 import sys
@@ -14,7 +15,7 @@ import sys
 from setuptools import setup
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools"))
-from build_env import build_flags, find_cuda_home, nvidia_wheel_includes  # noqa: E402
+from build_env import SOURCES_STAMP, build_flags, find_cuda_home, nvidia_wheel_includes, source_digest  # noqa: E402
 
 
 CUDA_HOME = None if os.environ.get("SYNCFREE_FORCE_CPU") == "1" else find_cuda_home()
@@ -50,13 +51,35 @@ def extension():
                          extra_compile_args={"cxx": cxx + ["-DSYNCFREE_WITH_CUDA"], "nvcc": nvcc}, **kwargs)
 
 
+class BuildExt(BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)):
+    """Also writes, beside a CUDA build's module (and its in-place copy), what it was built from
+    (tools/build_env.py SOURCES_STAMP): the tests' nvcc report then reads the module's own sm_90
+    code instead of compiling the kernels a second time."""
+
+    def stamp(self, module_path):
+        if CUDA_HOME:
+            with open(os.path.join(os.path.dirname(module_path), SOURCES_STAMP), "w") as f:
+                json.dump({"csrc": source_digest(os.path.join(ROOT, "csrc")), "torch": torch.__version__,
+                           "arch": os.environ.get("TORCH_CUDA_ARCH_LIST", "")}, f)
+
+    def build_extension(self, ext):
+        super().build_extension(ext)
+        self.stamp(self.get_ext_fullpath(ext.name))
+
+    def copy_extensions_to_source(self):
+        super().copy_extensions_to_source()
+        build_py = self.get_finalized_command("build_py")
+        for ext in self.extensions:
+            self.stamp(self._get_inplace_equivalent(build_py, ext)[0])
+
+
 setup(
     name="syncfree",
     version="0.1.0",
     description="Sync-free LLM token sampling for PyTorch (exponential race, CPU and CUDA)",
     packages=["syncfree", "syncfree.integrations"],
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    cmdclass={"build_ext": BuildExt},
     python_requires=">=3.10",
     # numpy: torch warns at import ("Failed to initialize NumPy") where it is missing.
     install_requires=["torch>=2.11", "numpy"],

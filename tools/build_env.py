@@ -5,6 +5,7 @@ shared compiler flags: one description for setup.py, CMakeLists.txt and the CUDA
     python tools/build_env.py nvidia-includes   # ;-separated include folders (CMake reads this)
 """
 import glob
+import hashlib
 import os
 import shutil
 import sys
@@ -32,6 +33,21 @@ def nvidia_wheel_includes():
         if site:
             dirs += glob.glob(os.path.join(site, "nvidia", "*", "include"))
     return sorted({d for d in dirs if os.path.isdir(d)})
+
+
+def source_digest(csrc=os.path.join(ROOT, "csrc")):
+    """A digest of every file under csrc (build_flags.txt included): what a build was made from.
+    setup.py writes it beside the module it builds (SOURCES_STAMP), and the tests' nvcc report
+    reads the module's own sm_90 code where it matches (tests/cuda_on_cpu/resources.py)."""
+    h = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(csrc, "**", "*"), recursive=True)):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                h.update(os.path.relpath(path, csrc).encode() + b"\0" + f.read() + b"\0")
+    return h.hexdigest()
+
+
+SOURCES_STAMP = "_C.sources.json"  # beside syncfree/_C*.so: {"csrc": source_digest, "torch": version, "arch": list}
 
 
 def build_flags(csrc=os.path.join(ROOT, "csrc")):

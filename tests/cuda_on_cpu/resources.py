@@ -2,22 +2,29 @@
 
 Each csrc/cuda/*.cu is compiled to PTX for sm_90 with the extension's nvcc flags; the PTX
 gives each kernel's __launch_bounds__ (.maxntid), and ptxas -v on it the registers and the
-static shared memory. Results are cached by the sources' content. Needs a CUDA toolkit
+static shared memory. Where the installed syncfree._C was built from the same sources (setup.py's
+stamp, tools/build_env.py SOURCES_STAMP) with sm_90 code and PTX (the default architectures), its
+own code is read instead (cuobjdump: the same PTX, cubin and resources, without compiling the
+kernels a second time). Results are cached by the sources' content. Needs a CUDA toolkit
 (nvcc, ptxas, c++filt); without one report() returns None and launches go unchecked.
 """
 import concurrent.futures
 import fcntl
 import hashlib
+import importlib.util
+import json
 import os
 import pathlib
 import re
 import shutil
 import subprocess
+import threading
 
 from .build import CACHE, ROOT, project_files, shared_flags, tool_env, write_whole
-from build_env import find_cuda_home, nvidia_wheel_includes  # tools/, on sys.path through .build
+from build_env import SOURCES_STAMP, find_cuda_home, nvidia_wheel_includes, source_digest  # tools/, on sys.path through .build
 
 ARCH = "sm_90"
+kReservedShared = 1024  # bytes a block of sm_80+ reserves for the system, in cuobjdump's SHARED
 
 
 def _nvcc_flags(csrc):
@@ -78,6 +85,62 @@ def parse_ptxas(log):
     return out
 
 
+def find_cuobjdump(home):
+    """The toolkit's cuobjdump, else the copy in the triton wheel torch installs; None without one."""
+    triton = importlib.util.find_spec("triton")
+    candidates = [pathlib.Path(home) / "bin" / "cuobjdump"]
+    if triton is not None and triton.origin:
+        candidates.append(pathlib.Path(triton.origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    return next((str(c) for c in candidates if c.is_file()), None)
+
+
+def _shipped_code(csrc, cuobjdump):
+    """{source stem: (ptx name, cubin name)} inside the installed syncfree._C, where setup.py's stamp
+    says it was built from these sources against this torch and it holds sm_90 code and PTX (the
+    default architectures, "8.0;9.0+PTX") for the file; else {}: the report then compiles."""
+    try:
+        import torch
+        module = pathlib.Path(importlib.util.find_spec("syncfree._C").origin)
+        stamp = json.loads(module.with_name(SOURCES_STAMP).read_text())
+        if stamp["csrc"] != source_digest(str(csrc)) or stamp["torch"] != torch.__version__:
+            return {}
+        listing = subprocess.run([cuobjdump, "-lelf", "-lptx", str(module)], check=True, capture_output=True,
+                                 text=True, env=tool_env()).stdout
+    except (AttributeError, ImportError, OSError, ValueError, KeyError, subprocess.CalledProcessError):
+        return {}
+    names = set(re.findall(r"(?:ELF|PTX) file\s+\d+: (\S+)", listing))
+    found = {}
+    for source in (csrc / "cuda").glob("*.cu"):
+        ptx, cubin = f"{source.stem}.{ARCH}.ptx", f"{source.stem}.{ARCH}.cubin"
+        if ptx in names and cubin in names:
+            found[source.stem] = (module, ptx, cubin)
+    return found
+
+
+def _extract(cuobjdump, module, ptx, cubin, ptx_path, cubin_path, log_path):
+    """The module's PTX and sm_90 code of one file into the cache, and its resources (cuobjdump
+    -res-usage) in the lines of ptxas -v that parse_ptxas reads."""
+    tmp = cubin_path.with_name(f"{cubin_path.stem}.{os.getpid()}.{threading.get_ident()}.x")
+    tmp.mkdir()
+    for option, name, path in (("-xptx", ptx, ptx_path), ("-xelf", cubin, cubin_path)):
+        subprocess.run([cuobjdump, option, name, str(module)], cwd=tmp, check=True, capture_output=True,
+                       env=tool_env())
+        os.replace(tmp / name, path)
+    tmp.rmdir()
+    usage = subprocess.run([cuobjdump, "-res-usage", str(cubin_path)], check=True, capture_output=True, text=True,
+                           env=tool_env()).stdout
+    lines = [f"# cuobjdump -res-usage of {module.name}'s {cubin} (its stamp matched), as ptxas -v lines"]
+    for m in re.finditer(r"Function (\S+):\s+REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage):
+        name, regs, stack, shared, local = m.group(1), *map(int, m.group(2, 3, 4, 5))
+        # cuobjdump counts the 1 KB of shared memory sm_80+ reserves in a block that uses any; ptxas does not.
+        shared = max(0, shared - kReservedShared) if shared > 0 else 0
+        lines += [f"ptxas info    : Compiling entry function '{name}' for '{ARCH}'",
+                  f"ptxas info    : Used {regs} registers, {shared} bytes smem",
+                  f"ptxas info    : {stack} bytes stack frame, {max(0, local - stack)} bytes spill stores, "
+                  "0 bytes spill loads"]
+    write_whole(log_path, "\n".join(lines) + "\n")
+
+
 def compile_all(csrc=None):
     """{source stem: (ptx path, ptxas log path, cubin path)} for every csrc/cuda/*.cu, compiled for
     sm_90 with the extension's flags (cached by content), or None without nvcc."""
@@ -89,6 +152,8 @@ def compile_all(csrc=None):
     flags = _nvcc_flags(csrc)
     cache = CACHE / "ptx"
     cache.mkdir(parents=True, exist_ok=True)
+    cuobjdump = find_cuobjdump(home)
+    shipped = _shipped_code(csrc, cuobjdump) if cuobjdump else {}
 
     def compile_one(source):
         project = sorted({str(f) for f in project_files([str(home / "bin" / "nvcc"), *flags, "-M"], source, csrc,
@@ -102,6 +167,9 @@ def compile_all(csrc=None):
         # One compile a file: the background build's report and the compiled-code tests may ask at once.
         with open(cache / f"{source.stem}-{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (log_path.exists() and cubin_path.exists()) and source.stem in shipped:
+                print(f"cuda_on_cpu: resource report for {source.name} from the installed module", flush=True)
+                _extract(cuobjdump, *shipped[source.stem], ptx_path, cubin_path, log_path)
             if not (log_path.exists() and cubin_path.exists()):
                 print(f"cuda_on_cpu: nvcc resource report for {source.name}", flush=True)
                 subprocess.run([str(home / "bin" / "nvcc"), *flags, "-ptx", str(source), "-o", str(ptx_path)],
