@@ -20,12 +20,13 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tools"))
+from build_env import SHARED_RESERVED_PER_BLOCK, cuda_tool as tool  # noqa: E402
 
 # H100 SXM (sm_90): what occupancy and the roofline are computed from.
 SM_COUNT = 132
@@ -33,26 +34,10 @@ REGISTERS_PER_SM = 65536
 WARPS_PER_SM = 64
 BLOCKS_PER_SM = 32
 SHARED_PER_SM = 228 * 1024
-SHARED_RESERVED_PER_BLOCK = 1024
 DRAM_BYTES_PER_S = 3.35e12
 SCHEDULERS_PER_SM = 4
 CLOCK_HZ = 1.755e9
 LAUNCH_S = 2.5e-6  # one kernel launch or memset on the stream, eager (a captured graph pays less)
-
-
-def tool(name):
-    """cuobjdump / nvdisasm: the toolkit's, else the copies in the triton wheel torch installs."""
-    from build_env import find_cuda_home  # tools/, on sys.path through tests/cuda_on_cpu
-    home = find_cuda_home()
-    candidates = [os.path.join(home, "bin", name)] if home else []
-    try:
-        import triton
-        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name))
-    except ImportError:
-        pass
-    found = shutil.which(name)
-    candidates += [found] if found else []
-    return next((c for c in candidates if c and os.path.isfile(c)), None)
 
 
 @dataclasses.dataclass

@@ -171,8 +171,7 @@ def test_the_installed_code_is_read_only_for_its_own_sources(tmp_path):
     """Where setup.py's stamp says the installed module was built from csrc/ (with sm_90 code and
     PTX), the report reads that code; a copy of csrc/ with one byte changed is compiled instead."""
     from cuda_on_cpu import resources
-    from build_env import find_cuda_home
-    cuobjdump = resources.find_cuobjdump(find_cuda_home() or "/nonexistent")
+    cuobjdump = sass_report.tool("cuobjdump")
     shipped = resources._shipped_code(ROOT / "csrc", cuobjdump) if cuobjdump else {}
     if not shipped:
         pytest.skip("the installed module has no stamp for csrc/ as it is, or no sm_90 PTX (e.g. TORCH_CUDA_ARCH_LIST=9.0)")

@@ -26,6 +26,25 @@ def find_cuda_home():
     return None
 
 
+def cuda_tool(name):
+    """cuobjdump / nvdisasm: the toolkit's, else the copies in the triton wheel torch installs (found
+    without importing triton), else one on PATH; None without one."""
+    import importlib.util
+    home = find_cuda_home()
+    candidates = [os.path.join(home, "bin", name)] if home else []
+    triton = importlib.util.find_spec("triton")
+    if triton is not None and triton.origin:
+        candidates.append(os.path.join(os.path.dirname(triton.origin), "backends", "nvidia", "bin", name))
+    found = shutil.which(name)
+    candidates += [found] if found else []
+    return next((c for c in candidates if c and os.path.isfile(c)), None)
+
+
+# Shared memory an sm_80+ block that uses any reserves for the system: cuobjdump's SHARED counts it,
+# ptxas -v does not.
+SHARED_RESERVED_PER_BLOCK = 1024
+
+
 def nvidia_wheel_includes():
     """Headers that torch's nvidia-* wheels carry (curand, nvtx, ...) but a toolkit may lack."""
     dirs = []

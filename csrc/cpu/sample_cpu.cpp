@@ -148,6 +148,7 @@ Best race_in_group(const SampleParams& p, const RowRace& r, const T* row, int64_
 // has merged more than kTopSlack values into one logprob; +inf rows, which rank
 // by id; rows with no distribution), a second pass measures every token, as
 // processed mode's one pass does.
+
 // The raw pass's candidates (Note [Raw top-n in the mass's pass]).
 struct RawCandidates {
   TopList top;  // by raw value: entries {order_key(y), id}
@@ -306,22 +307,21 @@ SF_HOST_INLINE float logprob_stage_body(const SampleParams& p, int64_t row_index
   const float chosen_y = load_value(row, res.token, false, r);
   TopList top = empty_top(p.top_n);
   int64_t rank = 0;
-  bool measured = false;
+  RawCandidates c;
   if (p.raw_logprobs) {
-    RawCandidates c;
     c.top = empty_top(p.top_n + kTopSlack);
     const RacePartial raw = raw_pass(p, row, r, chosen_y, c);
     norm = res.valid ? norm_of(raw) : empty_norm();  // a degenerate row has no logprobs (Note [Top-n logprobs])
     logprob = token_logprob(chosen_y, res.token, norm);
-    if (p.top_n == 0 && p.ranks == nullptr) return logprob;
-    const RowLogprobs lp = row_logprobs(norm);
-    measured = measure_candidates(p, c, lp, top_entry(chosen_y, res.token, lp).key, top, rank);
-    if (!measured) top = empty_top(p.top_n);
   }
   if (p.top_n == 0 && p.ranks == nullptr) return logprob;
   const RowLogprobs lp = row_logprobs(norm);
   // The rank counts every token whose key is at least the chosen one's (ties included).
-  if (!measured) measure_every_token(p, row, r, lp, top_entry(chosen_y, res.token, lp).key, top, rank);
+  const uint32_t chosen = top_entry(chosen_y, res.token, lp).key;
+  if (!(p.raw_logprobs && measure_candidates(p, c, lp, chosen, top, rank))) {
+    top = empty_top(p.top_n);  // the candidates may have filled part of it
+    measure_every_token(p, row, r, lp, chosen, top, rank);
+  }
   for (int j = 0; j < p.top_n; ++j) {
     p.top_ids[row_index * p.top_n + j] = top.e[j].index;
     p.top_logprobs[row_index * p.top_n + j] = key_value(top.e[j].key);

@@ -21,10 +21,10 @@ import subprocess
 import threading
 
 from .build import CACHE, ROOT, project_files, shared_flags, tool_env, write_whole
-from build_env import SOURCES_STAMP, find_cuda_home, nvidia_wheel_includes, source_digest  # tools/, on sys.path through .build
+from build_env import (SHARED_RESERVED_PER_BLOCK, SOURCES_STAMP, cuda_tool, find_cuda_home,  # tools/, on sys.path
+                       nvidia_wheel_includes, source_digest)  # through .build
 
 ARCH = "sm_90"
-kReservedShared = 1024  # bytes a block of sm_80+ reserves for the system, in cuobjdump's SHARED
 
 
 def _nvcc_flags(csrc):
@@ -85,15 +85,6 @@ def parse_ptxas(log):
     return out
 
 
-def find_cuobjdump(home):
-    """The toolkit's cuobjdump, else the copy in the triton wheel torch installs; None without one."""
-    triton = importlib.util.find_spec("triton")
-    candidates = [pathlib.Path(home) / "bin" / "cuobjdump"]
-    if triton is not None and triton.origin:
-        candidates.append(pathlib.Path(triton.origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
-    return next((str(c) for c in candidates if c.is_file()), None)
-
-
 def _shipped_code(csrc, cuobjdump):
     """{source stem: (ptx name, cubin name)} inside the installed syncfree._C, where setup.py's stamp
     says it was built from these sources against this torch and it holds sm_90 code and PTX (the
@@ -132,8 +123,7 @@ def _extract(cuobjdump, module, ptx, cubin, ptx_path, cubin_path, log_path):
     lines = [f"# cuobjdump -res-usage of {module.name}'s {cubin} (its stamp matched), as ptxas -v lines"]
     for m in re.finditer(r"Function (\S+):\s+REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage):
         name, regs, stack, shared, local = m.group(1), *map(int, m.group(2, 3, 4, 5))
-        # cuobjdump counts the 1 KB of shared memory sm_80+ reserves in a block that uses any; ptxas does not.
-        shared = max(0, shared - kReservedShared) if shared > 0 else 0
+        shared = max(0, shared - SHARED_RESERVED_PER_BLOCK) if shared > 0 else 0  # as ptxas counts it
         lines += [f"ptxas info    : Compiling entry function '{name}' for '{ARCH}'",
                   f"ptxas info    : Used {regs} registers, {shared} bytes smem",
                   f"ptxas info    : {stack} bytes stack frame, {max(0, local - stack)} bytes spill stores, "
@@ -152,7 +142,7 @@ def compile_all(csrc=None):
     flags = _nvcc_flags(csrc)
     cache = CACHE / "ptx"
     cache.mkdir(parents=True, exist_ok=True)
-    cuobjdump = find_cuobjdump(home)
+    cuobjdump = cuda_tool("cuobjdump")
     shipped = _shipped_code(csrc, cuobjdump) if cuobjdump else {}
 
     def compile_one(source):
