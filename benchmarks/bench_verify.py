@@ -17,7 +17,8 @@ side by side in one run:
 Columns: microseconds per call (median), 'x ref' = torch.ref / syncfree (> 1: syncfree
 faster; the CPU bar is >= 5x), 'x sample' = syncfree / sf.sample, and the napkin model:
 MB of target logits and draft probabilities in the call, full reads syncfree makes of them
-(positions read until the first rejection plus the stop position's race), launches on CUDA.
+(CPU: positions read until the first rejection plus the stop position's race; CUDA: every
+position, once where the positions kernel keeps it on chip, plus the stop's race), launches on CUDA.
 Writes table_verify_<device>.txt and results_verify_<device>.json (no plot: one table).
 """
 
@@ -31,9 +32,13 @@ sys.path.insert(0, BENCH_DIR)
 import _timing as timing  # noqa: E402
 from _common import base_parser, check_device, fmt, write_table  # noqa: E402
 
+sys.path.append(os.path.join(os.path.dirname(BENCH_DIR), "tests"))  # the napkin model's helper
+from cuda_on_cpu.napkin import positions_reads  # noqa: E402
+
 syncfree, SYNCFREE_MISSING, _ = timing.import_subjects()
 TEMPERATURE = 0.8
 V = 128256
+STATIC_BOUND = 1024  # bytes: a bound on the positions kernel's static shared memory
 
 
 def torch_reference(target, draft_ids, draft_probs, temperature=TEMPERATURE):
@@ -78,6 +83,10 @@ def main():
     timer = timing.time_cuda if device == "cuda" else timing.time_cpu_until
     budget = 0.05 if device == "cuda" else (0.2 if args.quick else 0.5)
     meta = timing.run_meta(device, TEMPERATURE, syncfree, SYNCFREE_MISSING, None)
+    # The positions kernel's dynamic shared memory: the opt-in maximum less its static bytes (at most
+    # STATIC_BOUND: tests/test_emulated.py holds the compiled kernels to it).
+    shared_limit = (torch.cuda.get_device_properties(0).shared_memory_per_block_optin - STATIC_BOUND
+                    if device == "cuda" else 0)
     rows = []
     for warped in (False, True):
         warpers = dict(top_k=50, top_p=0.9) if warped else {}
@@ -92,9 +101,14 @@ def main():
                 us_ref = None if warped else timer(lambda c: torch_reference(c["target"], c["ids"], c["q"]), cases,
                                                    budget_s=budget)
                 accepted = sf(cases[0])[1].float()
-                # The napkin model: positions read = accepted + 1 per row (the stop's race reads it
-                # once more); draft probabilities: the accepted positions' entries and one row.
-                reads = ((accepted + 2) / (n + 1)).mean().item()
+                # The napkin model. CPU: positions read = accepted + 1 per row (the stop's race reads
+                # it once more). CUDA: the positions kernel reads every node (once where it keeps the
+                # row on chip, Note [A node's row on chip]), the stop's race one node more. Draft
+                # probabilities: the accepted positions' entries and one row. (Warpers' passes aside.)
+                if device == "cuda":
+                    reads = positions_reads(V, 4, shared_limit) + 1 / (n + 1)
+                else:
+                    reads = ((accepted + 2) / (n + 1)).mean().item()
                 mb = (b * (n + 1) * V * 4 + b * n * V * 4) / 1e6
                 row = dict(device=device, B=b, n=n, warpers="k50+p0.9" if warped else "none", us=us_sf,
                            ref_us=us_ref, sample_us=us_sample, x_ref=us_ref / us_sf if us_ref else None,

@@ -14,7 +14,7 @@ import torch
 import cuda_on_cpu
 import parity
 import syncfree
-from cuda_on_cpu.napkin import select_napkin
+from cuda_on_cpu.napkin import positions_reads, select_napkin
 from parity import assert_same, make
 from ranks import one_device, simulate
 
@@ -396,8 +396,54 @@ def test_verify_draft_with_processing_matches_the_cpu(target):
     parity.check_verify_processing(target)
 
 
-def test_verify_draft_single_row_and_one_draft(target):
+def positions_bytes(layer):
+    """The dynamic shared memory of each positions launch since the last clear_launches."""
+    return [l["dynamic_shared"] for l in layer.launches() if "syncfree_verify_positions_kernel" in l["kernel"]]
+
+
+def positions_limit(layer, type_name, opt_in):
+    """plan_positions's shared_limit for the kernel over type_name: the opt-in maximum less its static bytes."""
+    static = {name: r[1] for name, r in layer.kernel_resources().items()
+              if "syncfree_verify_positions_kernel<" + type_name in name}
+    assert len(static) == 2 and len(set(static.values())) == 1, static
+    assert max(static.values()) <= 1024, static  # bench_verify.py's STATIC_BOUND
+    return opt_in - next(iter(static.values()))
+
+
+def test_verify_draft_single_row_and_one_draft(layer, target):
     parity.check_verify(target, rows=1, n=1, vocab=20000)
+    # Note [A node's row on chip]: on an H100 (227 KiB) the float rows are kept whole, but the tail group.
+    limit = positions_limit(layer, "float", 227 << 10)
+    want = layer.plan_positions(20000, 4, limit)
+    assert want["kept_groups"] == 20000 // 16 and positions_reads(20000, 4, limit) == 1
+    assert set(positions_bytes(layer)) == {want["shared_bytes"]}
+
+
+def test_verify_keeps_what_fits_on_chip(layer, target):
+    """Note [A node's row on chip] on a GPU with 48 KiB of shared memory a block (less than any this
+    extension is built for): the positions kernel keeps part of each row and reads the rest again.
+    Float32 rows of V 20000 (aligned: 759 of 1250 groups kept) and V 26001 with processing (not
+    aligned: the words are packed from element loads) in float32 and bfloat16; tokens, counts,
+    logprobs and valid bit for bit against the CPU, and each launch asks for the plan's bytes."""
+    opt_in = 48 << 10
+    layer.configure(shared_opt_in=opt_in)
+    try:
+        parity.check_verify(target, rows=1, n=1, vocab=20000)
+        aligned = positions_bytes(layer)
+        layer.clear_launches()
+        parity.check_verify_processing(target, rows=2, n=1, vocab=26001)
+        unaligned = positions_bytes(layer)
+    finally:
+        layer.configure(shared_opt_in=227 << 10)
+    plans = {(vocab, name): layer.plan_positions(vocab, size, positions_limit(layer, name, opt_in))
+             for vocab, name, size in ((20000, "float", 4), (26001, "float", 4), (26001, "c10::BFloat16", 2))}
+    for (vocab, name), plan in plans.items():
+        assert 0 < plan["kept_groups"] < vocab // 16, plan  # kept in part
+        size = 4 if name == "float" else 2
+        reads = positions_reads(vocab, size, positions_limit(layer, name, opt_in))  # the napkin model
+        assert reads == 2 - plan["kept_groups"] / ((vocab + 15) // 16) and 1 < reads < 2
+    assert set(aligned) == {plans[20000, "float"]["shared_bytes"]}
+    assert set(unaligned) == {plans[26001, "float"]["shared_bytes"], plans[26001, "c10::BFloat16"]["shared_bytes"]}
 
 
 def test_verify_draft_ids_outside_the_vocabulary_are_rejected(target):

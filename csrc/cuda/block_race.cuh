@@ -13,23 +13,61 @@ namespace syncfree {
 // ---------------------------------------------------------------------------
 // Loads
 
-// Group g of a row through 16-byte loads (raw values, then finish_group); the
-// caller guarantees a full group and a 16-byte aligned row.
+// A full group's raw input as 16-byte words, and the race values they hold.
+template <typename T>
+constexpr int kGroupWords = int(kGroup * sizeof(T) / sizeof(uint4));
+
+// Group g's words through 16-byte loads; the caller guarantees a full group
+// and a 16-byte aligned row.
+template <typename T>
+__device__ __forceinline__ void load_group_words(const T* row, int64_t g, uint4 (&w)[kGroupWords<T>]) {
+  const uint4* src = reinterpret_cast<const uint4*>(row + g * kGroup);
+#pragma unroll
+  for (int j = 0; j < kGroupWords<T>; ++j) w[j] = __ldg(src + j);
+}
+
+// An element's bits, as they lie in memory (the low half of a word first).
+__device__ __forceinline__ unsigned element_bits(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ unsigned element_bits(c10::Half v) { return v.x; }
+__device__ __forceinline__ unsigned element_bits(c10::BFloat16 v) { return v.x; }
+
+// Group g's words through element loads (any alignment); a full group.
+template <typename T>
+__device__ __forceinline__ void load_group_words_scalar(const T* row, int64_t g, uint4 (&w)[kGroupWords<T>]) {
+  const T* src = row + g * kGroup;
+  constexpr int kPerWord = sizeof(unsigned) / sizeof(T);
+  unsigned u[kGroup / kPerWord];
+#pragma unroll
+  for (int i = 0; i < kGroup / kPerWord; ++i) {
+    u[i] = element_bits(src[i * kPerWord]);
+    if constexpr (kPerWord == 2) u[i] |= element_bits(src[i * kPerWord + 1]) << 16;
+  }
+#pragma unroll
+  for (int j = 0; j < kGroupWords<T>; ++j) w[j] = uint4{u[4 * j], u[4 * j + 1], u[4 * j + 2], u[4 * j + 3]};
+}
+
+// Group g's race values from its words (raw values, then finish_group).
+template <typename T>
+__device__ __forceinline__ void group_from_words(const uint4 (&w)[kGroupWords<T>], int64_t g, bool probs,
+                                                 const RowRace& r, float (&v)[kGroup]) {
+  constexpr int kPerWord = int(sizeof(uint4) / sizeof(T));
+#pragma unroll
+  for (int j = 0; j < kGroupWords<T>; ++j) {
+    const T* e = reinterpret_cast<const T*>(&w[j]);
+#pragma unroll
+    for (int k = 0; k < kPerWord; ++k) v[j * kPerWord + k] = float(e[k]);
+  }
+  finish_group(v, g, probs, r);
+}
+
+// Group g of a row through 16-byte loads; the caller guarantees a full group
+// and a 16-byte aligned row.
 template <typename T>
 __device__ __forceinline__ void load_group_vec(const T* row, int64_t g, bool probs, const RowRace& r,
                                                float (&v)[kGroup]) {
-  constexpr int kPerLoad = 16 / sizeof(T);
-  const uint4* src = reinterpret_cast<const uint4*>(row + g * kGroup);
-#pragma unroll
-  for (int j = 0; j < kGroup / kPerLoad; ++j) {
-    const uint4 raw = __ldg(src + j);
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int k = 0; k < kPerLoad; ++k) {
-      v[j * kPerLoad + k] = float(e[k]);
-    }
-  }
-  finish_group(v, g, probs, r);
+  uint4 w[kGroupWords<T>];
+  load_group_words(row, g, w);
+  group_from_words<T>(w, g, probs, r, v);
 }
 
 // The index a padding lane hands f: past every row (callers test i < vocab),

@@ -63,15 +63,16 @@ struct SelectShared {
 };
 
 // Max of v over the block, through its order key (an unsigned atomicMax).
-__device__ __forceinline__ float block_max(float v, SelectShared& sh) {
-  if (threadIdx.x == 0) sh.max_key = 0u;
+__device__ __forceinline__ float block_max(float v, unsigned& max_key) {
+  if (threadIdx.x == 0) max_key = 0u;
   __syncthreads();
-  atomicMax(&sh.max_key, order_key(v));
+  atomicMax(&max_key, order_key(v));
   __syncthreads();
-  const float m = key_value(sh.max_key);
+  const float m = key_value(max_key);
   __syncthreads();
   return m;
 }
+__device__ __forceinline__ float block_max(float v, SelectShared& sh) { return block_max(v, sh.max_key); }
 
 // Sum of v over the block; integer, so exact in any order: a shuffle tree
 // per warp, one slot per warp, and every thread adds the slots (no atomics;

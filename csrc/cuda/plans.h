@@ -122,4 +122,29 @@ inline SelectNapkin napkin_select(const Warpers& w, bool fits) {
   return {reads + 1, kLaunches};
 }
 
+// The verify positions kernel (verify_cuda.cu, Note [A node's row on chip]):
+// one block of kSelectThreads per node, which keeps the raw input of the
+// row's first `kept_groups` full groups in dynamic shared memory between its
+// two passes. `shared_limit`: the dynamic shared memory a block may use (the
+// device's opt-in maximum less the kernel's static shared memory).
+struct PositionsPlan {
+  int64_t kept_groups;
+  int64_t shared_bytes;  // the launch's dynamic shared memory
+};
+
+inline PositionsPlan plan_positions(int64_t vocab, int64_t element_bytes, int64_t shared_limit) {
+  const int64_t group_bytes = kGroup * element_bytes;
+  const int64_t fit = shared_limit > 0 ? shared_limit / group_bytes : 0;
+  const int64_t full = vocab / kGroup;  // the tail group is read twice (scalar loads)
+  const int64_t kept = fit < full ? fit : full;
+  return {kept, kept * group_bytes};
+}
+
+// Full reads of a node's row by the positions kernel: once, plus the groups
+// past the kept ones a second time (the napkin model, bench_verify.py).
+inline double napkin_positions_reads(int64_t vocab, const PositionsPlan& plan) {
+  const int64_t groups = ceil_div(vocab, kGroup);
+  return groups > 0 ? 2.0 - double(plan.kept_groups) / double(groups) : 0.0;
+}
+
 }  // namespace syncfree

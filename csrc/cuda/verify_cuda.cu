@@ -37,8 +37,9 @@ struct PositionLaw {
 struct VerifyArgs {
   VerifyParams v;
   RngArgs rng;
-  PositionLaw* laws;  // [B (n + 1)]
-  bool aligned;       // 16-byte aligned rows: full groups through vector loads
+  PositionLaw* laws;   // [B (n + 1)]
+  bool aligned;        // 16-byte aligned rows: full groups through vector loads
+  int64_t kept_groups; // the positions kernel's groups on chip (Note [A node's row on chip])
 };
 
 // The race value of token i of a position (processed, scaled, warped).
@@ -58,12 +59,64 @@ __device__ __forceinline__ void position_group(const T* x, int64_t vocab, int64_
   }
 }
 
+// Note [A node's row on chip]
+// ---------------------------
+// A node's law (Note [Verifying a draft]) is an integer mass against the
+// row's max, which is known only after a read of the row: exact integers
+// cannot be rescaled afterwards, so the kernel passes over the row twice. The
+// first pass keeps the raw input of the row's first a.kept_groups full groups
+// in dynamic shared memory (plan_positions in plans.h), as 16-byte words laid
+// out word-major (thread t's word j at [j * kept + g]: a warp's stores and
+// loads are consecutive 16-byte words, no bank conflicts), and the second
+// reads them there; only the groups past them (and the tail group) are read
+// from memory again. A thread reads back only the words it wrote (the same
+// groups in both passes), and block_max's barriers lie between. With the
+// opt-in maximum of an H100 (227 KiB) a bf16 row of up to ~115k tokens and a
+// float row of ~57k is read once; a 128k-token bf16 row re-reads its last ~10%.
+template <typename T>
+struct KeptRow {
+  uint4* words;  // [kGroupWords<T>][kept]
+  int64_t kept;
+  bool aligned;
+
+  // Group g's race values; a kept group's words are stored on the way.
+  __device__ __forceinline__ void first(const T* x, int64_t vocab, int64_t g, const RowRace& r,
+                                        float (&v)[kGroup]) const {
+    if (g >= kept) return position_group(x, vocab, g, aligned, r, v);
+    uint4 w[kGroupWords<T>];
+    if (aligned) {
+      load_group_words(x, g, w);
+    } else {
+      load_group_words_scalar(x, g, w);
+    }
+#pragma unroll
+    for (int j = 0; j < kGroupWords<T>; ++j) words[j * kept + g] = w[j];
+    group_from_words<T>(w, g, false, r, v);
+  }
+
+  // Group g's race values again: a kept group's from shared memory.
+  __device__ __forceinline__ void again(const T* x, int64_t vocab, int64_t g, const RowRace& r,
+                                        float (&v)[kGroup]) const {
+    if (g >= kept) return position_group(x, vocab, g, aligned, r, v);
+    uint4 w[kGroupWords<T>];
+#pragma unroll
+    for (int j = 0; j < kGroupWords<T>; ++j) w[j] = words[j * kept + g];
+    group_from_words<T>(w, g, false, r, v);
+  }
+};
+
+struct PositionsShared {
+  unsigned long long warp_sums[kThreads / 32];
+  unsigned max_key;
+  int first_inf, inf_count;
+};
+
 // kProcess: the call has processing (each node its own history: Processing::per_position);
 // without it the processing code folds away, as in the sampling kernels.
 template <typename T, bool kProcess>
 __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(VerifyArgs a) {
-  __shared__ SelectShared sh;
-  __shared__ int first_inf, inf_count;
+  __shared__ PositionsShared sh;
+  SYNCFREE_DYNAMIC_SHARED(uint4, kept_words);
   const int64_t row = blockIdx.x;
   SampleParams p = a.v.target;
   take_rng(p, a.rng);
@@ -92,38 +145,39 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
     return;
   }
 
+  const KeptRow<T> kept{kept_words, a.kept_groups, a.aligned};  // Note [A node's row on chip]
   float top = -kInf;
   int infs = 0;
   if (threadIdx.x == 0) {
-    first_inf = kNoIndex;
-    inf_count = 0;
+    sh.first_inf = kNoIndex;
+    sh.inf_count = 0;
   }
   __syncthreads();
   const int64_t groups = ceil_div(vocab, kGroup);
   float vals[kGroup];
   for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
-    position_group(x, vocab, g, a.aligned, r, vals);
+    kept.first(x, vocab, g, r, vals);
 #pragma unroll
     for (int k = 0; k < kGroup; ++k) {
       top = vals[k] > top ? vals[k] : top;
       if (vals[k] == kInf) {
-        if (infs == 0) atomicMin(&first_inf, int(g * kGroup + k));  // a thread's first is its lowest
+        if (infs == 0) atomicMin(&sh.first_inf, int(g * kGroup + k));  // a thread's first is its lowest
         ++infs;
       }
     }
   }
-  if (infs > 0) atomicAdd(&inf_count, infs);
-  out.law.m = block_max(top, sh);  // an order-key max: +0 for -0, as the CPU's (its barriers order the atomics)
-  out.law.first_inf = first_inf;
-  out.law.infs = inf_count;
+  if (infs > 0) atomicAdd(&sh.inf_count, infs);
+  out.law.m = block_max(top, sh.max_key);  // an order-key max: +0 for -0, as the CPU's (its barriers order the atomics)
+  out.law.first_inf = sh.first_inf;
+  out.law.infs = sh.inf_count;
   if (out.law.first_inf == kNoIndex && out.law.m != -kInf) {
-    uint64_t local = 0u;  // the second read: from L2 for rows that fit it
+    uint64_t local = 0u;
     for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
-      position_group(x, vocab, g, a.aligned, r, vals);
+      kept.again(x, vocab, g, r, vals);
 #pragma unroll
       for (int k = 0; k < kGroup; ++k) local += fixed_mass(token_exp(vals[k], out.law.m), out.law.shift);
     }
-    out.law.total = block_sum(local, sh);
+    out.law.total = block_sum(local, sh.warp_sums);
   }
   out.point = out.law.first_inf;
   if (out.point == kNoIndex && out.law.total == 0u && may_overflow(r) && threadIdx.x < 32)
@@ -394,7 +448,11 @@ void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex 
     using T = decltype(tag);
     const auto launch = [&](auto process) {
       constexpr bool kProcess = decltype(process)::value;
-      launch_kernel<syncfree_verify_positions_kernel<T, kProcess>>(dim3(unsigned(rows)), dim3(kThreads), 0, stream, a);
+      constexpr auto positions = syncfree_verify_positions_kernel<T, kProcess>;
+      const PositionsPlan plan =
+          plan_positions(v.target.vocab, int64_t(sizeof(T)), dynamic_shared_limit<positions>(device));
+      a.kept_groups = plan.kept_groups;
+      launch_kernel<positions>(dim3(unsigned(rows)), dim3(kThreads), size_t(plan.shared_bytes), stream, a);
       launch_kernel<syncfree_verify_finish_kernel<T, kProcess>>(dim3(unsigned(batch)), dim3(kThreads), 0, stream, a);
     };
     if (has_processing(a.v.target)) {

@@ -731,6 +731,29 @@ void test_select_plan() {
   CHECK(mode_after_scan(clamp_warpers(0, 1.0f, 0.0f, 0.9f, 100), false) == kSelectFullRow);
 }
 
+// verify's positions plan (Note [A node's row on chip]): whole full groups,
+// within the limit; a row that fits is read once, the tail group aside.
+void test_positions_plan() {
+  const int64_t limits[] = {0, 100, 48 << 10, (227 << 10) - 528};
+  const int64_t vocabs[] = {1, 15, 16, 20000, 26001, 128256, 262144};
+  for (const int64_t limit : limits) {
+    for (const int64_t vocab : vocabs) {
+      for (const int64_t elem : {2, 4}) {
+        const PositionsPlan plan = plan_positions(vocab, elem, limit);
+        CHECK(plan.kept_groups >= 0 && plan.kept_groups <= vocab / kGroup);
+        CHECK(plan.shared_bytes == plan.kept_groups * kGroup * elem && plan.shared_bytes <= limit);
+        CHECK(plan.kept_groups == vocab / kGroup || plan.shared_bytes + kGroup * elem > limit);  // all that fits
+        const double reads = napkin_positions_reads(vocab, plan);
+        CHECK(reads >= 1.0 && reads <= 2.0);
+      }
+    }
+  }
+  const int64_t h100 = (227 << 10) - 528;
+  CHECK(napkin_positions_reads(32768, plan_positions(32768, 4, h100)) == 1.0);
+  CHECK(napkin_positions_reads(100000, plan_positions(100000, 2, h100)) == 1.0);
+  CHECK(plan_positions(128256, 2, h100).kept_groups == h100 / 32);  // 90% of the row
+}
+
 // syncfree.distributed's packed candidates: a max over ranks finds the best
 // key and, among equal keys, the lowest index; the step list follows the flags.
 void test_shard_protocol() {
@@ -773,6 +796,7 @@ int main() {
       {"selection", test_selection},
       {"sample launch plan", test_sample_plan},
       {"select launch plan and napkin model", test_select_plan},
+      {"positions launch plan and napkin model", test_positions_plan},
       {"shard protocol", test_shard_protocol},
   };
   for (const auto& t : tests) {

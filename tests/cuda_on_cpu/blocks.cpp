@@ -292,8 +292,18 @@ void fill_shared() {
 #endif
 }
 
-void run_block(const char* kernel, uint3 block_idx, dim3 grid, dim3 block_dim,
-               const std::function<void()>& body) {
+// Note [Dynamic shared memory]
+// -----------------------------
+// A launch's dynamic shared memory (extern __shared__) is a guarded block of
+// exactly the launch's bytes (runtime.cpp, Note [Guard bytes]), filled with
+// garbage before each block like the static variables; dynamic_shared()
+// hands it to the kernel (SYNCFREE_DYNAMIC_SHARED in csrc/cuda/launch.h).
+// A write past its end is reported with the kernel and block; under ASan so
+// is a read.
+void* running_dynamic_shared = nullptr;
+
+void run_block(const char* kernel, uint3 block_idx, dim3 grid, dim3 block_dim, void* dynamic_shared,
+               size_t dynamic_bytes, const std::function<void()>& body) {
   Block b;
   b.kernel = kernel;
   b.idx = block_idx;
@@ -317,6 +327,13 @@ void run_block(const char* kernel, uint3 block_idx, dim3 grid, dim3 block_dim,
   }
   b.live = n;
   fill_shared();
+  if (dynamic_bytes > 0) {
+    fill_garbage(dynamic_shared, dynamic_bytes);
+#if defined(CUDA_ON_CPU_TSAN)
+    AnnotateNewMemory(__FILE__, __LINE__, dynamic_shared, dynamic_bytes);
+#endif
+  }
+  running_dynamic_shared = dynamic_shared;
 #if defined(CUDA_ON_CPU_TSAN)
   b.scheduler_fiber = __tsan_get_current_fiber();
 #endif
@@ -369,6 +386,8 @@ Thread& self(const char* what) {
 }
 
 }  // namespace
+
+void* dynamic_shared() { return running_dynamic_shared; }
 
 [[noreturn]] void fail_in_thread(const std::string& what) {
   if (current_thread == nullptr) fail_outside_kernel(what.c_str());
@@ -529,7 +548,8 @@ void maybe_yield() {
 
 void threadfence() { maybe_yield(); }
 
-void run_grid(const char* name, dim3 grid, dim3 block, const std::function<void()>& body) {
+void run_grid(const char* name, dim3 grid, dim3 block, void* dynamic_shared, size_t dynamic_bytes,
+              const std::function<void()>& body) {
   const FaultHandlers faults;
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
   std::vector<uint64_t> order(blocks);
@@ -540,7 +560,7 @@ void run_grid(const char* name, dim3 grid, dim3 block, const std::function<void(
 #endif
   for (const uint64_t i : order) {
     const uint3 idx{unsigned(i % grid.x), unsigned(i / grid.x % grid.y), unsigned(i / (uint64_t(grid.x) * grid.y))};
-    run_block(name, idx, grid, block, body);
+    run_block(name, idx, grid, block, dynamic_shared, dynamic_bytes, body);
     check_guards([&] {
       return std::string(name) + " block (" + std::to_string(idx.x) + "," + std::to_string(idx.y) + "," +
              std::to_string(idx.z) + ")";

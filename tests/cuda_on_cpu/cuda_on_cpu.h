@@ -70,8 +70,19 @@ enum cudaStreamCaptureStatus {
   cudaStreamCaptureStatusActive = 1,
   cudaStreamCaptureStatusInvalidated = 2
 };
-enum cudaDeviceAttr { cudaDevAttrMaxThreadsPerBlock = 1, cudaDevAttrMultiProcessorCount = 16 };
+enum cudaDeviceAttr {
+  cudaDevAttrMaxThreadsPerBlock = 1,
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
+};
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+// The fields of cudaFuncAttributes the launchers read (from nvcc's resource report).
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes;
+  int maxThreadsPerBlock;
+  int numRegs;
+  int maxDynamicSharedSizeBytes;
+};
 
 constexpr int warpSize = 32;
 
@@ -96,6 +107,9 @@ void syncthreads(const char* file, int line);
 enum class WarpOpKind : int { kSyncwarp, kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll };
 uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int width, const char* file, int line);
 void maybe_yield();  // at atomics: sometimes let another thread run first
+// The running block's dynamic shared memory (extern __shared__; See Note
+// [Dynamic shared memory] in blocks.cpp); null where the launch asked for none.
+void* dynamic_shared();
 void threadfence();
 
 template <typename T>
@@ -303,3 +317,6 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
 cudaError_t cuda_on_cpu_func_set_attribute(const char* kernel, cudaFuncAttribute attr, int value);
 #define cudaFuncSetAttribute(kernel, attr, value) \
   cuda_on_cpu_func_set_attribute(::cuda_on_cpu::kernel_name<kernel>(), attr, value)
+cudaError_t cuda_on_cpu_func_get_attributes(cudaFuncAttributes* attributes, const char* kernel);
+#define cudaFuncGetAttributes(attributes, kernel) \
+  cuda_on_cpu_func_get_attributes(attributes, ::cuda_on_cpu::kernel_name<kernel>())

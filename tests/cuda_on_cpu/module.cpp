@@ -30,12 +30,13 @@ PYBIND11_MODULE(_cuda_on_cpu, m) {
   using namespace cuda_on_cpu;
   m.doc() = "syncfree's CUDA kernels on the CPU (tests/cuda_on_cpu)";
   m.def("configure", [](std::optional<int> sm_count, std::optional<int> yield_one_in,
-                        std::optional<bool> require_resources) {
+                        std::optional<bool> require_resources, std::optional<int> shared_opt_in) {
     if (sm_count) settings.sm_count = *sm_count;
     if (yield_one_in) settings.yield_one_in = *yield_one_in;
     if (require_resources) settings.require_resources = *require_resources;
+    if (shared_opt_in) settings.shared_opt_in = *shared_opt_in;
   }, py::arg("sm_count") = py::none(), py::arg("yield_one_in") = py::none(),
-     py::arg("require_resources") = py::none());
+     py::arg("require_resources") = py::none(), py::arg("shared_opt_in") = py::none());
   m.def("begin_schedule", &begin_schedule, "seeds block order, thread interleaving and garbage");
   m.def("set_kernel_resources", [](const std::map<std::string, std::tuple<int, int, int>>& table) {
     kernel_resources.clear();
@@ -43,6 +44,11 @@ PYBIND11_MODULE(_cuda_on_cpu, m) {
       kernel_resources[normalize_kernel_name(name)] = {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
   }, "kernel name -> (registers, static shared bytes, max threads from __launch_bounds__ or 0)");
   m.def("normalize_kernel_name", &normalize_kernel_name);
+  m.def("kernel_resources", [] {
+    std::map<std::string, std::tuple<int, int, int>> table;
+    for (const auto& [name, r] : kernel_resources) table[name] = {r.registers, r.static_shared, r.max_threads};
+    return table;
+  }, "the loaded nvcc report: name -> (registers, static shared bytes, max threads)");
   m.def("launches", [] {
     py::list out;
     for (const LaunchRecord& r : launch_log)
@@ -92,6 +98,10 @@ PYBIND11_MODULE(_cuda_on_cpu, m) {
     std::vector<uint32_t> words;
     for (int64_t i = 0; i < n; ++i) words.push_back(engine());
     return words;
+  });
+  m.def("plan_positions", [](int64_t vocab, int64_t element_bytes, int64_t shared_limit) {
+    const syncfree::PositionsPlan plan = syncfree::plan_positions(vocab, element_bytes, shared_limit);
+    return py::dict(py::arg("kept_groups") = plan.kept_groups, py::arg("shared_bytes") = plan.shared_bytes);
   });
   m.def("plan_sample", [](int64_t rows, int64_t vocab, int sm_count) {
     const syncfree::SamplePlan plan = syncfree::plan_sample(rows, vocab, sm_count);

@@ -98,7 +98,7 @@ MUTANTS = [
            "  if (my_bin >= 0) atomicMax(&sh.chosen, my_bin);\n",
            "warpers_keep_the_same_sets or warper_edge_rows"),
     Mutant("shared-memory-read-before-written", "cuda/block_select.cuh",
-           "  if (threadIdx.x == 0) sh.max_key = 0u;\n", "",
+           "  if (threadIdx.x == 0) max_key = 0u;\n", "",
            "warpers_keep_the_same_sets or warper_edge_rows"),
     # The selection over split rows (Note [Selection passes on CUDA]).
     # (A histogram merged late or partly only lowers the chosen bin, which adds candidates: the
@@ -167,6 +167,15 @@ MUTANTS = [
     Mutant("verify-residual-keeps-the-draft", "cuda/verify_cuda.cu",
            "return rejected ? -kInf : y(i);", "return y(i);",
            "verify_draft"),
+    # A node's row on chip (Note [A node's row on chip]): the second pass reads the kept words in
+    # another layout than the first wrote; the plan keeps a group more than the launch's bytes.
+    Mutant("positions-kept-words-read-group-major", "cuda/verify_cuda.cu",
+           "for (int j = 0; j < kGroupWords<T>; ++j) w[j] = words[j * kept + g];",
+           "for (int j = 0; j < kGroupWords<T>; ++j) w[j] = words[g * kGroupWords<T> + j];",
+           "verify_keeps or single_row"),
+    Mutant("positions-keep-past-the-launch-bytes", "cuda/plans.h",
+           "return {kept, kept * group_bytes};", "return {kept + 1, kept * group_bytes};",
+           "verify_keeps", expect="out of bounds"),
     # verify_tree's walk (Note [Verifying a tree]).
     Mutant("tree-siblings-share-an-acceptance-word", "cuda/verify_cuda.cu",
            "w.u[c] = accept_uniform(row_race(p, b * nodes + parent).stream, k);",
@@ -253,7 +262,7 @@ MUTANTS = [
     # The rules at the limits (README "Speculative decoding", "Processing") and Note [64-bit sums in
     # shared memory].
     Mutant("verify-inf-count-lost", "cuda/verify_cuda.cu",
-           "  if (infs > 0) atomicAdd(&inf_count, infs);\n", "",
+           "  if (infs > 0) atomicAdd(&sh.inf_count, infs);\n", "",
            "rules_at_the_limits"),
     Mutant("raw-top-n-of-a-degenerate-row", "cuda/process_cuda.cu",
            "no ticket\n      if (t == 0) a.raw_norms[row] = has_distribution(a.norms[row]) ? norm_of(acc) : empty_norm();",

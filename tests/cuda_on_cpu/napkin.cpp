@@ -30,4 +30,10 @@ __attribute__((visibility("default"))) void syncfree_select_napkin(const float* 
   *out = {napkin.full_reads, napkin.launches, modes[int(c.mode)], c.count, cap, fits};
 }
 
+// Full reads of a node's row by verify's positions kernel (Note [A node's row on chip]).
+__attribute__((visibility("default"))) double syncfree_positions_reads(int64_t vocab, int64_t element_bytes,
+                                                                      int64_t shared_limit) {
+  return syncfree::napkin_positions_reads(vocab, syncfree::plan_positions(vocab, element_bytes, shared_limit));
+}
+
 }  // extern "C"

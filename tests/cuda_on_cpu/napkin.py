@@ -1,11 +1,13 @@
-"""The CUDA warpers' napkin model for one row of scaled logits (csrc/cuda/plans.h, Note [Selection
-passes on CUDA]): full reads, launches, the selection's mode, candidates and whether they fit.
+"""The CUDA plans' napkin model (csrc/cuda/plans.h): for one row of scaled logits, the warpers' full
+reads, launches, the selection's mode, candidates and whether they fit (Note [Selection passes on
+CUDA]); the full reads of a node's row by verify's positions kernel (Note [A node's row on chip]).
 Test and benchmark code, kept out of syncfree._C: napkin.cpp alone, compiled by g++ without torch
 (a few seconds, cached with the layer's objects) and called through ctypes, so that a benchmark
 on a GPU machine needs no emulation build.
 
     from cuda_on_cpu.napkin import select_napkin        # tests/ on sys.path
     select_napkin(y, top_k, top_p, min_p, typical_p, rows=B, sm_count=132)
+    positions_reads(vocab, element_bytes, shared_limit)
 """
 import ctypes
 import functools
@@ -42,6 +44,8 @@ def _library():
                                            ctypes.c_double, ctypes.c_double, ctypes.c_int64, ctypes.c_int64,
                                            ctypes.POINTER(_Row)]
     lib.syncfree_select_napkin.restype = None
+    lib.syncfree_positions_reads.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    lib.syncfree_positions_reads.restype = ctypes.c_double
     return lib
 
 
@@ -56,3 +60,9 @@ def select_napkin(y, top_k, top_p, min_p, typical_p, *, rows, sm_count):
                                       float(typical_p), int(rows), int(sm_count), ctypes.byref(r))
     return dict(full_reads=r.full_reads, launches=r.launches, mode=r.mode.decode(), candidates=r.candidates,
                 capacity=r.capacity, fits=bool(r.fits))
+
+
+def positions_reads(vocab, element_bytes, shared_limit):
+    """Full reads of a node's row by verify's positions kernel, whose block may use `shared_limit`
+    bytes of dynamic shared memory: 1 for a row kept whole, up to 2 for one kept in part."""
+    return _library().syncfree_positions_reads(int(vocab), int(element_bytes), int(shared_limit))

@@ -125,13 +125,17 @@ void validate(const char* name, dim3 grid, dim3 block, size_t dynamic_shared, si
   const auto opt_in = settings.max_dynamic_shared.find(name);
   const uint64_t limit = opt_in != settings.max_dynamic_shared.end() ? uint64_t(opt_in->second) + r.static_shared
                                                                     : 48u * 1024u;
-  TORCH_CHECK(uint64_t(r.static_shared) + dynamic_shared <= std::min<uint64_t>(limit, 227u * 1024u),
+  TORCH_CHECK(uint64_t(r.static_shared) + dynamic_shared <= std::min<uint64_t>(limit, uint64_t(settings.shared_opt_in)),
               "cuda_on_cpu: launch of ", name, ": ", r.static_shared, " bytes of static and ", dynamic_shared,
               " bytes of dynamic shared memory exceed the ", limit, " bytes a block may use");
 }
 
 
 }  // namespace
+
+// Runs a grid with `dynamic_shared` bytes of dynamic shared memory (below).
+void run_with_shared(const char* name, dim3 grid, dim3 block, size_t dynamic_shared,
+                     const std::function<void()>& body);
 
 void launch(const char* name, dim3 grid, dim3 block, size_t dynamic_shared, cudaStream_t stream,
             size_t param_bytes, std::function<void()> thread_body) {
@@ -140,10 +144,12 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dynamic_shared, cuda
   launch_log.push_back({name, grid.x, grid.y, grid.z, block.x * block.y * block.z, dynamic_shared,
                         is_capturing(stream)});
   if (is_capturing(stream)) {
-    capturing->ops.push_back([name, grid, block, body = std::move(thread_body)] { run_grid(name, grid, block, body); });
+    capturing->ops.push_back([name, grid, block, dynamic_shared, body = std::move(thread_body)] {
+      run_with_shared(name, grid, block, dynamic_shared, body);
+    });
     return;
   }
-  run_grid(name, grid, block, thread_body);
+  run_with_shared(name, grid, block, dynamic_shared, thread_body);
 }
 
 
@@ -273,6 +279,19 @@ int64_t first_overwritten(const unsigned char* p, size_t n) {
 }
 
 }  // namespace
+
+
+// Runs a grid with its dynamic shared memory: a guarded block of its own (Note
+// [Guard bytes]), so that a kernel indexing past the launch's bytes is caught.
+void run_with_shared(const char* name, dim3 grid, dim3 block, size_t dynamic_shared,
+                     const std::function<void()>& body) {
+  void* shared = dynamic_shared > 0 ? guarded_alloc(dynamic_shared, false) : nullptr;
+  struct Release {
+    void* p;
+    ~Release() { release(p); }
+  } release_shared{shared};
+  run_grid(name, grid, block, shared, dynamic_shared, body);
+}
 
 void check_guards(const std::function<std::string()>& writer) {
   if (!kFenced) return;
@@ -445,12 +464,33 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = cuda_on_cpu::sm_count(); return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = cuda_on_cpu::settings.shared_opt_in; return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
 
+cudaError_t cuda_on_cpu_func_get_attributes(cudaFuncAttributes* attributes, const char* kernel) {
+  using cuda_on_cpu::kernel_resources;
+  const auto it = kernel_resources.find(kernel);
+  if (it == kernel_resources.end()) {
+    if (cuda_on_cpu::settings.require_resources || !kernel_resources.empty()) return cudaErrorInvalidValue;
+    *attributes = {0u, 1024, 0, 48 << 10};  // no report loaded: nothing static
+    return cudaSuccess;
+  }
+  const cuda_on_cpu::KernelResources& r = it->second;
+  const auto& opt_ins = cuda_on_cpu::settings.max_dynamic_shared;
+  const auto opt_in = opt_ins.find(kernel);
+  *attributes = {size_t(r.static_shared), r.max_threads > 0 ? r.max_threads : 1024, r.registers,
+                 opt_in != opt_ins.end() ? opt_in->second : (48 << 10) - r.static_shared};
+  return cudaSuccess;
+}
+
+// As CUDA: the opt-in covers dynamic shared memory, within the block's maximum less the static.
 cudaError_t cuda_on_cpu_func_set_attribute(const char* kernel, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0) return cudaErrorInvalidValue;
+  const auto it = cuda_on_cpu::kernel_resources.find(kernel);
+  const int static_shared = it != cuda_on_cpu::kernel_resources.end() ? it->second.static_shared : 0;
+  if (value > cuda_on_cpu::settings.shared_opt_in - static_shared) return cudaErrorInvalidValue;
   cuda_on_cpu::settings.max_dynamic_shared[kernel] = value;
   return cudaSuccess;
 }

@@ -24,6 +24,7 @@ struct Settings {
   size_t stack_bytes = 128 << 10;    // a fiber's stack
   bool require_resources = false;    // refuse launches without an nvcc resource report
   std::map<std::string, int> max_dynamic_shared;  // cudaFuncSetAttribute opt-ins
+  int shared_opt_in = 227 << 10;     // a block's most shared memory, opted in (an H100)
 };
 extern Settings settings;
 
@@ -49,7 +50,9 @@ void begin_schedule(uint64_t seed);
 
 // Between blocks.cpp and runtime.cpp: runs every block of a grid now; fills
 // memory with the garbage patterns; whether a kernel is running.
-void run_grid(const char* name, dim3 grid, dim3 block, const std::function<void()>& body);
+// `dynamic_shared`: the launch's dynamic shared memory, `dynamic_bytes` of it.
+void run_grid(const char* name, dim3 grid, dim3 block, void* dynamic_shared, size_t dynamic_bytes,
+              const std::function<void()>& body);
 void garbage_fill(void* p, size_t bytes);
 bool in_kernel();
 std::string normalize_kernel_name(std::string name);
