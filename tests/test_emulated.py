@@ -417,6 +417,14 @@ def test_verify_draft_single_row_and_one_draft(layer, target):
     want = layer.plan_positions(20000, 4, limit)
     assert want["kept_groups"] == 20000 // 16 and positions_reads(20000, 4, limit) == 1
     assert set(positions_bytes(layer)) == {want["shared_bytes"]}
+    # A call greedy in every row makes one pass (16-byte loads where aligned) and keeps nothing.
+    layer.clear_launches()
+    g = torch.Generator().manual_seed(5)
+    x, ids = torch.randn(2, 3, 20000, generator=g), torch.randint(0, 20000, (2, 2), generator=g)
+    want = syncfree.verify_draft(x, ids, None, 0.0, seed=3, return_logprobs=True, return_valid=True)
+    got = target.call(syncfree.verify_draft, x, ids, None, 0.0, seed=3, return_logprobs=True, return_valid=True)
+    parity.assert_same(want, got, "verify_draft, greedy")
+    assert positions_bytes(layer) == [0]
 
 
 def test_verify_keeps_what_fits_on_chip(layer, target):

@@ -66,13 +66,17 @@ __device__ __forceinline__ void position_group(const T* x, int64_t vocab, int64_
 // cannot be rescaled afterwards, so the kernel passes over the row twice. The
 // first pass keeps the raw input of the row's first a.kept_groups full groups
 // in dynamic shared memory (plan_positions in plans.h), as 16-byte words laid
-// out word-major (thread t's word j at [j * kept + g]: a warp's stores and
+// out word-major (group g's word j at [j * kept + g]: a warp's stores and
 // loads are consecutive 16-byte words, no bank conflicts), and the second
 // reads them there; only the groups past them (and the tail group) are read
-// from memory again. A thread reads back only the words it wrote (the same
-// groups in both passes), and block_max's barriers lie between. With the
-// opt-in maximum of an H100 (227 KiB) a bf16 row of up to ~115k tokens and a
-// float row of ~57k is read once; a 128k-token bf16 row re-reads its last ~10%.
+// from memory again. Group g is thread g % kThreads's in both passes, so a
+// thread reads back only the words it wrote: no barrier is needed for them.
+// With the opt-in maximum of an H100 (227 KiB) a bf16 row of up to ~115k
+// tokens and a float row of ~57k is read once; at V = 128,256 a bf16 row
+// re-reads ~10%, a float row 55% (an A100's 163 KiB: ~83k and ~41k tokens).
+// The cost: a block keeping ~220 KB runs alone on its SM, where the plain
+// variants (56-58 registers) ran two; the processing variants ran one anyway.
+// A call whose rows are all greedy makes one pass and keeps nothing.
 template <typename T>
 struct KeptRow {
   uint4* words;  // [kGroupWords<T>][kept]
@@ -131,7 +135,9 @@ __global__ void __launch_bounds__(kThreads) syncfree_verify_positions_kernel(Ver
     RacePartial acc = empty_partial();
     float g[kGroup];
     for (int64_t q = threadIdx.x; q < ceil_div(vocab, kGroup); q += kThreads) {
-      load_group_scalar(x, vocab, q, false, greedy, g);
+      // 16-byte loads where aligned, but in the processing variants: there they would take the
+      // kernel to 128 registers (ptxas's cap at 512 threads), from ~110.
+      position_group(x, vocab, q, !kProcess && a.aligned, greedy, g);
       visit_group<false>(acc, g, int32_t(q * kGroup), greedy);
     }
     acc = block_merge<kThreads>(acc);
@@ -443,14 +449,17 @@ void verify_cuda(const VerifyParams& v, c10::ScalarType dtype, c10::DeviceIndex 
   c10::DataPtr laws = allocator->allocate(size_t(rows) * sizeof(PositionLaw));
   a.laws = static_cast<PositionLaw*>(laws.get());
   const size_t elem = dtype == at::kFloat ? 4 : 2;
+  // One greedy temperature for every row: the positions kernel makes one pass (Note [A node's row on chip]).
+  const bool all_greedy = v.target.temperatures == nullptr && v.target.shard.temperatures == nullptr &&
+                          is_greedy_temperature(v.target.temperature);
   a.aligned = reinterpret_cast<uintptr_t>(v.target.input) % 16 == 0 && (v.target.row_stride * elem) % 16 == 0;
   const auto run = [&](auto tag) {
     using T = decltype(tag);
     const auto launch = [&](auto process) {
       constexpr bool kProcess = decltype(process)::value;
       constexpr auto positions = syncfree_verify_positions_kernel<T, kProcess>;
-      const PositionsPlan plan =
-          plan_positions(v.target.vocab, int64_t(sizeof(T)), dynamic_shared_limit<positions>(device));
+      const PositionsPlan plan = plan_positions(v.target.vocab, int64_t(sizeof(T)),
+                                                all_greedy ? 0 : dynamic_shared_limit<positions>(device));
       a.kept_groups = plan.kept_groups;
       launch_kernel<positions>(dim3(unsigned(rows)), dim3(kThreads), size_t(plan.shared_bytes), stream, a);
       launch_kernel<syncfree_verify_finish_kernel<T, kProcess>>(dim3(unsigned(batch)), dim3(kThreads), 0, stream, a);
