@@ -70,7 +70,9 @@ class KernelReport:
         per_warp = ((max(self.registers, 1) * 32 + 255) // 256) * 256
         by_regs = (REGISTERS_PER_SM // per_warp) // warps
         by_warps = WARPS_PER_SM // warps
-        by_shared = SHARED_PER_SM // (self.shared + SHARED_RESERVED_PER_BLOCK)
+        # cuobjdump's SHARED already counts the block's reserved 1 KB where it uses shared memory;
+        # a block without any still has the reserve.
+        by_shared = SHARED_PER_SM // (self.shared if self.shared > 0 else SHARED_RESERVED_PER_BLOCK)
         return min(by_regs, by_warps, BLOCKS_PER_SM, by_shared)
 
     @property

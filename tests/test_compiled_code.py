@@ -81,6 +81,18 @@ def test_occupancy_is_what_the_plans_assume(reports):
     assert checked >= 30
 
 
+def test_occupancy_counts_the_reserved_shared_memory_once():
+    """cuobjdump's SHARED includes the 1 KB a block reserves: half an SM's 228 KB, reserve included,
+    leaves room for two blocks; a block using none still takes the reserve."""
+    def report(shared):
+        return sass_report.KernelReport(name="k", registers=32, stack=0, spills=0, shared=shared, threads=64,
+                                        local_instructions=0, cas_loops=0, load_widths=[], instructions=0,
+                                        min_blocks=0)
+    assert report(sass_report.SHARED_PER_SM // 2).blocks_per_sm == 2
+    assert report(sass_report.SHARED_PER_SM // 2 + 1).blocks_per_sm == 1
+    assert report(0).blocks_per_sm == sass_report.BLOCKS_PER_SM
+
+
 def test_aligned_variants_load_16_bytes(reports):
     for name, r in reports.items():
         short = sass_report.short(name)
