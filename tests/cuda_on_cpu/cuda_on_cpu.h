@@ -76,12 +76,9 @@ enum cudaDeviceAttr {
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-// The fields of cudaFuncAttributes the launchers read (from nvcc's resource report).
+// The field of cudaFuncAttributes the launchers read (from nvcc's resource report).
 struct cudaFuncAttributes {
   size_t sharedSizeBytes;
-  int maxThreadsPerBlock;
-  int numRegs;
-  int maxDynamicSharedSizeBytes;
 };
 
 constexpr int warpSize = 32;

@@ -280,7 +280,6 @@ int64_t first_overwritten(const unsigned char* p, size_t n) {
 
 }  // namespace
 
-
 // Runs a grid with its dynamic shared memory: a guarded block of its own (Note
 // [Guard bytes]), so that a kernel indexing past the launch's bytes is caught.
 void run_with_shared(const char* name, dim3 grid, dim3 block, size_t dynamic_shared,
@@ -474,14 +473,10 @@ cudaError_t cuda_on_cpu_func_get_attributes(cudaFuncAttributes* attributes, cons
   const auto it = kernel_resources.find(kernel);
   if (it == kernel_resources.end()) {
     if (cuda_on_cpu::settings.require_resources || !kernel_resources.empty()) return cudaErrorInvalidValue;
-    *attributes = {0u, 1024, 0, 48 << 10};  // no report loaded: nothing static
+    *attributes = {0u};  // no report loaded: nothing static
     return cudaSuccess;
   }
-  const cuda_on_cpu::KernelResources& r = it->second;
-  const auto& opt_ins = cuda_on_cpu::settings.max_dynamic_shared;
-  const auto opt_in = opt_ins.find(kernel);
-  *attributes = {size_t(r.static_shared), r.max_threads > 0 ? r.max_threads : 1024, r.registers,
-                 opt_in != opt_ins.end() ? opt_in->second : (48 << 10) - r.static_shared};
+  *attributes = {size_t(it->second.static_shared)};
   return cudaSuccess;
 }
 
